@@ -1,0 +1,304 @@
+"""The command line: parses, runs, reports. No harvesting logic lives here.
+
+Exit codes of ``harvester run``:
+  0 every call harvested; 1 finished, some calls in the failures file;
+  2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS);
+  4 an output file could not be written; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from harvester import __version__
+from harvester.config import load_settings
+from harvester.errors import ConfigError, FatalApiError, InputError, OutputError
+from harvester.pool import harvest
+from harvester.stats import RunStats, write_json_atomically
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_FATAL_API = 3
+EXIT_OUTPUT = 4
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("harvester")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harvester`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="harvester: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiohttp's own loggers stay quiet unless asked for.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "sim":
+        return _sim(args)
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harvester",
+        description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
+    )
+    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="harvest the events of every call in a call list",
+        description="Fetch the events of every call in --input and write them to --output as "
+        "NDJSON. Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. "
+        "Settings: config file < environment < flags (see config.example.toml).",
+        epilog="Exit codes: 0 all harvested; 1 some calls failed (see the failures file); "
+        "2 usage, config or input error; 3 aborted: credentials refused or no access; "
+        "4 an output file could not be written; 130 interrupted.",
+    )
+    run.add_argument("--input", "-i", metavar="PATH", help="call list: text, .csv, .ndjson/.jsonl, optionally .gz; - for stdin")
+    run.add_argument("--output", "-o", metavar="PATH", type=Path, help="NDJSON file of events, one a line, each with callId")
+    run.add_argument("--failures", metavar="PATH", type=Path, help="NDJSON file of calls not harvested (default: <output>.failures.ndjson)")
+    run.add_argument("--summary", metavar="PATH", type=Path, help="write a JSON summary here at the end (atomically)")
+    run.add_argument("--config", metavar="PATH", type=Path, help="TOML config file (keys as in config.example.toml)")
+    run.add_argument("--base-url", metavar="URL", help="API base (default https://api.catapult.inetwork.com; env CATAPULT_BASE_URL)")
+    run.add_argument("--user-id", metavar="ID", help="Catapult user id, u-... (env CATAPULT_USER_ID)")
+    run.add_argument("--concurrency", metavar="N", type=int, help="requests in flight at most (default 8)")
+    run.add_argument("--rate", metavar="R", type=float, help="requests per second at most, paced evenly; 0 = no cap (default 0)")
+    run.add_argument("--max-attempts", metavar="N", type=int, help="attempts per call for transient failures (default 5); 429s do not count")
+    run.add_argument("--max-rate-limited", metavar="N", type=int, help="429 answers in a row after which a call is given up (default 100)")
+    run.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds per request (default 30)")
+    run.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress line on stderr")
+    run.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
+
+    sim = commands.add_parser(
+        "sim",
+        help="serve the bundled Catapult API simulator on loopback",
+        description="Serve a stand-in for the Catapult API (events and list-calls endpoints) "
+        "with basic auth, a fixed-window rate limit and injectable faults.",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    sim.add_argument("--calls", type=int, default=1000, help="calls in the registry (default 1000)")
+    sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
+    sim.add_argument("--rate-limit", type=int, default=0, help="requests per window, then 429 (default 0: none)")
+    sim.add_argument("--window", type=float, default=1.0, help="rate-limit window in seconds (default 1)")
+    sim.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    sim.add_argument("--events-page-size", type=int, default=0, help="page events with Link headers")
+    sim.add_argument("--open-world", action="store_true", help="every well-formed call id exists")
+    sim.add_argument("--fault", action="append", default=[], metavar="KIND=P", help="inject a fault with probability P per request; kinds: 500 502 503 504 reset truncate html slow 429 429-retry-after 429-bare")
+    sim.add_argument("--max-faults-per-call", type=int, default=2, help="faults a call sees in a row at most (default 2)")
+    sim.add_argument("--ready-file", type=Path, help="write the base URL here once serving")
+    sim.add_argument("--ids-file", type=Path, help="write the registry's call ids here, one a line")
+    return parser
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    flags = {
+        key: getattr(args, key)
+        for key in (
+            "input", "output", "failures", "summary", "base_url", "user_id", "concurrency",
+            "rate", "max_attempts", "max_rate_limited", "timeout", "progress",
+        )
+    }
+    try:
+        settings = load_settings(flags, os.environ, args.config)
+        if settings.input is None:
+            raise ConfigError("no call list: give --input PATH (or - for stdin)")
+        if settings.output is None:
+            raise ConfigError("no output: give --output PATH")
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return EXIT_USAGE
+
+    stats = RunStats()
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    status, error = "completed", None
+    progress = _Progress(stats, sys.stderr) if settings.progress else None
+    try:
+        _run_async(_with_progress(harvest(settings, stats=stats), progress))
+        code = EXIT_OK if stats.failed == 0 else EXIT_FAILURES
+    except InputError as exc:
+        code, status, error = EXIT_USAGE, "input-error", str(exc)
+    except FatalApiError as exc:
+        code, status, error = EXIT_FATAL_API, "aborted", str(exc)
+        hint = " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)" if exc.status in (401, 403) else ""
+        error += hint
+    except OutputError as exc:
+        code, status, error = EXIT_OUTPUT, "output-error", str(exc)
+    except KeyboardInterrupt:
+        code, status, error = EXIT_INTERRUPTED, "interrupted", "interrupted"
+    elapsed = time.monotonic() - started
+    if progress is not None:
+        progress.finish()
+    if error is not None:
+        log.error("error: %s", error)
+
+    summary = {
+        "status": status,
+        "exit_code": code,
+        **stats.as_dict(),
+        "elapsed_s": round(elapsed, 3),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "input": settings.input,
+        "output": str(settings.output),
+        "failures_file": str(settings.failures_path),
+    }
+    if error is not None:
+        summary["error"] = error
+    log.info("%s", _summary_line(stats, elapsed, settings.failures_path))
+    if settings.summary is not None:
+        try:
+            write_json_atomically(settings.summary, summary)
+        except OSError as exc:
+            log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
+            return code or EXIT_OUTPUT
+    return code
+
+
+def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
+
+
+async def _with_progress(work: Coroutine[Any, Any, Any], progress: _Progress | None) -> None:
+    if progress is None:
+        await work
+        return
+    ticker = asyncio.create_task(progress.tick_forever())
+    try:
+        await work
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+def _summary_line(stats: RunStats, elapsed: float, failures: Path) -> str:
+    line = (
+        f"{stats.calls} calls: {stats.ok} ok, {stats.failed} failed; {stats.events} events; "
+        f"{stats.requests} requests, {stats.retries} retries, {stats.rate_limited} rate-limited; "
+        f"{elapsed:.1f} s"
+    )
+    if stats.failed:
+        line += f". Failed calls are listed in {failures}"
+    return line
+
+
+class _Progress:
+    """A progress line on stderr: redrawn in place on a terminal, a log line now and then off one."""
+
+    def __init__(self, stats: RunStats, stream: TextIO) -> None:
+        self._stats = stats
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._interval = 0.5 if self._tty else 10.0
+        self._started = time.monotonic()
+        self._drawn = False
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self._draw()
+
+    def _draw(self) -> None:
+        s = self._stats
+        elapsed = time.monotonic() - self._started
+        rate = (s.ok + s.failed) / elapsed if elapsed > 0 else 0.0
+        text = (
+            f"{s.ok + s.failed}/{s.calls} calls ({rate:.1f}/s), {s.events} events, "
+            f"{s.retries} retries, {s.rate_limited} 429s, {s.failed} failed"
+        )
+        if self._tty:
+            self._stream.write(f"\r\x1b[Kharvester: {text}")
+            self._drawn = True
+        else:
+            self._stream.write(f"harvester: progress: {text}\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+# -- sim -------------------------------------------------------------------------------------
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from harvester.sim import FAULT_KINDS, SimConfig, Simulator  # noqa: PLC0415
+
+    faults: dict[str, float] = {}
+    for spec in args.fault:
+        kind, _, probability = spec.partition("=")
+        if kind not in FAULT_KINDS:
+            log.error("error: unknown fault %r; kinds: %s", kind, " ".join(FAULT_KINDS))
+            return EXIT_USAGE
+        try:
+            faults[kind] = float(probability or "0.1")
+        except ValueError:
+            log.error("error: --fault %s: the probability must be a number", spec)
+            return EXIT_USAGE
+    config = SimConfig(
+        calls=args.calls,
+        seed=args.seed,
+        rate_limit=args.rate_limit,
+        window=args.window,
+        latency=args.latency,
+        events_page_size=args.events_page_size,
+        open_world=args.open_world,
+        faults=faults,
+        max_faults_per_call=args.max_faults_per_call,
+    )
+    simulator = Simulator(config)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        url = await simulator.start(args.host, args.port)
+        if args.ids_file is not None:
+            args.ids_file.write_text("".join(f"{c}\n" for c in simulator.call_ids()))
+        log.info("simulator serving %s", url)
+        log.info(
+            "use: CATAPULT_BASE_URL=%s CATAPULT_USER_ID=%s CATAPULT_API_TOKEN=%s CATAPULT_API_SECRET=%s",
+            url, config.user_id, config.token, config.secret,
+        )
+        if args.ready_file is not None:
+            tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
+            tmp.write_text(url + "\n")
+            tmp.replace(args.ready_file)
+        try:
+            await stop.wait()
+        finally:
+            await simulator.stop()
+
+    asyncio.run(serve())
+    return EXIT_OK

@@ -1,0 +1,225 @@
+"""Settings: loaded once, from a TOML file < the environment < command-line flags, into a frozen,
+validated object. Every error message says how to fix the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from harvester.errors import ConfigError
+from harvester.ids import is_user_id
+
+DEFAULT_BASE_URL = "https://api.catapult.inetwork.com"
+
+# Environment variable -> settings key.
+ENVIRONMENT = {
+    "CATAPULT_API_TOKEN": "api_token",
+    "CATAPULT_API_SECRET": "api_secret",
+    "CATAPULT_USER_ID": "user_id",
+    "CATAPULT_BASE_URL": "base_url",
+}
+
+
+class Secret:
+    """A credential that prints as ``***`` wherever it ends up (repr, logs, tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value, for the one place that builds the Authorization header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one ``harvester run`` needs. Field names are the TOML keys."""
+
+    input: str | None = None
+    output: Path | None = None
+    failures: Path | None = None
+    summary: Path | None = None
+    base_url: str = DEFAULT_BASE_URL
+    user_id: str = ""
+    api_token: Secret = field(default_factory=lambda: Secret(""))
+    api_secret: Secret = field(default_factory=lambda: Secret(""))
+    concurrency: int = 8
+    rate: float = 0.0
+    max_attempts: int = 5
+    max_rate_limited: int = 100
+    timeout: float = 30.0
+    progress: bool = True
+
+    @property
+    def failures_path(self) -> Path:
+        """Where failed calls go: ``--failures``, or ``<output name>.failures.ndjson`` beside it."""
+        if self.failures is not None:
+            return self.failures
+        assert self.output is not None
+        name = self.output.name
+        for suffix in (".ndjson", ".jsonl", ".json"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        return self.output.with_name(f"{name}.failures.ndjson")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_SECRETS = ("api_token", "api_secret")
+_PATHS = ("output", "failures", "summary")
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_path: Path | None = None,
+) -> Settings:
+    """Merge the config file, the environment and the flags (later wins), then validate.
+
+    ``flags`` holds only what the user gave on the command line (None means not given).
+    """
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        merged.update(_read_toml(config_path))
+    for variable, key in ENVIRONMENT.items():
+        if environ.get(variable):
+            merged[key] = environ[variable]
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    return _validate(merged, config_path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (check --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+            f"known keys are listed in config.example.toml"
+        )
+    return data
+
+
+def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
+    where = f" (in {config_path} or flags)" if config_path else ""
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        kwargs[key] = _coerce(key, value, where)
+    settings = Settings(**kwargs)
+
+    if not settings.user_id:
+        raise ConfigError(
+            "no user id: set CATAPULT_USER_ID, user_id in the config file, or --user-id"
+        )
+    if not is_user_id(settings.user_id):
+        raise ConfigError(
+            f"user id {settings.user_id!r} does not look like a Catapult user id (u-xxxxxxxx)"
+        )
+    if not settings.api_token or not settings.api_secret:
+        raise ConfigError(
+            "no API credentials: set CATAPULT_API_TOKEN and CATAPULT_API_SECRET "
+            "(or api_token and api_secret in the config file)"
+        )
+    _check_base_url(settings.base_url)
+    _check_range("concurrency", settings.concurrency, 1, 1000)
+    _check_range("rate", settings.rate, 0, 100_000)
+    _check_range("max_attempts", settings.max_attempts, 1, 100)
+    _check_range("max_rate_limited", settings.max_rate_limited, 1, 100_000)
+    _check_range("timeout", settings.timeout, 0.001, 3600)
+    return settings
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    if key not in _FIELDS:
+        raise ConfigError(f"unknown setting {key!r}")
+    if key in _SECRETS:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string{where}")
+        return Secret(value)
+    if key in _PATHS:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{key} must be a path{where}")
+        return Path(value)
+    expected = _FIELDS[key].type
+    if expected in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key} must be a number, not {value!r}{where}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, not {value!r}{where}") from None
+        if expected == "int":
+            if not number.is_integer():
+                raise ConfigError(f"{key} must be a whole number, not {value!r}{where}")
+            return int(number)
+        return number
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, not {value!r}{where}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, not {value!r}{where}")
+    return value
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be between {low:g} and {high:g}, not {value:g}")
+
+
+def _check_base_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"base URL {url!r} must look like https://api.catapult.inetwork.com")
+    if parts.username or parts.password:
+        raise ConfigError(
+            "base URL must not hold credentials; use CATAPULT_API_TOKEN and CATAPULT_API_SECRET"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"base URL {url!r} must not have a query or fragment")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(
+            f"base URL {url!r} is plain http: credentials would travel unencrypted. "
+            "Use https (plain http is allowed only for a loopback host such as 127.0.0.1)"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

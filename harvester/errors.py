@@ -1,0 +1,70 @@
+"""The one exception tree of harvester.
+
+::
+
+    HarvesterError
+    ├── ConfigError        bad settings or flags: exit 2, nothing fetched
+    ├── InputError         the call list cannot be read: exit 2
+    ├── OutputError        an output file cannot be written (disk full, permissions): exit 4
+    └── ApiError           one answer (or non-answer) of the API, with status/code/message
+        ├── TransientError     worth another attempt: 5xx, resets, timeouts, garbled bodies
+        │   └── RateLimited    429: wait until ``retry_at`` (clock seconds) or back off
+        ├── CallFailed         permanent for this call (404, other 4xx): to the failures file
+        └── FatalApiError      permanent for the whole run (401, 403): abort, exit 3
+
+aiohttp's own exceptions are mapped onto these in exactly one place, ``harvester.client``;
+nothing else imports aiohttp (but the simulator, which is a server).
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Base of every error harvester raises on purpose."""
+
+
+class ConfigError(HarvesterError):
+    """The settings are invalid; the message says how to fix them."""
+
+
+class InputError(HarvesterError):
+    """The call list cannot be opened or parsed at all."""
+
+
+class OutputError(HarvesterError):
+    """An output file could not be written; nothing past the last good write is claimed."""
+
+
+class ApiError(HarvesterError):
+    """An API answer that is not a list of events.
+
+    ``status`` is the HTTP status, or None when no answer arrived (reset, timeout).
+    ``code`` is Catapult's error code (``call-not-found``) or one of ours (``timeout``).
+    """
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if status is None else f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.attempts = 0
+
+
+class TransientError(ApiError):
+    """Worth retrying: the same request may well succeed later."""
+
+
+class RateLimited(TransientError):
+    """429. ``retry_at`` is the monotonic clock time the API allows requests again, if it said."""
+
+    def __init__(self, status: int, code: str, message: str, retry_at: float | None) -> None:
+        super().__init__(status, code, message)
+        self.retry_at = retry_at
+
+
+class CallFailed(ApiError):
+    """Permanent for this call: retrying will not help (unknown call, other 4xx)."""
+
+
+class FatalApiError(ApiError):
+    """Permanent for every call: bad credentials or no access. The run stops."""

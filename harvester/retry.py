@@ -1,0 +1,105 @@
+"""The retry policy of one call, on tenacity.
+
+- Transient failures (connection errors, timeouts, truncated or garbled bodies, 5xx) are retried
+  with exponential backoff and jitter, up to ``max_attempts`` attempts.
+- A 429 waits until the announced reset (the client has already paused the whole pool until
+  then) and does not count against ``max_attempts``; only ``max_rate_limited`` 429s in a row for
+  one call give up on it.
+- Anything else (404, other 4xx, 401/403) is not retried.
+
+tenacity keeps per-iteration state on its retrying object (thread-local, so shared by every
+coroutine of a thread), so each call gets its own ``AsyncRetrying``; the policies themselves are
+stateless and read the call's tally from the attempt's arguments.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from harvester.client import CallEventsClient, Event
+from harvester.clock import Clock
+from harvester.config import Settings
+from harvester.errors import ApiError, RateLimited, TransientError
+
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+BACKOFF_JITTER = 0.5
+
+
+@dataclass(slots=True)
+class Tally:
+    """How one call's attempts went so far."""
+
+    attempts: int = 0
+    transient: int = 0
+    rate_limited: int = 0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: exponential, with jitter."""
+    exponential = BACKOFF_INITIAL * 2 ** max(failures - 1, 0)
+    return min(BACKOFF_MAX, exponential) + random.uniform(0, BACKOFF_JITTER)
+
+
+class RetryingFetcher:
+    """Fetches a call's events, retrying as the module docstring says."""
+
+    def __init__(self, client: CallEventsClient, settings: Settings, clock: Clock) -> None:
+        self._client = client
+        self._clock = clock
+        self._max_attempts = settings.max_attempts
+        self._max_rate_limited = settings.max_rate_limited
+        self._retry = retry_if_exception_type(TransientError)
+
+    async def fetch(self, call_id: str) -> tuple[list[Event], Tally]:
+        """The call's events and how many attempts they took.
+
+        Raises the last ``ApiError`` when the call cannot be harvested; its ``attempts``
+        attribute is set. ``FatalApiError`` is raised at once.
+        """
+        tally = Tally()
+        retrying = AsyncRetrying(
+            sleep=self._clock.sleep,
+            stop=self._stop,
+            wait=self._wait,
+            retry=self._retry,
+            reraise=True,
+        )
+        try:
+            events = await retrying(self._attempt, call_id, tally)
+        except ApiError as exc:
+            exc.attempts = tally.attempts
+            raise
+        return events, tally
+
+    async def _attempt(self, call_id: str, tally: Tally) -> list[Event]:
+        tally.attempts += 1
+        try:
+            return await self._client.events(call_id)
+        except RateLimited:
+            tally.rate_limited += 1
+            raise
+        except TransientError:
+            tally.transient += 1
+            tally.rate_limited = 0
+            raise
+
+    def _stop(self, state: RetryCallState) -> bool:
+        tally: Tally = state.args[1]
+        assert state.outcome is not None
+        if isinstance(state.outcome.exception(), RateLimited):
+            return tally.rate_limited >= self._max_rate_limited
+        return tally.transient >= self._max_attempts
+
+    def _wait(self, state: RetryCallState) -> float:
+        tally: Tally = state.args[1]
+        assert state.outcome is not None
+        error = state.outcome.exception()
+        if isinstance(error, RateLimited):
+            if error.retry_at is not None:
+                return max(0.0, error.retry_at - self._clock.monotonic())
+            return backoff(tally.rate_limited)
+        return backoff(tally.transient)

@@ -1,0 +1,49 @@
+"""The counters of one run, shared by the pool and the client, and the summary built from them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Live counters; ``ok + failed == calls`` once the run has finished."""
+
+    calls: int = 0
+    ok: int = 0
+    failed: int = 0
+    events: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    failures_by_code: dict[str, int] = field(default_factory=dict)
+
+    def count_failure(self, code: str) -> None:
+        self.failed += 1
+        self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,122 @@
+"""Shared fixtures: a fake clock, the simulator on a free loopback port, settings for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from harvester.config import Settings, load_settings
+from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
+
+
+class FakeClock:
+    """A clock whose sleep returns at once, moving time forward by at least the sleep.
+
+    Concurrent sleepers do not add up: time moves to the latest wake-up asked for, so every
+    sleeper has waited at least what it asked and the clock never runs ahead needlessly.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.25  # wall seconds; a quarter into a rate-limit window
+        self.offset = 1_000_000.0  # monotonic = wall - offset
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now = max(self.now, self.now + seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
+    """The simulator, 50 calls, on a free loopback port, its rate-limit windows on ``clock``."""
+    async with Simulator(SimConfig(calls=50), clock=clock) as simulator:
+        yield simulator
+
+
+def make_settings(sim: Simulator, tmp_path: Path, **flags: Any) -> Settings:
+    """Settings for a run against ``sim`` with the call list ``tmp_path/calls.txt``."""
+    env = {
+        "CATAPULT_BASE_URL": sim.base_url,
+        "CATAPULT_USER_ID": SIM_USER_ID,
+        "CATAPULT_API_TOKEN": SIM_TOKEN,
+        "CATAPULT_API_SECRET": SIM_SECRET,
+    }
+    given = {
+        "input": str(tmp_path / "calls.txt"),
+        "output": tmp_path / "out" / "events.ndjson",
+        "timeout": 5.0,
+        "progress": False,
+    }
+    given.update(flags)
+    return load_settings(given, env)
+
+
+def write_calls(tmp_path: Path, ids: list[str], name: str = "calls.txt") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(f"{i}\n" for i in ids))
+    return path
+
+
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def expected_events(ids: list[str]) -> list[dict[str, Any]]:
+    """What the output must hold for ``ids``: every event as sent, plus callId, in any order."""
+    return [{"callId": i, **e} for i in ids for e in events_for(i)]
+
+
+def canonical(events: list[dict[str, Any]]) -> list[bytes]:
+    """Events in a fixed order, for comparing outputs whose call order may differ."""
+    return sorted(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events)
+
+
+@pytest.fixture(scope="session")
+def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """``harvester sim`` as its own process, for command-line tests; yields its environment."""
+    folder = tmp_path_factory.mktemp("sim")
+    ready = folder / "url"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harvester", "sim", "--port", "0", "--calls", "40",
+         "--ready-file", str(ready), "--ids-file", str(folder / "ids.txt")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"simulator did not start: {process.stderr.read()!r}")  # type: ignore[union-attr]
+        time.sleep(0.02)
+    env = {
+        **os.environ,
+        "CATAPULT_BASE_URL": ready.read_text().strip(),
+        "CATAPULT_USER_ID": SIM_USER_ID,
+        "CATAPULT_API_TOKEN": SIM_TOKEN,
+        "CATAPULT_API_SECRET": SIM_SECRET,
+        "IDS_FILE": str(folder / "ids.txt"),
+    }
+    yield env
+    process.terminate()
+    process.wait(10)

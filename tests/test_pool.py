@@ -1,0 +1,233 @@
+"""A whole run against the simulator: output exactly as the API sent it, through every fault."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harvester.errors import FatalApiError
+from harvester.pool import harvest
+from harvester.sim import FAULT_KINDS, Simulator
+from harvester.stats import RunStats
+
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    read_ndjson,
+    write_calls,
+)
+
+EVENTS_PATH = re.compile(r"/v1/users/u-simulatoruserid0000000/calls/c-[A-Za-z0-9-]{1,64}/events")
+
+
+async def test_every_event_of_every_call_once_with_call_id(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert read_ndjson(settings.output) == read_ndjson(settings.output)  # parses as NDJSON
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert (stats.calls, stats.ok, stats.failed) == (len(ids), len(ids), 0)
+    assert stats.events == len(expected_events(ids))
+    assert stats.requests == len(ids) == len(sim.requests)
+    assert settings.failures_path.read_bytes() == b""
+
+
+async def test_a_calls_events_stay_together_in_the_output(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, concurrency=16)
+    await harvest(settings, clock=clock)
+
+    order = [e["callId"] for e in read_ndjson(settings.output)]
+    runs = [call for i, call in enumerate(order) if i == 0 or order[i - 1] != call]
+    assert sorted(runs) == sorted(ids)
+
+
+@pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "slow"])
+async def test_output_is_exact_under_each_fault(
+    kind: str, sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.faults = {kind: 0.5}
+    sim.config.max_faults_per_call = 3
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, max_attempts=4)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert sim.statuses[kind] > 0, "the fault was injected"
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert (stats.ok, stats.failed) == (len(ids), 0)
+    assert stats.requests == len(sim.requests)
+    if kind == "reset":
+        # aiohttp resends an idempotent request at once when a kept-alive connection drops;
+        # that resend is a request (counted) but not one of our retries.
+        assert 0 < stats.retries <= stats.requests - len(ids)
+    else:
+        assert stats.retries == stats.requests - len(ids)
+
+
+async def test_a_slow_answer_times_out_and_is_retried(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.faults = {"slow": 0.5}
+    sim.config.slow_seconds = 5
+    ids = sim.call_ids()[:10]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, timeout=0.2, concurrency=10)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert sim.statuses["slow"] > 0
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert stats.failed == 0
+
+
+async def test_a_call_that_keeps_failing_lands_in_failures_with_its_attempts(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.faults = {"503": 1.0}
+    sim.config.max_faults_per_call = 100
+    ids = sim.call_ids()[:3]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, max_attempts=3)
+
+    stats = await harvest(settings, clock=clock)
+
+    failures = read_ndjson(settings.failures_path)
+    assert sorted(f["callId"] for f in failures) == sorted(ids)
+    assert {(f["status"], f["code"], f["attempts"]) for f in failures} == {(503, "unavailable", 3)}
+    assert (stats.ok, stats.failed, stats.requests) == (0, 3, 9)
+    assert settings.output.read_bytes() == b""
+    # Backoff grows between attempts: two waits per call, the second about twice the first.
+    assert len(clock.sleeps) == 6
+    assert all(0.5 <= s < 1.0 for s in clock.sleeps[:3]) and all(1.0 <= s < 1.5 for s in clock.sleeps[3:])
+
+
+async def test_unknown_calls_go_to_failures_once_without_retry(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = [*sim.call_ids()[:5], "c-doesnotexist0000000000"]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert read_ndjson(settings.failures_path) == [
+        {
+            "callId": "c-doesnotexist0000000000",
+            "status": 404,
+            "code": "call-not-found",
+            "message": "The call 'c-doesnotexist0000000000' could not be found",
+            "attempts": 1,
+        }
+    ]
+    assert (stats.calls, stats.ok, stats.failed, stats.requests) == (6, 5, 1, 6)
+
+
+HOSTILE = [
+    "c-../../../v1/users/u-other/calls",
+    "c-abc/../../x",
+    "c-abc?page=2",
+    "c-abc#frag",
+    "c-abc%2F..",
+    "c-abc def",
+    "c-\u0430bc",  # Cyrillic a
+    "c-" + "a" * 65,
+    "../c-abc",
+    "u-abc",
+    "c-",
+    "c-abc\x00",
+    "c-ab.c",
+]
+
+
+async def test_hostile_ids_are_listed_as_invalid_and_never_sent(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    good = sim.call_ids()[:3]
+    (tmp_path / "calls.txt").write_text("\n".join([*HOSTILE, *good]) + "\n")
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert all(EVENTS_PATH.fullmatch(path) for path in sim.requests), sim.requests
+    assert len(sim.requests) == 3
+    failures = read_ndjson(settings.failures_path)
+    # "c-abc def" is one line with a space inside; the reader strips only the ends.
+    assert sorted(f["callId"] for f in failures) == sorted(h.strip() for h in HOSTILE)
+    assert {f["code"] for f in failures} == {"invalid-call-id"}
+    assert {f["attempts"] for f in failures} == {0}
+    assert (stats.ok, stats.failed, stats.invalid) == (3, len(HOSTILE), len(HOSTILE))
+
+
+async def test_duplicates_are_fetched_once(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()[:4]
+    write_calls(tmp_path, [*ids, *ids, ids[0]])
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert (stats.calls, stats.duplicates, stats.requests) == (4, 5, 4)
+
+
+async def test_event_pages_are_followed_and_joined(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.events_page_size = 2
+    ids = sim.call_ids()[:10]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    pages = sum((len(expected_events([i])) + 1) // 2 for i in ids)
+    assert stats.requests == pages == len(sim.requests)
+    assert any("cursor=" in path for path in sim.requests)
+
+
+@pytest.mark.parametrize("wrong", ["secret", "user"])
+async def test_refused_credentials_abort_within_a_handful_of_requests(
+    wrong: str, sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    if wrong == "secret":
+        sim.config.secret = "another-secret"
+    else:
+        sim.config.user_id = "u-someoneelse00000000000"
+    write_calls(tmp_path, sim.call_ids())
+    settings = make_settings(sim, tmp_path, concurrency=4)
+
+    with pytest.raises(FatalApiError) as caught:
+        await harvest(settings, clock=clock)
+
+    assert caught.value.status == (401 if wrong == "secret" else 403)
+    assert len(sim.requests) <= 4
+    assert clock.sleeps == []
+
+
+async def test_empty_input_is_a_successful_run_with_nothing_to_do(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    (tmp_path / "calls.txt").write_text("# nothing today\n\n")
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert stats == RunStats()
+    assert settings.output.read_bytes() == b""
+    assert sim.requests == []
