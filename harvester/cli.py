@@ -74,19 +74,76 @@ def _parser() -> argparse.ArgumentParser:
         "2 usage, config or input error; 3 aborted: credentials refused or no access; "
         "4 an output file could not be written; 130 interrupted.",
     )
-    run.add_argument("--input", "-i", metavar="PATH", help="call list: text, .csv, .ndjson/.jsonl, optionally .gz; - for stdin")
-    run.add_argument("--output", "-o", metavar="PATH", type=Path, help="NDJSON file of events, one a line, each with callId")
-    run.add_argument("--failures", metavar="PATH", type=Path, help="NDJSON file of calls not harvested (default: <output>.failures.ndjson)")
-    run.add_argument("--summary", metavar="PATH", type=Path, help="write a JSON summary here at the end (atomically)")
-    run.add_argument("--config", metavar="PATH", type=Path, help="TOML config file (keys as in config.example.toml)")
-    run.add_argument("--base-url", metavar="URL", help="API base (default https://api.catapult.inetwork.com; env CATAPULT_BASE_URL)")
-    run.add_argument("--user-id", metavar="ID", help="Catapult user id, u-... (env CATAPULT_USER_ID)")
-    run.add_argument("--concurrency", metavar="N", type=int, help="requests in flight at most (default 8)")
-    run.add_argument("--rate", metavar="R", type=float, help="requests per second at most, paced evenly; 0 = no cap (default 0)")
-    run.add_argument("--max-attempts", metavar="N", type=int, help="attempts per call for transient failures (default 5); 429s do not count")
-    run.add_argument("--max-rate-limited", metavar="N", type=int, help="429 answers in a row after which a call is given up (default 100)")
-    run.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds per request (default 30)")
-    run.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress line on stderr")
+    run.add_argument(
+        "--input",
+        "-i",
+        metavar="PATH",
+        help="call list: text, .csv, .ndjson/.jsonl, optionally .gz; - for stdin",
+    )
+    run.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        type=Path,
+        help="NDJSON file of events, one a line, each with callId",
+    )
+    run.add_argument(
+        "--failures",
+        metavar="PATH",
+        type=Path,
+        help="NDJSON file of calls not harvested (default: <output>.failures.ndjson)",
+    )
+    run.add_argument(
+        "--summary",
+        metavar="PATH",
+        type=Path,
+        help="write a JSON summary here at the end (atomically)",
+    )
+    run.add_argument(
+        "--config",
+        metavar="PATH",
+        type=Path,
+        help="TOML config file (keys as in config.example.toml)",
+    )
+    run.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="API base (default https://api.catapult.inetwork.com; env CATAPULT_BASE_URL)",
+    )
+    run.add_argument(
+        "--user-id", metavar="ID", help="Catapult user id, u-... (env CATAPULT_USER_ID)"
+    )
+    run.add_argument(
+        "--concurrency", metavar="N", type=int, help="requests in flight at most (default 8)"
+    )
+    run.add_argument(
+        "--rate",
+        metavar="R",
+        type=float,
+        help="requests per second at most, paced evenly; 0 = no cap (default 0)",
+    )
+    run.add_argument(
+        "--max-attempts",
+        metavar="N",
+        type=int,
+        help="attempts per call for transient failures (default 5); 429s do not count",
+    )
+    run.add_argument(
+        "--max-rate-limited",
+        metavar="N",
+        type=int,
+        help="429 answers in a row after which a call is given up (default 100)",
+    )
+    run.add_argument(
+        "--timeout", metavar="SECONDS", type=float, help="seconds per request (default 30)"
+    )
+    run.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="no progress line on stderr",
+    )
     run.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
 
     sim = commands.add_parser(
@@ -99,13 +156,31 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     sim.add_argument("--calls", type=int, default=1000, help="calls in the registry (default 1000)")
     sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
-    sim.add_argument("--rate-limit", type=int, default=0, help="requests per window, then 429 (default 0: none)")
-    sim.add_argument("--window", type=float, default=1.0, help="rate-limit window in seconds (default 1)")
+    sim.add_argument(
+        "--rate-limit", type=int, default=0, help="requests per window, then 429 (default 0: none)"
+    )
+    sim.add_argument(
+        "--window", type=float, default=1.0, help="rate-limit window in seconds (default 1)"
+    )
     sim.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
-    sim.add_argument("--events-page-size", type=int, default=0, help="page events with Link headers")
+    sim.add_argument(
+        "--events-page-size", type=int, default=0, help="page events with Link headers"
+    )
     sim.add_argument("--open-world", action="store_true", help="every well-formed call id exists")
-    sim.add_argument("--fault", action="append", default=[], metavar="KIND=P", help="inject a fault with probability P per request; kinds: 500 502 503 504 reset truncate html slow 429 429-retry-after 429-bare")
-    sim.add_argument("--max-faults-per-call", type=int, default=2, help="faults a call sees in a row at most (default 2)")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=P",
+        help="inject a fault with probability P per request; kinds: "
+        "500 502 503 504 reset truncate html slow 429 429-retry-after 429-bare",
+    )
+    sim.add_argument(
+        "--max-faults-per-call",
+        type=int,
+        default=2,
+        help="faults a call sees in a row at most (default 2)",
+    )
     sim.add_argument("--ready-file", type=Path, help="write the base URL here once serving")
     sim.add_argument("--ids-file", type=Path, help="write the registry's call ids here, one a line")
     return parser
@@ -118,8 +193,18 @@ def _run(args: argparse.Namespace) -> int:
     flags = {
         key: getattr(args, key)
         for key in (
-            "input", "output", "failures", "summary", "base_url", "user_id", "concurrency",
-            "rate", "max_attempts", "max_rate_limited", "timeout", "progress",
+            "input",
+            "output",
+            "failures",
+            "summary",
+            "base_url",
+            "user_id",
+            "concurrency",
+            "rate",
+            "max_attempts",
+            "max_rate_limited",
+            "timeout",
+            "progress",
         )
     }
     try:
@@ -144,7 +229,11 @@ def _run(args: argparse.Namespace) -> int:
         code, status, error = EXIT_USAGE, "input-error", str(exc)
     except FatalApiError as exc:
         code, status, error = EXIT_FATAL_API, "aborted", str(exc)
-        hint = " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)" if exc.status in (401, 403) else ""
+        hint = (
+            " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)"
+            if exc.status in (401, 403)
+            else ""
+        )
         error += hint
     except OutputError as exc:
         code, status, error = EXIT_OUTPUT, "output-error", str(exc)
@@ -180,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:
         asyncio.run(coroutine)
     else:
@@ -212,7 +301,7 @@ def _summary_line(stats: RunStats, elapsed: float, failures: Path) -> str:
 
 
 class _Progress:
-    """A progress line on stderr: redrawn in place on a terminal, a log line now and then off one."""
+    """A progress line on stderr: redrawn in place on a terminal, a log line every 10 s off one."""
 
     def __init__(self, stats: RunStats, stream: TextIO) -> None:
         self._stats = stats
@@ -252,7 +341,7 @@ class _Progress:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from harvester.sim import FAULT_KINDS, SimConfig, Simulator  # noqa: PLC0415
+    from harvester.sim import FAULT_KINDS, SimConfig, Simulator
 
     faults: dict[str, float] = {}
     for spec in args.fault:
@@ -288,8 +377,12 @@ def _sim(args: argparse.Namespace) -> int:
             args.ids_file.write_text("".join(f"{c}\n" for c in simulator.call_ids()))
         log.info("simulator serving %s", url)
         log.info(
-            "use: CATAPULT_BASE_URL=%s CATAPULT_USER_ID=%s CATAPULT_API_TOKEN=%s CATAPULT_API_SECRET=%s",
-            url, config.user_id, config.token, config.secret,
+            "use: CATAPULT_BASE_URL=%s CATAPULT_USER_ID=%s "
+            "CATAPULT_API_TOKEN=%s CATAPULT_API_SECRET=%s",
+            url,
+            config.user_id,
+            config.token,
+            config.secret,
         )
         if args.ready_file is not None:
             tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")

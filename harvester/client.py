@@ -51,7 +51,9 @@ class CallEventsClient:
         self._clock = clock
         self._base = URL(settings.base_url.rstrip("/"))
         self._origin = self._base.origin()
-        self._prefix = f"{self._base.raw_path.rstrip('/')}/v1/users/{quote(settings.user_id, safe='')}"
+        self._prefix = (
+            f"{self._base.raw_path.rstrip('/')}/v1/users/{quote(settings.user_id, safe='')}"
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> CallEventsClient:
@@ -203,7 +205,7 @@ def _parse_events(body: bytes, content_type: str) -> list[Event]:
 
 
 def _error_fields(status: int, body: bytes, response: aiohttp.ClientResponse) -> tuple[str, str]:
-    """Catapult's error ``code`` and ``message``, or ones of ours when the body is not Catapult's."""
+    """Catapult's error ``code`` and ``message``; ours when the body is not Catapult's."""
     reason = response.reason or "error"
     try:
         document = orjson.loads(body)

@@ -29,16 +29,18 @@ class RateLimiter:
         """Wait for this request's turn."""
         while True:
             now = self._clock.monotonic()
-            paused = self._paused_until > now
-            slot = max(now, self._next_slot, self._paused_until)
-            if paused and not self._interval:
-                slot += random.uniform(0, PAUSE_SPREAD)
-            self._next_slot = slot + self._interval
+            if self._interval:
+                slot = max(now, self._next_slot, self._paused_until)
+                self._next_slot = slot + self._interval
+            elif self._paused_until > now:
+                slot = self._paused_until + random.uniform(0, PAUSE_SPREAD)
+            else:
+                return
             if slot <= now:
                 return
             await self._clock.sleep(slot - now)
             # A pause announced while we slept moves our turn past it.
-            if self._paused_until <= slot:
+            if self._paused_until <= self._clock.monotonic():
                 return
 
     def pause_until(self, when: float) -> None:

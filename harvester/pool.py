@@ -28,6 +28,8 @@ log = logging.getLogger("harvester")
 
 # Records read per thread hop; stdin gets small batches so a slow pipe never starves workers.
 FILE_BATCH = 1024
+# Calls in a row that fail after all retries, none answered, before the run stops as an outage.
+OUTAGE_CALLS = 20
 STDIN_BATCH = 32
 
 
@@ -53,7 +55,7 @@ async def harvest(
             NdjsonSink(settings.failures_path, clock) as failures_sink,
             CallEventsClient(settings, limiter, stats, clock) as client,
         ):
-            run = _Run(settings, stats, RetryingFetcher(client, settings, clock))
+            run = _Run(settings, stats, RetryingFetcher(client, settings, stats, clock))
             try:
                 await run.execute(calls, events_sink, failures_sink)
             except* FatalApiError as group:
@@ -66,6 +68,9 @@ class _Run:
         self._settings = settings
         self._stats = stats
         self._fetcher = fetcher
+        # Calls in a row that ended in transient failures, with no answer from the API between.
+        self._unanswered = 0
+        self._outage_after = max(OUTAGE_CALLS, 2 * settings.concurrency)
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
 
     async def execute(self, calls: CallList, events: NdjsonSink, failures: NdjsonSink) -> None:
@@ -83,7 +88,9 @@ class _Run:
                 if isinstance(record, InvalidRecord):
                     stats.calls += 1
                     stats.invalid += 1
-                    await self._fail(failures, None, None, "invalid-input", record.reason, 0, line=record.line)
+                    await self._fail(
+                        failures, None, None, "invalid-input", record.reason, 0, line=record.line
+                    )
                     continue
                 if record in seen:
                     stats.duplicates += 1
@@ -93,8 +100,11 @@ class _Run:
                 if not is_call_id(record):
                     stats.invalid += 1
                     await self._fail(
-                        failures, record, None, "invalid-call-id",
-                        "not a call id (c- followed by up to 64 letters, digits or hyphens); not sent",
+                        failures,
+                        record,
+                        None,
+                        "invalid-call-id",
+                        "not a call id (c- and up to 64 letters, digits or hyphens); not sent",
                         0,
                     )
                     continue
@@ -106,16 +116,31 @@ class _Run:
         stats = self._stats
         while (call_id := await self._queue.get()) is not None:
             try:
-                found, tally = await self._fetcher.fetch(call_id)
-            except (CallFailed, TransientError) as exc:
-                log.debug("call %s failed: %s", call_id, exc)
-                stats.retries += max(exc.attempts - 1, 0)
+                found = await self._fetcher.fetch(call_id)
+            except CallFailed as exc:
+                self._unanswered = 0
                 await self._fail(failures, call_id, exc.status, exc.code, exc.message, exc.attempts)
                 continue
-            stats.retries += tally.attempts - 1
+            except TransientError as exc:
+                await self._fail(failures, call_id, exc.status, exc.code, exc.message, exc.attempts)
+                self._check_outage(exc)
+                continue
+            self._unanswered = 0
             stats.ok += 1
             stats.events += len(found)
             await events.add(event_lines(call_id, found))
+
+    def _check_outage(self, last: TransientError) -> None:
+        """Stop the run when the API is plainly down, rather than failing every call in turn."""
+        self._unanswered += 1
+        if self._unanswered >= self._outage_after:
+            raise FatalApiError(
+                last.status,
+                "api-unavailable",
+                f"{self._unanswered} calls in a row failed after every retry (last: {last}); "
+                "stopping rather than failing every call. Check the base URL, the network and "
+                "the API's status, then run again",
+            )
 
     async def _fail(
         self,
@@ -128,6 +153,7 @@ class _Run:
         *,
         line: int | None = None,
     ) -> None:
+        log.debug("call %s failed: %s %s", call_id, code, message)
         self._stats.count_failure(code)
         if line is not None:
             message = f"input line {line}: {message}"

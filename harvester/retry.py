@@ -8,8 +8,9 @@
 - Anything else (404, other 4xx, 401/403) is not retried.
 
 tenacity keeps per-iteration state on its retrying object (thread-local, so shared by every
-coroutine of a thread), so each call gets its own ``AsyncRetrying``; the policies themselves are
-stateless and read the call's tally from the attempt's arguments.
+coroutine of a thread), so each call that needs a retry gets its own ``AsyncRetrying``; the
+policies read the call's tally from the attempt's arguments. The first attempt runs without
+tenacity: setting it up costs more than a whole successful call's own work.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harvester.client import CallEventsClient, Event
 from harvester.clock import Clock
 from harvester.config import Settings
 from harvester.errors import ApiError, RateLimited, TransientError
+from harvester.stats import RunStats
 
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
@@ -41,42 +43,54 @@ class Tally:
 def backoff(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failure in a row: exponential, with jitter."""
     exponential = BACKOFF_INITIAL * 2 ** max(failures - 1, 0)
-    return min(BACKOFF_MAX, exponential) + random.uniform(0, BACKOFF_JITTER)
+    return float(min(BACKOFF_MAX, exponential) + random.uniform(0, BACKOFF_JITTER))
 
 
 class RetryingFetcher:
     """Fetches a call's events, retrying as the module docstring says."""
 
-    def __init__(self, client: CallEventsClient, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self, client: CallEventsClient, settings: Settings, stats: RunStats, clock: Clock
+    ) -> None:
         self._client = client
+        self._stats = stats
         self._clock = clock
         self._max_attempts = settings.max_attempts
         self._max_rate_limited = settings.max_rate_limited
         self._retry = retry_if_exception_type(TransientError)
 
-    async def fetch(self, call_id: str) -> tuple[list[Event], Tally]:
-        """The call's events and how many attempts they took.
+    async def fetch(self, call_id: str) -> list[Event]:
+        """The call's events.
 
         Raises the last ``ApiError`` when the call cannot be harvested; its ``attempts``
         attribute is set. ``FatalApiError`` is raised at once.
         """
         tally = Tally()
-        retrying = AsyncRetrying(
-            sleep=self._clock.sleep,
-            stop=self._stop,
-            wait=self._wait,
-            retry=self._retry,
-            reraise=True,
-        )
         try:
-            events = await retrying(self._attempt, call_id, tally)
+            # Most calls succeed at once: that path stays free of tenacity's per-call set-up.
+            try:
+                return await self._attempt(call_id, tally)
+            except TransientError as first:
+                if self._gives_up(tally, first):
+                    raise
+                await self._clock.sleep(self._delay(tally, first))
+            retrying = AsyncRetrying(
+                sleep=self._clock.sleep,
+                stop=lambda state: self._gives_up(state.args[1], _error_of(state)),
+                wait=lambda state: self._delay(state.args[1], _error_of(state)),
+                retry=self._retry,
+                reraise=True,
+            )
+            events: list[Event] = await retrying(self._attempt, call_id, tally)
         except ApiError as exc:
             exc.attempts = tally.attempts
             raise
-        return events, tally
+        return events
 
     async def _attempt(self, call_id: str, tally: Tally) -> list[Event]:
         tally.attempts += 1
+        if tally.attempts > 1:
+            self._stats.retries += 1
         try:
             return await self._client.events(call_id)
         except RateLimited:
@@ -87,19 +101,19 @@ class RetryingFetcher:
             tally.rate_limited = 0
             raise
 
-    def _stop(self, state: RetryCallState) -> bool:
-        tally: Tally = state.args[1]
-        assert state.outcome is not None
-        if isinstance(state.outcome.exception(), RateLimited):
+    def _gives_up(self, tally: Tally, error: BaseException | None) -> bool:
+        if isinstance(error, RateLimited):
             return tally.rate_limited >= self._max_rate_limited
         return tally.transient >= self._max_attempts
 
-    def _wait(self, state: RetryCallState) -> float:
-        tally: Tally = state.args[1]
-        assert state.outcome is not None
-        error = state.outcome.exception()
+    def _delay(self, tally: Tally, error: BaseException | None) -> float:
         if isinstance(error, RateLimited):
             if error.retry_at is not None:
                 return max(0.0, error.retry_at - self._clock.monotonic())
             return backoff(tally.rate_limited)
         return backoff(tally.transient)
+
+
+def _error_of(state: RetryCallState) -> BaseException | None:
+    assert state.outcome is not None
+    return state.outcome.exception()

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import math
 import random
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,12 +28,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from harvester.ids import is_call_id
 
 SIM_USER_ID = "u-simulatoruserid0000000"
-SIM_TOKEN = "t-simulator-token"
-SIM_SECRET = "simulator-secret-do-not-log"
+SIM_TOKEN = "t-simulator-token"  # noqa: S105 (the simulator's own, public)
+SIM_SECRET = "simulator-secret-do-not-log"  # noqa: S105
 
 FAULT_KINDS = (
     "500",  # JSON error body, category server-error
@@ -76,6 +78,8 @@ class SimConfig:
     # Any well-formed id has events, not only the registry's (for big benchmark inputs).
     open_world: bool = False
     events_page_size: int = 0
+    # Where next links point (scheme://host:port); None: the simulator itself.
+    next_link_origin: str | None = None
     # Requests allowed per fixed window (0: no limit), windows aligned to the epoch.
     rate_limit: int = 0
     window: float = 1.0
@@ -119,7 +123,9 @@ def events_for(call_id: str) -> list[dict[str, Any]]:
         if rng.random() < 0.15:
             event["time"] = int(moment.timestamp() * 1000)
         else:
-            event["time"] = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+            event["time"] = (
+                moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+            )
         if data is not None:
             event["data"] = data
         events.append(event)
@@ -134,7 +140,7 @@ def _call_record(config: SimConfig, index: int, call_id: str, base: str) -> dict
     start = _EPOCH - timedelta(seconds=span * (index + 0.5) / max(config.calls, 1))
     duration = rng.randrange(0, 900)
     state = rng.choice(("completed", "completed", "completed", "rejected", "error"))
-    record = {
+    record: dict[str, Any] = {
         "id": call_id,
         "direction": rng.choice(("in", "out")),
         "from": f"+1919{rng.randrange(10**6, 10**7)}",
@@ -214,15 +220,19 @@ class Simulator:
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0: a free port); returns the base URL."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on ``host:port`` (0: a free port), over TLS if given; returns the base URL."""
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        bound_port = sockets[0].getsockname()[1]
-        self.base_url = f"http://{host}:{bound_port}"
+        server: Any = site._server
+        bound_port = server.sockets[0].getsockname()[1]
+        self.base_url = f"{'https' if ssl_context else 'http'}://{host}:{bound_port}"
         return self.base_url
 
     async def stop(self) -> None:
@@ -265,7 +275,10 @@ class Simulator:
             page, events = events[offset : offset + size], events
             if offset + size < len(events):
                 cursor = _encode_cursor(offset + size)
-                headers["Link"] = f'<{request.url.with_query(cursor=cursor)}>; rel="next"'
+                target = request.url.with_query(cursor=cursor)
+                if self.config.next_link_origin:
+                    target = URL(self.config.next_link_origin).join(target.relative())
+                headers["Link"] = f'<{target}>; rel="next"'
             events = page
         return self._answer(200, events, headers)
 
@@ -277,9 +290,23 @@ class Simulator:
             size = int(request.query.get("size", "25"))
             page = int(request.query.get("page", "0"))
         except ValueError:
-            return self._answer(400, {"category": "bad-request", "code": "invalid-parameter", "message": "size and page must be numbers"})
+            return self._answer(
+                400,
+                {
+                    "category": "bad-request",
+                    "code": "invalid-parameter",
+                    "message": "size and page must be numbers",
+                },
+            )
         if not 1 <= size <= 1000 or page < 0:
-            return self._answer(400, {"category": "bad-request", "code": "invalid-parameter", "message": "size must be 1 to 1000"})
+            return self._answer(
+                400,
+                {
+                    "category": "bad-request",
+                    "code": "invalid-parameter",
+                    "message": "size must be 1 to 1000",
+                },
+            )
         order = request.query.get("sortOrder", "desc")
         ids = self.call_ids()
         indices = range(len(ids)) if order == "desc" else range(len(ids) - 1, -1, -1)
@@ -294,7 +321,14 @@ class Simulator:
         return self._answer(200, records, {"Link": ", ".join(links)})
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
-        return self._answer(404, {"category": "not-found", "code": "resource-not-found", "message": "The resource could not be found"})
+        return self._answer(
+            404,
+            {
+                "category": "not-found",
+                "code": "resource-not-found",
+                "message": "The resource could not be found",
+            },
+        )
 
     async def _admit(self, request: web.Request) -> web.StreamResponse | None:
         """Log, delay, authenticate and rate-limit a request; an answer means stop there."""
@@ -302,9 +336,23 @@ class Simulator:
             await asyncio.sleep(self.config.latency)
         expected = base64.b64encode(f"{self.config.token}:{self.config.secret}".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
-            return self._answer(401, {"category": "unauthorized", "code": "user-access-denied", "message": "The credentials are not valid"})
+            return self._answer(
+                401,
+                {
+                    "category": "unauthorized",
+                    "code": "user-access-denied",
+                    "message": "The credentials are not valid",
+                },
+            )
         if request.match_info["user"] != self.config.user_id:
-            return self._answer(403, {"category": "forbidden", "code": "forbidden", "message": "Access to this user is not allowed"})
+            return self._answer(
+                403,
+                {
+                    "category": "forbidden",
+                    "code": "forbidden",
+                    "message": "Access to this user is not allowed",
+                },
+            )
         if self.config.rate_limit:
             now = self._time()
             window_start = math.floor(now / self.config.window) * self.config.window
@@ -345,13 +393,37 @@ class Simulator:
     async def _fault(self, request: web.Request, kind: str) -> web.StreamResponse:
         self.statuses[kind] += 1
         if kind == "500":
-            return self._answer(500, {"category": "server-error", "code": "internal-error", "message": "An internal error occurred"}, count=False)
+            return self._answer(
+                500,
+                {
+                    "category": "server-error",
+                    "code": "internal-error",
+                    "message": "An internal error occurred",
+                },
+                count=False,
+            )
         if kind == "502":
             return self._html(502, count=False)
         if kind == "503":
-            return self._answer(503, {"category": "unavailable", "code": "unavailable", "message": "Service unavailable, retry your operation later"}, count=False)
+            return self._answer(
+                503,
+                {
+                    "category": "unavailable",
+                    "code": "unavailable",
+                    "message": "Service unavailable, retry your operation later",
+                },
+                count=False,
+            )
         if kind == "504":
-            return self._answer(504, {"category": "gateway-timeout", "code": "gateway-timeout", "message": "Gateway timeout"}, count=False)
+            return self._answer(
+                504,
+                {
+                    "category": "gateway-timeout",
+                    "code": "gateway-timeout",
+                    "message": "Gateway timeout",
+                },
+                count=False,
+            )
         if kind == "html":
             return self._html(200, count=False)
         if kind == "slow":
@@ -373,7 +445,7 @@ class Simulator:
     def _html(self, status: int, *, count: bool = True) -> web.Response:
         if count:
             self.statuses[status] += 1
-        page = "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+        page = "<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
         return web.Response(status=status, text=page, content_type="text/html")
 
     def _answer(

@@ -90,12 +90,11 @@ class CallList:
             raise InputError(f"cannot open input file {spec}: {exc.strerror}") from None
 
     def _parse(self, spec: str) -> Iterator[Record]:
-        stream: BinaryIO = self._raw
-        buffered = io.BufferedReader(stream) if not hasattr(stream, "peek") else stream
-        if buffered.peek(2)[:2] == _GZIP_MAGIC:  # type: ignore[attr-defined]
-            stream = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-        else:
-            stream = buffered
+        stream: Any = self._raw
+        if not hasattr(stream, "peek"):
+            stream = io.BufferedReader(stream)
+        if stream.peek(2)[:2] == _GZIP_MAGIC:
+            stream = gzip.GzipFile(fileobj=stream, mode="rb")
         name = spec.lower().removesuffix(".gz")
         if name.endswith(".csv"):
             kind = "csv"
@@ -108,7 +107,7 @@ class CallList:
         try:
             if kind == "csv":
                 self._text = io.TextIOWrapper(
-                    stream,  # type: ignore[type-var]
+                    stream,
                     encoding="utf-8-sig",
                     errors="replace",
                     newline="",
@@ -120,12 +119,10 @@ class CallList:
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(f"cannot read input {self.name}: {exc}") from None
 
-    def _sniff(self, stream: BinaryIO) -> str:
+    def _sniff(self, stream: Any) -> str:
         """Guess the format from the first line with something on it (stdin, unknown suffix)."""
-        if not hasattr(stream, "peek"):
-            stream = io.BufferedReader(stream)  # type: ignore[arg-type]
         try:
-            head = stream.peek(MAX_LINE)[:MAX_LINE]  # type: ignore[attr-defined]
+            head: bytes = stream.peek(MAX_LINE)[:MAX_LINE]
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise InputError(f"cannot read input {self.name}: {exc}") from None
         for raw in head.removeprefix(b"\xef\xbb\xbf").splitlines():

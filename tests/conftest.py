@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import subprocess
 import sys
@@ -19,16 +20,20 @@ from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulat
 
 
 class FakeClock:
-    """A clock whose sleep returns at once, moving time forward by at least the sleep.
+    """A clock whose sleeps take no real time: a small discrete-event scheduler.
 
-    Concurrent sleepers do not add up: time moves to the latest wake-up asked for, so every
-    sleeper has waited at least what it asked and the clock never runs ahead needlessly.
+    Sleepers wake one at a time in order of their wake-up time, the clock jumping to each; the
+    next wakes only after the previous one has run, so what a task reads from the clock when it
+    wakes is the time it asked for.
     """
 
     def __init__(self) -> None:
         self.now = 1_790_000_000.25  # wall seconds; a quarter into a rate-limit window
         self.offset = 1_000_000.0  # monotonic = wall - offset
         self.sleeps: list[float] = []
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sequence = 0
+        self._advance_pending = False
 
     def time(self) -> float:
         return self.now
@@ -38,8 +43,27 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now = max(self.now, self.now + seconds)
-        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._waiters, (self.now + max(seconds, 0.0), self._sequence, woken))
+        self._sequence += 1
+        if not self._advance_pending:
+            self._advance_pending = True
+            loop.call_soon(self._advance)
+        await woken
+
+    def _advance(self) -> None:
+        self._advance_pending = False
+        while self._waiters:
+            when, _, woken = heapq.heappop(self._waiters)
+            if not woken.cancelled():
+                self.now = max(self.now, when)
+                woken.set_result(None)
+                break
+        if self._waiters:
+            # Scheduled after the woken task's own step, which set_result just queued.
+            self._advance_pending = True
+            asyncio.get_running_loop().call_soon(self._advance)
 
 
 @pytest.fixture
@@ -72,6 +96,11 @@ def make_settings(sim: Simulator, tmp_path: Path, **flags: Any) -> Settings:
     return load_settings(given, env)
 
 
+def output_of(settings: Settings) -> Path:
+    assert settings.output is not None
+    return settings.output
+
+
 def write_calls(tmp_path: Path, ids: list[str], name: str = "calls.txt") -> Path:
     path = tmp_path / name
     path.write_text("".join(f"{i}\n" for i in ids))
@@ -97,17 +126,31 @@ def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     """``harvester sim`` as its own process, for command-line tests; yields its environment."""
     folder = tmp_path_factory.mktemp("sim")
     ready = folder / "url"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harvester", "sim", "--port", "0", "--calls", "40",
-         "--ready-file", str(ready), "--ids-file", str(folder / "ids.txt")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = folder / "sim.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harvester",
+                "sim",
+                "--port",
+                "0",
+                "--calls",
+                "40",
+                "--ready-file",
+                str(ready),
+                "--ids-file",
+                str(folder / "ids.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 30
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"simulator did not start: {process.stderr.read()!r}")  # type: ignore[union-attr]
+            raise RuntimeError(f"simulator did not start: {log.read_text()}")
         time.sleep(0.02)
     env = {
         **os.environ,

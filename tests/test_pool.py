@@ -17,6 +17,7 @@ from .conftest import (
     canonical,
     expected_events,
     make_settings,
+    output_of,
     read_ndjson,
     write_calls,
 )
@@ -33,8 +34,8 @@ async def test_every_event_of_every_call_once_with_call_id(
 
     stats = await harvest(settings, clock=clock)
 
-    assert read_ndjson(settings.output) == read_ndjson(settings.output)  # parses as NDJSON
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert read_ndjson(output_of(settings)) == read_ndjson(output_of(settings))  # parses as NDJSON
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
     assert (stats.calls, stats.ok, stats.failed) == (len(ids), len(ids), 0)
     assert stats.events == len(expected_events(ids))
     assert stats.requests == len(ids) == len(sim.requests)
@@ -49,7 +50,7 @@ async def test_a_calls_events_stay_together_in_the_output(
     settings = make_settings(sim, tmp_path, concurrency=16)
     await harvest(settings, clock=clock)
 
-    order = [e["callId"] for e in read_ndjson(settings.output)]
+    order = [e["callId"] for e in read_ndjson(output_of(settings))]
     runs = [call for i, call in enumerate(order) if i == 0 or order[i - 1] != call]
     assert sorted(runs) == sorted(ids)
 
@@ -67,7 +68,7 @@ async def test_output_is_exact_under_each_fault(
     stats = await harvest(settings, clock=clock)
 
     assert sim.statuses[kind] > 0, "the fault was injected"
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
     assert (stats.ok, stats.failed) == (len(ids), 0)
     assert stats.requests == len(sim.requests)
     if kind == "reset":
@@ -90,7 +91,7 @@ async def test_a_slow_answer_times_out_and_is_retried(
     stats = await harvest(settings, clock=clock)
 
     assert sim.statuses["slow"] > 0
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
     assert stats.failed == 0
 
 
@@ -109,10 +110,12 @@ async def test_a_call_that_keeps_failing_lands_in_failures_with_its_attempts(
     assert sorted(f["callId"] for f in failures) == sorted(ids)
     assert {(f["status"], f["code"], f["attempts"]) for f in failures} == {(503, "unavailable", 3)}
     assert (stats.ok, stats.failed, stats.requests) == (0, 3, 9)
-    assert settings.output.read_bytes() == b""
+    assert output_of(settings).read_bytes() == b""
     # Backoff grows between attempts: two waits per call, the second about twice the first.
     assert len(clock.sleeps) == 6
-    assert all(0.5 <= s < 1.0 for s in clock.sleeps[:3]) and all(1.0 <= s < 1.5 for s in clock.sleeps[3:])
+    assert all(0.5 <= s < 1.0 for s in clock.sleeps[:3]) and all(
+        1.0 <= s < 1.5 for s in clock.sleeps[3:]
+    )
 
 
 async def test_unknown_calls_go_to_failures_once_without_retry(
@@ -181,7 +184,7 @@ async def test_duplicates_are_fetched_once(
 
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
     assert (stats.calls, stats.duplicates, stats.requests) == (4, 5, 4)
 
 
@@ -195,7 +198,7 @@ async def test_event_pages_are_followed_and_joined(
 
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
     pages = sum((len(expected_events([i])) + 1) // 2 for i in ids)
     assert stats.requests == pages == len(sim.requests)
     assert any("cursor=" in path for path in sim.requests)
@@ -229,5 +232,51 @@ async def test_empty_input_is_a_successful_run_with_nothing_to_do(
     stats = await harvest(settings, clock=clock)
 
     assert stats == RunStats()
-    assert settings.output.read_bytes() == b""
+    assert output_of(settings).read_bytes() == b""
     assert sim.requests == []
+
+
+async def test_a_next_link_to_another_host_is_not_followed(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Following it would hand our credentials to that host.
+    sim.config.events_page_size = 2
+    sim.config.next_link_origin = "http://127.0.0.2:9"
+    ids = sim.call_ids()[:2]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert {f["code"] for f in read_ndjson(settings.failures_path)} == {"foreign-next-link"}
+    assert (stats.failed, stats.requests) == (2, 2)
+    assert output_of(settings).read_bytes() == b""
+
+
+async def test_an_api_that_answers_nothing_stops_the_run_instead_of_failing_every_call(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_calls(tmp_path, sim.call_ids())
+    await sim.stop()  # nothing listens on the port any more
+    settings = make_settings(sim, tmp_path, concurrency=2, max_attempts=2)
+
+    with pytest.raises(FatalApiError, match="api-unavailable") as caught:
+        await harvest(settings, clock=clock)
+
+    assert "connection-error" in caught.value.message
+    failed = read_ndjson(settings.failures_path)
+    assert 20 <= len(failed) < 25
+    assert {f["code"] for f in failed} == {"connection-error"}
+
+
+async def test_calls_that_are_answered_keep_the_run_going_through_many_failures(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    unknown = [f"c-unknown{i:04d}" for i in range(30)]
+    write_calls(tmp_path, [*unknown, *ids])
+    settings = make_settings(sim, tmp_path)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert (stats.ok, stats.failed) == (len(ids), 30)

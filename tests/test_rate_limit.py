@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import itertools
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from harvester.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
 from harvester.pool import harvest
 from harvester.sim import Simulator
 
-from .conftest import FakeClock, canonical, expected_events, make_settings, read_ndjson, write_calls
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    output_of,
+    read_ndjson,
+    write_calls,
+)
 
 
 async def test_the_pool_waits_for_the_reset_and_loses_nothing(
@@ -26,7 +35,7 @@ async def test_the_pool_waits_for_the_reset_and_loses_nothing(
 
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
     assert stats.failed == 0
     assert stats.rate_limited == sum(1 for e in sim.log if e.status == 429) > 0
     # 30 calls at 3 per one-second window need ten windows: nine more after the first.
@@ -55,7 +64,7 @@ async def test_each_call_retries_only_after_the_announced_reset(
         by_call[exchange.path].append((exchange.time, exchange.status))
     checked = 0
     for exchanges in by_call.values():
-        for (when, status), (next_when, _) in zip(exchanges, exchanges[1:], strict=False):
+        for (when, status), (next_when, _) in itertools.pairwise(exchanges):
             if status == 429:
                 assert next_when >= int(when) + 1
                 checked += 1
@@ -112,7 +121,7 @@ async def test_429s_do_not_use_up_max_attempts(
     stats = await harvest(settings, clock=clock)
 
     assert (stats.ok, stats.failed, stats.rate_limited) == (4, 0, 20)
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
 
 
 async def test_a_call_rate_limited_past_the_bound_is_given_up(

@@ -1,0 +1,45 @@
+"""harvester on the same job as bench/baseline.py, through its library entry point.
+
+    python bench/harvester_run.py BASE_URL USER_ID IDS_FILE OUTPUT CONCURRENCY
+Prints one JSON line: calls, events, seconds, cpu_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+import orjson
+
+from harvester.config import load_settings
+from harvester.pool import harvest
+
+
+def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> None:
+    settings = load_settings(
+        {
+            "input": ids_file,
+            "output": output,
+            "base_url": base,
+            "user_id": user,
+            "concurrency": concurrency,
+            "progress": False,
+        },
+        os.environ,
+    )
+    started, cpu = time.perf_counter(), time.process_time()
+    stats = asyncio.run(harvest(settings))
+    seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    assert stats.failed == 0, stats
+    print(
+        orjson.dumps(
+            {"calls": stats.calls, "events": stats.events, "seconds": seconds, "cpu_s": cpu_s}
+        ).decode()
+    )
+
+
+if __name__ == "__main__":
+    base, user, ids_file, output, concurrency = sys.argv[1:6]
+    main(base, user, ids_file, output, int(concurrency))

@@ -1,0 +1,217 @@
+"""``harvester run`` as a scheduler sees it: a process, its exit code, its files, its stderr."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harvester.sim import SIM_SECRET
+
+from .conftest import canonical, expected_events, read_ndjson
+
+
+def harvester(
+    env: dict[str, str], *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "harvester", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def registry(env: dict[str, str]) -> list[str]:
+    return Path(env["IDS_FILE"]).read_text().split()
+
+
+def assert_no_secret(*texts: bytes, secret: str = SIM_SECRET) -> None:
+    for text in texts:
+        assert secret.encode() not in text
+
+
+def test_a_clean_run_exits_0_with_exact_output_and_a_summary(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = registry(sim_process)
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    out, summary = tmp_path / "events.ndjson", tmp_path / "summary.json"
+
+    done = harvester(
+        sim_process,
+        "run",
+        "--input",
+        str(tmp_path / "calls.txt"),
+        "--output",
+        str(out),
+        "--summary",
+        str(summary),
+        "--verbose",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    report = orjson.loads(summary.read_bytes())
+    assert report["status"] == "completed" and report["exit_code"] == 0
+    assert (report["calls"], report["ok"], report["failed"]) == (len(ids), len(ids), 0)
+    assert report["requests"] == len(ids) and report["events"] == len(expected_events(ids))
+    for key in ("retries", "rate_limited", "elapsed_s"):
+        assert key in report
+    assert b"40 calls: 40 ok, 0 failed" in done.stderr
+    assert_no_secret(done.stdout, done.stderr, out.read_bytes(), summary.read_bytes())
+
+
+def test_some_failures_exit_1_and_are_listed(sim_process: dict[str, str], tmp_path: Path) -> None:
+    ids = registry(sim_process)[:5]
+    calls = tmp_path / "calls.csv"
+    calls.write_text(
+        "callId,note\n" + "".join(f"{i},x\n" for i in ids) + "c-nosuchcall,x\nc-a/b,x\n"
+    )
+    summary = tmp_path / "summary.json"
+
+    done = harvester(
+        sim_process,
+        "run",
+        "-i",
+        str(calls),
+        "-o",
+        str(tmp_path / "out.ndjson"),
+        "--summary",
+        str(summary),
+        "--no-progress",
+    )
+
+    assert done.returncode == 1, done.stderr
+    failures = read_ndjson(tmp_path / "out.failures.ndjson")
+    assert {(f["callId"], f["code"]) for f in failures} == {
+        ("c-nosuchcall", "call-not-found"),
+        ("c-a/b", "invalid-call-id"),
+    }
+    report = orjson.loads(summary.read_bytes())
+    assert report["ok"] + report["failed"] == report["calls"] == 7
+    assert b"Failed calls are listed in" in done.stderr
+
+
+def test_stdin_gzip_input(sim_process: dict[str, str], tmp_path: Path) -> None:
+    ids = registry(sim_process)[:7]
+    out = tmp_path / "events.ndjson"
+
+    done = harvester(
+        sim_process,
+        "run",
+        "--input",
+        "-",
+        "--output",
+        str(out),
+        "--no-progress",
+        stdin=gzip.compress("".join(f'{{"id": "{i}"}}\n' for i in ids).encode()),
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+
+
+def test_empty_input_exits_0(sim_process: dict[str, str], tmp_path: Path) -> None:
+    done = harvester(
+        sim_process, "run", "-i", "-", "-o", str(tmp_path / "e.ndjson"), "--no-progress", stdin=b""
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "e.ndjson").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "env_change", "message"),
+    [
+        (
+            ["--input", "/nonexistent/calls.txt"],
+            {},
+            b"input file /nonexistent/calls.txt does not exist",
+        ),
+        (
+            ["--input", "{calls}", "--user-id", "u-x/y"],
+            {},
+            b"does not look like a Catapult user id",
+        ),
+        (["--input", "{calls}"], {"CATAPULT_API_TOKEN": ""}, b"no API credentials"),
+        (["--input", "{calls}", "--base-url", "http://example.com"], {}, b"plain http"),
+        (["--input", "{calls}", "--config", "/nonexistent.toml"], {}, b"does not exist"),
+        (["--input", "{csv}"], {}, b"no callId or id column"),
+        ([], {}, b"no call list: give --input"),
+    ],
+)
+def test_usage_config_and_input_errors_exit_2_before_any_request(
+    sim_process: dict[str, str],
+    tmp_path: Path,
+    args: list[str],
+    env_change: dict[str, str],
+    message: bytes,
+) -> None:
+    (tmp_path / "calls.txt").write_text("c-abc\n")
+    (tmp_path / "calls.csv").write_text("call,x\nc-abc,1\n")
+    args = [a.format(calls=tmp_path / "calls.txt", csv=tmp_path / "calls.csv") for a in args]
+
+    done = harvester(
+        {**sim_process, **env_change},
+        "run",
+        *args,
+        "-o",
+        str(tmp_path / "out.ndjson"),
+        "--no-progress",
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert b"Traceback" not in done.stderr
+    assert not (tmp_path / "out.ndjson").exists()
+
+
+def test_refused_credentials_exit_3_fast_and_the_secret_stays_hidden(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = registry(sim_process)
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    wrong = "wrong-secret-value-1234"
+    summary = tmp_path / "summary.json"
+    started = time.monotonic()
+
+    done = harvester(
+        {**sim_process, "CATAPULT_API_SECRET": wrong},
+        "run",
+        "-i",
+        str(tmp_path / "calls.txt"),
+        "-o",
+        str(tmp_path / "out.ndjson"),
+        "--summary",
+        str(summary),
+        "--concurrency",
+        "4",
+        "--verbose",
+    )
+
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - started < 20
+    assert b"401 user-access-denied" in done.stderr
+    assert b"check CATAPULT_API_TOKEN" in done.stderr
+    report = orjson.loads(summary.read_bytes())
+    assert report["status"] == "aborted" and report["requests"] <= 4
+    for text in (
+        done.stdout,
+        done.stderr,
+        summary.read_bytes(),
+        (tmp_path / "out.ndjson").read_bytes(),
+    ):
+        assert_no_secret(text, secret=wrong)
+
+
+def test_help_lists_exit_codes() -> None:
+    done = harvester({}, "run", "--help")
+    assert done.returncode == 0
+    assert b"Exit codes" in done.stdout

@@ -1,0 +1,109 @@
+"""Settings: file < environment < flags, validated with messages that say what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harvester.config import Secret, Settings, load_settings
+from harvester.errors import ConfigError
+
+ENV = {
+    "CATAPULT_API_TOKEN": "t-token",
+    "CATAPULT_API_SECRET": "s3cret-value",
+    "CATAPULT_USER_ID": "u-fromenvironment",
+}
+
+
+def test_defaults() -> None:
+    settings = load_settings({}, ENV)
+    assert settings.base_url == "https://api.catapult.inetwork.com"
+    assert (settings.concurrency, settings.rate, settings.max_attempts) == (8, 0.0, 5)
+    assert settings.api_secret.reveal() == "s3cret-value"
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "harvester.toml"
+    config.write_text(
+        'user_id = "u-fromfile"\nconcurrency = 3\nrate = 2.5\n'
+        'base_url = "https://proxy.example.com/catapult"\n'
+    )
+    settings = load_settings({"concurrency": 5}, {**ENV, "CATAPULT_BASE_URL": ""}, config)
+    assert settings.user_id == "u-fromenvironment"  # environment beats the file
+    assert settings.concurrency == 5  # flags beat both
+    assert settings.rate == 2.5  # the file beats the default
+    assert settings.base_url == "https://proxy.example.com/catapult"
+
+
+def test_the_example_config_is_valid_and_names_every_setting() -> None:
+    example = Path(__file__).parent.parent / "config.example.toml"
+    settings = load_settings({}, ENV, example)
+    assert isinstance(settings, Settings)
+    text = example.read_text()
+    for name in Settings.__dataclass_fields__:
+        assert f"{name} =" in text, f"config.example.toml does not document {name}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({}, {**ENV, "CATAPULT_USER_ID": ""}, "no user id: set CATAPULT_USER_ID"),
+        ({"user_id": "u-a/../b"}, ENV, "does not look like a Catapult user id"),
+        ({}, {**ENV, "CATAPULT_API_SECRET": ""}, "no API credentials"),
+        ({"base_url": "http://api.example.com"}, ENV, "plain http"),
+        ({"base_url": "https://tok:sec@api.example.com"}, ENV, "must not hold credentials"),
+        ({"base_url": "ftp://api.example.com"}, ENV, "must look like https://"),
+        ({"base_url": "https://api.example.com/?x=1"}, ENV, "query or fragment"),
+        ({"concurrency": 0}, ENV, "concurrency must be between 1 and 1000"),
+        ({"rate": -1}, ENV, "rate must be between"),
+        ({"max_attempts": 0}, ENV, "max_attempts must be between"),
+        ({"timeout": 0}, ENV, "timeout must be between"),
+    ],
+)
+def test_invalid_settings_say_how_to_fix_them(
+    flags: dict[str, object], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(flags, env)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.4.5", "localhost", "[::1]"])
+def test_plain_http_is_allowed_on_loopback(host: str) -> None:
+    assert load_settings({"base_url": f"http://{host}:8080"}, ENV).base_url.startswith("http://")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("concurrency = 'many'", "concurrency must be a number"),
+        ("concurrency = 2.5", "whole number"),
+        ("progress = 'yes'", "progress must be true or false"),
+        ("colour = 'blue'", "unknown key"),
+        ("concurrency = ", "not valid TOML"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings({}, ENV, config)
+
+
+def test_a_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({}, ENV, tmp_path / "absent.toml")
+
+
+def test_secrets_never_print() -> None:
+    settings = load_settings({}, ENV)
+    assert "s3cret-value" not in repr(settings)
+    assert "s3cret-value" not in str(settings)
+    assert str(Secret("x")) == "***"
+
+
+def test_failures_file_sits_beside_the_output() -> None:
+    settings = load_settings({"output": "out/events.ndjson"}, ENV)
+    assert settings.failures_path == Path("out/events.failures.ndjson")
+    other = load_settings({"output": "out/events.jsonl", "failures": "f.ndjson"}, ENV)
+    assert other.failures_path == Path("f.ndjson")
