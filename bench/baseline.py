@@ -20,7 +20,7 @@ import orjson
 
 
 async def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> None:
-    ids = open(ids_file).read().split()  # noqa: ASYNC230, SIM115
+    ids = open(ids_file).read().split()  # noqa: SIM115
     token = base64.b64encode(
         f"{os.environ['CATAPULT_API_TOKEN']}:{os.environ['CATAPULT_API_SECRET']}".encode()
     ).decode()
@@ -28,7 +28,7 @@ async def main(base: str, user: str, ids_file: str, output: str, concurrency: in
     for call_id in ids:
         queue.put_nowait(call_id)
     events = 0
-    out = open(output, "wb")  # noqa: ASYNC230, SIM115
+    out = open(output, "wb")  # noqa: SIM115
     started, cpu = time.perf_counter(), time.process_time()
 
     async def worker(session: aiohttp.ClientSession) -> None:
