@@ -13,7 +13,7 @@ import orjson
 
 @dataclass(slots=True)
 class RunStats:
-    """Live counters; ``ok + failed == calls`` once the run has finished."""
+    """Live counters; ``ok + failed == calls`` once a run has finished (not when it was stopped)."""
 
     calls: int = 0
     ok: int = 0
@@ -31,7 +31,8 @@ class RunStats:
         self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
+        return {**asdict(self), "unfinished": self.calls - self.ok - self.failed}
 
 
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:

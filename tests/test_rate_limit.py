@@ -11,7 +11,7 @@ import pytest
 
 from harvester.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
 from harvester.pool import harvest
-from harvester.sim import Simulator
+from harvester.sim import SimConfig, Simulator
 
 from .conftest import (
     FakeClock,
@@ -167,3 +167,23 @@ def test_rate_limit_delay_reads_every_header_form(
         assert result is None
     else:
         assert result == pytest.approx(delay)
+
+
+async def test_a_429_pauses_every_worker_not_just_the_one_that_got_it(tmp_path: Path) -> None:
+    # Real time: the point is what the other workers do while one waits. One call in ~20 is
+    # answered 429 with a reset 0.5 s ahead; every other request would succeed at once.
+    config = SimConfig(calls=60, faults={"429": 0.05}, max_faults_per_call=1)
+    async with Simulator(config) as simulator:
+        write_calls(tmp_path, simulator.call_ids())
+        settings = make_settings(simulator, tmp_path, concurrency=4)
+
+        stats = await harvest(settings)
+
+    assert stats.ok == 60
+    assert stats.rate_limited >= 1
+    for index, exchange in enumerate(simulator.log):
+        if exchange.status == 429:
+            reset = exchange.time + 0.5
+            early = [e for e in simulator.log[index + 1 :] if e.time < reset - 0.01]
+            # Only the requests already on the wire when the 429 came back.
+            assert len(early) <= settings.concurrency - 1, early
