@@ -2,8 +2,8 @@
 
 Exit codes of ``harvester run``:
   0 every call harvested; 1 finished, some calls in the failures file;
-  2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS);
-  4 an output file could not be written; 130 interrupted.
+  2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS, outage);
+  4 an output file could not be written; 130 / 143 stopped by SIGINT / SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harvester import __version__
-from harvester.config import load_settings
+from harvester.config import Settings, load_settings
 from harvester.errors import ConfigError, FatalApiError, InputError, OutputError
 from harvester.pool import harvest
 from harvester.stats import RunStats, write_json_atomically
@@ -32,7 +32,7 @@ EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_FATAL_API = 3
 EXIT_OUTPUT = 4
-EXIT_INTERRUPTED = 130
+EXIT_SIGNAL_BASE = 128
 
 log = logging.getLogger("harvester")
 
@@ -70,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Fetch the events of every call in --input and write them to --output as "
         "NDJSON. Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. "
         "Settings: config file < environment < flags (see config.example.toml).",
-        epilog="Exit codes: 0 all harvested; 1 some calls failed (see the failures file); "
-        "2 usage, config or input error; 3 aborted: credentials refused or no access; "
-        "4 an output file could not be written; 130 interrupted.",
+        epilog="Run the same command again after any interruption: it resumes, and every event "
+        "lands exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
+        "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
+        "the API unreachable; 4 an output file could not be written; 130/143 stopped by "
+        "SIGINT/SIGTERM (resumable).",
     )
     run.add_argument(
         "--input",
@@ -144,6 +146,29 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="no progress line on stderr",
     )
+    run.add_argument(
+        "--fresh", action="store_true", help="discard earlier progress of this output; start over"
+    )
+    run.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=float,
+        help="on SIGINT/SIGTERM, seconds to let calls in flight finish (default 10)",
+    )
+    run.add_argument(
+        "--commit-every",
+        dest="commit_calls",
+        metavar="N",
+        type=int,
+        help="commit at least every N calls (default 1000)",
+    )
+    run.add_argument(
+        "--commit-interval",
+        dest="commit_seconds",
+        metavar="SECONDS",
+        type=float,
+        help="commit at least every SECONDS seconds (default 5)",
+    )
     run.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
 
     sim = commands.add_parser(
@@ -190,23 +215,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = {
-        key: getattr(args, key)
-        for key in (
-            "input",
-            "output",
-            "failures",
-            "summary",
-            "base_url",
-            "user_id",
-            "concurrency",
-            "rate",
-            "max_attempts",
-            "max_rate_limited",
-            "timeout",
-            "progress",
-        )
-    }
+    # Only what was given on the command line; None leaves the file's or environment's value.
+    flags = {name: getattr(args, name, None) for name in Settings.__dataclass_fields__}
     try:
         settings = load_settings(flags, os.environ, args.config)
         if settings.input is None:
@@ -222,34 +232,40 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     status, error = "completed", None
     progress = _Progress(stats, sys.stderr) if settings.progress else None
+    stopper = _Stopper(settings.grace)
+    work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
-        _run_async(_with_progress(harvest(settings, stats=stats), progress))
-        code = EXIT_OK if stats.failed == 0 else EXIT_FAILURES
-    except InputError as exc:
-        code, status, error = EXIT_USAGE, "input-error", str(exc)
+        _run_async(_supervised(work, progress, stopper))
+        if stopper.signal is not None:
+            code, status = EXIT_SIGNAL_BASE + stopper.signal, "stopped"
+            name = signal.Signals(stopper.signal).name
+            error = f"stopped by {name}; run the same command again to resume"
+        else:
+            code = EXIT_OK if stats.job.get("failed", 0) == 0 else EXIT_FAILURES
+    except (InputError, ConfigError) as exc:
+        code, status, error = EXIT_USAGE, "usage-error", str(exc)
     except FatalApiError as exc:
         code, status, error = EXIT_FATAL_API, "aborted", str(exc)
-        hint = (
-            " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)"
-            if exc.status in (401, 403)
-            else ""
-        )
-        error += hint
+        if exc.status in (401, 403):
+            error += " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)"
     except OutputError as exc:
         code, status, error = EXIT_OUTPUT, "output-error", str(exc)
-    except KeyboardInterrupt:
-        code, status, error = EXIT_INTERRUPTED, "interrupted", "interrupted"
     elapsed = time.monotonic() - started
     if progress is not None:
         progress.finish()
     if error is not None:
         log.error("error: %s", error)
 
-    summary = {
+    job = stats.job
+    summary: dict[str, Any] = {
         "status": status,
         "exit_code": code,
-        **stats.as_dict(),
-        "elapsed_s": round(elapsed, 3),
+        **{key: job.get(key, 0) for key in _JOB_KEYS},
+        "duplicates": stats.duplicates,
+        "failures_by_code": job.get("failures_by_code", {}),
+        "elapsed_s": job.get("elapsed_s", round(elapsed, 3)),
+        "invocations": job.get("invocations", 0),
+        "this_run": {**stats.as_dict(), "elapsed_s": round(elapsed, 3)},
         "started_at": started_at.isoformat(timespec="seconds"),
         "input": settings.input,
         "output": str(settings.output),
@@ -257,7 +273,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     if error is not None:
         summary["error"] = error
-    log.info("%s", _summary_line(stats, elapsed, settings.failures_path))
+    if job:
+        log.info("%s", _summary_line(summary, settings.failures_path))
     if settings.summary is not None:
         try:
             write_json_atomically(settings.summary, summary)
@@ -265,6 +282,41 @@ def _run(args: argparse.Namespace) -> int:
             log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
             return code or EXIT_OUTPUT
     return code
+
+
+_JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_limited")
+
+
+class _Stopper:
+    """SIGINT/SIGTERM: the first asks the run to stop gracefully, a second exits at once.
+
+    The handler only sets a flag that the run watches. Exiting at once is safe: nothing
+    uncommitted counts, and the next run resumes from the last commit.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.event = asyncio.Event()
+        self.signal: int | None = None
+        self._grace = grace
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signal is not None:
+            sys.stderr.write("\nharvester: second signal: stopping now (resumable)\n")
+            sys.stderr.flush()
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        self.signal = signum
+        log.info(
+            "%s: finishing calls in flight (up to %g s), then committing; "
+            "signal again to stop at once",
+            signal.Signals(signum).name,
+            self._grace,
+        )
+        self.event.set()
 
 
 def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -276,7 +328,11 @@ def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coroutine)
 
 
-async def _with_progress(work: Coroutine[Any, Any, Any], progress: _Progress | None) -> None:
+async def _supervised(
+    work: Coroutine[Any, Any, Any], progress: _Progress | None, stopper: _Stopper
+) -> None:
+    """Run ``work`` with signal handling and, if wanted, a progress ticker beside it."""
+    stopper.install()
     if progress is None:
         await work
         return
@@ -289,13 +345,17 @@ async def _with_progress(work: Coroutine[Any, Any, Any], progress: _Progress | N
             await ticker
 
 
-def _summary_line(stats: RunStats, elapsed: float, failures: Path) -> str:
+def _summary_line(summary: dict[str, Any], failures: Path) -> str:
+    run = summary["this_run"]
     line = (
-        f"{stats.calls} calls: {stats.ok} ok, {stats.failed} failed; {stats.events} events; "
-        f"{stats.requests} requests, {stats.retries} retries, {stats.rate_limited} rate-limited; "
-        f"{elapsed:.1f} s"
+        f"{summary['calls']} calls: {summary['ok']} ok, {summary['failed']} failed; "
+        f"{summary['events']} events; {summary['requests']} requests, {summary['retries']} "
+        f"retries, {summary['rate_limited']} rate-limited"
     )
-    if stats.failed:
+    if summary["invocations"] > 1:
+        line += f" (over {summary['invocations']} runs; this one took on {run['calls']} calls)"
+    line += f"; {run['elapsed_s']:.1f} s"
+    if summary["failed"]:
         line += f". Failed calls are listed in {failures}"
     return line
 

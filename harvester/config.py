@@ -73,6 +73,9 @@ class Settings:
     max_rate_limited: int = 100
     timeout: float = 30.0
     progress: bool = True
+    grace: float = 10.0
+    commit_calls: int = 1000
+    commit_seconds: float = 5.0
 
     @property
     def failures_path(self) -> Path:
@@ -157,6 +160,9 @@ def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
     _check_range("max_attempts", settings.max_attempts, 1, 100)
     _check_range("max_rate_limited", settings.max_rate_limited, 1, 100_000)
     _check_range("timeout", settings.timeout, 0.001, 3600)
+    _check_range("grace", settings.grace, 0, 3600)
+    _check_range("commit_calls", settings.commit_calls, 1, 1_000_000)
+    _check_range("commit_seconds", settings.commit_seconds, 0.01, 3600)
     return settings
 
 

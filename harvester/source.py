@@ -10,6 +10,7 @@ Formats, chosen by extension and, where that says nothing, by content:
 
 A record that holds no id at all (a broken JSON line, an empty CSV cell, an overlong line)
 becomes an ``InvalidRecord`` so the run can list it in the failures file rather than lose it.
+Each id comes with its input line, which tells a re-read record from a duplicate on resume.
 Whether an id is well-formed is the pool's business, not the reader's.
 """
 
@@ -41,7 +42,8 @@ class InvalidRecord:
     reason: str
 
 
-Record = str | InvalidRecord
+# An id with the input line it came from, or a line that names no call.
+Record = tuple[int, str] | InvalidRecord
 
 
 class CallList:
@@ -167,7 +169,7 @@ def _text_records(stream: BinaryIO) -> Iterator[Record]:
         line = raw.strip()
         if not line or line.startswith(b"#"):
             continue
-        yield line.decode("utf-8", "replace")
+        yield number, line.decode("utf-8", "replace")
 
 
 def _ndjson_records(stream: BinaryIO) -> Iterator[Record]:
@@ -191,7 +193,7 @@ def _id_of(obj: object, number: int) -> Record:
     for key in ID_FIELDS:
         value = obj.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return number, value.strip()
     return InvalidRecord(number, "no callId or id field")
 
 
@@ -233,4 +235,4 @@ def _csv_rows(reader: Any, column: int) -> Iterator[Record]:
         if not row or all(not cell.strip() for cell in row):
             continue
         value = row[column].strip() if column < len(row) else ""
-        yield value if value else InvalidRecord(row_number, "empty call id cell")
+        yield (row_number, value) if value else InvalidRecord(row_number, "empty call id cell")

@@ -15,7 +15,7 @@ import orjson
 class RunStats:
     """Live counters; ``ok + failed == calls`` once a run has finished (not when it was stopped)."""
 
-    calls: int = 0
+    calls: int = 0  # records taken on by this run (not done earlier, not duplicates)
     ok: int = 0
     failed: int = 0
     events: int = 0
@@ -24,7 +24,10 @@ class RunStats:
     rate_limited: int = 0
     duplicates: int = 0
     invalid: int = 0
+    skipped: int = 0  # done in an earlier run of the same job
     failures_by_code: dict[str, int] = field(default_factory=dict)
+    completed: bool = False  # every input record has an outcome
+    job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters
 
     def count_failure(self, code: str) -> None:
         self.failed += 1
@@ -32,7 +35,8 @@ class RunStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
-        return {**asdict(self), "unfinished": self.calls - self.ok - self.failed}
+        counters = {k: v for k, v in asdict(self).items() if k not in ("job", "completed")}
+        return {**counters, "unfinished": self.calls - self.ok - self.failed}
 
 
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:

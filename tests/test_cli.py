@@ -62,7 +62,8 @@ def test_a_clean_run_exits_0_with_exact_output_and_a_summary(
     report = orjson.loads(summary.read_bytes())
     assert report["status"] == "completed" and report["exit_code"] == 0
     assert (report["calls"], report["ok"], report["failed"]) == (len(ids), len(ids), 0)
-    assert report["unfinished"] == 0
+    assert report["this_run"]["unfinished"] == 0
+    assert report["invocations"] == 1
     assert report["requests"] == len(ids) and report["events"] == len(expected_events(ids))
     for key in ("retries", "rate_limited", "elapsed_s"):
         assert key in report
@@ -203,7 +204,8 @@ def test_refused_credentials_exit_3_fast_and_the_secret_stays_hidden(
     assert b"check CATAPULT_API_TOKEN" in done.stderr
     report = orjson.loads(summary.read_bytes())
     assert report["status"] == "aborted" and report["requests"] <= 4
-    assert report["ok"] + report["failed"] + report["unfinished"] == report["calls"]
+    run = report["this_run"]
+    assert run["ok"] + run["failed"] + run["unfinished"] == run["calls"]
     for text in (
         done.stdout,
         done.stderr,
