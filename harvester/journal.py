@@ -311,6 +311,11 @@ def _connect(ledger: Path) -> sqlite3.Connection:
         )
         # isolation_level=None is autocommit; "with connection" must still open a transaction.
         connection.isolation_level = "DEFERRED"
+    except sqlite3.OperationalError as exc:
+        raise OutputError(
+            f"cannot open the ledger {ledger}: {exc}. Free some space or fix the permissions, "
+            "then run the same command again"
+        ) from None
     except sqlite3.DatabaseError as exc:
         raise ConfigError(
             f"the ledger {ledger} cannot be used ({exc}); use --fresh to start over"

@@ -161,6 +161,8 @@ class _Committer:
                 async with asyncio.timeout(self._seconds):
                     await self._due.wait()
             await self.commit()
+        # What arrived while the last commit was under way.
+        await self.commit()
 
     async def finish(self, task: asyncio.Task[None]) -> None:
         """End ``run`` (the task running it) after one last commit."""
@@ -231,9 +233,10 @@ class _Run:
     ) -> None:
         await stop.wait()
         producer.cancel()
-        # Queued calls were never started: the next run reads them again.
+        # Queued calls were never started: the next run takes them on.
         while not self._queue.empty():
-            self._queue.get_nowait()
+            if self._queue.get_nowait() is not None:
+                self._stats.calls -= 1
         for _ in workers:
             self._queue.put_nowait(None)
         _, late = await asyncio.wait(workers, timeout=self._settings.grace)
@@ -258,7 +261,6 @@ class _Run:
                 if verdict is Verdict.DONE:
                     stats.skipped += 1
                     continue
-                stats.calls += 1
                 if isinstance(record, InvalidRecord):
                     await self._invalid(
                         record.line,
@@ -268,19 +270,21 @@ class _Run:
                     )
                     continue
                 line, call_id = record
-                if not is_call_id(call_id):
+                if is_call_id(call_id):
+                    await self._queue.put(record)
+                    stats.calls += 1  # not before: a cancelled put took nothing on
+                else:
                     await self._invalid(
                         line,
                         call_id,
                         "invalid-call-id",
                         "not a call id (c- and up to 64 letters, digits or hyphens); not sent",
                     )
-                    continue
-                await self._queue.put(record)
         for _ in range(self._settings.concurrency):
             await self._queue.put(None)
 
     async def _invalid(self, line: int, call_id: str | None, code: str, message: str) -> None:
+        self._stats.calls += 1
         self._stats.invalid += 1
         key = call_id if call_id is not None else _line_key(line)
         await self._fail(key, line, call_id, None, code, message, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import os
 import subprocess
@@ -121,10 +122,10 @@ def canonical(events: list[dict[str, Any]]) -> list[bytes]:
     return sorted(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events)
 
 
-@pytest.fixture(scope="session")
-def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """``harvester sim`` as its own process, for command-line tests; yields its environment."""
-    folder = tmp_path_factory.mktemp("sim")
+@contextlib.contextmanager
+def simulator_process(folder: Path, *options: str) -> Iterator[dict[str, str]]:
+    """``harvester sim`` as its own process; yields the environment that points at it, plus
+    ``IDS_FILE``, the registry's call ids."""
     ready = folder / "url"
     log = folder / "sim.log"
     with log.open("wb") as stderr:
@@ -136,12 +137,11 @@ def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 "sim",
                 "--port",
                 "0",
-                "--calls",
-                "40",
                 "--ready-file",
                 str(ready),
                 "--ids-file",
                 str(folder / "ids.txt"),
+                *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -152,14 +152,22 @@ def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             process.kill()
             raise RuntimeError(f"simulator did not start: {log.read_text()}")
         time.sleep(0.02)
-    env = {
-        **os.environ,
-        "CATAPULT_BASE_URL": ready.read_text().strip(),
-        "CATAPULT_USER_ID": SIM_USER_ID,
-        "CATAPULT_API_TOKEN": SIM_TOKEN,
-        "CATAPULT_API_SECRET": SIM_SECRET,
-        "IDS_FILE": str(folder / "ids.txt"),
-    }
-    yield env
-    process.terminate()
-    process.wait(10)
+    try:
+        yield {
+            **os.environ,
+            "CATAPULT_BASE_URL": ready.read_text().strip(),
+            "CATAPULT_USER_ID": SIM_USER_ID,
+            "CATAPULT_API_TOKEN": SIM_TOKEN,
+            "CATAPULT_API_SECRET": SIM_SECRET,
+            "IDS_FILE": str(folder / "ids.txt"),
+        }
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A well-behaved simulator process with 40 calls, for command-line tests."""
+    with simulator_process(tmp_path_factory.mktemp("sim"), "--calls", "40") as env:
+        yield env

@@ -1,0 +1,369 @@
+"""Crash-safe resume: killed at any moment, run again, every event exactly once."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harvester import journal
+from harvester.errors import OutputError
+from harvester.pool import harvest
+from harvester.sim import Simulator
+
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    output_of,
+    read_ndjson,
+    simulator_process,
+    write_calls,
+)
+
+UNKNOWN = ["c-unknowncall000000000001", "c-unknowncall000000000002"]
+HOSTILE = ["c-../../etc", "not-a-call"]
+
+
+def start(env: dict[str, str], folder: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harvester",
+            "run",
+            "--input",
+            str(folder / "calls.txt"),
+            "--output",
+            str(folder / "out" / "events.ndjson"),
+            "--summary",
+            str(folder / "summary.json"),
+            "--no-progress",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(env: dict[str, str], folder: Path, *extra: str) -> tuple[int, bytes]:
+    process = start(env, folder, *extra)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def call_list(env: dict[str, str], folder: Path) -> list[str]:
+    """The registry, plus duplicates, unknown calls and hostile ids, written as the input."""
+    ids = Path(env["IDS_FILE"]).read_text().split()
+    lines = [*ids, *ids[:5], *UNKNOWN, *HOSTILE]
+    random.Random(3).shuffle(lines)
+    (folder / "calls.txt").write_text("\n".join(lines) + "\n")
+    return ids
+
+
+def assert_exactly_once(folder: Path, ids: list[str]) -> None:
+    output = (folder / "out" / "events.ndjson").read_bytes().splitlines()
+    assert len(output) == len(set(output)), "an event was written twice"
+    assert canonical([orjson.loads(line) for line in output]) == canonical(expected_events(ids))
+    failures = read_ndjson(folder / "out" / "events.failures.ndjson")
+    assert Counter(f["callId"] for f in failures) == Counter([*UNKNOWN, *HOSTILE])
+
+
+@pytest.fixture(scope="module")
+def faulty_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A simulator that is slow enough to be killed mid-run, and misbehaves."""
+    with simulator_process(
+        tmp_path_factory.mktemp("faulty-sim"),
+        "--calls",
+        "400",
+        "--latency",
+        "0.004",
+        "--fault",
+        "503=0.05",
+        "--fault",
+        "reset=0.03",
+        "--fault",
+        "truncate=0.03",
+        "--fault",
+        "429=0.005",
+        "--max-faults-per-call",
+        "1",
+    ) as env:
+        yield env
+
+
+def test_kill_9_at_random_moments_then_resume_gives_every_event_exactly_once(
+    faulty_sim: dict[str, str], tmp_path: Path
+) -> None:
+    ids = call_list(faulty_sim, tmp_path)
+    rng = random.Random(int(os.environ.get("KILL_SEED", "11")))
+    kills = 0
+    for _ in range(30):
+        process = start(
+            faulty_sim,
+            tmp_path,
+            "--commit-every",
+            "5",
+            "--commit-interval",
+            "0.05",
+            "--concurrency",
+            "6",
+        )
+        time.sleep(rng.uniform(0.4, 1.0))
+        if process.poll() is not None:
+            process.communicate()
+            break
+        process.kill()
+        process.communicate()
+        kills += 1
+    code, stderr = finish(faulty_sim, tmp_path)
+
+    assert code == 1, stderr  # the unknown and hostile ids are failures
+    assert kills >= 5, "the run ended before it could be killed often enough"
+    assert_exactly_once(tmp_path, ids)
+    report = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert report["calls"] == len(ids) + len(UNKNOWN) + len(HOSTILE)
+    assert report["ok"] == len(ids) and report["failed"] == 4
+    assert report["invocations"] >= kills
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_gracefully_and_the_next_run_completes(
+    faulty_sim: dict[str, str], tmp_path: Path, signum: int, code: int
+) -> None:
+    ids = call_list(faulty_sim, tmp_path)
+    process = start(faulty_sim, tmp_path, "--grace", "5")
+    time.sleep(1.0)
+    process.send_signal(signum)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == code, stderr
+    assert time.monotonic() - started < 5
+    assert b"finishing calls in flight" in stderr
+    report = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert report["status"] == "stopped"
+    assert report["this_run"]["unfinished"] == 0, "calls in flight were finished within grace"
+    assert 0 < report["calls"] < len(ids)
+
+    assert finish(faulty_sim, tmp_path)[0] == 1
+    assert_exactly_once(tmp_path, ids)
+
+
+def test_a_second_signal_exits_at_once_and_stays_resumable(
+    faulty_sim: dict[str, str], tmp_path: Path
+) -> None:
+    ids = call_list(faulty_sim, tmp_path)
+    process = start(faulty_sim, tmp_path, "--grace", "60")
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+
+    assert process.returncode == 143, stderr
+    assert b"second signal" in stderr
+    assert finish(faulty_sim, tmp_path)[0] == 1
+    assert_exactly_once(tmp_path, ids)
+
+
+def test_a_completed_run_run_again_changes_nothing(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    assert finish(sim_process, tmp_path)[0] == 0
+    output = tmp_path / "out" / "events.ndjson"
+    before = output.read_bytes()
+    first = orjson.loads((tmp_path / "summary.json").read_bytes())
+
+    code, stderr = finish(sim_process, tmp_path)
+
+    assert code == 0, stderr
+    assert output.read_bytes() == before
+    again = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert again["this_run"]["requests"] == 0
+    assert (again["calls"], again["ok"], again["events"]) == (
+        first["calls"],
+        first["ok"],
+        first["events"],
+    )
+    assert b"completed earlier" in stderr
+
+
+def test_fresh_starts_over(sim_process: dict[str, str], tmp_path: Path) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    assert finish(sim_process, tmp_path)[0] == 0
+
+    assert finish(sim_process, tmp_path, "--fresh")[0] == 0
+
+    report = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert report["invocations"] == 1 and report["this_run"]["requests"] == len(ids)
+    assert canonical(read_ndjson(tmp_path / "out" / "events.ndjson")) == canonical(
+        expected_events(ids)
+    )
+
+
+def test_another_input_is_refused_unless_fresh(sim_process: dict[str, str], tmp_path: Path) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids[:10]))
+    assert finish(sim_process, tmp_path)[0] == 0
+    (tmp_path / "calls.txt").write_text("\n".join(ids[10:20]))
+
+    code, stderr = finish(sim_process, tmp_path)
+
+    assert code == 2
+    assert b"this output belongs to another run" in stderr and b"--fresh" in stderr
+    assert canonical(read_ndjson(tmp_path / "out" / "events.ndjson")) == canonical(
+        expected_events(ids[:10])
+    )
+
+
+def test_another_user_is_refused(sim_process: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "calls.txt").write_text("c-abc\n")
+    assert finish(sim_process, tmp_path)[0] == 1
+
+    code, stderr = finish({**sim_process, "CATAPULT_USER_ID": "u-someoneelse"}, tmp_path)
+
+    assert code == 2
+    assert b"user_id was" in stderr
+
+
+def test_an_output_without_state_is_not_overwritten(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "calls.txt").write_text("c-abc\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "events.ndjson").write_text('{"precious": true}\n')
+
+    code, stderr = finish(sim_process, tmp_path)
+
+    assert code == 2
+    assert b"holds no harvester state" in stderr
+    assert (tmp_path / "out" / "events.ndjson").read_text() == '{"precious": true}\n'
+
+
+def test_a_second_harvester_on_the_same_output_is_refused(
+    faulty_sim: dict[str, str], tmp_path: Path
+) -> None:
+    call_list(faulty_sim, tmp_path)
+    first = start(faulty_sim, tmp_path)
+    try:
+        time.sleep(0.8)
+        assert first.poll() is None
+        code, stderr = finish(faulty_sim, tmp_path)
+        assert code == 2
+        assert f"another harvester (pid {first.pid})".encode() in stderr
+    finally:
+        first.kill()
+        first.communicate()
+
+
+async def test_a_write_error_stops_the_run_and_the_next_run_resumes_cleanly(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, commit_calls=5, concurrency=2)
+    real_fsync = os.fsync
+    syncs = 0
+
+    def failing_fsync(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        if syncs > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(journal.os, "fsync", failing_fsync)
+    with pytest.raises(OutputError, match="No space left on device") as caught:
+        await harvest(settings, clock=clock)
+    assert str(output_of(settings)) in str(caught.value)
+    written = output_of(settings).stat().st_size
+    monkeypatch.setattr(journal.os, "fsync", real_fsync)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert 0 < stats.skipped < len(ids), "the first run's commits were kept"
+    assert written > 0
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert stats.job["calls"] == stats.job["ok"] == len(ids)
+
+
+def test_a_full_disk_exits_4_naming_the_path_and_resumes_once_space_is_back(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny filesystem needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    ):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        ids = Path(sim_process["IDS_FILE"]).read_text().split()
+        (tmp_path / "calls.txt").write_text("\n".join(ids))
+        output = mount / "events.ndjson"
+        # Fill the filesystem but for room enough to open the ledger and commit a little.
+        (mount / "ballast").write_bytes(b"x" * (512 - 72) * 1024)
+        args = [
+            "-m",
+            "harvester",
+            "run",
+            "-i",
+            str(tmp_path / "calls.txt"),
+            "-o",
+            str(output),
+            "--no-progress",
+            "--commit-every",
+            "3",
+        ]
+        done = subprocess.run(
+            [sys.executable, *args], env=sim_process, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 4, done.stderr
+        assert b"No space left on device" in done.stderr or b"disk is full" in done.stderr
+        assert str(mount).encode() in done.stderr
+        assert output.stat().st_size > 0, "some commits went through before the disk filled"
+
+        (mount / "ballast").unlink()
+        done = subprocess.run(
+            [sys.executable, *args], env=sim_process, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        lines = output.read_bytes().splitlines()
+        assert len(lines) == len(set(lines))
+        assert canonical([orjson.loads(x) for x in lines]) == canonical(expected_events(ids))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_corrupt_ledger_is_a_clear_error(sim_process: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "calls.txt").write_text("c-abc\n")
+    state = tmp_path / "out" / "events.ndjson.state"
+    state.mkdir(parents=True)
+    (state / "ledger.sqlite").write_bytes(b"this is not a database" * 100)
+
+    code, stderr = finish(sim_process, tmp_path)
+
+    assert code == 2
+    assert b"--fresh" in stderr
