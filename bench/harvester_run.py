@@ -30,7 +30,7 @@ def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> 
         os.environ,
     )
     started, cpu = time.perf_counter(), time.process_time()
-    stats = asyncio.run(harvest(settings))
+    stats = asyncio.run(harvest(settings, fresh=True))
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     assert stats.failed == 0, stats
     print(

@@ -359,7 +359,7 @@ def _open_at(path: Path, size: int) -> BinaryIO:
         actual = os.fstat(fd).st_size
         if actual < size:
             file.close()
-            raise OutputError(
+            raise ConfigError(
                 f"{path} is shorter ({actual} bytes) than its ledger says ({size}); it was "
                 "changed by something else. Use --fresh to start over"
             )

@@ -80,7 +80,8 @@ async def harvest(
         )
         try:
             stats.job = journal.snapshot()
-            if journal.meta["completed"]:
+            # stdin cannot be fingerprinted up front: read it through; what is done is skipped.
+            if journal.meta["completed"] and settings.input != "-":
                 log.info("this job was completed earlier; nothing to do (--fresh starts over)")
                 stats.completed = True
                 return stats

@@ -16,7 +16,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester import journal
 from harvester.errors import OutputError
 from harvester.pool import harvest
 from harvester.sim import Simulator
@@ -288,12 +287,12 @@ async def test_a_write_error_stops_the_run_and_the_next_run_resumes_cleanly(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(journal.os, "fsync", failing_fsync)
+    monkeypatch.setattr("harvester.journal.os.fsync", failing_fsync)
     with pytest.raises(OutputError, match="No space left on device") as caught:
         await harvest(settings, clock=clock)
     assert str(output_of(settings)) in str(caught.value)
     written = output_of(settings).stat().st_size
-    monkeypatch.setattr(journal.os, "fsync", real_fsync)
+    monkeypatch.setattr("harvester.journal.os.fsync", real_fsync)
 
     stats = await harvest(settings, clock=clock)
 
