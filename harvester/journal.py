@@ -163,6 +163,9 @@ class Journal:
             meta["invocations"] += 1
             events_file = _open_at(output, meta["output_size"])
             failures_file = _open_at(failures, meta["failures_size"])
+            # New files survive a power loss only once their folder's entries are on disk too.
+            for folder in {output.parent, failures.parent, directory}:
+                fsync_directory(folder)
             journal = cls(output, failures, connection, lock, events_file, failures_file, meta)
             journal._write_meta()
             return journal
@@ -267,6 +270,20 @@ class Journal:
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)",
             (orjson.dumps(self.meta),),
         )
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make the entries of ``folder`` (files created or renamed in it) durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OutputError(f"cannot open {folder}: {exc.strerror}") from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot sync {folder}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _take_lock(lock: BinaryIO, directory: Path) -> None:
