@@ -29,7 +29,7 @@ def main() -> None:
         failures = Path(folder) / "events.failures.ndjson"
         identity = {"input": "bench"}
 
-        journal = Journal.open(output, failures, identity)
+        journal = Journal.open({"events": output, "failures": failures}, identity)
         started = time.perf_counter()
         commits = 0
         commit_time = 0.0
@@ -54,7 +54,7 @@ def main() -> None:
         fresh = time.perf_counter() - started
         journal.close()
 
-        journal = Journal.open(output, failures, identity)
+        journal = Journal.open({"events": output, "failures": failures}, identity)
         started = time.perf_counter()
         for start in range(0, calls, READ_BATCH):
             chunk = [

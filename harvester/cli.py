@@ -169,6 +169,39 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="commit at least every SECONDS seconds (default 5)",
     )
+    window = run.add_argument_group(
+        "nightly mode",
+        "Without --input, list the API's calls of a time window (newest first, stopping once "
+        "past the window) and harvest those. Paths may hold {date} (the window's start date) "
+        "and {shard} (K of --shard K/N).",
+    )
+    window.add_argument(
+        "--yesterday", action="store_const", const=True, help="the previous day in --tz"
+    )
+    window.add_argument(
+        "--since", metavar="TIME", help="window start, inclusive (ISO 8601; no zone: --tz)"
+    )
+    window.add_argument("--until", metavar="TIME", help="window end, exclusive (default: now)")
+    window.add_argument(
+        "--tz", metavar="ZONE", help="time zone of --yesterday and of zone-less times (default UTC)"
+    )
+    window.add_argument(
+        "--calls-output",
+        metavar="PATH",
+        type=Path,
+        help="also write each listed call's record (NDJSON)",
+    )
+    window.add_argument(
+        "--list-page-size",
+        metavar="N",
+        type=int,
+        help="calls per list page (default 1000, the most)",
+    )
+    run.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="take only shard K of N (0 <= K < N) of the calls, by a stable hash of the id",
+    )
     run.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
 
     sim = commands.add_parser(
@@ -219,10 +252,6 @@ def _run(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name, None) for name in Settings.__dataclass_fields__}
     try:
         settings = load_settings(flags, os.environ, args.config)
-        if settings.input is None:
-            raise ConfigError("no call list: give --input PATH (or - for stdin)")
-        if settings.output is None:
-            raise ConfigError("no output: give --output PATH")
     except ConfigError as exc:
         log.error("error: %s", exc)
         return EXIT_USAGE

@@ -97,6 +97,18 @@ class CallEventsClient:
         path = f"{self._prefix}/calls/{quote(call_id, safe='')}/events"
         return self._base.with_path(path, encoded=True)
 
+    def calls_url(self, page_size: int) -> URL:
+        """The first page of the call list, newest first."""
+        path = f"{self._prefix}/calls"
+        query = {"sortOrder": "desc", "size": str(page_size)}
+        return self._base.with_path(path, encoded=True).with_query(query)
+
+    async def calls_page(self, url: URL) -> tuple[list[Event], URL | None]:
+        """One page of the call list and the next page's URL, exactly as the API linked it."""
+        if url.origin() != self._origin:
+            raise CallFailed(None, "foreign-url", f"{url.origin()} is not {self._origin}")
+        return await self._get_page(url)
+
     async def events(self, call_id: str) -> list[Event]:
         """All events of one call, following ``Link: rel="next"`` pages and joining them."""
         url: URL | None = self.events_url(call_id)

@@ -9,6 +9,7 @@ import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,6 +77,13 @@ class Settings:
     grace: float = 10.0
     commit_calls: int = 1000
     commit_seconds: float = 5.0
+    since: str | None = None
+    until: str | None = None
+    yesterday: bool = False
+    tz: str = "UTC"
+    calls_output: Path | None = None
+    shard: str | None = None
+    list_page_size: int = 1000
 
     @property
     def failures_path(self) -> Path:
@@ -93,7 +101,7 @@ class Settings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRETS = ("api_token", "api_secret")
-_PATHS = ("output", "failures", "summary")
+_PATHS = ("output", "failures", "summary", "calls_output")
 
 
 def load_settings(
@@ -163,7 +171,30 @@ def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
     _check_range("grace", settings.grace, 0, 3600)
     _check_range("commit_calls", settings.commit_calls, 1, 1_000_000)
     _check_range("commit_seconds", settings.commit_seconds, 0.01, 3600)
+    _check_range("list_page_size", settings.list_page_size, 1, 1000)
     return settings
+
+
+def render_paths(settings: Settings, day: date | None, shard: str | None) -> Settings:
+    """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths."""
+    values: dict[str, Any] = {}
+    for key in _PATHS:
+        path = getattr(settings, key)
+        if path is None:
+            continue
+        text = str(path)
+        if "{date}" in text:
+            if day is None:
+                raise ConfigError(
+                    f"{key} {text} holds {{date}}, which needs a window (--yesterday or --since)"
+                )
+            text = text.replace("{date}", day.isoformat())
+        if "{shard}" in text:
+            if shard is None:
+                raise ConfigError(f"{key} {text} holds {{shard}}, which needs --shard K/N")
+            text = text.replace("{shard}", shard.partition("/")[0])
+        values[key] = Path(text)
+    return dataclasses.replace(settings, **values)
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:

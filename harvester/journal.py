@@ -23,6 +23,7 @@ import contextlib
 import enum
 import errno
 import fcntl
+import gzip
 import hashlib
 import os
 import shutil
@@ -78,11 +79,13 @@ class Batch:
 
     events: bytearray = field(default_factory=bytearray)
     failures: bytearray = field(default_factory=bytearray)
+    calls: bytearray = field(default_factory=bytearray)  # listed call records, if kept
     rows: list[tuple[str, int, int]] = field(default_factory=list)
     ok: int = 0
     failed: int = 0
     event_count: int = 0
     failure_codes: Counter[str] = field(default_factory=Counter)
+    list_cursor: str | None = None  # a listing run's place, up to which all is committed
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,20 +96,16 @@ class Journal:
 
     def __init__(
         self,
-        output: Path,
-        failures: Path,
+        paths: dict[str, Path],
         connection: sqlite3.Connection,
         lock: BinaryIO,
-        events_file: BinaryIO,
-        failures_file: BinaryIO,
+        files: dict[str, BinaryIO],
         meta: dict[str, Any],
     ) -> None:
-        self.output = output
-        self.failures = failures
+        self.paths = paths
         self._db = connection
         self._lock = lock
-        self._events_file = events_file
-        self._failures_file = failures_file
+        self._files = files
         self.meta = meta
         # Keys claimed by this run and not yet committed: the calls on their way.
         self._pending: set[str] = set()
@@ -118,14 +117,19 @@ class Journal:
 
     @classmethod
     def open(
-        cls, output: Path, failures: Path, identity: dict[str, Any], *, fresh: bool = False
+        cls, paths: dict[str, Path], identity: dict[str, Any], *, fresh: bool = False
     ) -> Journal:
         """Take the lock, check the state belongs to this run, and cut the files back to their
         committed sizes. ``fresh`` discards earlier progress instead.
 
+        ``paths`` names the output files: ``events`` and ``failures``, and ``calls`` when the
+        listed calls' records are kept. A path ending in ``.gz`` is written gzip-compressed,
+        one gzip member per commit, so it is a valid gzip file after every commit.
+
         Raises ``ConfigError`` (exit 2) for a lock held by another harvester or a state made by
         another run, ``OutputError`` (exit 4) when the files cannot be opened.
         """
+        output = paths["events"]
         directory = state_dir(output)
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -135,10 +139,10 @@ class Journal:
         try:
             _take_lock(lock, directory)
             if fresh:
-                _discard(directory, output, failures)
+                _discard(directory, paths.values())
             ledger = directory / "ledger.sqlite"
             if not ledger.exists():
-                for path in (output, failures):
+                for path in paths.values():
                     if path.exists() and path.stat().st_size > 0:
                         raise ConfigError(
                             f"{path} exists but holds no harvester state, so resuming into it "
@@ -152,8 +156,7 @@ class Journal:
                 meta = {
                     "schema": SCHEMA_VERSION,
                     "identity": identity,
-                    "output_size": 0,
-                    "failures_size": 0,
+                    "sizes": dict.fromkeys(paths, 0),
                     "totals": dict.fromkeys(TOTAL_KEYS, 0),
                     "failure_codes": {},
                     "completed": False,
@@ -161,12 +164,11 @@ class Journal:
                     "elapsed_s": 0.0,
                 }
             meta["invocations"] += 1
-            events_file = _open_at(output, meta["output_size"])
-            failures_file = _open_at(failures, meta["failures_size"])
+            files = {name: _open_at(path, meta["sizes"][name]) for name, path in paths.items()}
             # New files survive a power loss only once their folder's entries are on disk too.
-            for folder in {output.parent, failures.parent, directory}:
+            for folder in {*(path.parent for path in paths.values()), directory}:
                 fsync_directory(folder)
-            journal = cls(output, failures, connection, lock, events_file, failures_file, meta)
+            journal = cls(paths, connection, lock, files, meta)
             journal._write_meta()
             return journal
         except BaseException:
@@ -220,8 +222,10 @@ class Journal:
 
         ``run_totals`` are this invocation's request counters, added to the job's as of now.
         """
-        events_size = _append(self._events_file, batch.events, self.output)
-        failures_size = _append(self._failures_file, batch.failures, self.failures)
+        sizes = {
+            name: _append(file, getattr(batch, name), self.paths[name])
+            for name, file in self._files.items()
+        }
         meta = self.meta
         totals = meta["totals"]
         totals["calls"] += batch.ok + batch.failed
@@ -233,8 +237,9 @@ class Journal:
         codes = Counter(meta["failure_codes"])
         codes.update(batch.failure_codes)
         meta["failure_codes"] = dict(codes)
-        meta["output_size"] = events_size
-        meta["failures_size"] = failures_size
+        meta["sizes"] = sizes
+        if batch.list_cursor is not None:
+            meta["list_cursor"] = batch.list_cursor
         meta["elapsed_s"] = self._elapsed_before + elapsed_s
         try:
             with self._db:
@@ -246,7 +251,7 @@ class Journal:
             self._pending.difference_update(key for key, _, _ in batch.rows)
         except sqlite3.Error as exc:
             raise OutputError(
-                f"cannot write the ledger in {state_dir(self.output)}: {exc}. Free some space, "
+                f"cannot write the ledger in {state_dir(self.paths['events'])}: {exc}. Free some space, "
                 "then run the same command again"
             ) from None
 
@@ -261,9 +266,10 @@ class Journal:
 
     def close(self) -> None:
         """Close files, ledger and lock (nothing is committed here)."""
-        for resource in (self._events_file, self._failures_file, self._db, self._lock):
+        closers = [file.close for file in self._files.values()]
+        for close in (*closers, self._db.close, self._lock.close):
             with contextlib.suppress(OSError, sqlite3.Error):
-                resource.close()
+                close()
 
     def _write_meta(self) -> None:
         self._db.execute(
@@ -304,8 +310,8 @@ def _take_lock(lock: BinaryIO, directory: Path) -> None:
     lock.flush()
 
 
-def _discard(directory: Path, output: Path, failures: Path) -> None:
-    for path in (output, failures):
+def _discard(directory: Path, paths: Iterable[Path]) -> None:
+    for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     for entry in directory.iterdir():
@@ -390,9 +396,11 @@ def _open_at(path: Path, size: int) -> BinaryIO:
 
 
 def _append(file: BinaryIO, data: bytes | bytearray, path: Path) -> int:
-    """Append ``data`` durably; the file's new size."""
+    """Append ``data`` durably, as a gzip member of its own for a ``.gz`` path; the new size."""
     try:
         if data:
+            if path.suffix == ".gz":
+                data = gzip.compress(data, compresslevel=6, mtime=0)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

@@ -17,21 +17,29 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
-from harvester.config import Settings
-from harvester.errors import CallFailed, FatalApiError, OutputError, TransientError
+from harvester.config import Settings, render_paths
+from harvester.errors import CallFailed, ConfigError, FatalApiError, OutputError, TransientError
 from harvester.ids import is_call_id
 from harvester.journal import FAILED, OK, Batch, Journal, Verdict, input_identity
 from harvester.limiter import RateLimiter
+from harvester.listing import Page, list_window, parse_window
 from harvester.ndjson import event_lines, failure_line
-from harvester.retry import RetryingFetcher
+from harvester.retry import Retrier
+from harvester.shard import Shard
 from harvester.source import CallList, InvalidRecord, Record
 from harvester.stats import RunStats
+
+# A listed call: (0, call id, its record as an NDJSON line).
+Listed = tuple[int, str, bytes]
 
 log = logging.getLogger("harvester")
 
@@ -54,30 +62,45 @@ async def harvest(
     stop: asyncio.Event | None = None,
     fresh: bool = False,
 ) -> RunStats:
-    """Harvest every call of ``settings.input`` into ``settings.output``, resuming earlier work.
+    """Harvest every call of ``settings.input``, or of the window's call list, into
+    ``settings.output``, resuming earlier work.
 
     Returns this invocation's counters, with the whole job's in ``stats.job``. Raises
-    ``InputError`` or ``ConfigError`` before any request when the call list or the state cannot
-    be used, ``FatalApiError`` when the API refuses the credentials or is down (what was done is
-    committed), ``OutputError`` when a file cannot be written (nothing uncommitted counts).
+    ``InputError`` or ``ConfigError`` before any request when the call list, the window or the
+    state cannot be used, ``FatalApiError`` when the API refuses the credentials or is down (what
+    was done is committed), ``OutputError`` when a file cannot be written (nothing uncommitted
+    counts).
     """
     stats = stats if stats is not None else RunStats()
     clock = clock if clock is not None else SystemClock()
     stop = stop if stop is not None else asyncio.Event()
-    assert settings.input is not None and settings.output is not None
-    identity = {
-        **input_identity(settings.input),
-        "user_id": settings.user_id,
-        "output": str(settings.output.resolve()),
-        "failures": str(settings.failures_path.resolve()),
-    }
-    with (
-        CallList(settings.input) as calls,
-        ThreadPoolExecutor(1, thread_name_prefix="harvester-journal") as disk,
-    ):
-        journal = await _on(
-            disk, Journal.open, settings.output, settings.failures_path, identity, fresh=fresh
+    now = datetime.fromtimestamp(clock.time(), UTC)
+    window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)
+    shard = Shard.parse(settings.shard) if settings.shard else None
+    settings = render_paths(settings, window.day if window else None, settings.shard)
+    if (settings.input is None) == (window is None):
+        raise ConfigError(
+            "give either a call list (--input PATH, - for stdin) or a window of the API's call "
+            "list (--yesterday, or --since/--until), not both"
         )
+    if settings.output is None:
+        raise ConfigError("no output: give --output PATH")
+    paths = {"events": settings.output, "failures": settings.failures_path}
+    if settings.calls_output is not None:
+        if window is None:
+            raise ConfigError("--calls-output keeps listed calls: it needs a window, not --input")
+        paths["calls"] = settings.calls_output
+    source = input_identity(settings.input) if settings.input else {"window": window.identity()}  # type: ignore[union-attr]
+    identity = {
+        **source,
+        "shard": str(shard) if shard else None,
+        "user_id": settings.user_id,
+        **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
+    }
+    with contextlib.ExitStack() as resources:
+        calls = resources.enter_context(CallList(settings.input)) if settings.input else None
+        disk = resources.enter_context(ThreadPoolExecutor(1, thread_name_prefix="harvester-disk"))
+        journal = await _on(disk, Journal.open, paths, identity, fresh=fresh)
         try:
             stats.job = journal.snapshot()
             # stdin cannot be fingerprinted up front: read it through; what is done is skipped.
@@ -89,14 +112,46 @@ async def harvest(
                 log.info("resuming: %d calls were done earlier", journal.meta["totals"]["calls"])
             limiter = RateLimiter(settings.rate, clock)
             async with CallEventsClient(settings, limiter, stats, clock) as client:
-                fetcher = RetryingFetcher(client, settings, stats, clock)
-                run = _Run(
-                    settings, stats, fetcher, _Committer(journal, disk, settings, stats, clock)
-                )
-                await run.execute(calls, stop)
+                retrier = Retrier(settings, stats, clock)
+                if calls is not None:
+                    batches = _file_batches(calls)
+                else:
+                    assert window is not None
+                    pages = list_window(
+                        client,
+                        retrier,
+                        window,
+                        settings.list_page_size,
+                        journal.meta.get("list_cursor") or None,
+                    )
+                    batches = _listed_batches(pages, stats)
+                committer = _Committer(journal, disk, settings, stats, clock)
+                run = _Run(settings, stats, client, retrier, committer, shard)
+                await run.execute(batches, stop)
         finally:
             await _on(disk, journal.close)
     return stats
+
+
+# One batch from a source: records, and for a listing, the next link after them ("" at the end).
+SourceBatch = tuple[list[Record | Listed], str | None]
+
+
+async def _file_batches(calls: CallList) -> AsyncGenerator[SourceBatch, None]:
+    records = iter(calls)
+    size = STDIN_BATCH if calls.name == "stdin" else FILE_BATCH
+    while batch := await asyncio.to_thread(_take, records, size):
+        yield list(batch), None
+
+
+async def _listed_batches(
+    pages: AsyncGenerator[Page, None], stats: RunStats
+) -> AsyncGenerator[SourceBatch, None]:
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            stats.listed += page.listed
+            stats.undated += page.undated
+            yield list(page.calls), page.next_url or ""
 
 
 async def _on(
@@ -106,8 +161,20 @@ async def _on(
     return await loop.run_in_executor(executor, lambda: function(*args, **kwargs))
 
 
+@dataclass(slots=True)
+class _PageMark:
+    """A listed page: where the list goes on after it, and its calls not yet committed."""
+
+    next_url: str
+    outstanding: int = 0
+
+
 class _Committer:
-    """Collects outcomes into a ``Batch`` and commits batches, one at a time, on the disk thread."""
+    """Collects outcomes into a ``Batch`` and commits batches, one at a time, on the disk thread.
+
+    For a listing run it also keeps the place in the call list up to which every call is
+    committed, and saves it with each commit, so a resumed night need not list from the top.
+    """
 
     def __init__(
         self,
@@ -130,18 +197,37 @@ class _Committer:
         self._room.set()
         self._closing = False
         self._started = clock.monotonic()
+        self._pages: deque[_PageMark] = deque()
+        self._page_of: dict[str, _PageMark] = {}
+        self._list_cursor: str | None = None
 
-    async def ok(self, key: str, line: int, lines: bytes, events: int) -> None:
+    def expect(self, key: str, page: _PageMark) -> None:
+        """``key`` comes from ``page``: the page is not done until it is committed."""
+        page.outstanding += 1
+        self._page_of[key] = page
+
+    def page_claimed(self, page: _PageMark) -> None:
+        """Every call of ``page`` has been claimed (and ``expect``-ed where new)."""
+        self._pages.append(page)
+        self._advance_pages()
+
+    def _advance_pages(self) -> None:
+        while self._pages and self._pages[0].outstanding == 0:
+            self._list_cursor = self._pages.popleft().next_url
+
+    async def ok(self, key: str, line: int, lines: bytes, events: int, listed: bytes) -> None:
         batch = self._batch
         batch.events += lines
+        batch.calls += listed
         batch.rows.append((key, line, OK))
         batch.ok += 1
         batch.event_count += events
         await self._admitted()
 
-    async def failed(self, key: str, line: int, record: bytes, code: str) -> None:
+    async def failed(self, key: str, line: int, record: bytes, code: str, listed: bytes) -> None:
         batch = self._batch
         batch.failures += record
+        batch.calls += listed
         batch.rows.append((key, line, FAILED))
         batch.failed += 1
         batch.failure_codes[code] += 1
@@ -175,6 +261,7 @@ class _Committer:
         async with self._lock:
             self._due.clear()
             batch, self._batch = self._batch, Batch()
+            batch.list_cursor = self._list_cursor
             stats = self._stats
             counters = {
                 "requests": stats.requests,
@@ -187,30 +274,45 @@ class _Committer:
             finally:
                 self._room.set()
             stats.job = self.journal.snapshot()
+            if self._page_of:
+                for key, _, _ in batch.rows:
+                    page = self._page_of.pop(key, None)
+                    if page is not None:
+                        page.outstanding -= 1
+                self._advance_pages()
 
 
 class _Run:
     def __init__(
-        self, settings: Settings, stats: RunStats, fetcher: RetryingFetcher, committer: _Committer
+        self,
+        settings: Settings,
+        stats: RunStats,
+        client: CallEventsClient,
+        retrier: Retrier,
+        committer: _Committer,
+        shard: Shard | None,
     ) -> None:
         self._settings = settings
         self._stats = stats
-        self._fetcher = fetcher
+        self._client = client
+        self._retrier = retrier
         self._committer = committer
+        self._shard = shard
         # Calls in a row that ended in transient failures, with no answer from the API between.
         self._unanswered = 0
         self._outage_after = max(OUTAGE_CALLS, 2 * settings.concurrency)
-        self._queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(
+        self._queue: asyncio.Queue[tuple[int, str, bytes] | None] = asyncio.Queue(
             maxsize=2 * settings.concurrency
         )
 
-    async def execute(self, calls: CallList, stop: asyncio.Event) -> None:
+    async def execute(
+        self, batches: AsyncGenerator[SourceBatch, None], stop: asyncio.Event
+    ) -> None:
         committer = self._committer
         try:
             async with asyncio.TaskGroup() as group:
                 committing = group.create_task(committer.run())
-                batch = STDIN_BATCH if calls.name == "stdin" else FILE_BATCH
-                producer = group.create_task(self._produce(iter(calls), batch))
+                producer = group.create_task(self._produce(batches))
                 workers = [
                     group.create_task(self._work()) for _ in range(self._settings.concurrency)
                 ]
@@ -249,69 +351,78 @@ class _Run:
         for task in late:
             task.cancel()
 
-    async def _produce(self, records: Iterator[Record], size: int) -> None:
+    async def _produce(self, batches: AsyncGenerator[SourceBatch, None]) -> None:
         stats = self._stats
-        journal = self._committer.journal
-        while batch := await asyncio.to_thread(_take, records, size):
-            keyed = [_key_of(record) for record in batch]
-            verdicts = await _on(self._committer.disk, journal.claim, keyed)
-            for record, verdict in zip(batch, verdicts, strict=True):
-                if verdict is Verdict.DUPLICATE:
-                    stats.duplicates += 1
-                    continue
-                if verdict is Verdict.DONE:
-                    stats.skipped += 1
-                    continue
-                if isinstance(record, InvalidRecord):
-                    await self._invalid(
-                        record.line,
-                        None,
-                        "invalid-input",
-                        f"input line {record.line}: {record.reason}",
-                    )
-                    continue
-                line, call_id = record
-                if is_call_id(call_id):
-                    await self._queue.put(record)
-                    stats.calls += 1  # not before: a cancelled put took nothing on
-                else:
-                    await self._invalid(
-                        line,
-                        call_id,
-                        "invalid-call-id",
-                        "not a call id (c- and up to 64 letters, digits or hyphens); not sent",
-                    )
+        committer = self._committer
+        async with contextlib.aclosing(batches):
+            async for records, next_url in batches:
+                keyed = [_key_of(record) for record in records]
+                if self._shard is not None:
+                    owns = self._shard.owns
+                    mine = [i for i, (key, _) in enumerate(keyed) if owns(key)]
+                    stats.other_shard += len(keyed) - len(mine)
+                    records = [records[i] for i in mine]
+                    keyed = [keyed[i] for i in mine]
+                verdicts = await _on(committer.disk, committer.journal.claim, keyed)
+                page = _PageMark(next_url) if next_url is not None else None
+                for record, (key, _), verdict in zip(records, keyed, verdicts, strict=True):
+                    if verdict is Verdict.DUPLICATE:
+                        stats.duplicates += 1
+                    elif verdict is Verdict.DONE:
+                        stats.skipped += 1
+                    else:
+                        if page is not None:
+                            committer.expect(key, page)
+                        await self._take_on(record)
+                if page is not None:
+                    committer.page_claimed(page)
         for _ in range(self._settings.concurrency):
             await self._queue.put(None)
 
-    async def _invalid(self, line: int, call_id: str | None, code: str, message: str) -> None:
+    async def _take_on(self, record: Record | Listed) -> None:
+        if isinstance(record, InvalidRecord):
+            reason = f"input line {record.line}: {record.reason}"
+            await self._invalid(record.line, None, "invalid-input", reason, b"")
+            return
+        line, call_id, listed = record if len(record) == 3 else (*record, b"")
+        if is_call_id(call_id):
+            await self._queue.put((line, call_id, listed))
+            self._stats.calls += 1  # not before: a cancelled put took nothing on
+        else:
+            reason = "not a call id (c- and up to 64 letters, digits or hyphens); not sent"
+            await self._invalid(line, call_id, "invalid-call-id", reason, listed)
+
+    async def _invalid(
+        self, line: int, call_id: str | None, code: str, message: str, listed: bytes
+    ) -> None:
         self._stats.calls += 1
         self._stats.invalid += 1
         key = call_id if call_id is not None else _line_key(line)
-        await self._fail(key, line, call_id, None, code, message, 0)
+        await self._fail(key, line, call_id, None, code, message, 0, listed)
 
     async def _work(self) -> None:
         stats = self._stats
+        events_of = self._client.events
         while (item := await self._queue.get()) is not None:
-            line, call_id = item
+            line, call_id, listed = item
             try:
-                found = await self._fetcher.fetch(call_id)
+                found = await self._retrier.run(events_of, call_id)
             except CallFailed as exc:
                 self._unanswered = 0
                 await self._fail(
-                    call_id, line, call_id, exc.status, exc.code, exc.message, exc.attempts
+                    call_id, line, call_id, exc.status, exc.code, exc.message, exc.attempts, listed
                 )
                 continue
             except TransientError as exc:
                 await self._fail(
-                    call_id, line, call_id, exc.status, exc.code, exc.message, exc.attempts
+                    call_id, line, call_id, exc.status, exc.code, exc.message, exc.attempts, listed
                 )
                 self._check_outage(exc)
                 continue
             self._unanswered = 0
             stats.ok += 1
             stats.events += len(found)
-            await self._committer.ok(call_id, line, event_lines(call_id, found), len(found))
+            await self._committer.ok(call_id, line, event_lines(call_id, found), len(found), listed)
 
     def _check_outage(self, last: TransientError) -> None:
         """Stop the run when the API is plainly down, rather than failing every call in turn."""
@@ -334,12 +445,12 @@ class _Run:
         code: str,
         message: str,
         attempts: int,
+        listed: bytes,
     ) -> None:
         log.debug("call %s failed: %s %s", call_id, code, message)
         self._stats.count_failure(code)
-        await self._committer.failed(
-            key, line, failure_line(call_id, status, code, message, attempts), code
-        )
+        record = failure_line(call_id, status, code, message, attempts)
+        await self._committer.failed(key, line, record, code, listed)
 
 
 def _line_key(line: int) -> str:
@@ -347,11 +458,10 @@ def _line_key(line: int) -> str:
     return f"\x00line:{line}"
 
 
-def _key_of(record: Record) -> tuple[str, int]:
+def _key_of(record: Record | Listed) -> tuple[str, int]:
     if isinstance(record, InvalidRecord):
         return _line_key(record.line), record.line
-    line, call_id = record
-    return call_id, line
+    return record[1], record[0]
 
 
 def _take(records: Iterator[Record], size: int) -> list[Record]:

@@ -16,15 +16,19 @@ tenacity: setting it up costs more than a whole successful call's own work.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from harvester.client import CallEventsClient, Event
 from harvester.clock import Clock
 from harvester.config import Settings
 from harvester.errors import ApiError, RateLimited, TransientError
 from harvester.stats import RunStats
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
@@ -46,53 +50,52 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_MAX, exponential) + random.uniform(0, BACKOFF_JITTER))
 
 
-class RetryingFetcher:
-    """Fetches a call's events, retrying as the module docstring says."""
+class Retrier:
+    """Runs one API operation (a call's events, a page of the call list) under the policy."""
 
-    def __init__(
-        self, client: CallEventsClient, settings: Settings, stats: RunStats, clock: Clock
-    ) -> None:
-        self._client = client
+    def __init__(self, settings: Settings, stats: RunStats, clock: Clock) -> None:
         self._stats = stats
         self._clock = clock
         self._max_attempts = settings.max_attempts
         self._max_rate_limited = settings.max_rate_limited
         self._retry = retry_if_exception_type(TransientError)
 
-    async def fetch(self, call_id: str) -> list[Event]:
-        """The call's events.
+    async def run(self, operation: Callable[[A], Awaitable[R]], argument: A) -> R:
+        """``await operation(argument)``, retried as the module docstring says.
 
-        Raises the last ``ApiError`` when the call cannot be harvested; its ``attempts``
-        attribute is set. ``FatalApiError`` is raised at once.
+        Raises the last ``ApiError`` when it cannot succeed, its ``attempts`` attribute set.
+        ``FatalApiError`` is raised at once.
         """
         tally = Tally()
         try:
-            # Most calls succeed at once: that path stays free of tenacity's per-call set-up.
+            # Most operations succeed at once: that path stays free of tenacity's set-up.
             try:
-                return await self._attempt(call_id, tally)
+                return await self._attempt(operation, argument, tally)
             except TransientError as first:
                 if self._gives_up(tally, first):
                     raise
                 await self._clock.sleep(self._delay(tally, first))
             retrying = AsyncRetrying(
                 sleep=self._clock.sleep,
-                stop=lambda state: self._gives_up(state.args[1], _error_of(state)),
-                wait=lambda state: self._delay(state.args[1], _error_of(state)),
+                stop=lambda state: self._gives_up(state.args[2], _error_of(state)),
+                wait=lambda state: self._delay(state.args[2], _error_of(state)),
                 retry=self._retry,
                 reraise=True,
             )
-            events: list[Event] = await retrying(self._attempt, call_id, tally)
+            result: R = await retrying(self._attempt, operation, argument, tally)
         except ApiError as exc:
             exc.attempts = tally.attempts
             raise
-        return events
+        return result
 
-    async def _attempt(self, call_id: str, tally: Tally) -> list[Event]:
+    async def _attempt(
+        self, operation: Callable[[A], Awaitable[R]], argument: A, tally: Tally
+    ) -> R:
         tally.attempts += 1
         if tally.attempts > 1:
             self._stats.retries += 1
         try:
-            return await self._client.events(call_id)
+            return await operation(argument)
         except RateLimited:
             tally.rate_limited += 1
             raise

@@ -25,6 +25,9 @@ class RunStats:
     duplicates: int = 0
     invalid: int = 0
     skipped: int = 0  # done in an earlier run of the same job
+    listed: int = 0  # calls seen on the call list's pages (a window run)
+    undated: int = 0  # listed calls without a usable startTime, so in no window
+    other_shard: int = 0  # records left to the other shards
     failures_by_code: dict[str, int] = field(default_factory=dict)
     completed: bool = False  # every input record has an outcome
     job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters

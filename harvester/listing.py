@@ -1,0 +1,146 @@
+"""Where a nightly job's call ids come from: the API's call list, within a time window.
+
+The API has no date filter. So the list is read newest first (``sortOrder=desc``), following
+``Link: rel="next"`` exactly as given (never computing page numbers), keeping the calls whose
+``startTime`` is in ``[since, until)`` and stopping after the first page that reaches back
+before ``since``. Pages flow to the workers as they arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from yarl import URL
+
+from harvester.client import CallEventsClient
+from harvester.errors import ApiError, ConfigError, FatalApiError
+from harvester.retry import Retrier
+
+log = logging.getLogger("harvester")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """``[since, until)``, both aware; ``day`` is the start's date in the user's time zone."""
+
+    since: datetime
+    until: datetime
+    day: date
+
+    def identity(self) -> dict[str, str]:
+        return {"since": self.since.isoformat(), "until": self.until.isoformat()}
+
+
+def parse_window(
+    since: str | None, until: str | None, yesterday: bool, zone_name: str, now: datetime
+) -> Window | None:
+    """The window the flags ask for, or None when they ask for none."""
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown time zone {zone_name!r} (use a name like UTC or Europe/Berlin)"
+        ) from None
+    if yesterday:
+        if since or until:
+            raise ConfigError("give either --yesterday or --since/--until, not both")
+        today = now.astimezone(zone).date()
+        start = datetime.combine(today - timedelta(days=1), time(), zone)
+        return Window(start, datetime.combine(today, time(), zone), start.date())
+    if not since and not until:
+        return None
+    if not since:
+        raise ConfigError("--until needs --since")
+    start = _instant(since, zone, "--since")
+    end = _instant(until, zone, "--until") if until else now
+    if end <= start:
+        raise ConfigError(f"the window is empty: --until ({end.isoformat()}) is not after --since")
+    return Window(start, end, start.astimezone(zone).date())
+
+
+def _instant(text: str, zone: ZoneInfo, flag: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r} is not a date or time; use ISO 8601, e.g. 2026-11-25 or "
+            "2026-11-25T00:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+def start_time(call: dict[str, Any]) -> datetime | None:
+    """A listed call's ``startTime``, or None when it has none that parses."""
+    value = call.get("startTime")
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Page:
+    """The calls of one list page that fall in the window, and where the list goes on."""
+
+    calls: list[tuple[int, str, bytes]]  # (0, call id, the call's record as an NDJSON line)
+    next_url: str | None
+    listed: int  # calls on the page, in the window or not
+    undated: int  # calls without a usable startTime: not placed in any window
+
+
+async def list_window(
+    client: CallEventsClient,
+    retrier: Retrier,
+    window: Window,
+    page_size: int,
+    resume_from: str | None = None,
+) -> AsyncGenerator[Page, None]:
+    """The window's calls, page by page, newest first; ``resume_from`` is a saved next link."""
+    url = URL(resume_from, encoded=True) if resume_from else client.calls_url(page_size)
+    resuming = resume_from is not None
+    while True:
+        try:
+            records, next_url = await retrier.run(client.calls_page, url)
+        except FatalApiError:
+            raise
+        except ApiError as exc:
+            if resuming:
+                # A saved link may expire; what was done is in the ledger, so start over.
+                log.info(
+                    "the saved place in the call list no longer works (%s); listing from the top",
+                    exc,
+                )
+                url, resuming = client.calls_url(page_size), False
+                continue
+            raise FatalApiError(
+                exc.status, "listing-failed", f"cannot read the call list at {url}: {exc}"
+            ) from None
+        resuming = False
+        calls: list[tuple[int, str, bytes]] = []
+        undated = 0
+        reached_back = False
+        for call in records:
+            moment = start_time(call)
+            call_id = call.get("id")
+            if moment is None or not isinstance(call_id, str):
+                undated += 1
+                continue
+            if moment < window.since:
+                reached_back = True  # newest first: everything after this is older still
+                break
+            if moment < window.until:
+                calls.append((0, call_id, orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)))
+        more = None if reached_back or next_url is None else str(next_url)
+        yield Page(calls, more, len(records), undated)
+        if more is None:
+            return
+        url = URL(more, encoded=True)
