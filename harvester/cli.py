@@ -226,6 +226,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--open-world", action="store_true", help="every well-formed call id exists")
     sim.add_argument(
+        "--days", type=float, default=3.0, help="the calls start over the days before today (3)"
+    )
+    sim.add_argument(
+        "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
+    )
+    sim.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -450,6 +456,8 @@ def _sim(args: argparse.Namespace) -> int:
         window=args.window,
         latency=args.latency,
         events_page_size=args.events_page_size,
+        days=args.days,
+        list_cursor=args.list_cursor,
         open_world=args.open_world,
         faults=faults,
         max_faults_per_call=args.max_faults_per_call,

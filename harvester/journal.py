@@ -251,8 +251,8 @@ class Journal:
             self._pending.difference_update(key for key, _, _ in batch.rows)
         except sqlite3.Error as exc:
             raise OutputError(
-                f"cannot write the ledger in {state_dir(self.paths['events'])}: {exc}. Free some space, "
-                "then run the same command again"
+                f"cannot write the ledger in {state_dir(self.paths['events'])}: {exc}. "
+                "Free some space, then run the same command again"
             ) from None
 
     def mark_completed(self) -> None:

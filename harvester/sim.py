@@ -73,7 +73,13 @@ class SimConfig:
     token: str = SIM_TOKEN
     secret: str = SIM_SECRET
     calls: int = 1000
+    # The registry's calls start over the `days` before `anchor` (default: today, 00:00 UTC).
     days: float = 3.0
+    anchor: datetime = field(
+        default_factory=lambda: datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    )
+    # Next links of the call list: page numbers (the API's) or opaque cursors (its successor's).
+    list_cursor: bool = False
     seed: int = 7
     # Any well-formed id has events, not only the registry's (for big benchmark inputs).
     open_world: bool = False
@@ -137,7 +143,7 @@ def _call_record(config: SimConfig, index: int, call_id: str, base: str) -> dict
     rng = random.Random(f"{config.seed}:{call_id}")
     span = config.days * 86400
     # Newest first: index 0 is the most recent call.
-    start = _EPOCH - timedelta(seconds=span * (index + 0.5) / max(config.calls, 1))
+    start = config.anchor - timedelta(seconds=span * (index + 0.5) / max(config.calls, 1))
     duration = rng.randrange(0, 900)
     state = rng.choice(("completed", "completed", "completed", "rejected", "error"))
     record: dict[str, Any] = {
@@ -193,6 +199,21 @@ class Simulator:
             self._known = set(self._registry)
             self._registry_key = key
         return self._registry
+
+    def call_records(self) -> list[dict[str, Any]]:
+        """The registry's call records as the call list serves them, newest first."""
+        ids = self.call_ids()
+        return [
+            _call_record(self.config, i, call_id, self.base_url) for i, call_id in enumerate(ids)
+        ]
+
+    def calls_between(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """The registry's call records whose start is in ``[since, until)``, newest first."""
+        return [
+            record
+            for record in self.call_records()
+            if since <= datetime.fromisoformat(record["startTime"]) < until
+        ]
 
     def knows(self, call_id: str) -> bool:
         """True when the events endpoint answers 200 for ``call_id``."""
@@ -288,7 +309,8 @@ class Simulator:
             return early
         try:
             size = int(request.query.get("size", "25"))
-            page = int(request.query.get("page", "0"))
+            cursor = request.query.get("cursor")
+            page = _decode_cursor(cursor) if cursor else int(request.query.get("page", "0"))
         except ValueError:
             return self._answer(
                 400,
@@ -313,11 +335,18 @@ class Simulator:
         chosen = indices[page * size : (page + 1) * size]
         base = str(request.url.origin())
         records = [_call_record(self.config, i, ids[i], base) for i in chosen]
-        links = [f'<{request.url.update_query(page=0)}>; rel="first"']
+
+        def link(to: int) -> str:
+            if self.config.list_cursor:
+                query = {k: v for k, v in request.url.query.items() if k not in ("page", "cursor")}
+                return str(request.url.with_query({**query, "cursor": _encode_cursor(to)}))
+            return str(request.url.update_query(page=to))
+
+        links = [f'<{link(0)}>; rel="first"']
         if page > 0:
-            links.append(f'<{request.url.update_query(page=page - 1)}>; rel="previous"')
+            links.append(f'<{link(page - 1)}>; rel="previous"')
         if (page + 1) * size < len(ids):
-            links.append(f'<{request.url.update_query(page=page + 1)}>; rel="next"')
+            links.append(f'<{link(page + 1)}>; rel="next"')
         return self._answer(200, records, {"Link": ", ".join(links)})
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
@@ -466,7 +495,11 @@ def _encode_cursor(offset: int) -> str:
 
 
 def _decode_cursor(cursor: str | None) -> int:
+    """The offset in an opaque cursor; ValueError for one that is not ours."""
     if not cursor:
         return 0
     padded = cursor + "=" * (-len(cursor) % 4)
-    return int(base64.urlsafe_b64decode(padded).decode().split(":")[1])
+    try:
+        return int(base64.urlsafe_b64decode(padded).decode().split(":")[1])
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bad cursor {cursor!r}") from exc

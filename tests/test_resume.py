@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -19,7 +21,7 @@ import pytest
 
 from harvester.errors import OutputError
 from harvester.pool import harvest
-from harvester.sim import Simulator
+from harvester.sim import SimConfig, Simulator
 
 from .conftest import (
     FakeClock,
@@ -370,3 +372,64 @@ def test_a_corrupt_ledger_is_a_clear_error(sim_process: dict[str, str], tmp_path
 
     assert code == 2
     assert b"--fresh" in stderr
+
+
+def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_once(
+    faulty_sim: dict[str, str], tmp_path: Path
+) -> None:
+    # The same registry as the simulator process's: 400 calls over the three days before today.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    registry = Simulator(SimConfig(calls=400, days=3, anchor=today))
+    ids = [r["id"] for r in registry.calls_between(today - timedelta(days=1), today)]
+    output = tmp_path / "out" / "events-{date}.ndjson.gz"
+    calls_output = tmp_path / "out" / "calls-{date}.ndjson.gz"
+    args = [
+        "-m",
+        "harvester",
+        "run",
+        "--yesterday",
+        "-o",
+        str(output),
+        "--calls-output",
+        str(calls_output),
+        "--no-progress",
+        "--commit-every",
+        "4",
+        "--commit-interval",
+        "0.05",
+        "--list-page-size",
+        "50",
+        "--concurrency",
+        "2",
+    ]
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(20):
+        process = subprocess.Popen(
+            [sys.executable, *args],
+            env=faulty_sim,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.35, 0.8))
+        if process.poll() is not None:
+            break
+        process.kill()
+        process.wait()
+        kills += 1
+    done = subprocess.run(
+        [sys.executable, *args], env=faulty_sim, capture_output=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert kills >= 3
+    day = (today - timedelta(days=1)).date().isoformat()
+    lines = gzip.decompress(
+        (tmp_path / "out" / f"events-{day}.ndjson.gz").read_bytes()
+    ).splitlines()
+    assert len(lines) == len(set(lines))
+    assert canonical([orjson.loads(x) for x in lines]) == canonical(expected_events(ids))
+    listed = gzip.decompress(
+        (tmp_path / "out" / f"calls-{day}.ndjson.gz").read_bytes()
+    ).splitlines()
+    assert sorted(orjson.loads(x)["id"] for x in listed) == sorted(ids)
