@@ -232,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
         "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
     )
     sim.add_argument(
+        "--faults-on-list", action="store_true", help="inject --fault faults into the call list too"
+    )
+    sim.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -458,6 +461,7 @@ def _sim(args: argparse.Namespace) -> int:
         events_page_size=args.events_page_size,
         days=args.days,
         list_cursor=args.list_cursor,
+        faults_on_list=args.faults_on_list,
         open_world=args.open_world,
         faults=faults,
         max_faults_per_call=args.max_faults_per_call,

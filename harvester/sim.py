@@ -92,8 +92,11 @@ class SimConfig:
     latency: float = 0.0
     slow_seconds: float = 30.0
     # Fault kind -> probability per request; a call sees at most max_faults_per_call in a row.
+    # (The events endpoint always; the call list when faults_on_list.)
     faults: dict[str, float] = field(default_factory=dict)
     max_faults_per_call: int = 2
+    # The call list misbehaves too (a page counts as a call for max_faults_per_call).
+    faults_on_list: bool = False
 
 
 @dataclass
@@ -286,7 +289,7 @@ class Simulator:
             )
         fault = self._pick_fault(call_id)
         if fault is not None:
-            return await self._fault(request, fault)
+            return await self._fault(request, fault, orjson.dumps(events_for(call_id)))
         self._fault_streak.pop(call_id, None)
         events = events_for(call_id)
         size = self.config.events_page_size
@@ -347,6 +350,10 @@ class Simulator:
             links.append(f'<{link(page - 1)}>; rel="previous"')
         if (page + 1) * size < len(ids):
             links.append(f'<{link(page + 1)}>; rel="next"')
+        fault = self._pick_fault(request.path_qs) if self.config.faults_on_list else None
+        if fault is not None:
+            return await self._fault(request, fault, orjson.dumps(records))
+        self._fault_streak.pop(request.path_qs, None)
         return self._answer(200, records, {"Link": ", ".join(links)})
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
@@ -419,7 +426,8 @@ class Simulator:
             roll -= probability
         return None
 
-    async def _fault(self, request: web.Request, kind: str) -> web.StreamResponse:
+    async def _fault(self, request: web.Request, kind: str, body: bytes) -> web.StreamResponse:
+        """Misbehave as ``kind`` says, instead of answering 200 with ``body``."""
         self.statuses[kind] += 1
         if kind == "500":
             return self._answer(
@@ -457,11 +465,10 @@ class Simulator:
             return self._html(200, count=False)
         if kind == "slow":
             await asyncio.sleep(self.config.slow_seconds)
-            return self._answer(200, events_for(request.match_info["call"]), count=False)
+            return web.Response(body=body, content_type="application/json")
         if kind.startswith("429"):
             style = {"429": "reset", "429-retry-after": "retry-after"}.get(kind, "bare")
             return self._rate_limited(self._time() + 0.5, style)
-        body = orjson.dumps(events_for(request.match_info["call"]))
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         if kind == "truncate":
             response.content_length = len(body)

@@ -198,6 +198,29 @@ async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
     assert stats.job["calls"] == len(ids) == 2000
 
 
+@pytest.mark.parametrize("kind", ["503", "reset", "truncate", "html", "429"])
+async def test_listing_retries_like_everything_else_and_events_start_before_it_ends(
+    registry: Simulator, clock: FakeClock, tmp_path: Path, kind: str
+) -> None:
+    registry.config.faults = {kind: 0.4}
+    registry.config.faults_on_list = True
+    settings = window_settings(
+        registry, tmp_path, since="2026-11-25T00:00:00Z", until="2026-11-26T00:00:00Z"
+    )
+
+    stats = await harvest(settings, clock=clock)
+
+    ids = [r["id"] for r in registry.calls_between(datetime(2026, 11, 25, tzinfo=UTC), ANCHOR)]
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert stats.failed == 0
+    pages = list_requests(registry)
+    assert len(pages) > len(set(pages)), "some list pages misbehaved and were asked for again"
+    paths = registry.requests
+    first_events = next(i for i, p in enumerate(paths) if p.endswith("/events"))
+    last_list = max(i for i, p in enumerate(paths) if "/calls?" in p)
+    assert first_events < last_list, "events were fetched while the list was still being read"
+
+
 async def test_a_list_that_cannot_be_read_aborts_the_run(
     registry: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
 import random
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -36,6 +38,19 @@ from .conftest import (
 
 UNKNOWN = ["c-unknowncall000000000001", "c-unknowncall000000000002"]
 HOSTILE = ["c-../../etc", "not-a-call"]
+
+
+def committed_bytes(folder: Path, day: str, name: str) -> bytes:
+    """The part of the nightly test's ``name`` file that its ledger says is committed."""
+    ledger = folder / f"events-{day}.ndjson.gz.state" / "ledger.sqlite"
+    path = folder / f"{name}-{day}.ndjson.gz"
+    if not ledger.exists() or not path.exists():
+        return b""
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+    if row is None:
+        return b""
+    return path.read_bytes()[: orjson.loads(row[0])["sizes"][name]]
 
 
 def start(env: dict[str, str], folder: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -402,6 +417,7 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
         "--concurrency",
         "2",
     ]
+    day = (today - timedelta(days=1)).date().isoformat()
     rng = random.Random(5)
     kills = 0
     for _ in range(20):
@@ -417,13 +433,15 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
         process.kill()
         process.wait()
         kills += 1
+        # Whatever the kill interrupted, what the ledger vouches for is whole gzip.
+        for name in ("events", "calls"):
+            assert gzip.decompress(committed_bytes(tmp_path / "out", day, name)) is not None
     done = subprocess.run(
         [sys.executable, *args], env=faulty_sim, capture_output=True, timeout=120, check=False
     )
 
     assert done.returncode == 0, done.stderr
     assert kills >= 3
-    day = (today - timedelta(days=1)).date().isoformat()
     lines = gzip.decompress(
         (tmp_path / "out" / f"events-{day}.ndjson.gz").read_bytes()
     ).splitlines()
