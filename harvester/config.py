@@ -87,16 +87,19 @@ class Settings:
 
     @property
     def failures_path(self) -> Path:
-        """Where failed calls go: ``--failures``, or ``<output name>.failures.ndjson`` beside it."""
+        """Where failed calls go: ``--failures``, or ``<output name>.failures.ndjson`` beside it
+        (``.ndjson.gz`` when the output is compressed)."""
         if self.failures is not None:
             return self.failures
         assert self.output is not None
         name = self.output.name
+        compressed = name.endswith(".gz")
+        name = name.removesuffix(".gz")
         for suffix in (".ndjson", ".jsonl", ".json"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
                 break
-        return self.output.with_name(f"{name}.failures.ndjson")
+        return self.output.with_name(f"{name}.failures.ndjson{'.gz' if compressed else ''}")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -56,6 +56,16 @@ assert calls == registry, "some calls are missing from the output"
 assert len(set(lines)) == len(lines), "an event was written twice"
 print(f"checked: {len(lines)} events of {len(calls)} calls, each exactly once")
 PY
+echo
+echo "--- nightly mode: yesterday's calls, found through the API's call list, gzip output"
+echo "$ harvester run --yesterday --output '$out/nightly/events-{date}.ndjson.gz' --calls-output '$out/nightly/calls-{date}.ndjson.gz' --concurrency 16"
+harvester run --yesterday --output "$out/nightly/events-{date}.ndjson.gz" \
+  --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
+ls -l "$out/nightly"
+echo "--- the same command again: the night is done, nothing changes"
+harvester run --yesterday --output "$out/nightly/events-{date}.ndjson.gz" \
+  --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
+
 # The demo's call list holds two calls that cannot be harvested, so exit code 1 is the
 # expected, correct outcome; anything else is a real failure.
 if [ "$code" -ne 1 ]; then

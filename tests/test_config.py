@@ -107,3 +107,5 @@ def test_failures_file_sits_beside_the_output() -> None:
     assert settings.failures_path == Path("out/events.failures.ndjson")
     other = load_settings({"output": "out/events.jsonl", "failures": "f.ndjson"}, ENV)
     assert other.failures_path == Path("f.ndjson")
+    packed = load_settings({"output": "out/events-{date}.ndjson.gz"}, ENV)
+    assert packed.failures_path == Path("out/events-{date}.failures.ndjson.gz")
