@@ -124,11 +124,13 @@ class CallEventsClient:
 
     async def _get_page(self, url: URL) -> tuple[list[Event], URL | None]:
         assert self._session is not None, "use CallEventsClient as an async context manager"
-        await self._limiter.acquire()
+        sent_at = await self._limiter.acquire()
         try:
             async with self._session.get(url, allow_redirects=False) as response:
                 body = await response.read()
                 status = response.status
+                if status != 429:
+                    self._limiter.answered(sent_at)
                 if status == 200:
                     return _parse_events(body, response.content_type), self._next_link(response)
                 raise self._error(status, body, response)
@@ -164,8 +166,7 @@ class CallEventsClient:
         if status == 429:
             self._stats.rate_limited += 1
             retry_at = self._retry_at(response.headers)
-            if retry_at is not None:
-                self._limiter.pause_until(retry_at)
+            self._limiter.rate_limited(retry_at)
             return RateLimited(status, code, message, retry_at)
         if status in (401, 403):
             return FatalApiError(status, code, message)
