@@ -10,11 +10,11 @@ workers, sets the pace:
   every ``RAMP_ROUND_TRIPS`` round trips while answers come back: a fast API is at full speed
   within moments, and a rate-limited one is approached without a flood (what is on the wire
   when the first 429 comes back is about twice the limit times a round trip, whatever the
-  concurrency). The first 429 ends that: the limit is then
-  read off the server's own window, the answers counted since the window the 429's reset
-  closes began, and the pace set just under it. After ``PROBE_SECONDS`` without a 429 the
-  rate creeps up a little, so a raised limit is found too; the next 429 measures again. With ``--rate R`` the pace starts just under R and never goes above it;
-  429s still lower it.
+  concurrency). The first 429 ends that: the limit is read off the server's own window (the
+  answers counted since the window that the 429's reset closes began) and the pace set just
+  under it. After ``PROBE_SECONDS`` without a 429 the rate creeps up a little, so a raised
+  limit is found too; the next 429 measures again. With ``--rate R`` the pace starts just
+  under R and never goes above it; 429s still lower it.
 
 All of it runs on an injectable clock, and the numbers below are the policy.
 """

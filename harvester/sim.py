@@ -231,6 +231,8 @@ class Simulator:
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/_sim/log":
+            return await handler(request)
         exchange = Exchange(self._time(), request.raw_path)
         self.log.append(exchange)
         response: web.StreamResponse = await handler(request)
@@ -241,6 +243,7 @@ class Simulator:
         app = web.Application(middlewares=[self._record])
         app.router.add_get("/v1/users/{user}/calls/{call}/events", self._events)
         app.router.add_get("/v1/users/{user}/calls", self._list_calls)
+        app.router.add_get("/_sim/log", self._log)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
@@ -355,6 +358,13 @@ class Simulator:
             return await self._fault(request, fault, orjson.dumps(records))
         self._fault_streak.pop(request.path_qs, None)
         return self._answer(200, records, {"Link": ", ".join(links)})
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        """Every exchange so far as [time, status], for benchmarks in another process."""
+        return web.Response(
+            body=orjson.dumps([[e.time, e.status] for e in self.log]),
+            content_type="application/json",
+        )
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         return self._answer(
