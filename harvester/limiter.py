@@ -6,15 +6,16 @@ workers, sets the pace:
 - **Pacing.** Turns are spaced evenly at the current rate: never a burst.
 - **Pool-wide pause.** A 429's reset time holds every turn until then (plus a little spread, so
   the pool does not hit the API in one burst at the reset instant).
-- **Learning the limit.** With no ``--rate``, the rate starts at ``INITIAL_RATE`` and doubles
-  every ``RAMP_ROUND_TRIPS`` round trips while answers come back: a fast API is at full speed
-  within moments, and a rate-limited one is approached without a flood (what is on the wire
-  when the first 429 comes back is about twice the limit times a round trip, whatever the
-  concurrency). The first 429 ends that: the limit is read off the server's own window (the
-  answers counted since the window that the 429's reset closes began) and the pace set just
-  under it. After ``PROBE_SECONDS`` without a 429 the rate creeps up a little, so a raised
-  limit is found too; the next 429 measures again. With ``--rate R`` the pace starts just
-  under R and never goes above it; 429s still lower it.
+- **Learning the limit.** With no ``--rate``, the rate starts at ``INITIAL_RATE``, rises at
+  the first answer to what keeps ``ON_THE_WIRE`` requests on the wire, and doubles every
+  ``RAMP_ROUND_TRIPS`` round trips while answers come back: a fast API is at full speed within
+  moments, and a rate-limited one is approached without a flood (what is on the wire when the
+  first 429 comes back is a few requests, whatever the concurrency). The first 429 ends that:
+  the limit is read off the server's own window (the answers counted since the window that
+  the 429's reset closes began) and the pace set just under it. After ``PROBE_SECONDS``
+  without a 429 the rate creeps up a little, so a raised limit is found too; the next 429
+  measures again. With ``--rate R`` the pace starts just under R and never goes above it;
+  429s still lower it.
 
 All of it runs on an injectable clock, and the numbers below are the policy.
 """
@@ -31,7 +32,8 @@ from harvester.clock import Clock
 SAFETY = 0.97
 # With no --rate: where the rate starts, how fast it grows, and the most it grows to.
 INITIAL_RATE = 100.0
-RAMP_ROUND_TRIPS = 64
+RAMP_ROUND_TRIPS = 128
+ON_THE_WIRE = 6
 MAX_RATE = 1_000_000.0
 # Seconds without a 429 before the rate creeps up (PROBE_STEP of it, at least one request per
 # window), so that a raised limit is found; at the limit, that costs one 429 now and then.
@@ -41,6 +43,8 @@ PROBE_STEP = 0.03
 DEFAULT_WINDOW = 1.0
 # Waiters released together by the end of a pause are spread over this many seconds.
 PAUSE_SPREAD = 0.05
+# A turn this close is given at once: sleeping for less costs more than it paces.
+EARLY = 0.002
 # Two 429s whose resets are this close close the same window.
 SAME_RESET = 0.05
 # Answers are counted in buckets of 1/BUCKETS of a window, kept for HORIZON windows: enough to
@@ -85,7 +89,7 @@ class RateLimiter:
                 resume += random.uniform(0, PAUSE_SPREAD)
             slot = max(now, self._next_slot, resume)
             self._next_slot = slot + self._interval
-            if slot <= now:
+            if slot <= now + EARLY:
                 return now
             plan = self._plan
             await clock.sleep(slot - now)
@@ -110,7 +114,10 @@ class RateLimiter:
         if self._learning:
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now
-            self._set_rate(self._rate * 2 ** min(doublings, 10.0))
+            grown = self._rate * 2 ** min(doublings, 10.0)
+            # At once to what keeps a few requests on the wire: fast on a fast network, and
+            # on a slow one still no flood when the first 429 comes back.
+            self._set_rate(max(grown, ON_THE_WIRE / trip))
         elif now - self._quiet_since >= PROBE_SECONDS:
             self._quiet_since = now
             self._set_rate(self._rate + max(PROBE_STEP * self._rate, 1.0 / self._window))
@@ -120,7 +127,7 @@ class RateLimiter:
         learn the limit from the window it closes."""
         now = self._clock.monotonic()
         self._quiet_since = now
-        self._learning = False
+        first, self._learning = self._learning, False
         if retry_at is None:
             self._set_rate(self._rate / 2)
             return
@@ -151,7 +158,7 @@ class RateLimiter:
         span = window if math.isfinite(opened) else retry_at - counted[0][0]
         # At most halved by one 429 in a window of known length: a stray 429 (a proxy's) must
         # not wreck a learnt rate.
-        floor = self._rate / 2 if window == known else 0.0
+        floor = self._rate / 2 if window == known and not first else 0.0
         self._set_rate(max(SAFETY * served / max(span, window / BUCKETS), floor))
 
     def pause_until(self, when: float) -> None:

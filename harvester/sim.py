@@ -232,7 +232,8 @@ class Simulator:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path == "/_sim/log":
-            return await handler(request)
+            answer: web.StreamResponse = await handler(request)
+            return answer
         exchange = Exchange(self._time(), request.raw_path)
         self.log.append(exchange)
         response: web.StreamResponse = await handler(request)
