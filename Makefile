@@ -27,9 +27,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-## bench: throughput of harvester against a minimal aiohttp loop (see bench/README.md)
+## bench: every benchmark, about five minutes; figures in bench/README.md
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py 20000 16
+	$(PY) bench/ratelimit.py 15
+	$(PY) bench/memory.py 3000 300000 10000000
+	$(PY) bench/ledger.py 200000 1000
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

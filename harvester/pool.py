@@ -114,7 +114,10 @@ async def harvest(
             async with CallEventsClient(settings, limiter, stats, clock) as client:
                 retrier = Retrier(settings, stats, clock)
                 if calls is not None:
-                    batches = _file_batches(calls)
+                    reader = resources.enter_context(
+                        ThreadPoolExecutor(1, thread_name_prefix="harvester-input")
+                    )
+                    batches = _file_batches(calls, reader)
                 else:
                     assert window is not None
                     pages = list_window(
@@ -137,10 +140,14 @@ async def harvest(
 SourceBatch = tuple[list[Record | Listed], str | None]
 
 
-async def _file_batches(calls: CallList) -> AsyncGenerator[SourceBatch, None]:
+async def _file_batches(
+    calls: CallList, reader: ThreadPoolExecutor
+) -> AsyncGenerator[SourceBatch, None]:
+    # One thread of its own: a slow stdin never holds up commits, and the process keeps to
+    # few threads (each can cost a malloc arena).
     records = iter(calls)
     size = STDIN_BATCH if calls.name == "stdin" else FILE_BATCH
-    while batch := await asyncio.to_thread(_take, records, size):
+    while batch := await _on(reader, _take, records, size):
         yield list(batch), None
 
 
