@@ -6,7 +6,8 @@ Runs the real command against the simulator (open world, its own process) on
   - SMALL distinct calls, then LARGE distinct calls: peak RSS should not grow with the input;
   - a LINES-line call list (SMALL distinct ids repeated): read as a stream, duplicates found in
     the ledger, killed (SIGKILL) half-way and resumed; peak RSS of both runs.
-Peak RSS is each process's own VmHWM, read from /proc while it runs. Default sizes: 3,000, 300,000, 10,000,000.
+Peak RSS is each process's own VmHWM, read from /proc while it runs. Default sizes: 3,000,
+300,000, 10,000,000.
 """
 
 from __future__ import annotations

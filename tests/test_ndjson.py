@@ -1,0 +1,54 @@
+"""Output lines: each event exactly as the API sent it, plus callId."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from harvester.ndjson import event_lines, failure_line
+
+EVENTS: list[dict[str, Any]] = [
+    {"id": "ce-1", "time": "2012-09-19T13:55:41.343Z", "name": "create"},
+    {"id": "ce-2", "time": 1419032854964, "name": "answer"},
+    {"name": "CHANNEL_EXECUTE", "data": '{"applicationName":"park"}'},
+    {"name": "hangup", "data": "NORMAL_CLEARING", "extra": {"nested": [1, 2.5, None, True]}},
+    {"name": "speak", "data": ""},
+    {"name": "ünïcødé ☎", "data": "line\nbreak \u2028"},
+    {},
+]
+
+
+def test_each_event_keeps_every_field_and_gains_call_id() -> None:
+    lines = event_lines("c-abc", EVENTS).splitlines()
+    assert [orjson.loads(line) for line in lines] == [{"callId": "c-abc", **e} for e in EVENTS]
+    assert all(line.startswith(b'{"callId":"c-abc"') for line in lines)
+
+
+def test_a_data_string_holding_json_stays_a_string() -> None:
+    (line,) = event_lines("c-abc", [EVENTS[2]]).splitlines()
+    assert orjson.loads(line)["data"] == '{"applicationName":"park"}'
+
+
+def test_an_event_with_its_own_call_id_keeps_it_once() -> None:
+    line = event_lines("c-abc", [{"callId": "c-api", "name": "x"}])
+    assert line == b'{"callId":"c-api","name":"x"}\n'
+
+
+@pytest.mark.parametrize("events", [[], EVENTS])
+def test_lines_end_with_a_newline_each(events: list[dict[str, Any]]) -> None:
+    text = event_lines("c-abc", events)
+    assert text.count(b"\n") == len(events)
+    assert text == b"" or text.endswith(b"\n")
+
+
+def test_failure_lines_have_the_documented_fields() -> None:
+    record = orjson.loads(failure_line("c-x", 404, "call-not-found", "gone", 1))
+    assert record == {
+        "callId": "c-x",
+        "status": 404,
+        "code": "call-not-found",
+        "message": "gone",
+        "attempts": 1,
+    }
