@@ -144,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rate",
         metavar="R",
         type=float,
-        help="requests per second at most, paced evenly; 0 = no cap (default 0)",
+        help="requests per second at most, paced evenly at 97%% of R; 0 = learn the API's "
+        "limit from its 429s (default 0)",
     )
     run.add_argument(
         "--max-attempts",
