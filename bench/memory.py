@@ -12,7 +12,6 @@ Peak RSS is each process's own VmHWM, read from /proc while it runs. Default siz
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
+from simproc import running_simulator
+
+from harvester.sim import call_id_for
 
 
 def run(
@@ -78,45 +79,27 @@ def main() -> None:
     small = int(sys.argv[1]) if len(sys.argv) > 1 else 3_000
     large = int(sys.argv[2]) if len(sys.argv) > 2 else 300_000
     lines = int(sys.argv[3]) if len(sys.argv) > 3 else 10_000_000
-    with tempfile.TemporaryDirectory() as folder:
+    rows = []
+    with tempfile.TemporaryDirectory() as folder, running_simulator("--open-world") as env:
         work = Path(folder)
-        ready = work / "url"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "harvester", "sim", "--open-world", "--ready-file", str(ready)],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not ready.exists():
-                time.sleep(0.05)
-            env = {
-                **os.environ,
-                "CATAPULT_BASE_URL": ready.read_text().strip(),
-                "CATAPULT_USER_ID": SIM_USER_ID,
-                "CATAPULT_API_TOKEN": SIM_TOKEN,
-                "CATAPULT_API_SECRET": SIM_SECRET,
-            }
-            rows = []
-            for size in (small, large):
-                calls = work / f"calls-{size}.txt"
-                calls.write_text("".join(f"{call_id_for(1, i)}\n" for i in range(size)))
-                seconds, code, rss = run(env, calls, work / f"out-{size}" / "events.ndjson")
-                rows.append((f"{size:,} calls", seconds, code, rss))
+        for size in (small, large):
+            calls = work / f"calls-{size}.txt"
+            calls.write_text("".join(f"{call_id_for(1, i)}\n" for i in range(size)))
+            seconds, code, rss = run(env, calls, work / f"out-{size}" / "events.ndjson")
+            rows.append((f"{size:,} calls", seconds, code, rss))
 
-            repeated = work / "calls-repeated.txt"
-            block = "".join(f"{call_id_for(2, i)}\n" for i in range(small))
-            with repeated.open("w") as f:
-                for _ in range(lines // small):
-                    f.write(block)
-            output = work / "out-repeated" / "events.ndjson"
-            full = run(env, repeated, work / "out-probe" / "events.ndjson")
-            killed = run(env, repeated, output, kill_after=full[0] / 2)
-            resumed = run(env, repeated, output)
-            rows.append((f"{lines:,} lines, uninterrupted", *full))
-            rows.append((f"{lines:,} lines, killed half-way", *killed))
-            rows.append((f"{lines:,} lines, resumed", *resumed))
-        finally:
-            server.terminate()
-            server.wait()
+        repeated = work / "calls-repeated.txt"
+        block = "".join(f"{call_id_for(2, i)}\n" for i in range(small))
+        with repeated.open("w") as f:
+            for _ in range(lines // small):
+                f.write(block)
+        output = work / "out-repeated" / "events.ndjson"
+        full = run(env, repeated, work / "out-probe" / "events.ndjson")
+        killed = run(env, repeated, output, kill_after=full[0] / 2)
+        resumed = run(env, repeated, output)
+        rows.append((f"{lines:,} lines, uninterrupted", *full))
+        rows.append((f"{lines:,} lines, killed half-way", *killed))
+        rows.append((f"{lines:,} lines, resumed", *resumed))
 
     print(f"{'run':<34} {'seconds':>8} {'exit':>5} {'peak RSS MB':>12}")
     for name, seconds, code, rss in rows:

@@ -14,77 +14,36 @@ settling, and 429s over the whole run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
+from simproc import running_simulator
 
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
+from harvester.sim import call_id_for
 
 LATENCY = 0.03
 
 
 def measure(limit: int, rate: float | None, concurrency: int, seconds: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as folder:
+    options = ["--open-world", "--rate-limit", str(limit), "--latency", str(LATENCY)]
+    with tempfile.TemporaryDirectory() as folder, running_simulator(*options) as env:
         work = Path(folder)
-        ready = work / "url"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harvester",
-                "sim",
-                "--open-world",
-                "--rate-limit",
-                str(limit),
-                "--latency",
-                str(LATENCY),
-                "--ready-file",
-                str(ready),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not ready.exists():
-                time.sleep(0.05)
-            base = ready.read_text().strip()
-            calls = work / "calls.txt"
-            count = int(limit * seconds)
-            calls.write_text("".join(f"{call_id_for(limit, i)}\n" for i in range(count)))
-            env = {
-                **os.environ,
-                "CATAPULT_BASE_URL": base,
-                "CATAPULT_USER_ID": SIM_USER_ID,
-                "CATAPULT_API_TOKEN": SIM_TOKEN,
-                "CATAPULT_API_SECRET": SIM_SECRET,
-            }
-            args = [
-                sys.executable,
-                "-m",
-                "harvester",
-                "run",
-                "-i",
-                str(calls),
-                "-o",
-                str(work / "out.ndjson"),
-                "--no-progress",
-                "--concurrency",
-                str(concurrency),
-            ]
-            if rate is not None:
-                args += ["--rate", str(rate)]
-            subprocess.run(args, env=env, check=True, capture_output=True)
-            with urllib.request.urlopen(f"{base}/_sim/log") as answer:
-                log = orjson.loads(answer.read())
-        finally:
-            server.terminate()
-            server.wait()
+        calls = work / "calls.txt"
+        count = int(limit * seconds)
+        calls.write_text("".join(f"{call_id_for(limit, i)}\n" for i in range(count)))
+        args = [sys.executable, "-m", "harvester", "run", "-i", str(calls), "-o"]
+        args += [str(work / "out.ndjson"), "--no-progress", "--concurrency", str(concurrency)]
+        if rate is not None:
+            args += ["--rate", str(rate)]
+        subprocess.run(args, env=env, check=True, capture_output=True)
+        base = env["CATAPULT_BASE_URL"]
+        with urllib.request.urlopen(f"{base}/_sim/log") as answer:
+            log = orjson.loads(answer.read())
     return summarize(log, limit)
 
 

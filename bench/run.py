@@ -10,17 +10,16 @@ ratios harvester / baseline (best round of each).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from simproc import running_simulator
 
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
+from harvester.sim import SIM_USER_ID, call_id_for
 
 ROUNDS = 3
 HERE = Path(__file__).parent
@@ -29,46 +28,23 @@ HERE = Path(__file__).parent
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    with tempfile.TemporaryDirectory() as folder:
+    scripts = {"baseline": HERE / "baseline.py", "harvester": HERE / "harvester_run.py"}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in scripts}
+    with tempfile.TemporaryDirectory() as folder, running_simulator("--open-world") as env:
         work = Path(folder)
         ids = work / "ids.txt"
         ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
-        ready = work / "url"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "harvester", "sim", "--open-world", "--ready-file", str(ready)],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not ready.exists():
-                time.sleep(0.05)
-            base = ready.read_text().strip()
-            env = {**os.environ, "CATAPULT_API_TOKEN": SIM_TOKEN, "CATAPULT_API_SECRET": SIM_SECRET}
-            results: dict[str, list[dict[str, Any]]] = {"baseline": [], "harvester": []}
-            for _ in range(ROUNDS):
-                for name in results:
-                    out = work / f"{name}.ndjson"
-                    done = subprocess.run(
-                        [
-                            sys.executable,
-                            str(
-                                HERE / f"{name}.py"
-                                if name == "baseline"
-                                else HERE / "harvester_run.py"
-                            ),
-                            base,
-                            SIM_USER_ID,
-                            str(ids),
-                            str(out),
-                            str(concurrency),
-                        ],
-                        env=env,
-                        capture_output=True,
-                        check=True,
-                    )
-                    results[name].append(orjson.loads(done.stdout))
-        finally:
-            server.terminate()
-            server.wait()
+        for _ in range(ROUNDS):
+            for name, script in scripts.items():
+                arguments = [env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids)]
+                arguments += [str(work / f"{name}.ndjson"), str(concurrency)]
+                done = subprocess.run(
+                    [sys.executable, str(script), *arguments],
+                    env=env,
+                    capture_output=True,
+                    check=True,
+                )
+                results[name].append(orjson.loads(done.stdout))
     report(results, calls, concurrency)
 
 

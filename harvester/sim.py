@@ -440,38 +440,10 @@ class Simulator:
     async def _fault(self, request: web.Request, kind: str, body: bytes) -> web.StreamResponse:
         """Misbehave as ``kind`` says, instead of answering 200 with ``body``."""
         self.statuses[kind] += 1
-        if kind == "500":
-            return self._answer(
-                500,
-                {
-                    "category": "server-error",
-                    "code": "internal-error",
-                    "message": "An internal error occurred",
-                },
-                count=False,
-            )
+        if kind in _ERROR_BODIES:
+            return self._answer(int(kind), _ERROR_BODIES[kind], count=False)
         if kind == "502":
             return self._html(502, count=False)
-        if kind == "503":
-            return self._answer(
-                503,
-                {
-                    "category": "unavailable",
-                    "code": "unavailable",
-                    "message": "Service unavailable, retry your operation later",
-                },
-                count=False,
-            )
-        if kind == "504":
-            return self._answer(
-                504,
-                {
-                    "category": "gateway-timeout",
-                    "code": "gateway-timeout",
-                    "message": "Gateway timeout",
-                },
-                count=False,
-            )
         if kind == "html":
             return self._html(200, count=False)
         if kind == "slow":
@@ -506,6 +478,22 @@ class Simulator:
             content_type="application/json",
             headers=headers,
         )
+
+
+# Catapult-shaped bodies of the injected server errors.
+_ERROR_BODIES: dict[str, dict[str, str]] = {
+    "500": {
+        "category": "server-error",
+        "code": "internal-error",
+        "message": "An internal error occurred",
+    },
+    "503": {
+        "category": "unavailable",
+        "code": "unavailable",
+        "message": "Service unavailable, retry your operation later",
+    },
+    "504": {"category": "gateway-timeout", "code": "gateway-timeout", "message": "Gateway timeout"},
+}
 
 
 def _encode_cursor(offset: int) -> str:

@@ -1,0 +1,41 @@
+"""The simulator in a process of its own, for the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
+
+
+@contextlib.contextmanager
+def running_simulator(*options: str) -> Iterator[dict[str, str]]:
+    """Start `harvester sim` with ``options``; yield the environment that points harvester at
+    it (CATAPULT_BASE_URL and the credentials)."""
+    with tempfile.TemporaryDirectory() as folder:
+        ready = Path(folder) / "url"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "harvester", "sim", *options, "--ready-file", str(ready)],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while not ready.exists():
+                if server.poll() is not None:
+                    raise RuntimeError("the simulator did not start")
+                time.sleep(0.05)
+            yield {
+                **os.environ,
+                "CATAPULT_BASE_URL": ready.read_text().strip(),
+                "CATAPULT_USER_ID": SIM_USER_ID,
+                "CATAPULT_API_TOKEN": SIM_TOKEN,
+                "CATAPULT_API_SECRET": SIM_SECRET,
+            }
+        finally:
+            server.terminate()
+            server.wait()
