@@ -3,7 +3,8 @@
 Exit codes of ``harvester run``:
   0 every call harvested; 1 finished, some calls in the failures file;
   2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS, outage);
-  4 an output file could not be written; 130 / 143 stopped by SIGINT / SIGTERM (resumable).
+  4 an output file could not be written; 5 stopped at --deadline / --max-duration (resumable);
+  130 / 143 stopped by SIGINT / SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harvester import __version__
-from harvester.config import Settings, load_settings
-from harvester.errors import ConfigError, FatalApiError, InputError, OutputError
-from harvester.pool import harvest
+from harvester.config import (
+    Settings,
+    failures_allowed,
+    load_settings,
+    parse_duration,
+    seconds_until,
+)
+from harvester.errors import ApiError, ConfigError, FatalApiError, InputError, OutputError
+from harvester.pool import harvest, ping
 from harvester.stats import RunStats, write_json_atomically
 
 EXIT_OK = 0
@@ -33,6 +40,7 @@ EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_FATAL_API = 3
 EXIT_OUTPUT = 4
+EXIT_DEADLINE = 5
 EXIT_SIGNAL_BASE = 128
 
 log = logging.getLogger("harvester")
@@ -54,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "sim":
         return _sim(args)
+    if args.command == "check":
+        return _check(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -95,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run the same command again after any interruption: it resumes, and every event "
         "lands exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
         "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
-        "the API unreachable; 4 an output file could not be written; 130/143 stopped by "
-        "SIGINT/SIGTERM (resumable).",
+        "the API unreachable; 4 an output file could not be written; 5 stopped at --deadline or "
+        "--max-duration (resumable); 130/143 stopped by SIGINT/SIGTERM (resumable).",
     )
     run.add_argument(
         "--input",
@@ -221,11 +231,38 @@ def _parser() -> argparse.ArgumentParser:
         help="calls per list page (default 1000, the most)",
     )
     run.add_argument(
+        "--max-failures",
+        metavar="N|P%",
+        help="exit 1 only when more calls than this failed: a count or a share (default 0)",
+    )
+    run.add_argument(
+        "--max-duration",
+        metavar="DURATION",
+        help="stop cleanly after this long (90s, 15m, 5h): commit, exit 5; the next run resumes",
+    )
+    run.add_argument(
+        "--deadline",
+        metavar="TIME",
+        help="stop cleanly at this time of day (06:00, in --tz) or moment (ISO 8601): exit 5",
+    )
+    run.add_argument(
         "--shard",
         metavar="K/N",
         help="take only shard K of N (0 <= K < N) of the calls, by a stable hash of the id",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
+
+    check = commands.add_parser(
+        "check",
+        help="check the settings and credentials with one cheap request",
+        description="Validate the settings, print them (secrets redacted), and ask the API for "
+        "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
+        "credentials or the user id or cannot be reached, 2 for a settings error.",
+    )
+    check.add_argument("--config", metavar="PATH", type=Path, help="TOML config file")
+    check.add_argument("--base-url", metavar="URL", help="API base (env CATAPULT_BASE_URL)")
+    check.add_argument("--user-id", metavar="ID", help="Catapult user id (env CATAPULT_USER_ID)")
+    check.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds for the request")
 
     sim = commands.add_parser(
         "sim",
@@ -293,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     status, error = "completed", None
     progress = _Progress(stats, sys.stderr) if settings.progress else None
-    stopper = _Stopper(settings.grace)
+    stopper = _Stopper(settings.grace, _time_allowed(settings))
     work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
         _run_async(_supervised(work, progress, stopper))
@@ -301,8 +338,12 @@ def _run(args: argparse.Namespace) -> int:
             code, status = EXIT_SIGNAL_BASE + stopper.signal, "stopped"
             name = signal.Signals(stopper.signal).name
             error = f"stopped by {name}; run the same command again to resume"
+        elif stopper.deadline_reached:
+            code, status = EXIT_DEADLINE, "deadline"
+            error = "stopped at the deadline; run the same command again to resume"
         else:
-            code = EXIT_OK if stats.job.get("failed", 0) == 0 else EXIT_FAILURES
+            allowed = failures_allowed(settings.max_failures, stats.job.get("calls", 0))
+            code = EXIT_OK if stats.job.get("failed", 0) <= allowed else EXIT_FAILURES
     except (InputError, ConfigError) as exc:
         code, status, error = EXIT_USAGE, "usage-error", str(exc)
     except FatalApiError as exc:
@@ -345,6 +386,16 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def _time_allowed(settings: Settings) -> float | None:
+    """Seconds this run may take: the sooner of --max-duration and --deadline, if any."""
+    limits = []
+    if settings.max_duration is not None:
+        limits.append(parse_duration(settings.max_duration))
+    if settings.deadline is not None:
+        limits.append(seconds_until(settings.deadline, datetime.now(UTC), settings.tz))
+    return min(limits) if limits else None
+
+
 _JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_limited")
 
 
@@ -355,15 +406,26 @@ class _Stopper:
     uncommitted counts, and the next run resumes from the last commit.
     """
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, time_allowed: float | None = None) -> None:
         self.event = asyncio.Event()
         self.signal: int | None = None
+        self.deadline_reached = False
         self._grace = grace
+        self._time_allowed = time_allowed
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        if self._time_allowed is not None:
+            loop.call_later(max(self._time_allowed, 0.0), self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        if self.event.is_set():
+            return
+        self.deadline_reached = True
+        log.info("deadline reached: finishing calls in flight, then committing")
+        self.event.set()
 
     def _on_signal(self, signum: int) -> None:
         if self.signal is not None:
@@ -456,6 +518,41 @@ class _Progress:
         if self._drawn:
             self._stream.write("\n")
             self._stream.flush()
+
+
+# -- check -----------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    flags = {name: getattr(args, name, None) for name in Settings.__dataclass_fields__}
+    try:
+        settings = load_settings(flags, os.environ, args.config)
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return EXIT_USAGE
+    print("effective settings (config file < environment < flags):")
+    for name in Settings.__dataclass_fields__:
+        value = getattr(settings, name)
+        if value is not None:
+            print(f"  {name} = {value}")  # Secret prints as ***
+    try:
+        elapsed = asyncio.run(ping(settings))
+    except FatalApiError as exc:
+        if exc.status in (401, 403):
+            log.error(
+                "error: the API refused: %s. Check CATAPULT_API_TOKEN and CATAPULT_API_SECRET "
+                "(401) and that user id %s is the account they belong to (403)",
+                exc,
+                settings.user_id,
+            )
+        else:
+            log.error("error: %s", exc)
+        return EXIT_FATAL_API
+    except ApiError as exc:
+        log.error("error: the API at %s did not answer as it should: %s", settings.base_url, exc)
+        return EXIT_FATAL_API
+    print(f"ok: the API accepted the credentials for {settings.user_id} ({elapsed * 1000:.0f} ms)")
+    return EXIT_OK
 
 
 # -- sim -------------------------------------------------------------------------------------

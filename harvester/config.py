@@ -9,10 +9,11 @@ import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from harvester.errors import ConfigError
 from harvester.ids import is_user_id
@@ -84,6 +85,9 @@ class Settings:
     calls_output: Path | None = None
     shard: str | None = None
     list_page_size: int = 1000
+    max_failures: str = "0"
+    max_duration: str | None = None
+    deadline: str | None = None
 
     @property
     def failures_path(self) -> Path:
@@ -175,7 +179,70 @@ def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
     _check_range("commit_calls", settings.commit_calls, 1, 1_000_000)
     _check_range("commit_seconds", settings.commit_seconds, 0.01, 3600)
     _check_range("list_page_size", settings.list_page_size, 1, 1000)
+    failures_allowed(settings.max_failures, 0)
+    if settings.max_duration is not None:
+        parse_duration(settings.max_duration)
+    if settings.deadline is not None:
+        seconds_until(settings.deadline, datetime.now(UTC), settings.tz)
     return settings
+
+
+def failures_allowed(spec: str, calls: int) -> int:
+    """How many failed calls ``--max-failures`` allows out of ``calls``: ``N`` or ``P%``."""
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return int(calls * share / 100)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"max_failures {spec!r} must be a count (10) or a share of the calls (0.5%)"
+        ) from None
+    return count
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``5h``, ``1d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    unit = units.get(value[-1:], 0)
+    try:
+        seconds = float(value[:-1]) * unit if unit else float(value)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise ConfigError(f"max_duration {text!r} must be a duration such as 90s, 15m or 5h")
+    return seconds
+
+
+def seconds_until(deadline: str, now: datetime, zone_name: str) -> float:
+    """Seconds from ``now`` to ``deadline``: a time of day (``06:00``, the next one, in the
+    ``tz`` zone) or an ISO 8601 date and time."""
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {zone_name!r}") from None
+    try:
+        if "T" in deadline or len(deadline) > 8:
+            moment = datetime.fromisoformat(deadline)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=zone)
+        else:
+            clock_time = time.fromisoformat(deadline)
+            local = now.astimezone(zone)
+            moment = datetime.combine(local.date(), clock_time, zone)
+            if moment <= local:
+                moment += timedelta(days=1)
+    except ValueError:
+        raise ConfigError(
+            f"deadline {deadline!r} must be a time of day (06:00) or a date and time "
+            "(2026-11-27T06:00:00Z)"
+        ) from None
+    return (moment - now).total_seconds()
 
 
 def render_paths(settings: Settings, day: date | None, shard: str | None) -> Settings:

@@ -136,6 +136,20 @@ async def harvest(
     return stats
 
 
+async def ping(settings: Settings, clock: Clock | None = None) -> float:
+    """One cheap authenticated request (a page of one call); its round trip in seconds.
+
+    Raises ``FatalApiError`` when the credentials or user id are refused, ``ApiError`` when
+    the API cannot be reached or answers oddly. Nothing is retried.
+    """
+    clock = clock if clock is not None else SystemClock()
+    stats = RunStats()
+    async with CallEventsClient(settings, RateLimiter(0, clock), stats, clock) as client:
+        started = clock.monotonic()
+        await client.calls_page(client.calls_url(1))
+        return clock.monotonic() - started
+
+
 # One batch from a source: records, and for a listing, the next link after them ("" at the end).
 SourceBatch = tuple[list[Record | Listed], str | None]
 

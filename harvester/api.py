@@ -1,0 +1,44 @@
+"""The library entry points: the same job as ``harvester run``, from Python.
+
+::
+
+    from harvester import harvest_sync
+
+    stats = harvest_sync(yesterday=True, output="out/events-{date}.ndjson.gz", rate=1)
+    print(stats.job["ok"], "calls harvested,", stats.job["failed"], "failed")
+
+Options are the settings of ``config.example.toml`` (the flags, with underscores); credentials
+and the user id come from the environment (CATAPULT_API_TOKEN, ...) unless given. ``config``
+names a TOML file, read first. Errors are raised as ``harvester.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from harvester import pool
+from harvester.config import load_settings
+from harvester.stats import RunStats
+
+
+async def harvest(
+    *,
+    config: str | Path | None = None,
+    fresh: bool = False,
+    stop: asyncio.Event | None = None,
+    **options: Any,
+) -> RunStats:
+    """Harvest as ``harvester run`` would (resuming, exactly once); returns the counters, the
+    whole job's in ``.job``. Set ``stop`` to stop cleanly (what is done is committed)."""
+    settings = load_settings(options, os.environ, Path(config) if config is not None else None)
+    return await pool.harvest(settings, fresh=fresh, stop=stop)
+
+
+def harvest_sync(
+    *, config: str | Path | None = None, fresh: bool = False, **options: Any
+) -> RunStats:
+    """``harvest`` for code that is not async (an Airflow task, a notebook cell, a script)."""
+    return asyncio.run(harvest(config=config, fresh=fresh, **options))

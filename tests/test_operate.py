@@ -1,0 +1,187 @@
+"""Operating it: check, --max-failures, deadlines, and the library API."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harvester import harvest_sync
+from harvester.config import failures_allowed, parse_duration, seconds_until
+from harvester.errors import ConfigError
+from harvester.sim import SIM_SECRET
+
+from .conftest import canonical, expected_events, read_ndjson
+
+
+def harvester(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "harvester", *args],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_passes_and_shows_the_settings_without_secrets(sim_process: dict[str, str]) -> None:
+    done = harvester(sim_process, "check")
+    assert done.returncode == 0, done.stderr
+    assert b"ok: the API accepted the credentials" in done.stdout
+    assert b"api_secret = ***" in done.stdout
+    assert SIM_SECRET.encode() not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"CATAPULT_API_SECRET": "wrong-secret-1"}, 3, b"Check CATAPULT_API_TOKEN"),
+        ({"CATAPULT_USER_ID": "u-notmine"}, 3, b"403"),
+        ({"CATAPULT_USER_ID": ""}, 2, b"no user id"),
+    ],
+)
+def test_check_explains_what_is_wrong(
+    sim_process: dict[str, str], change: dict[str, str], code: int, message: bytes
+) -> None:
+    done = harvester({**sim_process, **change}, "check")
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert b"wrong-secret-1" not in done.stdout + done.stderr
+
+
+def test_check_says_when_the_api_cannot_be_reached(sim_process: dict[str, str]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = harvester(
+        {**sim_process, "CATAPULT_BASE_URL": f"http://127.0.0.1:{port}"}, "check", "--timeout", "2"
+    )
+    assert done.returncode == 3
+    assert b"did not answer as it should" in done.stderr
+
+
+@pytest.mark.parametrize(("allowed", "code"), [("0", 1), ("1", 0), ("5%", 0), ("2%", 1)])
+def test_max_failures_decides_the_exit_code(
+    sim_process: dict[str, str], tmp_path: Path, allowed: str, code: int
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join([*ids, "c-nosuchcall"]))
+    done = harvester(
+        sim_process,
+        "run",
+        "-i",
+        str(tmp_path / "calls.txt"),
+        "-o",
+        str(tmp_path / "e.ndjson"),
+        "--no-progress",
+        "--max-failures",
+        allowed,
+    )
+    assert done.returncode == code, done.stderr
+    assert len(read_ndjson(tmp_path / "e.failures.ndjson")) == 1
+
+
+def test_the_library_runs_the_same_job(
+    sim_process: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "CATAPULT_BASE_URL",
+        "CATAPULT_USER_ID",
+        "CATAPULT_API_TOKEN",
+        "CATAPULT_API_SECRET",
+    ):
+        monkeypatch.setenv(name, sim_process[name])
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+
+    stats = harvest_sync(
+        input=str(tmp_path / "calls.txt"), output=tmp_path / "e.ndjson", concurrency=4
+    )
+
+    assert stats.completed and stats.job["ok"] == len(ids)
+    assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        harvest_sync(input="x", output="y", colour="blue")
+
+
+NOW = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("deadline", "zone", "seconds"),
+    [
+        ("06:00", "UTC", 3600),
+        ("04:00", "UTC", 23 * 3600),
+        ("06:30", "Europe/Berlin", 30 * 60),  # 05:00 UTC is 06:00 in Berlin
+        ("2026-11-26T07:00:00Z", "UTC", 2 * 3600),
+    ],
+)
+def test_deadlines(deadline: str, zone: str, seconds: float) -> None:
+    assert seconds_until(deadline, NOW, zone) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("5h", 18000), ("1d", 86400)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "-5m", "0", "h"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(ConfigError, match="must be a duration"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("spec", "calls", "allowed"), [("0", 100, 0), ("7", 100, 7), ("5%", 200, 10), ("0.5%", 1000, 5)]
+)
+def test_failure_allowances(spec: str, calls: int, allowed: int) -> None:
+    assert failures_allowed(spec, calls) == allowed
+
+
+@pytest.mark.parametrize("bad", ["-1", "lots", "150%"])
+def test_bad_failure_allowances(bad: str) -> None:
+    with pytest.raises(ConfigError, match="max_failures"):
+        failures_allowed(bad, 10)
+
+
+def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path: Path) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    done = harvester(
+        sim_process,
+        "run",
+        "-i",
+        str(tmp_path / "calls.txt"),
+        "-o",
+        str(tmp_path / "e.ndjson"),
+        "--no-progress",
+        "--max-duration",
+        "0.001",
+        "--rate",
+        "5",
+        "--summary",
+        str(tmp_path / "s.json"),
+    )
+    assert done.returncode == 5, done.stderr
+    report = orjson.loads((tmp_path / "s.json").read_bytes())
+    assert report["status"] == "deadline"
+    assert report["calls"] < len(ids)
+
+    done = harvester(
+        sim_process,
+        "run",
+        "-i",
+        str(tmp_path / "calls.txt"),
+        "-o",
+        str(tmp_path / "e.ndjson"),
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
