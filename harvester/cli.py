@@ -21,9 +21,9 @@ import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from harvester import __version__
+from harvester import __version__, logs
 from harvester.config import (
     Settings,
     failures_allowed,
@@ -32,7 +32,9 @@ from harvester.config import (
     seconds_until,
 )
 from harvester.errors import ApiError, ConfigError, FatalApiError, InputError, OutputError
+from harvester.logs import event
 from harvester.pool import harvest, ping
+from harvester.progress import Progress, count_records
 from harvester.stats import RunStats, write_json_atomically
 
 EXIT_OK = 0
@@ -50,13 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harvester`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="harvester: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiohttp's own loggers stay quiet unless asked for.
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    logs.configure("text", getattr(args, "verbose", False))
     if args.command == "run":
         _steady_memory()
         return _run(args)
@@ -251,6 +247,21 @@ def _parser() -> argparse.ArgumentParser:
         help="take only shard K of N (0 <= K < N) of the calls, by a stable hash of the id",
     )
     run.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
+    run.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines as text or JSON (default text)"
+    )
+    run.add_argument(
+        "--log-every",
+        metavar="SECONDS",
+        type=float,
+        help="off a terminal, a progress log line this often (default 30)",
+    )
+    run.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        type=Path,
+        help="keep Prometheus metrics here (node_exporter textfile collector)",
+    )
 
     check = commands.add_parser(
         "check",
@@ -329,11 +340,18 @@ def _run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     started = time.monotonic()
     status, error = "completed", None
-    progress = _Progress(stats, sys.stderr) if settings.progress else None
+    logs.configure(settings.log_format, args.verbose)
+    progress = Progress(
+        stats,
+        sys.stderr,
+        show=settings.progress,
+        log_every=settings.log_every,
+        metrics_file=settings.metrics_file,
+    )
     stopper = _Stopper(settings.grace, _time_allowed(settings))
     work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
-        _run_async(_supervised(work, progress, stopper))
+        _run_async(_supervised(work, progress, stopper, settings.input))
         if stopper.signal is not None:
             code, status = EXIT_SIGNAL_BASE + stopper.signal, "stopped"
             name = signal.Signals(stopper.signal).name
@@ -353,10 +371,9 @@ def _run(args: argparse.Namespace) -> int:
     except OutputError as exc:
         code, status, error = EXIT_OUTPUT, "output-error", str(exc)
     elapsed = time.monotonic() - started
-    if progress is not None:
-        progress.finish()
+    progress.finish(stats.completed)
     if error is not None:
-        log.error("error: %s", error)
+        event(logging.ERROR, "error", "error: %s", error, exit_code=code, status=status)
 
     job = stats.job
     summary: dict[str, Any] = {
@@ -376,7 +393,10 @@ def _run(args: argparse.Namespace) -> int:
     if error is not None:
         summary["error"] = error
     if job:
-        log.info("%s", _summary_line(summary, settings.failures_path))
+        fields = {k: v for k, v in summary.items() if k != "this_run"}
+        event(
+            logging.INFO, "summary", "%s", _summary_line(summary, settings.failures_path), **fields
+        )
     if settings.summary is not None:
         try:
             write_json_atomically(settings.summary, summary)
@@ -452,14 +472,12 @@ def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 async def _supervised(
-    work: Coroutine[Any, Any, Any], progress: _Progress | None, stopper: _Stopper
+    work: Coroutine[Any, Any, Any], progress: Progress, stopper: _Stopper, input_spec: str | None
 ) -> None:
-    """Run ``work`` with signal handling and, if wanted, a progress ticker beside it."""
+    """Run ``work`` with signal handling and a progress ticker beside it."""
     stopper.install()
-    if progress is None:
-        await work
-        return
-    ticker = asyncio.create_task(progress.tick_forever())
+    progress.total = await asyncio.to_thread(count_records, input_spec)
+    ticker = asyncio.create_task(progress.run())
     try:
         await work
     finally:
@@ -481,43 +499,6 @@ def _summary_line(summary: dict[str, Any], failures: Path) -> str:
     if summary["failed"]:
         line += f". Failed calls are listed in {failures}"
     return line
-
-
-class _Progress:
-    """A progress line on stderr: redrawn in place on a terminal, a log line every 10 s off one."""
-
-    def __init__(self, stats: RunStats, stream: TextIO) -> None:
-        self._stats = stats
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._interval = 0.5 if self._tty else 10.0
-        self._started = time.monotonic()
-        self._drawn = False
-
-    async def tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            self._draw()
-
-    def _draw(self) -> None:
-        s = self._stats
-        elapsed = time.monotonic() - self._started
-        rate = (s.ok + s.failed) / elapsed if elapsed > 0 else 0.0
-        text = (
-            f"{s.ok + s.failed}/{s.calls} calls ({rate:.1f}/s), {s.events} events, "
-            f"{s.retries} retries, {s.rate_limited} 429s, {s.failed} failed"
-        )
-        if self._tty:
-            self._stream.write(f"\r\x1b[Kharvester: {text}")
-            self._drawn = True
-        else:
-            self._stream.write(f"harvester: progress: {text}\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 # -- check -----------------------------------------------------------------------------------

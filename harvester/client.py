@@ -124,6 +124,8 @@ class CallEventsClient:
             async with self._session.get(url, allow_redirects=False) as response:
                 body = await response.read()
                 status = response.status
+                statuses = self._stats.statuses
+                statuses[status] = statuses.get(status, 0) + 1
                 if status != 429:
                     self._limiter.answered(sent_at)
                 if status == 200:

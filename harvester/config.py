@@ -85,6 +85,9 @@ class Settings:
     calls_output: Path | None = None
     shard: str | None = None
     list_page_size: int = 1000
+    log_format: str = "text"
+    log_every: float = 30.0
+    metrics_file: Path | None = None
     max_failures: str = "0"
     max_duration: str | None = None
     deadline: str | None = None
@@ -108,7 +111,7 @@ class Settings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRETS = ("api_token", "api_secret")
-_PATHS = ("output", "failures", "summary", "calls_output")
+_PATHS = ("output", "failures", "summary", "calls_output", "metrics_file")
 
 
 def load_settings(
@@ -180,6 +183,9 @@ def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
     _check_range("commit_seconds", settings.commit_seconds, 0.01, 3600)
     _check_range("list_page_size", settings.list_page_size, 1, 1000)
     failures_allowed(settings.max_failures, 0)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
+    _check_range("log_every", settings.log_every, 0.1, 86400)
     if settings.max_duration is not None:
         parse_duration(settings.max_duration)
     if settings.deadline is not None:

@@ -200,6 +200,7 @@ class Journal:
             **meta["totals"],
             "failures_by_code": dict(meta["failure_codes"]),
             "elapsed_s": round(meta["elapsed_s"], 3),
+            "bytes": sum(meta["sizes"].values()),
             "invocations": meta["invocations"],
             "completed": meta["completed"],
         }

@@ -32,6 +32,7 @@ from harvester.ids import is_call_id
 from harvester.journal import FAILED, OK, Batch, Journal, Verdict, input_identity
 from harvester.limiter import RateLimiter
 from harvester.listing import Page, list_window, parse_window
+from harvester.logs import event
 from harvester.ndjson import event_lines, failure_line
 from harvester.retry import Retrier
 from harvester.shard import Shard
@@ -468,7 +469,18 @@ class _Run:
         attempts: int,
         listed: bytes,
     ) -> None:
-        log.debug("call %s failed: %s %s", call_id, code, message)
+        event(
+            logging.DEBUG,
+            "call-failed",
+            "call %s failed: %s %s",
+            call_id,
+            code,
+            message,
+            call_id=call_id,
+            status=status,
+            code=code,
+            attempts=attempts,
+        )
         self._stats.count_failure(code)
         record = failure_line(call_id, status, code, message, attempts)
         await self._committer.failed(key, line, record, code, listed)

@@ -15,6 +15,7 @@ tenacity: setting it up costs more than a whole successful call's own work.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from harvester.clock import Clock
 from harvester.config import Settings
 from harvester.errors import ApiError, RateLimited, TransientError
+from harvester.logs import event
 from harvester.stats import RunStats
 
 A = TypeVar("A")
@@ -99,9 +101,21 @@ class Retrier:
         except RateLimited:
             tally.rate_limited += 1
             raise
-        except TransientError:
+        except TransientError as exc:
             tally.transient += 1
             tally.rate_limited = 0
+            event(
+                logging.DEBUG,
+                "retry",
+                "%s: %s (attempt %d)",
+                argument,
+                exc,
+                tally.attempts,
+                target=str(argument),
+                code=exc.code,
+                status=exc.status,
+                attempt=tally.attempts,
+            )
             raise
 
     def _gives_up(self, tally: Tally, error: BaseException | None) -> bool:

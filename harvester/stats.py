@@ -29,6 +29,7 @@ class RunStats:
     undated: int = 0  # listed calls without a usable startTime, so in no window
     other_shard: int = 0  # records left to the other shards
     failures_by_code: dict[str, int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
     completed: bool = False  # every input record has an outcome
     job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters
 
@@ -39,6 +40,7 @@ class RunStats:
     def as_dict(self) -> dict[str, Any]:
         """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
         counters = {k: v for k, v in asdict(self).items() if k not in ("job", "completed")}
+        counters["statuses"] = {str(status): n for status, n in sorted(self.statuses.items())}
         return {**counters, "unfinished": self.calls - self.ok - self.failed}
 
 

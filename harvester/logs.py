@@ -1,0 +1,53 @@
+"""Log lines: plain text for people, or JSON lines (``--log-format json``) for log pipelines.
+
+A JSON line carries ``time`` (UTC, ISO 8601), ``level``, ``event`` (a stable name such as
+``progress``, ``retry``, ``call-failed``, ``summary``), ``message`` and the event's fields.
+No credential is ever passed to a log call: settings print secrets as ``***``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("harvester")
+
+
+def event(level: int, name: str, message: str, *args: object, **fields: Any) -> None:
+    """Log ``message`` as event ``name`` with ``fields`` (kept as fields in JSON lines)."""
+    if log.isEnabledFor(level):
+        log.log(level, message, *args, extra={"event": name, "fields": fields})
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "message"),
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def configure(log_format: str = "text", verbose: bool = False) -> None:
+    """Send harvester's log to stderr in ``log_format`` (text or json)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("harvester: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    # aiohttp's own loggers stay quiet unless they have something serious to say.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -1,0 +1,92 @@
+"""``--metrics-file``: the run's counters in Prometheus text format, for node_exporter's
+textfile collector; written atomically (a reader never sees half a file)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from harvester.stats import RunStats
+
+
+def render(stats: RunStats, run_seconds: float, last_success: float | None) -> str:
+    """The exposition text for the job (``stats.job``) and this run (``stats``)."""
+    job = stats.job
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+    metric(
+        "harvester_calls",
+        "gauge",
+        "Calls of the job by outcome, over every run so far.",
+        [
+            ('{outcome="ok"}', job.get("ok", 0)),
+            ('{outcome="failed"}', job.get("failed", 0)),
+        ],
+    )
+    metric(
+        "harvester_run_calls",
+        "gauge",
+        "Input records of this run by what became of them.",
+        [
+            ('{outcome="ok"}', stats.ok),
+            ('{outcome="failed"}', stats.failed),
+            ('{outcome="skipped"}', stats.skipped),
+            ('{outcome="duplicate"}', stats.duplicates),
+        ],
+    )
+    metric("harvester_events", "gauge", "Events written by the job.", [("", job.get("events", 0))])
+    metric(
+        "harvester_requests",
+        "gauge",
+        "HTTP requests of this run by answer status.",
+        [(f'{{status="{status}"}}', count) for status, count in sorted(stats.statuses.items())]
+        or [('{status="none"}', 0)],
+    )
+    metric("harvester_retries", "gauge", "Retries of this run.", [("", stats.retries)])
+    metric(
+        "harvester_rate_limited", "gauge", "429 answers of this run.", [("", stats.rate_limited)]
+    )
+    metric(
+        "harvester_bytes_written",
+        "gauge",
+        "Bytes of output the job has committed.",
+        [
+            ("", job.get("bytes", 0)),
+        ],
+    )
+    metric(
+        "harvester_run_duration_seconds",
+        "gauge",
+        "How long this run has taken.",
+        [
+            ("", round(run_seconds, 3)),
+        ],
+    )
+    if last_success is not None:
+        metric(
+            "harvester_last_success_timestamp_seconds",
+            "gauge",
+            "When a run of this job last completed (UNIX time).",
+            [("", round(last_success, 3))],
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,170 @@
+"""Progress you can watch: a live bar on a terminal (tqdm), a concise log line every
+``--log-every`` seconds off one (cron, systemd, Kubernetes), and the metrics file.
+
+Everything here reads the run's counters on a timer: nothing is done per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from harvester import metrics
+from harvester.logs import event
+from harvester.stats import RunStats
+
+TERMINAL_INTERVAL = 0.5
+METRICS_INTERVAL = 15.0
+
+
+class Progress:
+    """Ticks while the run goes on; ``finish`` draws the last state."""
+
+    def __init__(
+        self,
+        stats: RunStats,
+        stream: TextIO,
+        *,
+        show: bool,
+        log_every: float,
+        metrics_file: Path | None,
+        total: int | None = None,
+    ) -> None:
+        self._stats = stats
+        self._stream = stream
+        self._show = show
+        self._terminal = show and stream.isatty()
+        self._log_every = log_every
+        self._metrics_file = metrics_file
+        self._last_success = _previous_success(metrics_file)
+        self._started = time.monotonic()
+        self.total = total
+        self._bar: tqdm[Any] | None = None
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        interval = TERMINAL_INTERVAL if self._terminal else self._log_every
+        if not self._show:
+            interval = METRICS_INTERVAL
+        since_metrics = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            since_metrics += interval
+            if self._terminal:
+                self._draw()
+            elif self._show:
+                self._log_line()
+            if self._metrics_file is not None and since_metrics >= METRICS_INTERVAL:
+                since_metrics = 0.0
+                self.write_metrics()
+
+    def finish(self, completed: bool) -> None:
+        """The last bar and metrics; ``completed`` marks a run that finished its job."""
+        if self._bar is not None:
+            self._draw()
+            self._bar.close()
+        if completed:
+            self._last_success = time.time()
+        if self._metrics_file is not None:
+            self.write_metrics()
+
+    def write_metrics(self) -> None:
+        assert self._metrics_file is not None
+        elapsed = time.monotonic() - self._started
+        try:
+            metrics.write(
+                self._metrics_file, metrics.render(self._stats, elapsed, self._last_success)
+            )
+        except OSError as exc:
+            event(
+                logging.WARNING,
+                "metrics-error",
+                "cannot write %s: %s",
+                self._metrics_file,
+                exc.strerror,
+            )
+
+    def _draw(self) -> None:
+        s = self._stats
+        bar = self._bar
+        if bar is None:
+            bar = self._bar = tqdm(
+                total=self.total,
+                unit="call",
+                file=self._stream,
+                dynamic_ncols=True,
+                desc="harvester",
+                smoothing=0.05,
+                leave=True,
+            )
+        bar.total = max(self.total or 0, s.calls) or None
+        bar.n = s.ok + s.failed
+        bar.set_postfix(
+            events=s.events, retries=s.retries, r429=s.rate_limited, failed=s.failed, refresh=False
+        )
+        bar.refresh()
+
+    def _log_line(self) -> None:
+        s = self._stats
+        elapsed = time.monotonic() - self._started
+        done = s.ok + s.failed
+        rate = done / elapsed if elapsed > 0 else 0.0
+        total = max(self.total or 0, s.calls)
+        eta = (total - done) / rate if rate > 0 and total > done else None
+        event(
+            logging.INFO,
+            "progress",
+            "progress: %d/%d calls (%.1f/s%s), %d events, %d retries, %d 429s, %d failed",
+            done,
+            total,
+            rate,
+            f", ETA {eta:.0f} s" if eta is not None else "",
+            s.events,
+            s.retries,
+            s.rate_limited,
+            s.failed,
+            done=done,
+            total=total,
+            rate=round(rate, 2),
+            events=s.events,
+            retries=s.retries,
+            rate_limited=s.rate_limited,
+            failed=s.failed,
+            elapsed_s=round(elapsed, 1),
+        )
+
+
+def count_records(spec: str | None) -> int | None:
+    """About how many records a call list holds (its lines), for the bar; None when unknown."""
+    if spec is None or spec == "-":
+        return None
+    path = Path(spec)
+    try:
+        with path.open("rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+            raw.seek(0)
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+    except (OSError, EOFError):
+        return None
+    return max(lines - (1 if path.name.lower().removesuffix(".gz").endswith(".csv") else 0), 0)
+
+
+_SUCCESS = re.compile(r"^harvester_last_success_timestamp_seconds (\S+)$", re.MULTILINE)
+
+
+def _previous_success(path: Path | None) -> float | None:
+    """The last success time an earlier run wrote, so that it survives unfinished runs."""
+    if path is None:
+        return None
+    try:
+        found = _SUCCESS.search(path.read_text())
+    except OSError:
+        return None
+    return float(found.group(1)) if found else None
