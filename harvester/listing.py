@@ -32,9 +32,12 @@ class Window:
     since: datetime
     until: datetime
     day: date
+    open_end: bool = False  # no --until: up to now, whenever "now" is
 
-    def identity(self) -> dict[str, str]:
-        return {"since": self.since.isoformat(), "until": self.until.isoformat()}
+    def identity(self) -> dict[str, str | None]:
+        """What makes a re-run the same job: an open end stays open as time passes."""
+        until = None if self.open_end else self.until.isoformat()
+        return {"since": self.since.isoformat(), "until": until}
 
 
 def parse_window(
@@ -61,7 +64,7 @@ def parse_window(
     end = _instant(until, zone, "--until") if until else now
     if end <= start:
         raise ConfigError(f"the window is empty: --until ({end.isoformat()}) is not after --since")
-    return Window(start, end, start.astimezone(zone).date())
+    return Window(start, end, start.astimezone(zone).date(), open_end=not until)
 
 
 def _instant(text: str, zone: ZoneInfo, flag: str) -> datetime:

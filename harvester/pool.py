@@ -91,7 +91,11 @@ async def harvest(
         if window is None:
             raise ConfigError("--calls-output keeps listed calls: it needs a window, not --input")
         paths["calls"] = settings.calls_output
-    source = input_identity(settings.input) if settings.input else {"window": window.identity()}  # type: ignore[union-attr]
+    if window is not None:
+        source: dict[str, Any] = {"window": window.identity()}
+    else:
+        assert settings.input is not None
+        source = input_identity(settings.input)
     identity = {
         **source,
         "shard": str(shard) if shard else None,
@@ -104,8 +108,10 @@ async def harvest(
         journal = await _on(disk, Journal.open, paths, identity, fresh=fresh)
         try:
             stats.job = journal.snapshot()
-            # stdin cannot be fingerprinted up front: read it through; what is done is skipped.
-            if journal.meta["completed"] and settings.input != "-":
+            # stdin cannot be fingerprinted up front, and an open window grows with time: read
+            # them through; what is done is skipped.
+            growing = settings.input == "-" or (window is not None and window.open_end)
+            if journal.meta["completed"] and not growing:
                 log.info("this job was completed earlier; nothing to do (--fresh starts over)")
                 stats.completed = True
                 return stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,24 @@ async def test_listing_retries_like_everything_else_and_events_start_before_it_e
     first_events = next(i for i, p in enumerate(paths) if p.endswith("/events"))
     last_list = max(i for i, p in enumerate(paths) if "/calls?" in p)
     assert first_events < last_list, "events were fetched while the list was still being read"
+
+
+async def test_an_open_window_resumes_and_picks_up_newer_calls(
+    registry: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    settings = window_settings(registry, tmp_path, since="2026-11-25T12:00:00Z")
+    clock.now = ANCHOR.timestamp() - 6 * 3600  # 18:00 on the 25th
+    await harvest(settings, clock=clock)
+    first = {e["callId"] for e in read_ndjson(settings.output)}
+    since = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    assert first == {r["id"] for r in registry.calls_between(since, ANCHOR - timedelta(hours=6))}
+
+    clock.now = ANCHOR.timestamp() + 3600  # later, "now" has moved on: the same job, grown
+    stats = await harvest(settings, clock=clock)
+
+    ids = [r["id"] for r in registry.calls_between(since, ANCHOR)]
+    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert stats.skipped == len(first)
 
 
 async def test_a_list_that_cannot_be_read_aborts_the_run(
