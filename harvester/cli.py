@@ -33,7 +33,7 @@ from harvester.config import (
 )
 from harvester.errors import ApiError, ConfigError, FatalApiError, InputError, OutputError
 from harvester.logs import event
-from harvester.pool import harvest, ping
+from harvester.pool import harvest, ping, retry_failed
 from harvester.progress import Progress, count_records
 from harvester.stats import RunStats, write_json_atomically
 
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.configure("text", getattr(args, "verbose", False))
-    if args.command == "run":
+    if args.command in ("run", "retry-failed"):
         _steady_memory()
         return _run(args)
     if args.command == "sim":
@@ -263,6 +263,46 @@ def _parser() -> argparse.ArgumentParser:
         help="keep Prometheus metrics here (node_exporter textfile collector)",
     )
 
+    again = commands.add_parser(
+        "retry-failed",
+        help="harvest again the calls of an output's failures file that are worth it",
+        description="Harvest again the calls listed in the failures file of --output (not "
+        "unknown calls, unless --include-not-found), append their events to the same output "
+        "exactly once, and leave in the failures file only what still fails.",
+        epilog="Exit codes as for run.",
+    )
+    again.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        type=Path,
+        required=True,
+        help="the output of an earlier run",
+    )
+    again.add_argument(
+        "--include-not-found", action="store_true", help="retry unknown calls (404) too"
+    )
+    for flag, kind, text in (
+        ("--config", Path, "TOML config file"),
+        ("--base-url", str, "API base (env CATAPULT_BASE_URL)"),
+        ("--user-id", str, "Catapult user id (env CATAPULT_USER_ID)"),
+        ("--summary", Path, "write a JSON summary here at the end"),
+        ("--concurrency", int, "requests in flight at most (default 8)"),
+        ("--rate", float, "requests per second at most; 0 = learn the API's limit"),
+        ("--max-attempts", int, "attempts per call for transient failures (default 5)"),
+        ("--timeout", float, "seconds per request (default 30)"),
+        ("--log-format", str, "text or json"),
+    ):
+        again.add_argument(flag, type=kind, help=text)
+    again.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="no progress on stderr",
+    )
+    again.add_argument("--verbose", "-v", action="store_true", help="log every retry and failure")
+
     check = commands.add_parser(
         "check",
         help="check the settings and credentials with one cheap request",
@@ -349,9 +389,15 @@ def _run(args: argparse.Namespace) -> int:
         metrics_file=settings.metrics_file,
     )
     stopper = _Stopper(settings.grace, _time_allowed(settings))
-    work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
+    if args.command == "retry-failed":
+        work = retry_failed(
+            settings, include_not_found=args.include_not_found, stats=stats, stop=stopper.event
+        )
+    else:
+        work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
-        _run_async(_supervised(work, progress, stopper, settings.input))
+        spec = settings.input if args.command == "run" else None
+        _run_async(_supervised(work, progress, stopper, spec))
         if stopper.signal is not None:
             code, status = EXIT_SIGNAL_BASE + stopper.signal, "stopped"
             name = signal.Signals(stopper.signal).name

@@ -51,6 +51,22 @@ def state_dir(output: Path) -> Path:
     return output.with_name(output.name + ".state")
 
 
+def stored_identity(output: Path) -> dict[str, Any]:
+    """The identity recorded by the job that writes ``output``; ConfigError when there is none."""
+    ledger = state_dir(output) / "ledger.sqlite"
+    if not ledger.exists():
+        raise ConfigError(f"{output} has no harvester state beside it: nothing to retry")
+    try:
+        with contextlib.closing(sqlite3.connect(ledger)) as connection:
+            meta = _load_meta(connection)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"the ledger {ledger} cannot be read ({exc})") from None
+    if not meta:
+        raise ConfigError(f"{output} has no harvester state beside it: nothing to retry")
+    identity: dict[str, Any] = meta["identity"]
+    return identity
+
+
 def input_identity(spec: str) -> dict[str, Any]:
     """What makes a call list the same one on a re-run: its path, size and first MiB."""
     if spec == "-":
@@ -86,6 +102,7 @@ class Batch:
     event_count: int = 0
     failure_codes: Counter[str] = field(default_factory=Counter)
     list_cursor: str | None = None  # a listing run's place, up to which all is committed
+    reopened: bool = False  # retry-failed: every call here had failed before
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -152,6 +169,7 @@ class Journal:
             connection = _connect(ledger)
             meta = _load_meta(connection)
             _check_identity(meta, identity, directory)
+            _finish_failures_swap(connection, meta, paths["failures"])
             if not meta:
                 meta = {
                     "schema": SCHEMA_VERSION,
@@ -205,16 +223,63 @@ class Journal:
             "completed": meta["completed"],
         }
 
-    def lookup(self, keys: Iterable[str]) -> dict[str, int]:
-        """The input line of each of ``keys`` the ledger already has."""
+    def lookup(self, keys: Iterable[str], outcome: int | None = None) -> dict[str, int]:
+        """The input line of each of ``keys`` the ledger already has (with ``outcome``)."""
         found: dict[str, int] = {}
         pending = list(keys)
         for start in range(0, len(pending), _LOOKUP_CHUNK):
             chunk = pending[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
             query = f"SELECT call_id, line FROM calls WHERE call_id IN ({marks})"  # noqa: S608
+            if outcome is not None:
+                query += f" AND outcome = {int(outcome)}"
             found.update(self._db.execute(query, chunk).fetchall())
         return found
+
+    # -- retry-failed --------------------------------------------------------------------------
+
+    def committed_failures(self) -> list[bytes]:
+        """The lines of the failures file that the ledger vouches for."""
+        path = self.paths["failures"]
+        with path.open("rb") as f:
+            data = f.read(self.meta["sizes"]["failures"])
+        if path.suffix == ".gz" and data:
+            data = gzip.decompress(data)
+        return data.splitlines()
+
+    def reopen(self, keys: list[str]) -> list[tuple[int, str]]:
+        """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending."""
+        found = self.lookup(keys, outcome=FAILED)
+        self._pending.update(found)
+        return [(line, key) for key, line in found.items()]
+
+    def failed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` the ledger holds as failed."""
+        return set(self.lookup(keys, outcome=FAILED))
+
+    def replace_failures(self, lines: list[bytes], codes: dict[str, int]) -> None:
+        """Make ``lines`` the whole failures file, crash-safely: the new file is written beside
+        the old, the ledger records the swap, the file is renamed over, and the ledger closes
+        the swap. ``open`` finishes a swap that a crash interrupted."""
+        path = self.paths["failures"]
+        tmp = path.with_name(f".{path.name}.retry-failed.tmp")
+        data = b"".join(line + b"\n" for line in lines)
+        if path.suffix == ".gz" and data:
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write {tmp}: {exc.strerror}") from None
+        self.meta["failure_codes"] = codes
+        self.meta["failures_swap"] = {"tmp": str(tmp), "size": len(data)}
+        with self._db:
+            self._write_meta()
+        self._files["failures"].close()
+        _finish_failures_swap(self._db, self.meta, path)
+        self._files["failures"] = _open_at(path, self.meta["sizes"]["failures"])
 
     # -- committing --------------------------------------------------------------------------
 
@@ -229,9 +294,13 @@ class Journal:
         }
         meta = self.meta
         totals = meta["totals"]
-        totals["calls"] += batch.ok + batch.failed
-        totals["ok"] += batch.ok
-        totals["failed"] += batch.failed
+        if batch.reopened:  # failed calls taken on again: those that now succeeded move over
+            totals["ok"] += batch.ok
+            totals["failed"] -= batch.ok
+        else:
+            totals["calls"] += batch.ok + batch.failed
+            totals["ok"] += batch.ok
+            totals["failed"] += batch.failed
         totals["events"] += batch.event_count
         for key in _RUN_KEYS:
             totals[key] = self._before[key] + run_totals[key]
@@ -276,6 +345,26 @@ class Journal:
         self._db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)",
             (orjson.dumps(self.meta),),
+        )
+
+
+def _finish_failures_swap(connection: sqlite3.Connection, meta: dict[str, Any], path: Path) -> None:
+    """Complete a failures-file replacement recorded in ``meta`` (see ``replace_failures``)."""
+    swap = meta.get("failures_swap")
+    if not swap:
+        return
+    tmp = Path(swap["tmp"])
+    try:
+        if tmp.exists():
+            os.replace(tmp, path)
+            fsync_directory(path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot replace {path}: {exc.strerror}") from None
+    meta["sizes"]["failures"] = swap["size"]
+    del meta["failures_swap"]
+    with connection:
+        connection.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)", (orjson.dumps(meta),)
         )
 
 

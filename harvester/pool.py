@@ -17,19 +17,30 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
 from harvester.config import Settings, render_paths
 from harvester.errors import CallFailed, ConfigError, FatalApiError, OutputError, TransientError
 from harvester.ids import is_call_id
-from harvester.journal import FAILED, OK, Batch, Journal, Verdict, input_identity
+from harvester.journal import (
+    FAILED,
+    OK,
+    Batch,
+    Journal,
+    Verdict,
+    input_identity,
+    stored_identity,
+)
 from harvester.limiter import RateLimiter
 from harvester.listing import Page, list_window, parse_window
 from harvester.logs import event
@@ -157,6 +168,99 @@ async def ping(settings: Settings, clock: Clock | None = None) -> float:
         return clock.monotonic() - started
 
 
+# Failure codes that say the call will never be harvested, and those of calls that do not exist.
+_HOPELESS = frozenset({"invalid-call-id", "invalid-input"})
+NOT_FOUND = frozenset({"call-not-found", "resource-not-found", "http-404"})
+
+
+async def retry_failed(
+    settings: Settings,
+    *,
+    include_not_found: bool = False,
+    stats: RunStats | None = None,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunStats:
+    """Harvest again the calls in ``settings.output``'s failures file that are worth it (not
+    unknown calls unless ``include_not_found``), append their events exactly once, and leave
+    in the failures file only what still fails, each call once."""
+    stats = stats if stats is not None else RunStats()
+    clock = clock if clock is not None else SystemClock()
+    stop = stop if stop is not None else asyncio.Event()
+    assert settings.output is not None
+    identity = stored_identity(settings.output)
+    if identity.get("user_id") != settings.user_id:
+        raise ConfigError(
+            f"{settings.output} was harvested for user {identity.get('user_id')}, not "
+            f"{settings.user_id}"
+        )
+    paths = {
+        name: Path(identity[f"{name}_path"])
+        for name in ("events", "failures", "calls")
+        if f"{name}_path" in identity
+    }
+    skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
+    with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
+        journal = await _on(disk, Journal.open, paths, identity)
+        try:
+            records = _failure_records(await _on(disk, journal.committed_failures))
+            wanted = list(
+                dict.fromkeys(
+                    r["callId"]
+                    for _, r in records
+                    if r.get("code") not in skip
+                    and isinstance(r.get("callId"), str)
+                    and is_call_id(r["callId"])
+                )
+            )
+            again = await _on(disk, journal.reopen, wanted)
+            stats.job = journal.snapshot()
+            if again:
+                limiter = RateLimiter(settings.rate, clock)
+                async with CallEventsClient(settings, limiter, stats, clock) as client:
+                    committer = _Committer(journal, disk, settings, stats, clock)
+                    committer.reopened = True
+                    run = _Run(
+                        settings, stats, client, Retrier(settings, stats, clock), committer, None
+                    )
+                    await run.execute(_one_batch(again), stop)
+            # Keep each call's newest failure record, for the calls that still fail.
+            lines = _failure_records(await _on(disk, journal.committed_failures))
+            keys = [r["callId"] for _, r in lines if isinstance(r.get("callId"), str)]
+            failing = await _on(disk, journal.failed_keys, keys)
+            kept: dict[Any, tuple[bytes, dict[str, Any]]] = {}
+            for number, (raw, record) in enumerate(lines):
+                call_id = record.get("callId")
+                key = call_id if isinstance(call_id, str) else ("line", number)
+                if not isinstance(call_id, str) or call_id in failing:
+                    kept.pop(key, None)
+                    kept[key] = (raw, record)
+            codes = Counter(str(record.get("code")) for _, record in kept.values())
+            await _on(
+                disk, journal.replace_failures, [raw for raw, _ in kept.values()], dict(codes)
+            )
+            stats.job = journal.snapshot()
+            stats.completed = not stop.is_set()
+        finally:
+            await _on(disk, journal.close)
+    return stats
+
+
+def _failure_records(lines: list[bytes]) -> list[tuple[bytes, dict[str, Any]]]:
+    records = []
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            record = {}
+        records.append((line, record if isinstance(record, dict) else {}))
+    return records
+
+
+async def _one_batch(records: list[tuple[int, str]]) -> AsyncGenerator[SourceBatch, None]:
+    yield list(records), None
+
+
 # One batch from a source: records, and for a listing, the next link after them ("" at the end).
 SourceBatch = tuple[list[Record | Listed], str | None]
 
@@ -228,6 +332,7 @@ class _Committer:
         self._pages: deque[_PageMark] = deque()
         self._page_of: dict[str, _PageMark] = {}
         self._list_cursor: str | None = None
+        self.reopened = False  # retry-failed: batches hold calls that had failed
 
     def expect(self, key: str, page: _PageMark) -> None:
         """``key`` comes from ``page``: the page is not done until it is committed."""
@@ -290,6 +395,7 @@ class _Committer:
             self._due.clear()
             batch, self._batch = self._batch, Batch()
             batch.list_cursor = self._list_cursor
+            batch.reopened = self.reopened
             stats = self._stats
             counters = {
                 "requests": stats.requests,
@@ -354,7 +460,7 @@ class _Run:
             # Keep what was done before the run stopped.
             await committer.commit()
             raise group.exceptions[0] from None
-        if not stop.is_set():
+        if not stop.is_set() and not committer.reopened:
             await _on(committer.disk, committer.journal.mark_completed)
             self._stats.completed = True
             self._stats.job = committer.journal.snapshot()
@@ -391,7 +497,10 @@ class _Run:
                     stats.other_shard += len(keyed) - len(mine)
                     records = [records[i] for i in mine]
                     keyed = [keyed[i] for i in mine]
-                verdicts = await _on(committer.disk, committer.journal.claim, keyed)
+                if committer.reopened:  # retry-failed has claimed them already
+                    verdicts = [Verdict.NEW] * len(keyed)
+                else:
+                    verdicts = await _on(committer.disk, committer.journal.claim, keyed)
                 page = _PageMark(next_url) if next_url is not None else None
                 for record, (key, _), verdict in zip(records, keyed, verdicts, strict=True):
                     if verdict is Verdict.DUPLICATE:

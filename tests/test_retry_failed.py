@@ -1,0 +1,169 @@
+"""retry-failed: what failed for passing reasons is harvested again, once; the rest stays listed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harvester.errors import ConfigError
+from harvester.pool import harvest, retry_failed
+from harvester.sim import Simulator
+
+from .conftest import FakeClock, canonical, expected_events, make_settings, output_of, read_ndjson
+
+UNKNOWN = ["c-unknowncall0000000001", "c-unknowncall0000000002"]
+
+
+async def first_run(sim: Simulator, clock: FakeClock, tmp_path: Path) -> list[str]:
+    """A run where about a third of the calls fail with 503s and two are unknown."""
+    ids = sim.call_ids()
+    (tmp_path / "calls.txt").write_text("\n".join([*ids, *UNKNOWN, "c-bad/id"]))
+    sim.config.faults = {"503": 0.35}
+    sim.config.max_faults_per_call = 100
+    stats = await harvest(make_settings(sim, tmp_path, max_attempts=1), clock=clock)
+    assert stats.failed > 10
+    sim.config.faults = {}
+    return ids
+
+
+async def test_passing_failures_are_harvested_and_the_rest_stays_listed_once(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = await first_run(sim, clock, tmp_path)
+    settings = make_settings(sim, tmp_path)
+    before = read_ndjson(settings.failures_path)
+    unavailable = {f["callId"] for f in before if f["code"] == "unavailable"}
+
+    stats = await retry_failed(settings, clock=clock)
+
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    lines = output_of(settings).read_bytes().splitlines()
+    assert len(lines) == len(set(lines))
+    after = read_ndjson(settings.failures_path)
+    assert Counter(f["callId"] for f in after) == Counter([*UNKNOWN, "c-bad/id"])
+    assert (stats.job["calls"], stats.job["ok"], stats.job["failed"]) == (len(ids) + 3, len(ids), 3)
+    assert stats.job["failures_by_code"] == {"call-not-found": 2, "invalid-call-id": 1}
+    requested = {p.split("/")[-2] for p in sim.requests[-len(unavailable) :]}
+    assert requested == unavailable, "only the calls that failed were asked for again"
+
+
+async def test_unknown_calls_are_retried_only_when_asked(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    await first_run(sim, clock, tmp_path)
+    settings = make_settings(sim, tmp_path)
+    await retry_failed(settings, clock=clock)
+    sim.log.clear()
+
+    await retry_failed(settings, clock=clock)
+    assert sim.requests == []
+
+    await retry_failed(settings, clock=clock, include_not_found=True)
+    assert sorted(p.split("/")[-2] for p in sim.requests) == sorted(UNKNOWN)
+    after = read_ndjson(settings.failures_path)
+    assert Counter(f["callId"] for f in after) == Counter([*UNKNOWN, "c-bad/id"])
+
+
+async def test_a_later_run_of_the_same_job_still_resumes_cleanly(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = await first_run(sim, clock, tmp_path)
+    settings = make_settings(sim, tmp_path)
+    await retry_failed(settings, clock=clock)
+    sim.log.clear()
+
+    stats = await harvest(settings, clock=clock)
+
+    assert sim.requests == [], "the job is complete: nothing fetched again"
+    assert stats.job["ok"] == len(ids)
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
+async def test_nothing_to_retry_without_state(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="no harvester state"):
+        await retry_failed(make_settings(sim, tmp_path), clock=clock)
+
+
+def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
+    from harvester.journal import FAILED, Batch, Journal
+
+    paths = {"events": tmp_path / "e.ndjson", "failures": tmp_path / "e.failures.ndjson"}
+    journal = Journal.open(paths, {"input": "x"})
+    batch = Batch(failures=bytearray(b'{"callId":"c-1"}\n{"callId":"c-2"}\n'), failed=2)
+    batch.rows = [("c-1", 1, FAILED), ("c-2", 2, FAILED)]
+    journal.commit(batch, {"requests": 0, "retries": 0, "rate_limited": 0}, 0.0)
+    # The swap as replace_failures records it, then a crash before the rename.
+    tmp = tmp_path / ".e.failures.ndjson.retry-failed.tmp"
+    tmp.write_bytes(b'{"callId":"c-2"}\n')
+    journal.meta["failures_swap"] = {"tmp": str(tmp), "size": tmp.stat().st_size}
+    with journal._db:
+        journal._write_meta()
+    journal.close()
+
+    reopened = Journal.open(paths, {"input": "x"})
+    reopened.close()
+
+    assert paths["failures"].read_bytes() == b'{"callId":"c-2"}\n'
+    assert not tmp.exists()
+    assert "failures_swap" not in reopened.meta
+
+
+def test_the_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import simulator_process
+
+    with simulator_process(
+        tmp_path, "--calls", "30", "--fault", "503=0.4", "--max-faults-per-call", "100"
+    ) as env:
+        ids = Path(env["IDS_FILE"]).read_text().split()
+        (tmp_path / "calls.txt").write_text("\n".join([*ids, UNKNOWN[0]]))
+        out = tmp_path / "out" / "e.ndjson"
+        first = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harvester",
+                "run",
+                "-i",
+                str(tmp_path / "calls.txt"),
+                "-o",
+                str(out),
+                "--max-attempts",
+                "1",
+                "--no-progress",
+            ],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert first.returncode == 1, first.stderr
+    # A well-behaved simulator this time, on another port: the same registry.
+    (tmp_path / "again").mkdir()
+    with simulator_process(tmp_path / "again", "--calls", "30") as env:
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harvester",
+                "retry-failed",
+                "--output",
+                str(out),
+                "--no-progress",
+                "--summary",
+                str(tmp_path / "s.json"),
+            ],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert again.returncode == 1, again.stderr  # the unknown call still fails
+    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    assert [f["callId"] for f in read_ndjson(out.with_name("e.failures.ndjson"))] == [UNKNOWN[0]]
