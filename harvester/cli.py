@@ -368,12 +368,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Only what was given on the command line; None leaves the file's or environment's value.
-    flags = {name: getattr(args, name, None) for name in Settings.__dataclass_fields__}
-    try:
-        settings = load_settings(flags, os.environ, args.config)
-    except ConfigError as exc:
-        log.error("error: %s", exc)
+    settings = _settings(args)
+    if settings is None:
         return EXIT_USAGE
 
     stats = RunStats()
@@ -450,6 +446,18 @@ def _run(args: argparse.Namespace) -> int:
             log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
             return code or EXIT_OUTPUT
     return code
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """Settings from the config file, the environment and the flags given; None (after saying
+    why) when they are not valid."""
+    # Only what was given on the command line; None leaves the file's or environment's value.
+    flags = {name: getattr(args, name, None) for name in Settings.__dataclass_fields__}
+    try:
+        return load_settings(flags, os.environ, args.config)
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return None
 
 
 def _time_allowed(settings: Settings) -> float | None:
@@ -551,11 +559,8 @@ def _summary_line(summary: dict[str, Any], failures: Path) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    flags = {name: getattr(args, name, None) for name in Settings.__dataclass_fields__}
-    try:
-        settings = load_settings(flags, os.environ, args.config)
-    except ConfigError as exc:
-        log.error("error: %s", exc)
+    settings = _settings(args)
+    if settings is None:
         return EXIT_USAGE
     print("effective settings (config file < environment < flags):")
     for name in Settings.__dataclass_fields__:

@@ -342,10 +342,7 @@ class Journal:
                 close()
 
     def _write_meta(self) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)",
-            (orjson.dumps(self.meta),),
-        )
+        _save_meta(self._db, self.meta)
 
 
 def _finish_failures_swap(connection: sqlite3.Connection, meta: dict[str, Any], path: Path) -> None:
@@ -363,9 +360,13 @@ def _finish_failures_swap(connection: sqlite3.Connection, meta: dict[str, Any], 
     meta["sizes"]["failures"] = swap["size"]
     del meta["failures_swap"]
     with connection:
-        connection.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)", (orjson.dumps(meta),)
-        )
+        _save_meta(connection, meta)
+
+
+def _save_meta(connection: sqlite3.Connection, meta: dict[str, Any]) -> None:
+    connection.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)", (orjson.dumps(meta),)
+    )
 
 
 def fsync_directory(folder: Path) -> None:

@@ -3,11 +3,9 @@ textfile collector; written atomically (a reader never sees half a file)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from harvester.stats import RunStats
+from harvester.stats import RunStats, write_atomically
 
 
 def render(stats: RunStats, run_seconds: float, last_success: float | None) -> str:
@@ -80,13 +78,4 @@ def render(stats: RunStats, run_seconds: float, last_success: float | None) -> s
 
 def write(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode())

@@ -45,12 +45,20 @@ class RunStats:
 
 
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``document`` as JSON, atomically (see ``write_atomically``)."""
+    write_atomically(
+        path, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    )
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
