@@ -2,8 +2,9 @@
 
 Exit codes of ``harvester run``:
   0 every call harvested; 1 finished, some calls in the failures file;
-  2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS, outage);
+  2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS);
   4 an output file could not be written; 5 stopped at --deadline / --max-duration (resumable);
+  6 the API is unreachable or down (resumable: nothing is lost); 70 an internal error (a bug);
   130 / 143 stopped by SIGINT / SIGTERM (resumable).
 """
 
@@ -31,7 +32,15 @@ from harvester.config import (
     parse_duration,
     seconds_until,
 )
-from harvester.errors import ApiError, ConfigError, FatalApiError, InputError, OutputError
+from harvester.errors import (
+    ApiError,
+    ApiUnavailable,
+    ConfigError,
+    FatalApiError,
+    InputError,
+    OutputError,
+    TransientError,
+)
 from harvester.logs import event
 from harvester.pool import harvest, ping, retry_failed
 from harvester.progress import Progress, count_records
@@ -43,7 +52,12 @@ EXIT_USAGE = 2
 EXIT_FATAL_API = 3
 EXIT_OUTPUT = 4
 EXIT_DEADLINE = 5
+EXIT_UNAVAILABLE = 6
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 EXIT_SIGNAL_BASE = 128
+# The same signal again within this many seconds is the same request to stop: GNU timeout (and
+# other wrappers) send it to the process and then to its whole group, microseconds apart.
+SAME_SIGNAL_SECONDS = 1.0
 
 log = logging.getLogger("harvester")
 
@@ -101,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run the same command again after any interruption: it resumes, and every event "
         "lands exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
         "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
-        "the API unreachable; 4 an output file could not be written; 5 stopped at --deadline or "
-        "--max-duration (resumable); 130/143 stopped by SIGINT/SIGTERM (resumable).",
+        "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
+        "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
+        "later); 70 internal error; 130/143 stopped by SIGINT/SIGTERM (resumable).",
     )
     run.add_argument(
         "--input",
@@ -114,25 +129,25 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         "-o",
         metavar="PATH",
-        type=Path,
+        type=_path,
         help="NDJSON file of events, one a line, each with callId",
     )
     run.add_argument(
         "--failures",
         metavar="PATH",
-        type=Path,
+        type=_path,
         help="NDJSON file of calls not harvested (default: <output>.failures.ndjson)",
     )
     run.add_argument(
         "--summary",
         metavar="PATH",
-        type=Path,
+        type=_path,
         help="write a JSON summary here at the end (atomically)",
     )
     run.add_argument(
         "--config",
         metavar="PATH",
-        type=Path,
+        type=_path,
         help="TOML config file (keys as in config.example.toml)",
     )
     run.add_argument(
@@ -167,6 +182,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--timeout", metavar="SECONDS", type=float, help="seconds per request (default 30)"
+    )
+    run.add_argument(
+        "--max-body-mb",
+        metavar="MB",
+        type=float,
+        help="an answer larger than this (on the wire or decompressed) fails its call (default 4)",
+    )
+    run.add_argument(
+        "--max-events",
+        metavar="N",
+        type=int,
+        help="a call with more events than this fails (default 10000)",
     )
     run.add_argument(
         "--no-progress",
@@ -217,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     window.add_argument(
         "--calls-output",
         metavar="PATH",
-        type=Path,
+        type=_path,
         help="also write each listed call's record (NDJSON)",
     )
     window.add_argument(
@@ -259,7 +286,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-file",
         metavar="PATH",
-        type=Path,
+        type=_path,
         help="keep Prometheus metrics here (node_exporter textfile collector)",
     )
 
@@ -275,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         "-o",
         metavar="PATH",
-        type=Path,
+        type=_path,
         required=True,
         help="the output of an earlier run",
     )
@@ -283,17 +310,30 @@ def _parser() -> argparse.ArgumentParser:
         "--include-not-found", action="store_true", help="retry unknown calls (404) too"
     )
     for flag, kind, text in (
-        ("--config", Path, "TOML config file"),
+        ("--config", _path, "TOML config file"),
         ("--base-url", str, "API base (env CATAPULT_BASE_URL)"),
         ("--user-id", str, "Catapult user id (env CATAPULT_USER_ID)"),
-        ("--summary", Path, "write a JSON summary here at the end"),
+        ("--summary", _path, "write a JSON summary here at the end"),
         ("--concurrency", int, "requests in flight at most (default 8)"),
         ("--rate", float, "requests per second at most; 0 = learn the API's limit"),
         ("--max-attempts", int, "attempts per call for transient failures (default 5)"),
+        ("--max-rate-limited", int, "429 answers in a row after which a call is given up"),
         ("--timeout", float, "seconds per request (default 30)"),
+        ("--max-body-mb", float, "an answer larger than this fails its call (default 4)"),
+        ("--max-events", int, "a call with more events than this fails (default 10000)"),
+        ("--grace", float, "on SIGINT/SIGTERM, seconds to let calls in flight finish"),
+        ("--commit-every", int, "commit at least every N calls (default 1000)"),
+        ("--commit-interval", float, "commit at least every SECONDS seconds (default 5)"),
+        ("--max-failures", str, "exit 1 only when more calls than this failed: N or P%"),
+        ("--max-duration", str, "stop cleanly after this long (90s, 15m, 5h): exit 5"),
+        ("--deadline", str, "stop cleanly at this time of day or moment: exit 5"),
         ("--log-format", str, "text or json"),
+        ("--log-every", float, "off a terminal, a progress log line this often (default 30)"),
+        ("--metrics-file", _path, "keep Prometheus metrics here"),
     ):
-        again.add_argument(flag, type=kind, help=text)
+        renamed = {"--commit-every": "commit_calls", "--commit-interval": "commit_seconds"}
+        dest = renamed.get(flag, flag.removeprefix("--").replace("-", "_"))
+        again.add_argument(flag, type=kind, help=text, dest=dest)
     again.add_argument(
         "--no-progress",
         dest="progress",
@@ -310,7 +350,7 @@ def _parser() -> argparse.ArgumentParser:
         "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
         "credentials or the user id or cannot be reached, 2 for a settings error.",
     )
-    check.add_argument("--config", metavar="PATH", type=Path, help="TOML config file")
+    check.add_argument("--config", metavar="PATH", type=_path, help="TOML config file")
     check.add_argument("--base-url", metavar="URL", help="API base (env CATAPULT_BASE_URL)")
     check.add_argument("--user-id", metavar="ID", help="Catapult user id (env CATAPULT_USER_ID)")
     check.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds for the request")
@@ -322,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
         "with basic auth, a fixed-window rate limit and injectable faults.",
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    sim.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    sim.add_argument("--port", type=_port, default=0, help="port (default 0: a free one)")
     sim.add_argument("--calls", type=int, default=1000, help="calls in the registry (default 1000)")
     sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
     sim.add_argument(
@@ -359,8 +399,8 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="faults a call sees in a row at most (default 2)",
     )
-    sim.add_argument("--ready-file", type=Path, help="write the base URL here once serving")
-    sim.add_argument("--ids-file", type=Path, help="write the registry's call ids here, one a line")
+    sim.add_argument("--ready-file", type=_path, help="write the base URL here once serving")
+    sim.add_argument("--ids-file", type=_path, help="write the registry's call ids here")
     return parser
 
 
@@ -392,7 +432,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
-        spec = settings.input if args.command == "run" else None
+        spec = settings.input if args.command == "run" and settings.progress else None
         _run_async(_supervised(work, progress, stopper, spec))
         if stopper.signal is not None:
             code, status = EXIT_SIGNAL_BASE + stopper.signal, "stopped"
@@ -406,19 +446,58 @@ def _run(args: argparse.Namespace) -> int:
             code = EXIT_OK if stats.job.get("failed", 0) <= allowed else EXIT_FAILURES
     except (InputError, ConfigError) as exc:
         code, status, error = EXIT_USAGE, "usage-error", str(exc)
+    except ApiUnavailable as exc:
+        code, status, error = EXIT_UNAVAILABLE, "api-unavailable", str(exc)
     except FatalApiError as exc:
         code, status, error = EXIT_FATAL_API, "aborted", str(exc)
         if exc.status in (401, 403):
             error += " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)"
     except OutputError as exc:
         code, status, error = EXIT_OUTPUT, "output-error", str(exc)
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for the report
+        log.error("internal error, please report it with this log", exc_info=exc)
+        code, status = EXIT_INTERNAL, "crashed"
+        error = f"internal error: {type(exc).__name__}: {exc}; run the same command to resume"
+    if code == EXIT_USAGE and not stats.job:
+        # Refused before the job was opened: an earlier run's summary and metrics stay as they
+        # were, for whoever reads them.
+        log.error("error: %s", error)
+        return code
     elapsed = time.monotonic() - started
     progress.finish(stats.completed)
     if error is not None:
-        event(logging.ERROR, "error", "error: %s", error, exit_code=code, status=status)
+        planned = code in (EXIT_DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
+        level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
+        event(level, "error", "%s%s", prefix, error, exit_code=code, status=status)
 
+    summary = _summary(settings, stats, status, code, started_at, elapsed)
+    if error is not None:
+        summary["error"] = error
+    if stats.job:
+        fields = {k: v for k, v in summary.items() if k != "this_run"}
+        event(logging.INFO, "summary", "%s", _summary_line(summary), **fields)
+    if settings.summary is not None:
+        try:
+            write_json_atomically(settings.summary, summary)
+        except OSError as exc:
+            log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
+            return code or EXIT_OUTPUT
+    return code
+
+
+_SIGNAL_CODES = (EXIT_SIGNAL_BASE + signal.SIGINT, EXIT_SIGNAL_BASE + signal.SIGTERM)
+
+
+def _summary(
+    settings: Settings,
+    stats: RunStats,
+    status: str,
+    code: int,
+    started_at: datetime,
+    elapsed: float,
+) -> dict[str, Any]:
     job = stats.job
-    summary: dict[str, Any] = {
+    return {
         "status": status,
         "exit_code": code,
         **{key: job.get(key, 0) for key in _JOB_KEYS},
@@ -430,22 +509,8 @@ def _run(args: argparse.Namespace) -> int:
         "started_at": started_at.isoformat(timespec="seconds"),
         "input": settings.input,
         "output": str(settings.output),
-        "failures_file": str(settings.failures_path),
+        "failures_file": str(settings.failures_path) if settings.output is not None else None,
     }
-    if error is not None:
-        summary["error"] = error
-    if job:
-        fields = {k: v for k, v in summary.items() if k != "this_run"}
-        event(
-            logging.INFO, "summary", "%s", _summary_line(summary, settings.failures_path), **fields
-        )
-    if settings.summary is not None:
-        try:
-            write_json_atomically(settings.summary, summary)
-        except OSError as exc:
-            log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
-            return code or EXIT_OUTPUT
-    return code
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:
@@ -474,10 +539,12 @@ _JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_lim
 
 
 class _Stopper:
-    """SIGINT/SIGTERM: the first asks the run to stop gracefully, a second exits at once.
+    """SIGINT/SIGTERM: the first asks the run to stop gracefully, another exits at once.
 
-    The handler only sets a flag that the run watches. Exiting at once is safe: nothing
-    uncommitted counts, and the next run resumes from the last commit.
+    The handler only sets a flag that the run watches. The same signal again within
+    ``SAME_SIGNAL_SECONDS`` is the same request (a wrapper such as GNU timeout signals the
+    process and then its group). Exiting at once is safe: nothing uncommitted counts, and the
+    next run resumes from the last commit.
     """
 
     def __init__(self, grace: float, time_allowed: float | None = None) -> None:
@@ -486,6 +553,7 @@ class _Stopper:
         self.deadline_reached = False
         self._grace = grace
         self._time_allowed = time_allowed
+        self._signalled_at = 0.0
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -502,11 +570,14 @@ class _Stopper:
         self.event.set()
 
     def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
         if self.signal is not None:
+            if signum == self.signal and now - self._signalled_at < SAME_SIGNAL_SECONDS:
+                return  # the same request, delivered twice
             sys.stderr.write("\nharvester: second signal: stopping now (resumable)\n")
             sys.stderr.flush()
             os._exit(EXIT_SIGNAL_BASE + signum)
-        self.signal = signum
+        self.signal, self._signalled_at = signum, now
         log.info(
             "%s: finishing calls in flight (up to %g s), then committing; "
             "signal again to stop at once",
@@ -528,19 +599,26 @@ def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
 async def _supervised(
     work: Coroutine[Any, Any, Any], progress: Progress, stopper: _Stopper, input_spec: str | None
 ) -> None:
-    """Run ``work`` with signal handling and a progress ticker beside it."""
+    """Run ``work`` with signal handling and a progress ticker beside it; ``input_spec``, when
+    given, is counted for the progress total meanwhile (a regular file only, never a stream)."""
     stopper.install()
-    progress.total = await asyncio.to_thread(count_records, input_spec)
     ticker = asyncio.create_task(progress.run())
+    counting = asyncio.create_task(_count(progress, input_spec)) if input_spec else None
     try:
         await work
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in (ticker, counting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
-def _summary_line(summary: dict[str, Any], failures: Path) -> str:
+async def _count(progress: Progress, input_spec: str) -> None:
+    progress.total = await asyncio.to_thread(count_records, input_spec)
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
     run = summary["this_run"]
     line = (
         f"{summary['calls']} calls: {summary['ok']} ok, {summary['failed']} failed; "
@@ -551,7 +629,7 @@ def _summary_line(summary: dict[str, Any], failures: Path) -> str:
         line += f" (over {summary['invocations']} runs; this one took on {run['calls']} calls)"
     line += f"; {run['elapsed_s']:.1f} s"
     if summary["failed"]:
-        line += f". Failed calls are listed in {failures}"
+        line += f". Failed calls are listed in {summary['failures_file']}"
     return line
 
 
@@ -580,6 +658,14 @@ def _check(args: argparse.Namespace) -> int:
         else:
             log.error("error: %s", exc)
         return EXIT_FATAL_API
+    except TransientError as exc:
+        log.error(
+            "error: the API at %s cannot be reached or is down: %s. Check the base URL and the "
+            "network, or try again later",
+            settings.base_url,
+            exc,
+        )
+        return EXIT_UNAVAILABLE
     except ApiError as exc:
         log.error("error: the API at %s did not answer as it should: %s", settings.base_url, exc)
         return EXIT_FATAL_API
@@ -646,5 +732,27 @@ def _sim(args: argparse.Namespace) -> int:
         finally:
             await simulator.stop()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        log.error("error: cannot serve on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        return EXIT_USAGE
     return EXIT_OK
+
+
+def _path(text: str) -> Path:
+    """A file path for argparse: not empty (``Path("")`` would quietly be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a file path")
+    return Path(text)
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535; 0: a free one)")
+    return port

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import math
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +20,7 @@ from yarl import URL
 
 from harvester import __version__
 from harvester.clock import Clock
-from harvester.config import Settings
+from harvester.config import Settings, redact_url
 from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
 from harvester.ids import is_call_id
 from harvester.limiter import RateLimiter
@@ -27,8 +28,13 @@ from harvester.stats import RunStats
 
 Event = dict[str, Any]
 
-# Guard against a server whose next links go round in circles.
+# Pages of one call's events at most (a next link back to a page already read fails at once).
 MAX_PAGES = 10_000
+# Of an error answer, this much is read: enough for any error document, never a flood.
+ERROR_BODY_LIMIT = 64 * 1024
+# What is copied from an answer into the failures file and the log, at most.
+MAX_MESSAGE = 300
+_SAFE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # A reset header further away than this is taken as a clock or unit mistake and capped.
 MAX_RATE_LIMIT_WAIT = 600.0
 # Below this an epoch value in X-RateLimit-Reset is taken as seconds, not milliseconds.
@@ -51,6 +57,8 @@ class CallEventsClient:
         self._clock = clock
         self._base = URL(settings.base_url.rstrip("/"))
         self._origin = self._base.origin()
+        self._max_body = int(settings.max_body_mb * 1024 * 1024)
+        self._max_events = settings.max_events
         self._prefix = (
             f"{self._base.raw_path.rstrip('/')}/v1/users/{quote(settings.user_id, safe='')}"
         )
@@ -100,37 +108,64 @@ class CallEventsClient:
 
     async def calls_page(self, url: URL) -> tuple[list[Event], URL | None]:
         """One page of the call list and the next page's URL, exactly as the API linked it."""
-        if url.origin() != self._origin:
-            raise CallFailed(None, "foreign-url", f"{url.origin()} is not {self._origin}")
+        try:
+            foreign = url.origin() != self._origin or url.user is not None
+        except ValueError:
+            foreign = True
+        if foreign:
+            raise CallFailed(
+                None, "foreign-url", f"{redact_url(clip(str(url), 100))} is not on {self._origin}"
+            )
         return await self._get_page(url)
 
     async def events(self, call_id: str) -> list[Event]:
-        """All events of one call, following ``Link: rel="next"`` pages and joining them."""
-        url: URL | None = self.events_url(call_id)
-        events: list[Event] = []
-        pages = 0
-        while url is not None:
-            pages += 1
-            if pages > MAX_PAGES:
+        """All events of one call, following ``Link: rel="next"`` pages and joining them.
+
+        A next link back to a page already read, more than ``max_events`` events or more than
+        ``MAX_PAGES`` pages fail the call: whatever the server sends, one call ends.
+        """
+        url = self.events_url(call_id)
+        events, url_next = await self._get_page(url)
+        followed: set[str] | None = None
+        while url_next is not None:
+            if followed is None:
+                followed = {str(url)}
+            target = str(url_next)
+            if target in followed:
+                raise CallFailed(
+                    200, "next-link-loop", "the next link leads back to a page already read"
+                )
+            if len(followed) >= MAX_PAGES:
                 raise CallFailed(200, "too-many-pages", f"more than {MAX_PAGES} pages of events")
-            page, url = await self._get_page(url)
+            followed.add(target)
+            page, url_next = await self._get_page(url_next)
             events.extend(page)
+            self._check_event_count(len(events))
+        self._check_event_count(len(events))
         return events
+
+    def _check_event_count(self, count: int) -> None:
+        if count > self._max_events:
+            raise CallFailed(
+                200,
+                "too-many-events",
+                f"more than {self._max_events} events (max_events; --max-events raises it)",
+            )
 
     async def _get_page(self, url: URL) -> tuple[list[Event], URL | None]:
         assert self._session is not None, "use CallEventsClient as an async context manager"
         sent_at = await self._limiter.acquire()
         try:
             async with self._session.get(url, allow_redirects=False) as response:
-                body = await response.read()
                 status = response.status
                 statuses = self._stats.statuses
                 statuses[status] = statuses.get(status, 0) + 1
                 if status != 429:
                     self._limiter.answered(sent_at)
                 if status == 200:
+                    body = await self._read_body(response)
                     return _parse_events(body, response.content_type), self._next_link(response)
-                raise self._error(status, body, response)
+                raise self._error(status, await _read_error_body(response), response)
         except ApiError:
             raise
         except TimeoutError:
@@ -143,21 +178,63 @@ class CallEventsClient:
             raise FatalApiError(
                 None, "tls-error", f"TLS verification of {self._origin} failed: {_describe(exc)}"
             ) from None
+        except aiohttp.InvalidURL as exc:
+            raise CallFailed(None, "malformed-answer", _describe(exc)) from None
+        except aiohttp.ClientResponseError as exc:
+            # The answer's head could not be parsed (oversized or garbled headers, not HTTP).
+            raise TransientError(None, "malformed-answer", _describe(exc)) from None
         except aiohttp.ClientError as exc:
             raise TransientError(None, "connection-error", _describe(exc)) from None
         except (ConnectionError, OSError) as exc:
             raise TransientError(None, "connection-error", _describe(exc)) from None
+        except (ValueError, LookupError, UnicodeError) as exc:
+            # Something in the answer that aiohttp or yarl cannot take: it fails this call only.
+            raise CallFailed(None, "malformed-answer", _describe(exc)) from None
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body of a 200, no longer than ``max_body_mb`` on the wire and decompressed."""
+        limit = self._max_body
+        length = response.content_length
+        if length is not None and length > limit:
+            raise self._too_large(f"{length} bytes")
+        if length is not None and "Content-Encoding" not in response.headers:
+            return await response.read()  # the usual case: its length is known and allowed
+        # Compressed or of unknown length: read as it comes, and stop at the limit (aiohttp
+        # decompresses a bounded amount at a time, so a gzip bomb never gets far).
+        chunks = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(f"over {limit} bytes decompressed")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: str) -> CallFailed:
+        return CallFailed(
+            200,
+            "answer-too-large",
+            f"the answer is {size}; max_body_mb allows {self._max_body} (--max-body-mb raises it)",
+        )
 
     def _next_link(self, response: aiohttp.ClientResponse) -> URL | None:
         if "Link" not in response.headers:  # the usual case; parsing costs more than asking
             return None
-        link = response.links.get("next")
-        if link is None:
-            return None
-        target = response.url.join(URL(str(link["url"]), encoded=True))
-        if target.origin() != self._origin:
+        try:
+            link = response.links.get("next")
+            if link is None:
+                return None
+            target = response.url.join(URL(str(link["url"]), encoded=True))
+            foreign = target.origin() != self._origin
+        except (ValueError, TypeError, LookupError) as exc:
+            raise CallFailed(
+                200, "bad-next-link", f"the next link cannot be used: {_describe(exc)}"
+            ) from None
+        if foreign:
             # Following it would send our credentials to another host.
             raise CallFailed(200, "foreign-next-link", f"next link points off {self._origin}")
+        if target.user is not None or target.password is not None:
+            raise CallFailed(200, "bad-next-link", "the next link carries credentials of its own")
         return target
 
     def _error(self, status: int, body: bytes, response: aiohttp.ClientResponse) -> ApiError:
@@ -223,7 +300,7 @@ def _parse_events(body: bytes, content_type: str) -> list[Event]:
         events = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise TransientError(
-            200, "invalid-body", f"answer is not JSON ({content_type}, {len(body)} bytes)"
+            200, "invalid-body", f"answer is not JSON ({clip(content_type, 60)}, {len(body)} bytes)"
         ) from None
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise TransientError(200, "invalid-body", "answer is not a JSON array of event objects")
@@ -231,8 +308,12 @@ def _parse_events(body: bytes, content_type: str) -> list[Event]:
 
 
 def _error_fields(status: int, body: bytes, response: aiohttp.ClientResponse) -> tuple[str, str]:
-    """Catapult's error ``code`` and ``message``; ours when the body is not Catapult's."""
-    reason = response.reason or "error"
+    """Catapult's error ``code`` and ``message``; ours when the body is not Catapult's.
+
+    Both are clipped: a code is a short token or ``http-<status>``, a message at most
+    ``MAX_MESSAGE`` printable characters, whatever the server sent.
+    """
+    reason = clip(response.reason or "error")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -241,24 +322,46 @@ def _error_fields(status: int, body: bytes, response: aiohttp.ClientResponse) ->
         code = document.get("code") or document.get("category")
         message = document.get("message") or document.get("category") or reason
         if isinstance(code, str) and isinstance(message, str):
-            return code, message
-    return f"http-{status}", f"{reason} ({response.content_type}, {len(body)} bytes)"
+            if not _SAFE_CODE.fullmatch(code):
+                code = f"http-{status}"
+            return code, clip(message)
+    return f"http-{status}", f"{reason} ({clip(response.content_type, 60)}, {len(body)} bytes)"
+
+
+async def _read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """At most ``ERROR_BODY_LIMIT`` bytes of an error answer: its code and message, no more."""
+    chunks = []
+    size = 0
+    while size < ERROR_BODY_LIMIT:
+        chunk = await response.content.read(ERROR_BODY_LIMIT - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` for a log line or the failures file: printable, at most ``limit`` characters."""
+    text = text[: limit + 1]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _retry_after_seconds(value: str, now: float) -> float | None:
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit to it
         return float(value)
     if not value:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return when.timestamp() - now
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return when.timestamp() - now
 
 
 def _describe(exc: BaseException) -> str:
     """A short, credential-free description of an aiohttp error."""
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    return clip(str(exc) or type(exc).__name__)

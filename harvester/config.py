@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class Settings:
     max_attempts: int = 5
     max_rate_limited: int = 100
     timeout: float = 30.0
+    max_body_mb: float = 4.0
+    max_events: int = 10_000
     progress: bool = True
     grace: float = 10.0
     commit_calls: int = 1000
@@ -178,6 +181,8 @@ def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
     _check_range("max_attempts", settings.max_attempts, 1, 100)
     _check_range("max_rate_limited", settings.max_rate_limited, 1, 100_000)
     _check_range("timeout", settings.timeout, 0.001, 3600)
+    _check_range("max_body_mb", settings.max_body_mb, 0.001, 4096)
+    _check_range("max_events", settings.max_events, 1, 100_000_000)
     _check_range("grace", settings.grace, 0, 3600)
     _check_range("commit_calls", settings.commit_calls, 1, 1_000_000)
     _check_range("commit_seconds", settings.commit_seconds, 0.01, 3600)
@@ -283,7 +288,12 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     if key in _PATHS:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{key} must be a path{where}")
-        return Path(value)
+        if not str(value).strip():
+            raise ConfigError(f"{key} is empty{where}: give a file path")
+        path = Path(value)
+        if path.name in ("", ".", ".."):
+            raise ConfigError(f"{key} {str(value)!r} names a folder{where}: give a file path")
+        return path
     expected = _FIELDS[key].type
     if expected in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -312,20 +322,39 @@ def _check_range(key: str, value: float, low: float, high: float) -> None:
 
 
 def _check_base_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"base URL {url!r} must look like https://api.catapult.inetwork.com")
-    if parts.username or parts.password:
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
         raise ConfigError(
-            "base URL must not hold credentials; use CATAPULT_API_TOKEN and CATAPULT_API_SECRET"
+            f"base URL {shown!r} cannot be parsed; it must look like "
+            "https://api.catapult.inetwork.com"
+        ) from None
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"base URL {shown!r} must not hold credentials; use CATAPULT_API_TOKEN and "
+            "CATAPULT_API_SECRET"
         )
+    if parts.scheme not in ("https", "http") or not host or not url.isprintable() or " " in url:
+        raise ConfigError(f"base URL {shown!r} must look like https://api.catapult.inetwork.com")
+    if port == 0:
+        raise ConfigError(f"base URL {shown!r}: port 0 is not a port")
     if parts.query or parts.fragment:
-        raise ConfigError(f"base URL {url!r} must not have a query or fragment")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(f"base URL {shown!r} must not have a query or fragment")
+    if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(
-            f"base URL {url!r} is plain http: credentials would travel unencrypted. "
+            f"base URL {shown!r} is plain http: credentials would travel unencrypted. "
             "Use https (plain http is allowed only for a loopback host such as 127.0.0.1)"
         )
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo of any URL in it replaced by ``***``: never print credentials."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+_USERINFO = re.compile(r"(//)[^/?#@\s]*@")
 
 
 def is_loopback(host: str) -> bool:

@@ -9,8 +9,11 @@
     └── ApiError           one answer (or non-answer) of the API, with status/code/message
         ├── TransientError     worth another attempt: 5xx, resets, timeouts, garbled bodies
         │   └── RateLimited    429: wait until ``retry_at`` (clock seconds) or back off
-        ├── CallFailed         permanent for this call (404, other 4xx): to the failures file
-        └── FatalApiError      permanent for the whole run (401, 403): abort, exit 3
+        ├── CallFailed         permanent for this call (404, other 4xx, a malformed or
+        │                      oversized answer, a next link that loops): to the failures file
+        └── FatalApiError      permanent for the whole run (401, 403, TLS): abort, exit 3
+            └── ApiUnavailable the API is down (an outage, a wrong base URL): exit 6;
+                               nothing is lost, the next run takes the calls on
 
 aiohttp's own exceptions are mapped onto these in exactly one place, ``harvester.client``;
 nothing else imports aiohttp (but the simulator, which is a server).
@@ -67,4 +70,9 @@ class CallFailed(ApiError):
 
 
 class FatalApiError(ApiError):
-    """Permanent for every call: bad credentials or no access. The run stops."""
+    """Permanent for every call: bad credentials, no access, TLS refused. The run stops."""
+
+
+class ApiUnavailable(FatalApiError):
+    """The API cannot be reached or keeps failing for calls that work: the run stops, and the
+    calls it could not do are left for the next run (not listed as failed)."""

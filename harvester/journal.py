@@ -4,7 +4,8 @@ The state of a run whose output is ``out/events.ndjson`` lives in ``out/events.n
 
 - ``ledger.sqlite``: one row per input record that reached an outcome (call id, input line,
   ok/failed), and in ``meta`` the run's identity (input, user, output layout), the committed
-  sizes of the two output files, and the whole job's totals.
+  sizes of the output files (events, failures, and listed calls when kept), and the whole job's
+  totals.
 - ``lock``: held (``flock``) by the one harvester writing this output; it says its pid.
 
 A commit (every ``commit_calls`` calls or ``commit_seconds`` seconds) appends a batch to the
@@ -13,6 +14,11 @@ transaction (WAL, ``synchronous=FULL``). Data is on disk before the record that 
 On start, each file is cut back to its committed size: whatever a crash left past it belongs to
 calls the ledger does not have, which are fetched again. So every event lands exactly once,
 however and whenever the process dies.
+
+The failures file can always be made again from the ledger: when it is lost or damaged, it is
+rebuilt (one line per failed call; the reasons are gone, the calls are not), and after
+``retry-failed`` took calls on again it is compacted to one line per call still failing, even
+when that run was cut short.
 
 Everything here is blocking I/O, run on one dedicated thread by the pool.
 """
@@ -24,12 +30,13 @@ import enum
 import errno
 import fcntl
 import gzip
-import hashlib
+import logging
 import os
 import shutil
 import sqlite3
+import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +44,10 @@ from typing import Any, BinaryIO
 import orjson
 
 from harvester.errors import ConfigError, OutputError
+from harvester.ids import is_call_id
+from harvester.ndjson import failure_line
+
+log = logging.getLogger("harvester")
 
 SCHEMA_VERSION = 1
 OK, FAILED = 1, 2
@@ -44,11 +55,47 @@ OK, FAILED = 1, 2
 _LOOKUP_CHUNK = 900
 _RUN_KEYS = ("requests", "retries", "rate_limited")
 TOTAL_KEYS = ("calls", "ok", "failed", "events", *_RUN_KEYS)
+# An empty gzip file that gzip -t and zcat accept: an empty member, not zero bytes.
+EMPTY_GZIP = gzip.compress(b"", mtime=0)
+# The ledger key of an input line that names no call.
+LINE_KEY = "\x00line:"
 
 
 def state_dir(output: Path) -> Path:
-    """Where the state of the run writing ``output`` lives."""
-    return output.with_name(output.name + ".state")
+    """Where the state of the run writing ``output`` lives: beside the file it resolves to, so
+    that two names of one file (a symlink) share one state and one lock."""
+    real = output.resolve()
+    return real.with_name(real.name + ".state")
+
+
+def check_files(files: dict[str, Path]) -> None:
+    """Refuse, before anything is written, files the run cannot keep apart.
+
+    ``files`` maps each flag to its path (``--output`` among them). Two flags naming one file
+    (however spelled: relative, through a symlink, a hard link), a folder where a file belongs,
+    and a file inside the output's state folder are all ``ConfigError``s.
+    """
+    state = state_dir(files["--output"])
+    seen: dict[object, str] = {}
+    for flag, path in files.items():
+        if str(path) in ("", "."):
+            raise ConfigError(f"{flag} is empty: give a file path")
+        real = path.resolve()
+        if real.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder: give a file path, such as {path}/x")
+        if real == state or state in real.parents:
+            raise ConfigError(f"{flag} {path} is inside {state}, which holds harvester's state")
+        names: list[object] = [real]
+        with contextlib.suppress(OSError):
+            info = real.stat()
+            names.append((info.st_dev, info.st_ino))
+        for name in names:
+            other = seen.setdefault(name, flag)
+            if other != flag:
+                raise ConfigError(
+                    f"{other} and {flag} name the same file ({path}): writing one would destroy "
+                    "the other. Give each a file of its own"
+                )
 
 
 def stored_identity(output: Path) -> dict[str, Any]:
@@ -58,27 +105,13 @@ def stored_identity(output: Path) -> dict[str, Any]:
         raise ConfigError(f"{output} has no harvester state beside it: nothing to retry")
     try:
         with contextlib.closing(sqlite3.connect(ledger)) as connection:
-            meta = _load_meta(connection)
+            meta = _load_meta(connection, ledger)
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"the ledger {ledger} cannot be read ({exc})") from None
     if not meta:
         raise ConfigError(f"{output} has no harvester state beside it: nothing to retry")
     identity: dict[str, Any] = meta["identity"]
     return identity
-
-
-def input_identity(spec: str) -> dict[str, Any]:
-    """What makes a call list the same one on a re-run: its path, size and first MiB."""
-    if spec == "-":
-        return {"input": "-"}
-    path = Path(spec).resolve()
-    try:
-        with path.open("rb") as f:
-            head = f.read(1024 * 1024)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return {"input": str(path)}  # the reader reports the problem in its own words
-    return {"input": str(path), "size": size, "head_sha256": hashlib.sha256(head).hexdigest()}
 
 
 class Verdict(enum.Enum):
@@ -106,6 +139,11 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def size(self) -> int:
+        """Bytes of output the batch holds."""
+        return len(self.events) + len(self.failures) + len(self.calls)
 
 
 class Journal:
@@ -167,8 +205,10 @@ class Journal:
                             "another --output"
                         )
             connection = _connect(ledger)
-            meta = _load_meta(connection)
+            meta = _load_meta(connection, ledger)
             _check_identity(meta, identity, directory)
+            if meta and set(meta["sizes"]) != set(paths):
+                raise _damaged(ledger)
             _finish_failures_swap(connection, meta, paths["failures"])
             if not meta:
                 meta = {
@@ -182,12 +222,25 @@ class Journal:
                     "elapsed_s": 0.0,
                 }
             meta["invocations"] += 1
+            failures = paths["failures"]
+            if _cut_short(failures, meta["sizes"]["failures"]):
+                log.warning(
+                    "%s is missing or shorter than committed: rebuilt it from the ledger, one "
+                    "line per failed call (their reasons are lost; retry-failed takes them on)",
+                    failures,
+                )
+                _swap_failures(connection, meta, failures, _ledger_failures(connection))
             files = {name: _open_at(path, meta["sizes"][name]) for name, path in paths.items()}
+            for name, path in paths.items():
+                if path.suffix == ".gz" and meta["sizes"][name] == 0:
+                    meta["sizes"][name] = _append(files[name], EMPTY_GZIP, path, compress=False)
             # New files survive a power loss only once their folder's entries are on disk too.
             for folder in {*(path.parent for path in paths.values()), directory}:
                 fsync_directory(folder)
             journal = cls(paths, connection, lock, files, meta)
             journal._write_meta()
+            if meta.get("failures_dirty"):
+                journal.compact_failures()  # a retry-failed run was cut short
             return journal
         except BaseException:
             lock.close()
@@ -236,49 +289,70 @@ class Journal:
             found.update(self._db.execute(query, chunk).fetchall())
         return found
 
-    # -- retry-failed --------------------------------------------------------------------------
+    # -- the failures file ----------------------------------------------------------------------
 
     def committed_failures(self) -> list[bytes]:
-        """The lines of the failures file that the ledger vouches for."""
+        """The lines of the failures file that the ledger vouches for (rebuilt from the ledger
+        first if the file is damaged)."""
         path = self.paths["failures"]
-        with path.open("rb") as f:
-            data = f.read(self.meta["sizes"]["failures"])
-        if path.suffix == ".gz" and data:
-            data = gzip.decompress(data)
-        return data.splitlines()
+        for attempt in (1, 2):
+            size = self.meta["sizes"]["failures"]
+            try:
+                with path.open("rb") as f:
+                    data = f.read(size)
+                if len(data) < size:
+                    raise EOFError(f"{len(data)} bytes, {size} committed")
+                if path.suffix == ".gz":
+                    data = gzip.decompress(data)
+                return data.splitlines()
+            except (OSError, EOFError, zlib.error) as exc:
+                if attempt == 2:
+                    raise OutputError(f"cannot read {path}: {exc}") from None
+                log.warning(
+                    "%s is damaged (%s): rebuilt it from the ledger, one line per failed call "
+                    "(their reasons are lost; retry-failed takes them on)",
+                    path,
+                    exc,
+                )
+                self._swap_failures(_ledger_failures(self._db))
+        raise AssertionError("unreachable")
 
     def reopen(self, keys: list[str]) -> list[tuple[int, str]]:
-        """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending."""
+        """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending.
+
+        From now until ``compact_failures`` the failures file may list a call twice, or one
+        that has since succeeded; the ledger remembers that, so any later open compacts it.
+        """
         found = self.lookup(keys, outcome=FAILED)
         self._pending.update(found)
+        if found:
+            self.meta["failures_dirty"] = True
+            with self._db:
+                self._write_meta()
         return [(line, key) for key, line in found.items()]
 
-    def failed_keys(self, keys: Iterable[str]) -> set[str]:
-        """Which of ``keys`` the ledger holds as failed."""
-        return set(self.lookup(keys, outcome=FAILED))
+    def compact_failures(self) -> None:
+        """Make the failures file one line per call the ledger holds as failed, in input order:
+        its newest line in the file (calls harvested since are dropped, calls that failed again
+        are listed once), or a rebuilt one if the file had none."""
+        known: dict[str, bytes] = {}
+        for line in self.committed_failures():
+            key = _key_of_line(line)
+            if key is not None:
+                known[key] = line + b"\n"  # the newest line of a call is the one kept
+        codes: Counter[str] = Counter()
 
-    def replace_failures(self, lines: list[bytes], codes: dict[str, int]) -> None:
-        """Make ``lines`` the whole failures file, crash-safely: the new file is written beside
-        the old, the ledger records the swap, the file is renamed over, and the ledger closes
-        the swap. ``open`` finishes a swap that a crash interrupted."""
+        def lines() -> Iterator[bytes]:
+            for line in _ledger_failures(self._db, known):
+                codes[str(_failure_record(line).get("code"))] += 1
+                yield line
+
+        self._swap_failures(lines(), codes)
+
+    def _swap_failures(self, lines: Iterable[bytes], codes: dict[str, int] | None = None) -> None:
         path = self.paths["failures"]
-        tmp = path.with_name(f".{path.name}.retry-failed.tmp")
-        data = b"".join(line + b"\n" for line in lines)
-        if path.suffix == ".gz" and data:
-            data = gzip.compress(data, compresslevel=6, mtime=0)
-        try:
-            with tmp.open("wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise OutputError(f"cannot write {tmp}: {exc.strerror}") from None
-        self.meta["failure_codes"] = codes
-        self.meta["failures_swap"] = {"tmp": str(tmp), "size": len(data)}
-        with self._db:
-            self._write_meta()
         self._files["failures"].close()
-        _finish_failures_swap(self._db, self.meta, path)
+        _swap_failures(self._db, self.meta, path, lines, codes)
         self._files["failures"] = _open_at(path, self.meta["sizes"]["failures"])
 
     # -- committing --------------------------------------------------------------------------
@@ -363,6 +437,93 @@ def _finish_failures_swap(connection: sqlite3.Connection, meta: dict[str, Any], 
         _save_meta(connection, meta)
 
 
+def _swap_failures(
+    connection: sqlite3.Connection,
+    meta: dict[str, Any],
+    path: Path,
+    lines: Iterable[bytes],
+    codes: dict[str, int] | None = None,
+) -> None:
+    """Make ``lines`` the whole failures file, crash-safely: the new file is written beside the
+    old, the ledger records the swap, the file is renamed over, and the ledger closes the swap
+    (``open`` finishes a swap that a crash interrupted). ``codes``: the failures by code now."""
+    tmp = path.with_name(f".{path.name}.swap.tmp")
+    try:
+        with tmp.open("wb") as raw:
+            if path.suffix == ".gz":
+                with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as packed:
+                    packed.writelines(lines)
+            else:
+                raw.writelines(lines)
+            raw.flush()
+            os.fsync(raw.fileno())
+            size = raw.tell()
+    except OSError as exc:
+        raise OutputError(f"cannot write {tmp}: {exc.strerror}") from None
+    if codes is not None:
+        meta["failure_codes"] = codes
+    meta.pop("failures_dirty", None)
+    meta["failures_swap"] = {"tmp": str(tmp), "size": size}
+    with connection:
+        _save_meta(connection, meta)
+    _finish_failures_swap(connection, meta, path)
+
+
+REBUILT = "rebuilt from the ledger: the failures file was lost or damaged, and the reason with it"
+
+
+def _ledger_failures(
+    connection: sqlite3.Connection, known: dict[str, bytes] | None = None
+) -> Iterator[bytes]:
+    """A failures line for each call the ledger holds as failed, in input order: the one
+    ``known`` by its ledger key, else one rebuilt from the ledger."""
+    known = known or {}
+    rows = connection.execute(
+        "SELECT call_id, line FROM calls WHERE outcome = ? ORDER BY line", (FAILED,)
+    )
+    for key, line in rows:
+        if key in known:
+            yield known[key]
+        elif key.startswith(LINE_KEY):
+            yield failure_line(None, None, "invalid-input", f"input line {line}: {REBUILT}", 0)
+        else:
+            code = "reason-lost" if is_call_id(key) else "invalid-call-id"
+            yield failure_line(key, None, code, REBUILT, 0)
+
+
+def _key_of_line(line: bytes) -> str | None:
+    """The ledger key of a failures line: its call id, or for an input line that names no
+    call, the line number its message starts with (``input line N: ...``)."""
+    record = _failure_record(line)
+    call_id = record.get("callId")
+    if isinstance(call_id, str):
+        return call_id
+    message = record.get("message")
+    if call_id is None and isinstance(message, str):
+        number, colon, _ = message.removeprefix("input line ").partition(":")
+        if colon and number.isascii() and number.isdigit():
+            return f"{LINE_KEY}{int(number)}"
+    return None
+
+
+def _failure_record(line: bytes) -> dict[str, Any]:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _cut_short(path: Path, size: int) -> bool:
+    """True when ``path`` is missing or shorter than its committed ``size``."""
+    try:
+        return path.stat().st_size < size
+    except FileNotFoundError:
+        return size > 0
+    except OSError as exc:
+        raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+
+
 def _save_meta(connection: sqlite3.Connection, meta: dict[str, Any]) -> None:
     connection.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?)", (orjson.dumps(meta),)
@@ -437,19 +598,52 @@ def _connect(ledger: Path) -> sqlite3.Connection:
     return connection
 
 
-def _load_meta(connection: sqlite3.Connection) -> dict[str, Any]:
+def _load_meta(connection: sqlite3.Connection, ledger: Path) -> dict[str, Any]:
+    """The ledger's meta row: {} for a new ledger; ``ConfigError`` for one this version of
+    harvester did not write, or one that is damaged."""
     row = connection.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
     if row is None:
         return {}
-    meta: dict[str, Any] = orjson.loads(row[0])
+    try:
+        meta = orjson.loads(row[0])
+    except orjson.JSONDecodeError:
+        raise _damaged(ledger) from None
+    if not isinstance(meta, dict):
+        raise _damaged(ledger)
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise ConfigError(f"{ledger.parent} was written by another harvester version; use --fresh")
+    sizes, totals = meta.get("sizes"), meta.get("totals")
+    well_formed = (
+        isinstance(meta.get("identity"), dict)
+        and isinstance(sizes, dict)
+        and "failures" in sizes
+        and all(_count(size) for size in sizes.values())
+        and isinstance(totals, dict)
+        and all(_count(totals.get(key)) for key in TOTAL_KEYS)
+        and isinstance(meta.get("failure_codes"), dict)
+        and isinstance(meta.get("completed"), bool)
+        and _count(meta.get("invocations"))
+        and isinstance(meta.get("elapsed_s"), int | float)
+    )
+    if not well_formed:
+        raise _damaged(ledger)
     return meta
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _damaged(ledger: Path) -> ConfigError:
+    return ConfigError(
+        f"the ledger {ledger} is damaged (it does not hold what harvester wrote): restore "
+        f"{ledger.parent} from a backup, or use --fresh to start over"
+    )
 
 
 def _check_identity(meta: dict[str, Any], identity: dict[str, Any], directory: Path) -> None:
     if not meta:
         return
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise ConfigError(f"{directory} was written by another harvester version; use --fresh")
     before = meta["identity"]
     changed = [
         key for key in sorted(set(before) | set(identity)) if before.get(key) != identity.get(key)
@@ -474,8 +668,9 @@ def _open_at(path: Path, size: int) -> BinaryIO:
         if actual < size:
             file.close()
             raise ConfigError(
-                f"{path} is shorter ({actual} bytes) than its ledger says ({size}); it was "
-                "changed by something else. Use --fresh to start over"
+                f"{path} is shorter ({actual} bytes) than its ledger says ({size}): something "
+                "else changed it, and the events it held are gone. Restore it from a backup, or "
+                "use --fresh to start over (every call is fetched again)"
             )
         if actual > size:
             file.truncate(size)
@@ -486,11 +681,11 @@ def _open_at(path: Path, size: int) -> BinaryIO:
         raise OutputError(f"cannot open {path}: {exc.strerror}") from None
 
 
-def _append(file: BinaryIO, data: bytes | bytearray, path: Path) -> int:
+def _append(file: BinaryIO, data: bytes | bytearray, path: Path, *, compress: bool = True) -> int:
     """Append ``data`` durably, as a gzip member of its own for a ``.gz`` path; the new size."""
     try:
         if data:
-            if path.suffix == ".gz":
+            if compress and path.suffix == ".gz":
                 data = gzip.compress(data, compresslevel=6, mtime=0)
             file.write(data)
             file.flush()

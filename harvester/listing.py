@@ -19,7 +19,14 @@ import orjson
 from yarl import URL
 
 from harvester.client import CallEventsClient
-from harvester.errors import ApiError, ConfigError, FatalApiError
+from harvester.config import redact_url
+from harvester.errors import (
+    ApiError,
+    ApiUnavailable,
+    ConfigError,
+    FatalApiError,
+    TransientError,
+)
 from harvester.retry import Retrier
 
 log = logging.getLogger("harvester")
@@ -107,9 +114,15 @@ async def list_window(
     page_size: int,
     resume_from: str | None = None,
 ) -> AsyncGenerator[Page, None]:
-    """The window's calls, page by page, newest first; ``resume_from`` is a saved next link."""
+    """The window's calls, page by page, newest first; ``resume_from`` is a saved next link.
+
+    Raises ``ApiUnavailable`` when a page cannot be had after every retry for want of an
+    answer, ``FatalApiError`` when the API refuses it, or when a next link leads back to a page
+    already read (the list could never be known to be whole).
+    """
     url = URL(resume_from, encoded=True) if resume_from else client.calls_url(page_size)
     resuming = resume_from is not None
+    followed = {str(url)}
     while True:
         try:
             records, next_url = await retrier.run(client.calls_page, url)
@@ -123,9 +136,18 @@ async def list_window(
                     exc,
                 )
                 url, resuming = client.calls_url(page_size), False
+                followed = {str(url)}
                 continue
+            shown = redact_url(str(url))
+            if isinstance(exc, TransientError):
+                raise ApiUnavailable(
+                    exc.status,
+                    "api-unavailable",
+                    f"cannot read the call list at {shown}: {exc}. Nothing is lost: run the same "
+                    "command again once the API is back",
+                ) from None
             raise FatalApiError(
-                exc.status, "listing-failed", f"cannot read the call list at {url}: {exc}"
+                exc.status, "listing-failed", f"cannot read the call list at {shown}: {exc}"
             ) from None
         resuming = False
         calls: list[tuple[int, str, bytes]] = []
@@ -143,7 +165,17 @@ async def list_window(
             if moment < window.until:
                 calls.append((0, call_id, orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)))
         more = None if reached_back or next_url is None else str(next_url)
+        if more is not None and more in followed:
+            yield Page(calls, None, len(records), undated)  # this page's calls are good
+            raise FatalApiError(
+                200,
+                "listing-loop",
+                f"the call list's next link leads back to a page already read "
+                f"({redact_url(more)}): the list cannot be read whole. Report it to the API's "
+                "owners",
+            )
         yield Page(calls, more, len(records), undated)
         if more is None:
             return
+        followed.add(more)
         url = URL(more, encoded=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,3 +38,25 @@ def failure_line(
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A call (or an input line naming none) that is not harvested, and why.
+
+    ``key`` is its ledger key, ``line`` its input line, ``listed`` its call-list record (a
+    nightly run keeping them), ``status`` the HTTP status or None when no answer came.
+    """
+
+    key: str
+    line: int
+    call_id: str | None
+    status: int | None
+    code: str
+    message: str
+    attempts: int = 0
+    listed: bytes = b""
+
+    def as_line(self) -> bytes:
+        """Its line in the failures file."""
+        return failure_line(self.call_id, self.status, self.code, self.message, self.attempts)

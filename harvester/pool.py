@@ -7,18 +7,20 @@ ends the workers. Results collect in a batch that a committer task makes durable
 ``commit_calls`` calls or ``commit_seconds`` seconds (see ``harvester.journal``).
 
 Stopping: ``stop`` set (by a signal) makes the producer stop, drops what is queued, lets the
-workers finish their calls for ``grace`` seconds, then commits. A ``FatalApiError`` in any
-worker cancels the task group: no new requests go out after it; what is done is committed.
+workers finish their calls for ``grace`` seconds, then commits. Any error in any task (a
+``FatalApiError``, an unreadable input) cancels the task group: no new requests go out after
+it; what is done is committed (unless the disk itself failed), and the one error that matters
+is raised. Calls that failed without an answer from the API are held back by an
+``OutageGuard``, so an outage never lands in the failures file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections import Counter, deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,27 +29,38 @@ from typing import Any, TypeVar
 
 import orjson
 
-from harvester.client import CallEventsClient
+from harvester.client import CallEventsClient, clip
 from harvester.clock import Clock, SystemClock
 from harvester.config import Settings, render_paths
-from harvester.errors import CallFailed, ConfigError, FatalApiError, OutputError, TransientError
+from harvester.errors import (
+    CallFailed,
+    ConfigError,
+    FatalApiError,
+    HarvesterError,
+    InputError,
+    OutputError,
+    RateLimited,
+    TransientError,
+)
 from harvester.ids import is_call_id
 from harvester.journal import (
     FAILED,
+    LINE_KEY,
     OK,
     Batch,
     Journal,
     Verdict,
-    input_identity,
+    check_files,
     stored_identity,
 )
 from harvester.limiter import RateLimiter
 from harvester.listing import Page, list_window, parse_window
 from harvester.logs import event
-from harvester.ndjson import event_lines, failure_line
+from harvester.ndjson import Failure, event_lines
+from harvester.outage import OutageGuard
 from harvester.retry import Retrier
 from harvester.shard import Shard
-from harvester.source import CallList, InvalidRecord, Record
+from harvester.source import InvalidRecord, Record, RecordFeed, is_stream
 from harvester.stats import RunStats
 
 # A listed call: (0, call id, its record as an NDJSON line).
@@ -55,12 +68,14 @@ Listed = tuple[int, str, bytes]
 
 log = logging.getLogger("harvester")
 
-# Records read per thread hop; stdin gets small batches so a slow pipe never starves workers.
+# Records taken from the call list at a time, at most (a slow pipe's come as they arrive).
 FILE_BATCH = 1024
-STDIN_BATCH = 32
-# Calls in a row that fail after all retries, none answered, before the run stops as an outage.
+# Calls in a row that fail after all retries, none answered, before the API is asked whether it
+# is down (at least twice the concurrency: calls in flight when it went down fail together).
 OUTAGE_CALLS = 20
-# A batch may grow to this many times commit_calls while a commit is under way; then workers wait.
+# A commit is due at commit_calls calls or at this many bytes of output, whichever comes first.
+COMMIT_BYTES = 32 * 1024 * 1024
+# A batch may grow to this many times either while a commit is under way; then workers wait.
 BATCH_SLACK = 4
 
 T = TypeVar("T")
@@ -102,56 +117,97 @@ async def harvest(
         if window is None:
             raise ConfigError("--calls-output keeps listed calls: it needs a window, not --input")
         paths["calls"] = settings.calls_output
-    if window is not None:
-        source: dict[str, Any] = {"window": window.identity()}
-    else:
-        assert settings.input is not None
-        source = input_identity(settings.input)
-    identity = {
-        **source,
-        "shard": str(shard) if shard else None,
-        "user_id": settings.user_id,
-        **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
-    }
-    with contextlib.ExitStack() as resources:
-        calls = resources.enter_context(CallList(settings.input)) if settings.input else None
-        disk = resources.enter_context(ThreadPoolExecutor(1, thread_name_prefix="harvester-disk"))
-        journal = await _on(disk, Journal.open, paths, identity, fresh=fresh)
-        try:
-            stats.job = journal.snapshot()
-            # stdin cannot be fingerprinted up front, and an open window grows with time: read
-            # them through; what is done is skipped.
-            growing = settings.input == "-" or (window is not None and window.open_end)
-            if journal.meta["completed"] and not growing:
-                log.info("this job was completed earlier; nothing to do (--fresh starts over)")
-                stats.completed = True
+    check_files(_files(settings, paths, settings.input))
+    feed: RecordFeed | None = None
+    try:
+        if window is not None:
+            source: dict[str, Any] = {"window": window.identity()}
+        else:
+            assert settings.input is not None
+            # Opening a FIFO waits for its writer: meanwhile a signal must still be heard.
+            feed = RecordFeed(settings.input)
+            opened = await _unless_stopped(stop, feed.opened())
+            if opened is None:
                 return stats
-            if journal.meta["invocations"] > 1:
-                log.info("resuming: %d calls were done earlier", journal.meta["totals"]["calls"])
-            limiter = RateLimiter(settings.rate, clock)
-            async with CallEventsClient(settings, limiter, stats, clock) as client:
-                retrier = Retrier(settings, stats, clock)
-                if calls is not None:
-                    reader = resources.enter_context(
-                        ThreadPoolExecutor(1, thread_name_prefix="harvester-input")
+            source = opened
+        identity = {
+            **source,
+            "shard": str(shard) if shard else None,
+            "user_id": settings.user_id,
+            **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
+        }
+        with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
+            journal = await _on(disk, Journal.open, paths, identity, fresh=fresh)
+            try:
+                stats.job = journal.snapshot()
+                # A stream cannot be fingerprinted up front, and an open window grows with time:
+                # read them through; what is done is skipped.
+                growing = (settings.input is not None and is_stream(settings.input)) or (
+                    window is not None and window.open_end
+                )
+                if journal.meta["completed"] and not growing:
+                    log.info("this job was completed earlier; nothing to do (--fresh starts over)")
+                    stats.completed = True
+                    return stats
+                if journal.meta["invocations"] > 1:
+                    log.info(
+                        "resuming: %d calls were done earlier", journal.meta["totals"]["calls"]
                     )
-                    batches = _file_batches(calls, reader)
-                else:
-                    assert window is not None
-                    pages = list_window(
-                        client,
-                        retrier,
-                        window,
-                        settings.list_page_size,
-                        journal.meta.get("list_cursor") or None,
-                    )
-                    batches = _listed_batches(pages, stats)
-                committer = _Committer(journal, disk, settings, stats, clock)
-                run = _Run(settings, stats, client, retrier, committer, shard)
-                await run.execute(batches, stop)
-        finally:
-            await _on(disk, journal.close)
+                limiter = RateLimiter(settings.rate, clock)
+                async with CallEventsClient(settings, limiter, stats, clock) as client:
+                    retrier = Retrier(settings, stats, clock)
+                    if feed is not None:
+                        batches = _file_batches(feed)
+                    else:
+                        assert window is not None
+                        pages = list_window(
+                            client,
+                            retrier,
+                            window,
+                            settings.list_page_size,
+                            journal.meta.get("list_cursor") or None,
+                        )
+                        batches = _listed_batches(pages, stats)
+                    committer = _Committer(journal, disk, settings, stats, clock)
+                    run = _Run(settings, stats, client, retrier, committer, shard)
+                    await run.execute(batches, stop)
+            finally:
+                await _on(disk, journal.close)
+    finally:
+        if feed is not None:
+            feed.close()
     return stats
+
+
+def _files(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> dict[str, Path]:
+    """Every file the run reads or writes, by the flag that names it (see ``check_files``)."""
+    files = {f"--{name.replace('_', '-')}": path for name, path in paths.items()}
+    files = {
+        "--output": paths["events"],
+        "--failures": paths["failures"],
+        **({"--calls-output": paths["calls"]} if "calls" in paths else {}),
+    }
+    if input_spec is not None and input_spec != "-":
+        files["--input"] = Path(input_spec)
+    if settings.summary is not None:
+        files["--summary"] = settings.summary
+    if settings.metrics_file is not None:
+        files["--metrics-file"] = settings.metrics_file
+    return files
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``await work``, or None as soon as ``stop`` is set (``work`` is then abandoned)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
 
 
 async def ping(settings: Settings, clock: Clock | None = None) -> float:
@@ -187,7 +243,8 @@ async def retry_failed(
     stats = stats if stats is not None else RunStats()
     clock = clock if clock is not None else SystemClock()
     stop = stop if stop is not None else asyncio.Event()
-    assert settings.output is not None
+    if settings.output is None:
+        raise ConfigError("no output: give --output PATH, the output of an earlier run")
     identity = stored_identity(settings.output)
     if identity.get("user_id") != settings.user_id:
         raise ConfigError(
@@ -199,46 +256,27 @@ async def retry_failed(
         for name in ("events", "failures", "calls")
         if f"{name}_path" in identity
     }
+    check_files(_files(settings, paths, None))
     skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
     with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
         journal = await _on(disk, Journal.open, paths, identity)
         try:
-            records = _failure_records(await _on(disk, journal.committed_failures))
-            wanted = list(
-                dict.fromkeys(
-                    r["callId"]
-                    for _, r in records
-                    if r.get("code") not in skip
-                    and isinstance(r.get("callId"), str)
-                    and is_call_id(r["callId"])
-                )
-            )
+            wanted = await _on(disk, _worth_retrying, journal, skip)
             again = await _on(disk, journal.reopen, wanted)
             stats.job = journal.snapshot()
-            if again:
-                limiter = RateLimiter(settings.rate, clock)
-                async with CallEventsClient(settings, limiter, stats, clock) as client:
-                    committer = _Committer(journal, disk, settings, stats, clock)
-                    committer.reopened = True
-                    run = _Run(
-                        settings, stats, client, Retrier(settings, stats, clock), committer, None
-                    )
-                    await run.execute(_one_batch(again), stop)
-            # Keep each call's newest failure record, for the calls that still fail.
-            lines = _failure_records(await _on(disk, journal.committed_failures))
-            keys = [r["callId"] for _, r in lines if isinstance(r.get("callId"), str)]
-            failing = await _on(disk, journal.failed_keys, keys)
-            kept: dict[Any, tuple[bytes, dict[str, Any]]] = {}
-            for number, (raw, record) in enumerate(lines):
-                call_id = record.get("callId")
-                key = call_id if isinstance(call_id, str) else ("line", number)
-                if not isinstance(call_id, str) or call_id in failing:
-                    kept.pop(key, None)
-                    kept[key] = (raw, record)
-            codes = Counter(str(record.get("code")) for _, record in kept.values())
-            await _on(
-                disk, journal.replace_failures, [raw for raw, _ in kept.values()], dict(codes)
-            )
+            try:
+                if again:
+                    limiter = RateLimiter(settings.rate, clock)
+                    async with CallEventsClient(settings, limiter, stats, clock) as client:
+                        retrier = Retrier(settings, stats, clock)
+                        committer = _Committer(journal, disk, settings, stats, clock)
+                        committer.reopened = True
+                        run = _Run(settings, stats, client, retrier, committer, None)
+                        await run.execute(_one_batch(again), stop)
+            finally:
+                # However the run ended (an outage, a 401, a signal): one line per call still
+                # failing. (A kill -9 here is mended by the next open of the journal.)
+                await _on(disk, journal.compact_failures)
             stats.job = journal.snapshot()
             stats.completed = not stop.is_set()
         finally:
@@ -246,15 +284,18 @@ async def retry_failed(
     return stats
 
 
-def _failure_records(lines: list[bytes]) -> list[tuple[bytes, dict[str, Any]]]:
-    records = []
-    for line in lines:
+def _worth_retrying(journal: Journal, skip: frozenset[str]) -> list[str]:
+    """The call ids of the failures file whose failure may pass, each once, in file order."""
+    wanted: dict[str, None] = {}
+    for line in journal.committed_failures():
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
-            record = {}
-        records.append((line, record if isinstance(record, dict) else {}))
-    return records
+            continue
+        call_id = record.get("callId") if isinstance(record, dict) else None
+        if isinstance(call_id, str) and is_call_id(call_id) and record.get("code") not in skip:
+            wanted[call_id] = None
+    return list(wanted)
 
 
 async def _one_batch(records: list[tuple[int, str]]) -> AsyncGenerator[SourceBatch, None]:
@@ -265,14 +306,8 @@ async def _one_batch(records: list[tuple[int, str]]) -> AsyncGenerator[SourceBat
 SourceBatch = tuple[list[Record | Listed], str | None]
 
 
-async def _file_batches(
-    calls: CallList, reader: ThreadPoolExecutor
-) -> AsyncGenerator[SourceBatch, None]:
-    # One thread of its own: a slow stdin never holds up commits, and the process keeps to
-    # few threads (each can cost a malloc arena).
-    records = iter(calls)
-    size = STDIN_BATCH if calls.name == "stdin" else FILE_BATCH
-    while batch := await _on(reader, _take, records, size):
+async def _file_batches(feed: RecordFeed) -> AsyncGenerator[SourceBatch, None]:
+    while batch := await feed.batch(FILE_BATCH):
         yield list(batch), None
 
 
@@ -357,20 +392,21 @@ class _Committer:
         batch.event_count += events
         await self._admitted()
 
-    async def failed(self, key: str, line: int, record: bytes, code: str, listed: bytes) -> None:
+    async def failed(self, failure: Failure) -> None:
         batch = self._batch
-        batch.failures += record
-        batch.calls += listed
-        batch.rows.append((key, line, FAILED))
+        batch.failures += failure.as_line()
+        batch.calls += failure.listed
+        batch.rows.append((failure.key, failure.line, FAILED))
         batch.failed += 1
-        batch.failure_codes[code] += 1
+        batch.failure_codes[failure.code] += 1
         await self._admitted()
 
     async def _admitted(self) -> None:
-        size = len(self._batch)
-        if size >= self._calls:
+        batch = self._batch
+        calls, size = len(batch), batch.size
+        if calls >= self._calls or size >= COMMIT_BYTES:
             self._due.set()
-            if size >= BATCH_SLACK * self._calls:
+            if calls >= BATCH_SLACK * self._calls or size >= BATCH_SLACK * COMMIT_BYTES:
                 self._room.clear()
                 await self._room.wait()
 
@@ -432,9 +468,11 @@ class _Run:
         self._retrier = retrier
         self._committer = committer
         self._shard = shard
-        # Calls in a row that ended in transient failures, with no answer from the API between.
-        self._unanswered = 0
-        self._outage_after = max(OUTAGE_CALLS, 2 * settings.concurrency)
+        self._outage = OutageGuard(
+            max(OUTAGE_CALLS, 2 * settings.concurrency), self._probe, self._fail
+        )
+        self._last_ok: str | None = None  # a call harvested in this run: the outage probe
+        self._input_error: InputError | None = None  # the call list broke off here
         self._queue: asyncio.Queue[tuple[int, str, bytes] | None] = asyncio.Queue(
             maxsize=2 * settings.concurrency
         )
@@ -450,16 +488,21 @@ class _Run:
                 workers = [
                     group.create_task(self._work()) for _ in range(self._settings.concurrency)
                 ]
-                guard = group.create_task(self._stop_on(stop, producer, workers))
+                stopper = group.create_task(self._stop_on(stop, producer, workers))
                 await asyncio.wait([producer, *workers])
-                guard.cancel()
+                stopper.cancel()
+                if not stop.is_set():
+                    # Stopped early, held calls stay undone (the next run takes them on);
+                    # at the end, they are failures if the API is up.
+                    await self._outage.settle()
                 await committer.finish(committing)
-        except* OutputError as group:
-            raise group.exceptions[0] from None
-        except* FatalApiError as group:
-            # Keep what was done before the run stopped.
-            await committer.commit()
-            raise group.exceptions[0] from None
+        except Exception as caught:  # the task group's errors, or the outage guard's
+            error = _the_error(caught)
+            if not isinstance(error, OutputError):
+                await committer.commit()  # keep what was done before the run stopped
+            raise error from None
+        if self._input_error is not None:
+            raise self._input_error
         if not stop.is_set() and not committer.reopened:
             await _on(committer.disk, committer.journal.mark_completed)
             self._stats.completed = True
@@ -486,6 +529,14 @@ class _Run:
             task.cancel()
 
     async def _produce(self, batches: AsyncGenerator[SourceBatch, None]) -> None:
+        try:
+            await self._take_on_all(batches)
+        except InputError as exc:
+            self._input_error = exc  # raised once the calls read before it are done
+        for _ in range(self._settings.concurrency):
+            await self._queue.put(None)
+
+    async def _take_on_all(self, batches: AsyncGenerator[SourceBatch, None]) -> None:
         stats = self._stats
         committer = self._committer
         async with contextlib.aclosing(batches):
@@ -513,13 +564,12 @@ class _Run:
                         await self._take_on(record)
                 if page is not None:
                     committer.page_claimed(page)
-        for _ in range(self._settings.concurrency):
-            await self._queue.put(None)
 
     async def _take_on(self, record: Record | Listed) -> None:
         if isinstance(record, InvalidRecord):
             reason = f"input line {record.line}: {record.reason}"
-            await self._invalid(record.line, None, "invalid-input", reason, b"")
+            key = _line_key(record.line)
+            await self._invalid(Failure(key, record.line, None, None, "invalid-input", reason))
             return
         line, call_id, listed = record if len(record) == 3 else (*record, b"")
         if is_call_id(call_id):
@@ -527,90 +577,118 @@ class _Run:
             self._stats.calls += 1  # not before: a cancelled put took nothing on
         else:
             reason = "not a call id (c- and up to 64 letters, digits or hyphens); not sent"
-            await self._invalid(line, call_id, "invalid-call-id", reason, listed)
+            failure = Failure(call_id, line, call_id, None, "invalid-call-id", reason, 0, listed)
+            await self._invalid(failure)
 
-    async def _invalid(
-        self, line: int, call_id: str | None, code: str, message: str, listed: bytes
-    ) -> None:
+    async def _invalid(self, failure: Failure) -> None:
         self._stats.calls += 1
         self._stats.invalid += 1
-        key = call_id if call_id is not None else _line_key(line)
-        await self._fail(key, line, call_id, None, code, message, 0, listed)
+        await self._fail(failure)
 
     async def _work(self) -> None:
         stats = self._stats
         events_of = self._client.events
+        outage = self._outage
         while (item := await self._queue.get()) is not None:
             line, call_id, listed = item
             try:
                 found = await self._retrier.run(events_of, call_id)
+                lines = event_lines(call_id, found)
             except CallFailed as exc:
-                self._unanswered = 0
-                await self._fail(
-                    call_id, line, call_id, exc.status, exc.code, exc.message, exc.attempts, listed
-                )
+                if outage.held:
+                    await outage.answered()
+                await self._fail(_failure(item, exc))
+                continue
+            except RateLimited as exc:  # given up after many 429s: answers all the same
+                if outage.held:
+                    await outage.answered()
+                await self._fail(_failure(item, exc))
                 continue
             except TransientError as exc:
-                await self._fail(
-                    call_id, line, call_id, exc.status, exc.code, exc.message, exc.attempts, listed
-                )
-                self._check_outage(exc)
+                await outage.unanswered(_failure(item, exc))
                 continue
-            self._unanswered = 0
+            except HarvesterError:
+                raise
+            except Exception as exc:  # what nobody foresaw fails this call, never the run
+                await self._fail(_unexpected(item, exc))
+                continue
+            if outage.held:
+                await outage.answered()
+            self._last_ok = call_id
             stats.ok += 1
             stats.events += len(found)
-            await self._committer.ok(call_id, line, event_lines(call_id, found), len(found), listed)
+            await self._committer.ok(call_id, line, lines, len(found), listed)
 
-    def _check_outage(self, last: TransientError) -> None:
-        """Stop the run when the API is plainly down, rather than failing every call in turn."""
-        self._unanswered += 1
-        if self._unanswered >= self._outage_after:
-            raise FatalApiError(
-                last.status,
-                "api-unavailable",
-                f"{self._unanswered} calls in a row failed after every retry (last: {last}); "
-                "stopping rather than failing every call. Check the base URL, the network and "
-                "the API's status, then run again",
-            )
+    async def _probe(self) -> None:
+        """A request that worked before in this run (see ``OutageGuard``)."""
+        if self._last_ok is not None:
+            await self._retrier.run(self._client.events, self._last_ok)
+        else:
+            await self._retrier.run(self._client.calls_page, self._client.calls_url(1))
 
-    async def _fail(
-        self,
-        key: str,
-        line: int,
-        call_id: str | None,
-        status: int | None,
-        code: str,
-        message: str,
-        attempts: int,
-        listed: bytes,
-    ) -> None:
+    async def _fail(self, failure: Failure) -> None:
         event(
             logging.DEBUG,
             "call-failed",
             "call %s failed: %s %s",
-            call_id,
-            code,
-            message,
-            call_id=call_id,
-            status=status,
-            code=code,
-            attempts=attempts,
+            failure.call_id,
+            failure.code,
+            failure.message,
+            call_id=failure.call_id,
+            status=failure.status,
+            code=failure.code,
+            attempts=failure.attempts,
         )
-        self._stats.count_failure(code)
-        record = failure_line(call_id, status, code, message, attempts)
-        await self._committer.failed(key, line, record, code, listed)
+        self._stats.count_failure(failure.code)
+        await self._committer.failed(failure)
+
+
+def _failure(item: tuple[int, str, bytes], error: CallFailed | TransientError) -> Failure:
+    line, call_id, listed = item
+    return Failure(
+        call_id, line, call_id, error.status, error.code, error.message, error.attempts, listed
+    )
+
+
+def _unexpected(item: tuple[int, str, bytes], error: Exception) -> Failure:
+    line, call_id, listed = item
+    log.warning(
+        "call %s failed: unexpected %s: %s (listed as failed, code unexpected-error; please "
+        "report it with this log)",
+        call_id,
+        type(error).__name__,
+        clip(str(error)),
+        exc_info=log.isEnabledFor(logging.DEBUG),
+    )
+    message = clip(f"{type(error).__name__}: {error}")
+    return Failure(call_id, line, call_id, None, "unexpected-error", message, 1, listed)
+
+
+def _the_error(error: BaseException) -> BaseException:
+    """Of a task group's errors, the one that matters: the disk's, then the API's, then the
+    input's, then any other."""
+    leaves = list(_leaves(error))
+    for kind in (OutputError, FatalApiError, InputError, HarvesterError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _line_key(line: int) -> str:
     """The ledger key of an input line that names no call."""
-    return f"\x00line:{line}"
+    return f"{LINE_KEY}{line}"
 
 
 def _key_of(record: Record | Listed) -> tuple[str, int]:
     if isinstance(record, InvalidRecord):
         return _line_key(record.line), record.line
     return record[1], record[0]
-
-
-def _take(records: Iterator[Record], size: int) -> list[Record]:
-    return list(itertools.islice(records, size))

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import math
 import re
 import time
+import zlib
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from harvester import metrics
 from harvester.logs import event
+from harvester.source import is_stream
 from harvester.stats import RunStats
 
 TERMINAL_INTERVAL = 0.5
@@ -142,8 +145,12 @@ class Progress:
 
 
 def count_records(spec: str | None) -> int | None:
-    """About how many records a call list holds (its lines), for the bar; None when unknown."""
-    if spec is None or spec == "-":
+    """About how many records a call list holds (its lines), for the bar; None when unknown.
+
+    Only a regular file is counted: a stream (stdin, a pipe, a FIFO) can be read only once, and
+    that once is the harvest's.
+    """
+    if spec is None or is_stream(spec):
         return None
     path = Path(spec)
     try:
@@ -151,7 +158,7 @@ def count_records(spec: str | None) -> int | None:
             stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
             raw.seek(0)
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     return max(lines - (1 if path.name.lower().removesuffix(".gz").endswith(".csv") else 0), 0)
 
@@ -164,7 +171,8 @@ def _previous_success(path: Path | None) -> float | None:
     if path is None:
         return None
     try:
-        found = _SUCCESS.search(path.read_text())
-    except OSError:
-        return None
-    return float(found.group(1)) if found else None
+        found = _SUCCESS.search(path.read_text(errors="replace"))
+        moment = float(found.group(1)) if found else None
+    except (OSError, ValueError):
+        return None  # unreadable or not ours: start afresh
+    return moment if moment is not None and math.isfinite(moment) else None

@@ -16,11 +16,19 @@ Whether an id is well-formed is the pool's business, not the reader's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import gzip
+import hashlib
 import io
+import os
+import stat
 import sys
-from collections.abc import Iterator
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,6 +40,19 @@ from harvester.errors import InputError
 MAX_LINE = 64 * 1024
 ID_FIELDS = ("callId", "id")
 _GZIP_MAGIC = b"\x1f\x8b"
+# What a damaged (truncated, corrupt) gzip input raises while it is read.
+_CORRUPT = (OSError, EOFError, zlib.error)
+
+
+def is_stream(spec: str) -> bool:
+    """True for ``-`` and any path that is not a regular file (a pipe, a FIFO, a device): it is
+    read once, as it comes, and never opened twice."""
+    if spec == "-":
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(spec).st_mode)
+    except OSError:
+        return False  # the reader says what is wrong with it, in its own words
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +74,7 @@ class CallList:
 
     def __init__(self, spec: str) -> None:
         self.name = "stdin" if spec == "-" else spec
+        self.stream = is_stream(spec)  # read once, as it comes: stdin, a pipe, a FIFO
         self._text: io.TextIOWrapper | None = None
         self._raw = self._open(spec)
         try:
@@ -65,12 +87,11 @@ class CallList:
         return self._records
 
     def close(self) -> None:
-        """Close the file (stdin is left open)."""
+        """Close the file (for stdin, harvester's own descriptor of it)."""
         if self._text is not None:
             self._text.detach()
             self._text = None
-        if self._raw is not sys.stdin.buffer:
-            self._raw.close()
+        self._raw.close()
 
     def __enter__(self) -> CallList:
         return self
@@ -80,7 +101,12 @@ class CallList:
 
     def _open(self, spec: str) -> BinaryIO:
         if spec == "-":
-            return sys.stdin.buffer
+            # A descriptor of our own, not sys.stdin: a read that blocks holds only our buffer's
+            # lock, never the one the interpreter takes to close sys.stdin at exit.
+            try:
+                return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read stdin: {exc}") from None
         path = Path(spec)
         try:
             if path.is_dir():
@@ -95,7 +121,11 @@ class CallList:
         stream: Any = self._raw
         if not hasattr(stream, "peek"):
             stream = io.BufferedReader(stream)
-        if stream.peek(2)[:2] == _GZIP_MAGIC:
+        try:
+            compressed = stream.peek(2)[:2] == _GZIP_MAGIC
+        except OSError as exc:
+            raise InputError(f"cannot read input {self.name}: {exc}") from None
+        if compressed:
             stream = gzip.GzipFile(fileobj=stream, mode="rb")
         name = spec.lower().removesuffix(".gz")
         if name.endswith(".csv"):
@@ -118,14 +148,14 @@ class CallList:
             if kind == "ndjson":
                 return _ndjson_records(stream)
             return _text_records(stream)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except _CORRUPT as exc:
             raise InputError(f"cannot read input {self.name}: {exc}") from None
 
     def _sniff(self, stream: Any) -> str:
         """Guess the format from the first line with something on it (stdin, unknown suffix)."""
         try:
             head: bytes = stream.peek(MAX_LINE)[:MAX_LINE]
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except _CORRUPT as exc:
             raise InputError(f"cannot read input {self.name}: {exc}") from None
         for raw in head.removeprefix(b"\xef\xbb\xbf").splitlines():
             line = raw.strip()
@@ -146,8 +176,11 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
     while True:
         try:
             raw = stream.readline(MAX_LINE + 1)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise InputError(f"input is corrupt after line {number}: {exc}") from None
+        except _CORRUPT as exc:
+            raise InputError(
+                f"the input is damaged after line {number} ({exc}); what came before it is "
+                "harvested. Repair or replace the file, then run again"
+            ) from None
         if not raw:
             return
         number += 1
@@ -207,7 +240,7 @@ def _csv_records(text: io.TextIOWrapper, name: str) -> Iterator[Record]:
         )
     except csv.Error as exc:
         raise InputError(f"input {name}: the CSV header cannot be parsed: {exc}") from None
-    except (OSError, EOFError) as exc:
+    except _CORRUPT as exc:
         raise InputError(f"cannot read input {name}: {exc}") from None
     if header is None:
         return iter(())
@@ -229,10 +262,129 @@ def _csv_rows(reader: Any, column: int) -> Iterator[Record]:
         except csv.Error as exc:
             yield InvalidRecord(reader.line_num, f"CSV row cannot be parsed: {exc}")
             continue
-        except (OSError, EOFError) as exc:
-            raise InputError(f"input is corrupt after line {reader.line_num}: {exc}") from None
+        except _CORRUPT as exc:
+            raise InputError(
+                f"the input is damaged after line {reader.line_num} ({exc}); what came before "
+                "it is harvested. Repair or replace the file, then run again"
+            ) from None
         row_number = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
         value = row[column].strip() if column < len(row) else ""
         yield (row_number, value) if value else InvalidRecord(row_number, "empty call id cell")
+
+
+class RecordFeed:
+    """The call list, opened and read on a daemon thread of its own into a bounded buffer.
+
+    The event loop takes what is there (``batch``): records from a slow pipe flow to the
+    workers one by one as they come, a file's in large batches, and the buffer never holds more
+    than ``high`` records. A pipe, a FIFO that waits for its writer in ``open``, or a terminal
+    may block the thread for as long as they like: never the event loop (signals are still
+    heard), and never the process's exit (an executor's thread is joined at exit, forever on a
+    stdin that never ends). The file is touched by that thread only, closed there too.
+    """
+
+    def __init__(self, spec: str, high: int = 4096) -> None:
+        self._spec = spec
+        self._high = high
+        self._loop = asyncio.get_running_loop()
+        self._opened: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._ready = asyncio.Event()
+        self._lock = threading.Condition()
+        self._buffer: deque[Record] = deque()
+        self._waiting = False  # the loop waits for a record: wake it on the next one
+        self._end: BaseException | bool = False  # True at the end; an error if reading failed
+        self._closed = False
+        threading.Thread(target=self._read, name="harvester-input", daemon=True).start()
+
+    async def opened(self) -> dict[str, Any]:
+        """Wait until the call list is open; its identity (see ``identify``)."""
+        return await self._opened
+
+    async def batch(self, size: int) -> list[Record]:
+        """Up to ``size`` records, waiting for one at least; [] at the end of the list."""
+        while True:
+            with self._lock:
+                if self._buffer:
+                    count = min(size, len(self._buffer))
+                    records = [self._buffer.popleft() for _ in range(count)]
+                    self._lock.notify()
+                    return records
+                if isinstance(self._end, BaseException):
+                    raise self._end
+                if self._end:
+                    return []
+                self._waiting = True
+                self._ready.clear()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        """Stop reading; the thread closes the file (at once, or when its read returns)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _read(self) -> None:
+        calls: CallList | None = None
+        try:
+            calls = CallList(self._spec)
+            self._post(_resolve, self._opened, identify(self._spec))
+            for record in calls:
+                with self._lock:
+                    while len(self._buffer) >= self._high and not self._closed:
+                        self._lock.wait()
+                    if self._closed:
+                        return
+                    self._buffer.append(record)
+                    self._wake()
+            self._finish(True)
+        except Exception as exc:
+            if not self._opened.done():
+                self._post(_fail, self._opened, exc)
+            self._finish(exc)
+        finally:
+            if calls is not None:
+                calls.close()
+
+    def _finish(self, end: BaseException | bool) -> None:
+        with self._lock:
+            self._end = end
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting:  # called with the lock held
+            self._waiting = False
+            self._post(self._ready.set)
+
+    def _post(self, function: Callable[..., object], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            self._loop.call_soon_threadsafe(function, *args)
+
+
+def identify(spec: str) -> dict[str, Any]:
+    """What makes a call list the same one on a re-run: its path, size and first MiB.
+
+    A stream (stdin, a pipe, a FIFO) cannot be read twice, so it is known only as a stream:
+    every run reads it through, and what is done is skipped.
+    """
+    if is_stream(spec):
+        return {"input": "-"}
+    path = Path(spec).resolve()
+    try:
+        with path.open("rb") as f:
+            head = f.read(1024 * 1024)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return {"input": str(path)}  # the reader reports the problem in its own words
+    return {"input": str(path), "size": size, "head_sha256": hashlib.sha256(head).hexdigest()}
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

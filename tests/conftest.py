@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import pytest
@@ -79,7 +79,13 @@ async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
         yield simulator
 
 
-def make_settings(sim: Simulator, tmp_path: Path, **flags: Any) -> Settings:
+class Api(Protocol):
+    """A server harvester can be pointed at: the simulator, or a hostile stand-in."""
+
+    base_url: str
+
+
+def make_settings(sim: Api, tmp_path: Path, **flags: Any) -> Settings:
     """Settings for a run against ``sim`` with the call list ``tmp_path/calls.txt``."""
     env = {
         "CATAPULT_BASE_URL": sim.base_url,

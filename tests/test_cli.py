@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import orjson
@@ -219,3 +221,140 @@ def test_help_lists_exit_codes() -> None:
     done = harvester({}, "run", "--help")
     assert done.returncode == 0
     assert b"Exit codes" in done.stdout
+
+
+async def test_the_same_signal_twice_at_once_is_one_request_and_later_it_forces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harvester import cli
+
+    exits: list[int] = []
+    now = [100.0]
+    monkeypatch.setattr("harvester.cli.os._exit", exits.append)
+    monkeypatch.setattr("harvester.cli.time.monotonic", lambda: now[0])
+    stopper = cli._Stopper(grace=10)
+
+    stopper._on_signal(signal.SIGTERM)
+    now[0] += 0.001  # timeout(1) signals the process, then its group
+    stopper._on_signal(signal.SIGTERM)
+    assert stopper.event.is_set() and exits == []
+
+    now[0] += cli.SAME_SIGNAL_SECONDS  # a person who means it
+    stopper._on_signal(signal.SIGTERM)
+    assert exits == [143]
+
+    other = cli._Stopper(grace=10)
+    other._on_signal(signal.SIGTERM)
+    other._on_signal(signal.SIGINT)  # another signal is never the same request
+    assert exits == [143, 130]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-i", "{calls}"], b"no output: give --output"),
+        (["-i", "{calls}", "-o", ""], b"--output/-o: is empty"),
+        (["-i", "{calls}", "-o", "{dir}", "--fresh"], b"is a folder"),
+        (["-i", "{calls}", "-o", "{out}", "--base-url", "htps://tok:sec@h"], b"***@h"),
+        (["-i", "{calls}", "-o", "{out}", "--base-url", "http://127.0.0.1:99999"], b"parsed"),
+        (["-i", "{calls}", "-o", "{out}", "--failures", "{out}"], b"name the same file"),
+    ],
+)
+def test_bad_paths_and_urls_are_one_line_errors(
+    sim_process: dict[str, str], tmp_path: Path, args: list[str], message: bytes
+) -> None:
+    (tmp_path / "calls.txt").write_text("c-abc\n")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "keep").write_text("keep")
+    paths = {"calls": tmp_path / "calls.txt", "dir": tmp_path / "dir", "out": tmp_path / "o.nd"}
+    done = harvester(sim_process, "run", *[a.format(**paths) for a in args], "--no-progress")
+
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert b"Traceback" not in done.stderr and b"tok:sec" not in done.stderr
+    assert (tmp_path / "dir" / "keep").read_text() == "keep"
+
+
+def test_a_truncated_gzip_call_list_is_a_one_line_error_after_the_calls_before_it(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    whole = gzip.compress("".join(f"{i}\n" for i in registry(sim_process) * 50).encode())
+    cut = whole[: len(whole) * 2 // 3]
+    (tmp_path / "calls.txt.gz").write_bytes(cut)
+    readable = zlib.decompressobj(31).decompress(cut).split(b"\n")[:-1]  # whole lines only
+    ids = list(dict.fromkeys(line.decode() for line in readable))
+    assert len(ids) > 10
+    summary = tmp_path / "summary.json"
+
+    done = harvester(
+        sim_process,
+        "run",
+        *("-i", str(tmp_path / "calls.txt.gz"), "-o", str(tmp_path / "out.ndjson")),
+        *("--summary", str(summary), "--no-progress"),
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert b"damaged after line" in done.stderr and b"Traceback" not in done.stderr
+    assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(ids))
+    assert orjson.loads(summary.read_bytes())["status"] == "usage-error"
+
+
+def test_a_refused_run_leaves_the_last_summary_and_metrics_alone(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = registry(sim_process)
+    (tmp_path / "calls.txt").write_text("\n".join(ids[:5]))
+    summary, metrics = tmp_path / "summary.json", tmp_path / "h.prom"
+    args = [
+        *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(tmp_path / "out.ndjson")),
+        *("--summary", str(summary), "--metrics-file", str(metrics), "--no-progress"),
+    ]
+    assert harvester(sim_process, *args).returncode == 0
+    before = summary.read_bytes(), metrics.read_bytes()
+    (tmp_path / "calls.txt").write_text("\n".join(ids[5:10]))  # another job: refused
+
+    done = harvester(sim_process, *args)
+
+    assert done.returncode == 2 and b"belongs to another run" in done.stderr
+    assert (summary.read_bytes(), metrics.read_bytes()) == before
+
+
+def test_an_unparsable_metrics_file_or_a_damaged_ledger_is_no_traceback(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    ids = registry(sim_process)
+    (tmp_path / "calls.txt").write_text("\n".join(ids[:5]))
+    metrics = tmp_path / "h.prom"
+    metrics.write_text("harvester_last_success_timestamp_seconds lots\n")
+    args = [
+        *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(tmp_path / "out.ndjson")),
+        *("--metrics-file", str(metrics), "--no-progress"),
+    ]
+
+    done = harvester(sim_process, *args)
+
+    assert done.returncode == 0, done.stderr
+    assert b"harvester_last_success_timestamp_seconds 1" in metrics.read_bytes()
+    with sqlite3.connect(tmp_path / "out.ndjson.state" / "ledger.sqlite") as db:
+        db.execute("""UPDATE meta SET value = '{"schema": 1, "sizes": 3}'""")
+    db.close()
+
+    done = harvester(sim_process, *args)
+
+    assert done.returncode == 2 and b"is damaged" in done.stderr and b"--fresh" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+def test_the_simulator_refuses_a_bad_or_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    done = harvester({}, "sim", "--port", "70000")
+    assert done.returncode == 2 and b"not a port" in done.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = harvester({}, "sim", "--port", str(busy.getsockname()[1]))
+    assert done.returncode == 2 and b"cannot serve" in done.stderr
+    assert b"Traceback" not in done.stderr

@@ -53,25 +53,17 @@ def committed_bytes(folder: Path, day: str, name: str) -> bytes:
     return path.read_bytes()[: orjson.loads(row[0])["sizes"][name]]
 
 
+def start_args(folder: Path) -> list[str]:
+    return [
+        *(sys.executable, "-m", "harvester", "run", "--input", str(folder / "calls.txt")),
+        *("--output", str(folder / "out" / "events.ndjson")),
+        *("--summary", str(folder / "summary.json"), "--no-progress"),
+    ]
+
+
 def start(env: dict[str, str], folder: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harvester",
-            "run",
-            "--input",
-            str(folder / "calls.txt"),
-            "--output",
-            str(folder / "out" / "events.ndjson"),
-            "--summary",
-            str(folder / "summary.json"),
-            "--no-progress",
-            *extra,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        [*start_args(folder), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
 
@@ -81,9 +73,10 @@ def finish(env: dict[str, str], folder: Path, *extra: str) -> tuple[int, bytes]:
     return process.returncode, stderr
 
 
-def call_list(env: dict[str, str], folder: Path) -> list[str]:
-    """The registry, plus duplicates, unknown calls and hostile ids, written as the input."""
-    ids = Path(env["IDS_FILE"]).read_text().split()
+def call_list(env: dict[str, str], folder: Path, calls: int | None = None) -> list[str]:
+    """The registry (its first ``calls``), plus duplicates, unknown calls and hostile ids,
+    written as the input."""
+    ids = Path(env["IDS_FILE"]).read_text().split()[:calls]
     lines = [*ids, *ids[:5], *UNKNOWN, *HOSTILE]
     random.Random(3).shuffle(lines)
     (folder / "calls.txt").write_text("\n".join(lines) + "\n")
@@ -187,11 +180,33 @@ def test_a_second_signal_exits_at_once_and_stays_resumable(
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)  # the same one this soon would be the same request
     _, stderr = process.communicate(timeout=10)
 
-    assert process.returncode == 143, stderr
+    assert process.returncode == 130, stderr
     assert b"second signal" in stderr
+    assert finish(faulty_sim, tmp_path)[0] == 1
+    assert_exactly_once(tmp_path, ids)
+
+
+def test_gnu_timeout_signalling_the_process_and_its_group_is_one_graceful_stop(
+    faulty_sim: dict[str, str], tmp_path: Path
+) -> None:
+    ids = call_list(faulty_sim, tmp_path, calls=150)
+    # timeout sends TERM to the harvester, then to its whole process group at once.
+    process = subprocess.Popen(
+        ["timeout", "--preserve-status", "1.2", *start_args(tmp_path), "--grace", "5"],
+        env=faulty_sim,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 143, stderr
+    assert b"second signal" not in stderr
+    report = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert report["status"] == "stopped" and report["this_run"]["unfinished"] == 0
+    assert report["calls"] < len(ids), "the run was cut short"
     assert finish(faulty_sim, tmp_path)[0] == 1
     assert_exactly_once(tmp_path, ids)
 

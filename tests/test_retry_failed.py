@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import gzip
+import random
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from harvester.errors import ConfigError
 from harvester.pool import harvest, retry_failed
 from harvester.sim import Simulator
 
-from .conftest import FakeClock, canonical, expected_events, make_settings, output_of, read_ndjson
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    output_of,
+    read_ndjson,
+    write_calls,
+)
 
 UNKNOWN = ["c-unknowncall0000000001", "c-unknowncall0000000002"]
 
@@ -96,7 +111,7 @@ def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(tmp_path: Path
     batch = Batch(failures=bytearray(b'{"callId":"c-1"}\n{"callId":"c-2"}\n'), failed=2)
     batch.rows = [("c-1", 1, FAILED), ("c-2", 2, FAILED)]
     journal.commit(batch, {"requests": 0, "retries": 0, "rate_limited": 0}, 0.0)
-    # The swap as replace_failures records it, then a crash before the rename.
+    # The swap as the journal records it, then a crash before the rename.
     tmp = tmp_path / ".e.failures.ndjson.retry-failed.tmp"
     tmp.write_bytes(b'{"callId":"c-2"}\n')
     journal.meta["failures_swap"] = {"tmp": str(tmp), "size": tmp.stat().st_size}
@@ -167,3 +182,141 @@ def test_the_command(tmp_path: Path) -> None:
     assert again.returncode == 1, again.stderr  # the unknown call still fails
     assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
     assert [f["callId"] for f in read_ndjson(out.with_name("e.failures.ndjson"))] == [UNKNOWN[0]]
+
+
+async def test_retry_failed_cut_short_after_a_commit_is_mended_by_the_next_open(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harvester.journal import Journal
+
+    ids = await first_run(sim, clock, tmp_path)
+    settings = make_settings(sim, tmp_path, commit_calls=2)
+
+    def killed(self: Journal) -> None:
+        raise KeyboardInterrupt  # the process dies after its commits, before compacting
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Journal, "compact_failures", killed)
+        with pytest.raises(KeyboardInterrupt):
+            await retry_failed(settings, clock=clock)
+    stale = read_ndjson(settings.failures_path)
+    assert len(stale) > 3, "harvested calls are still listed: the kill came before compaction"
+
+    stats = await harvest(settings, clock=clock)  # run, as the user would, opens the journal
+
+    after = read_ndjson(settings.failures_path)
+    assert Counter(f["callId"] for f in after) == Counter([*UNKNOWN, "c-bad/id"])
+    assert stats.job["failed"] == 3 and stats.job["ok"] == len(ids)
+
+
+async def test_a_lost_failures_file_is_rebuilt_from_the_ledger_and_retried(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = await first_run(sim, clock, tmp_path)
+    settings = make_settings(sim, tmp_path)
+    failed = {f["callId"] for f in read_ndjson(settings.failures_path)}
+    settings.failures_path.unlink()
+
+    await harvest(settings, clock=clock)  # rebuilds it, with a warning
+
+    rebuilt = read_ndjson(settings.failures_path)
+    assert {f["callId"] for f in rebuilt} == failed
+    assert {f["code"] for f in rebuilt if f["callId"] == "c-bad/id"} == {"invalid-call-id"}
+    assert {f["code"] for f in rebuilt if f["callId"] in ids} == {"reason-lost"}
+
+    stats = await retry_failed(settings, clock=clock, include_not_found=True)
+
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert Counter(f["callId"] for f in read_ndjson(settings.failures_path)) == Counter(
+        [*UNKNOWN, "c-bad/id"]
+    )
+    assert stats.job["ok"] == len(ids)
+
+
+@pytest.mark.parametrize("damage", [b"\x00", b"\xff"], ids=["zeroed", "garbage"])
+async def test_a_damaged_gzip_failures_file_is_rebuilt_not_a_traceback(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, damage: bytes
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, [*ids[:5], *UNKNOWN])
+    output = tmp_path / "out" / "events.ndjson.gz"
+    settings = make_settings(sim, tmp_path, output=output)
+    await harvest(settings, clock=clock)
+    assert settings.failures_path.name == "events.failures.ndjson.gz"
+    data = settings.failures_path.read_bytes()
+    settings.failures_path.write_bytes(data[:12] + damage * (len(data) - 12))  # same size
+
+    await retry_failed(settings, clock=clock, include_not_found=True)
+
+    assert sorted(f["callId"] for f in read_gzip(settings.failures_path)) == sorted(UNKNOWN)
+
+
+async def test_an_empty_gzip_failures_file_is_valid_gzip(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_calls(tmp_path, sim.call_ids()[:3])
+    settings = make_settings(sim, tmp_path, output=tmp_path / "out" / "events.ndjson.gz")
+
+    await harvest(settings, clock=clock)
+
+    assert subprocess.run(["gzip", "-t", str(settings.failures_path)], check=False).returncode == 0
+    assert gzip.decompress(settings.failures_path.read_bytes()) == b""
+    write_calls(tmp_path, [*sim.call_ids()[:3], UNKNOWN[0]])  # and once it has had lines
+    await harvest(settings, clock=clock, fresh=True)
+    await retry_failed(settings, clock=clock)
+    assert [f["callId"] for f in read_gzip(settings.failures_path)] == [UNKNOWN[0]]
+
+
+def read_gzip(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+
+
+def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
+    tmp_path: Path,
+) -> None:
+    from .conftest import simulator_process
+
+    with simulator_process(
+        tmp_path, "--calls", "120", "--fault", "503=0.6", "--max-faults-per-call", "100"
+    ) as env:
+        ids = Path(env["IDS_FILE"]).read_text().split()
+        (tmp_path / "calls.txt").write_text("\n".join(ids))
+        out = tmp_path / "out" / "e.ndjson"
+        common = ["-o", str(out), "--no-progress", "--commit-every", "2"]
+        command = [sys.executable, "-m", "harvester"]
+        run = [*command, "run", "-i", str(tmp_path / "calls.txt"), *common]
+        first = subprocess.run(
+            [*run, "--max-attempts", "1"], env=env, capture_output=True, timeout=60, check=False
+        )
+        assert first.returncode == 1, first.stderr
+    (tmp_path / "slow").mkdir()
+    with simulator_process(tmp_path / "slow", "--calls", "120", "--latency", "0.05") as env:
+        rng = random.Random(4)
+        for _ in range(4):
+            again = subprocess.Popen(
+                [*command, "retry-failed", *common, "--concurrency", "2"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(rng.uniform(0.8, 1.2))
+            again.kill()
+            again.wait()
+            mended = subprocess.run(run, env=env, capture_output=True, timeout=60, check=False)
+            failures = read_ndjson(out.with_name("e.failures.ndjson"))
+            harvested = {e["callId"] for e in read_ndjson(out)}
+            assert len(failures) == len({f["callId"] for f in failures}), mended.stderr
+            assert not harvested & {f["callId"] for f in failures}
+            assert len(harvested) + len(failures) == len(ids)
+        done = subprocess.run(
+            [*command, "retry-failed", *common],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert read_ndjson(out.with_name("e.failures.ndjson")) == []
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == len(set(lines))
+    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))

@@ -1,0 +1,164 @@
+"""The API down (an outage, a wrong base URL) is not the calls' fault: nothing is listed as
+failed, the run stops with its own exit code, and the next run takes the calls on. Calls that
+fail on their own, however many in a row, never stop a run for good."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harvester.errors import ApiUnavailable
+from harvester.pool import harvest, retry_failed
+from harvester.sim import SimConfig, Simulator
+
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    output_of,
+    read_ndjson,
+    write_calls,
+)
+from .hostile import Hostile, poison_id
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def stop_after(sim: Simulator, requests: int) -> None:
+    while len(sim.log) < requests:
+        await asyncio.sleep(0.001)
+    await sim.stop()
+
+
+async def test_an_outage_mid_run_fails_no_call_and_the_next_run_takes_them_on(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    flags = {"concurrency": 2, "max_attempts": 2, "commit_calls": 5}
+    outage = asyncio.create_task(stop_after(sim, 20))
+
+    with pytest.raises(ApiUnavailable, match="Nothing is lost") as caught:
+        await harvest(make_settings(sim, tmp_path, **flags), clock=clock)
+
+    await outage
+    assert caught.value.code == "api-unavailable"
+    settings = make_settings(sim, tmp_path, **flags)
+    assert settings.failures_path.read_bytes() == b"", "an outage is not the calls' failure"
+    done = {event["callId"] for event in read_ndjson(output_of(settings))}
+    assert 10 <= len(done) < len(ids), "what was done before the outage is committed"
+
+    async with Simulator(SimConfig(calls=50), clock=clock) as back:  # the API is back
+        stats = await harvest(make_settings(back, tmp_path, **flags), clock=clock)
+
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert settings.failures_path.read_bytes() == b""
+    assert (stats.job["ok"], stats.job["failed"]) == (len(ids), 0)
+    assert stats.skipped == len(done)
+
+
+async def test_a_wrong_base_url_fails_no_call(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()[:5]  # fewer than an outage's worth: found out at the end of the run
+    write_calls(tmp_path, ids)
+    wrong = make_settings(sim, tmp_path, max_attempts=2, base_url=f"http://127.0.0.1:{free_port()}")
+
+    with pytest.raises(ApiUnavailable):
+        await harvest(wrong, clock=clock)
+
+    assert wrong.failures_path.read_bytes() == b""
+    stats = await harvest(make_settings(sim, tmp_path), clock=clock)
+    assert (stats.job["ok"], stats.job["failed"]) == (5, 0)
+
+
+async def test_calls_that_always_fail_never_stop_the_run_however_many_in_a_row(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    good = [f"c-good{i:03d}" for i in range(10)]
+    poison = [poison_id("always-503", n) for n in range(30)]
+    write_calls(tmp_path, [*good[:3], *poison, *good[3:]])
+    async with Hostile() as api:
+        settings = make_settings(api, tmp_path, concurrency=2, max_attempts=2)
+        stats = await harvest(settings, clock=clock)
+
+        assert stats.completed and (stats.ok, stats.failed) == (10, 30)
+        # The API was asked whether it is up, with a call that had worked: it is.
+        assert max(api.requests[call] for call in good[:3]) == 2
+    failures = read_ndjson(settings.failures_path)
+    assert sorted(f["callId"] for f in failures) == sorted(poison)
+    assert {f["code"] for f in failures} == {"unavailable"}
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(good))
+
+
+async def test_retry_failed_cut_short_by_an_outage_still_lists_each_call_once(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    sim.config.faults = {"503": 0.6}
+    sim.config.max_faults_per_call = 100
+    settings = make_settings(sim, tmp_path, max_attempts=1, concurrency=2, commit_calls=3)
+    first = await harvest(settings, clock=clock)
+    assert first.failed > 20
+    sim.config.faults = {}
+
+    for _ in range(3):  # each retry-failed meets the API going down under it
+        outage = asyncio.create_task(stop_after(sim, len(sim.log) + 8))
+        with pytest.raises(ApiUnavailable):
+            await retry_failed(
+                make_settings(sim, tmp_path, max_attempts=1, concurrency=2, commit_calls=3),
+                clock=clock,
+            )
+        await outage
+        await sim.start()  # a new port: the next attempt starts against a live API again
+        sim.log.clear()
+        failures = read_ndjson(settings.failures_path)
+        ledger = await harvest(make_settings(sim, tmp_path), clock=clock)  # does nothing new
+        assert len(failures) == len({f["callId"] for f in failures}) == ledger.job["failed"]
+
+    stats = await retry_failed(make_settings(sim, tmp_path), clock=clock)
+
+    assert read_ndjson(settings.failures_path) == []
+    assert (stats.job["ok"], stats.job["failed"]) == (len(ids), 0)
+    lines = output_of(settings).read_bytes().splitlines()
+    assert len(lines) == len(set(lines))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
+def test_the_command_exits_6_and_the_same_command_later_finishes(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    summary = tmp_path / "summary.json"
+    args = [
+        *(sys.executable, "-m", "harvester", "run", "-i", str(tmp_path / "calls.txt")),
+        *("-o", str(tmp_path / "out.ndjson"), "--summary", str(summary), "--no-progress"),
+        *("--max-attempts", "1"),
+    ]
+    down = {**sim_process, "CATAPULT_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+
+    done = subprocess.run(args, env=down, capture_output=True, timeout=60, check=False)
+
+    assert done.returncode == 6, done.stderr
+    assert b"Nothing is lost" in done.stderr
+    report = orjson.loads(summary.read_bytes())
+    assert (report["status"], report["failed"]) == ("api-unavailable", 0)
+    assert (tmp_path / "out.failures.ndjson").read_bytes() == b""
+
+    done = subprocess.run(args, env=sim_process, capture_output=True, timeout=60, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(ids))

@@ -1,0 +1,147 @@
+"""A call list through a pipe, a FIFO, /dev/stdin or process substitution: every call, read
+once, as it comes; the event loop never blocks on it, and a signal still stops the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from .conftest import canonical, expected_events, read_ndjson, simulator_process
+
+IDS = [f"c-stream{i:05d}" for i in range(1000)]
+
+
+@pytest.fixture(scope="module")
+def open_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A simulator where every well-formed call id exists."""
+    with simulator_process(tmp_path_factory.mktemp("open-world"), "--open-world") as env:
+        yield env
+
+
+def run(env: dict[str, str], *args: str, **options: object) -> subprocess.CompletedProcess[bytes]:
+    done: subprocess.CompletedProcess[bytes] = subprocess.run(
+        [sys.executable, "-m", "harvester", "run", *args],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        **options,  # type: ignore[call-overload]
+    )
+    return done
+
+
+def assert_every_call_once(tmp_path: Path, summary: Path | None = None) -> None:
+    lines = (tmp_path / "out.ndjson").read_bytes().splitlines()
+    assert len(lines) == len(set(lines))
+    assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(IDS))
+    if summary is not None:
+        report = orjson.loads(summary.read_bytes())
+        assert (report["status"], report["ok"], report["failed"]) == ("completed", 1000, 0)
+
+
+def test_process_substitution_gives_every_call(open_world: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "ids.txt").write_text("\n".join(IDS) + "\n")
+    summary = tmp_path / "summary.json"
+    # Progress on (off a terminal: log lines), as a user would run it: counting the input for
+    # the progress total must not eat the pipe.
+    command = (
+        f"{sys.executable} -m harvester run --input <(cat {tmp_path / 'ids.txt'}) "
+        f"-o {tmp_path / 'out.ndjson'} --summary {summary}"
+    )
+
+    done = subprocess.run(
+        ["bash", "-c", command], env=open_world, capture_output=True, timeout=60, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert_every_call_once(tmp_path, summary)
+
+
+def test_dev_stdin_from_a_pipe_gives_every_call(open_world: dict[str, str], tmp_path: Path) -> None:
+    done = run(
+        open_world,
+        "--input",
+        "/dev/stdin",
+        "-o",
+        str(tmp_path / "out.ndjson"),
+        input=("\n".join(IDS) + "\n").encode(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert_every_call_once(tmp_path)
+
+
+def test_a_named_fifo_gives_every_call(open_world: dict[str, str], tmp_path: Path) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("\n".join(IDS) + "\n",))
+    writer.start()
+    done = run(open_world, "--input", str(fifo), "-o", str(tmp_path / "out.ndjson"))
+    writer.join()
+    assert done.returncode == 0, done.stderr
+    assert_every_call_once(tmp_path)
+
+
+def test_a_fifo_nobody_writes_to_still_stops_on_sigterm_and_resumes_later(
+    open_world: dict[str, str], tmp_path: Path
+) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    summary = tmp_path / "summary.json"
+    args = ["--input", str(fifo), "-o", str(tmp_path / "out.ndjson"), "--summary", str(summary)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harvester", "run", *args],
+        env=open_world,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)  # waiting in open() for a writer
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+
+    assert process.returncode == 143, stderr
+    assert orjson.loads(summary.read_bytes())["status"] == "stopped"
+
+    writer = threading.Thread(target=fifo.write_text, args=("\n".join(IDS) + "\n",))
+    writer.start()
+    done = run(open_world, *args)
+    writer.join()
+    assert done.returncode == 0, done.stderr
+    assert_every_call_once(tmp_path, summary)
+
+
+def test_calls_from_a_slow_pipe_are_harvested_as_they_come(
+    open_world: dict[str, str], tmp_path: Path
+) -> None:
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "harvester", "run", "-i", "-"),
+            *("-o", str(tmp_path / "out.ndjson"), "--commit-interval", "0.2"),
+        ],
+        env=open_world,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(b"c-first\nc-second\n")
+    process.stdin.flush()
+    output = tmp_path / "out.ndjson"
+    deadline = time.monotonic() + 20
+    # Committed while the pipe is still open and the list unfinished.
+    while not (output.exists() and output.stat().st_size > 0):
+        assert time.monotonic() < deadline, "two calls waiting on a half-empty batch"
+        time.sleep(0.1)
+    process.stdin.close()
+    assert process.wait(timeout=20) == 0
+    assert process.stderr is not None
+    process.stderr.close()
+    assert {e["callId"] for e in read_ndjson(output)} == {"c-first", "c-second"}
