@@ -348,7 +348,8 @@ def _parser() -> argparse.ArgumentParser:
         help="check the settings and credentials with one cheap request",
         description="Validate the settings, print them (secrets redacted), and ask the API for "
         "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
-        "credentials or the user id or cannot be reached, 2 for a settings error.",
+        "credentials or the user id, 6 when it cannot be reached or is down, 2 for a settings "
+        "error.",
     )
     check.add_argument("--config", metavar="PATH", type=_path, help="TOML config file")
     check.add_argument("--base-url", metavar="URL", help="API base (env CATAPULT_BASE_URL)")

@@ -163,7 +163,15 @@ class CallEventsClient:
                 if status != 429:
                     self._limiter.answered(sent_at)
                 if status == 200:
-                    body = await self._read_body(response)
+                    length = response.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_body
+                        and "Content-Encoding" not in response.headers
+                    ):
+                        body = await response.read()  # the usual case: known, allowed length
+                    else:
+                        body = await self._read_body(response, length)
                     return _parse_events(body, response.content_type), self._next_link(response)
                 raise self._error(status, await _read_error_body(response), response)
         except ApiError:
@@ -191,16 +199,14 @@ class CallEventsClient:
             # Something in the answer that aiohttp or yarl cannot take: it fails this call only.
             raise CallFailed(None, "malformed-answer", _describe(exc)) from None
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
-        """The body of a 200, no longer than ``max_body_mb`` on the wire and decompressed."""
+    async def _read_body(self, response: aiohttp.ClientResponse, length: int | None) -> bytes:
+        """The body of a 200 that is compressed, of unknown length or too long: no longer than
+        ``max_body_mb`` on the wire and decompressed."""
         limit = self._max_body
-        length = response.content_length
         if length is not None and length > limit:
             raise self._too_large(f"{length} bytes")
-        if length is not None and "Content-Encoding" not in response.headers:
-            return await response.read()  # the usual case: its length is known and allowed
-        # Compressed or of unknown length: read as it comes, and stop at the limit (aiohttp
-        # decompresses a bounded amount at a time, so a gzip bomb never gets far).
+        # Read as it comes, and stop at the limit (aiohttp decompresses a bounded amount at a
+        # time, so a gzip bomb never gets far).
         chunks = []
         size = 0
         async for chunk in response.content.iter_any():

@@ -59,6 +59,8 @@ TOTAL_KEYS = ("calls", "ok", "failed", "events", *_RUN_KEYS)
 EMPTY_GZIP = gzip.compress(b"", mtime=0)
 # The ledger key of an input line that names no call.
 LINE_KEY = "\x00line:"
+# What reading a damaged (truncated, corrupt) file raises.
+_DAMAGED = (OSError, EOFError, zlib.error)
 
 
 def state_dir(output: Path) -> Path:
@@ -294,28 +296,30 @@ class Journal:
     def committed_failures(self) -> list[bytes]:
         """The lines of the failures file that the ledger vouches for (rebuilt from the ledger
         first if the file is damaged)."""
-        path = self.paths["failures"]
-        for attempt in (1, 2):
-            size = self.meta["sizes"]["failures"]
-            try:
-                with path.open("rb") as f:
-                    data = f.read(size)
-                if len(data) < size:
-                    raise EOFError(f"{len(data)} bytes, {size} committed")
-                if path.suffix == ".gz":
-                    data = gzip.decompress(data)
-                return data.splitlines()
-            except (OSError, EOFError, zlib.error) as exc:
-                if attempt == 2:
-                    raise OutputError(f"cannot read {path}: {exc}") from None
-                log.warning(
-                    "%s is damaged (%s): rebuilt it from the ledger, one line per failed call "
-                    "(their reasons are lost; retry-failed takes them on)",
-                    path,
-                    exc,
-                )
-                self._swap_failures(_ledger_failures(self._db))
-        raise AssertionError("unreachable")
+        try:
+            return self._read_failures()
+        except _DAMAGED as exc:
+            log.warning(
+                "%s is damaged (%s): rebuilt it from the ledger, one line per failed call (their "
+                "reasons are lost; retry-failed takes them on)",
+                self.paths["failures"],
+                exc,
+            )
+        self._swap_failures(_ledger_failures(self._db))
+        try:
+            return self._read_failures()
+        except _DAMAGED as exc:
+            raise OutputError(f"cannot read {self.paths['failures']}: {exc}") from None
+
+    def _read_failures(self) -> list[bytes]:
+        path, size = self.paths["failures"], self.meta["sizes"]["failures"]
+        with path.open("rb") as f:
+            data = f.read(size)
+        if len(data) < size:
+            raise EOFError(f"{len(data)} bytes, {size} committed")
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        return data.splitlines()
 
     def reopen(self, keys: list[str]) -> list[tuple[int, str]]:
         """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending.

@@ -181,7 +181,6 @@ async def harvest(
 
 def _files(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> dict[str, Path]:
     """Every file the run reads or writes, by the flag that names it (see ``check_files``)."""
-    files = {f"--{name.replace('_', '-')}": path for name, path in paths.items()}
     files = {
         "--output": paths["events"],
         "--failures": paths["failures"],
@@ -594,12 +593,7 @@ class _Run:
             try:
                 found = await self._retrier.run(events_of, call_id)
                 lines = event_lines(call_id, found)
-            except CallFailed as exc:
-                if outage.held:
-                    await outage.answered()
-                await self._fail(_failure(item, exc))
-                continue
-            except RateLimited as exc:  # given up after many 429s: answers all the same
+            except (CallFailed, RateLimited) as exc:  # answers: the API is up (429s too)
                 if outage.held:
                     await outage.answered()
                 await self._fail(_failure(item, exc))

@@ -283,6 +283,9 @@ class RecordFeed:
     may block the thread for as long as they like: never the event loop (signals are still
     heard), and never the process's exit (an executor's thread is joined at exit, forever on a
     stdin that never ends). The file is touched by that thread only, closed there too.
+
+    The buffer is a deque, whose appends and pops are atomic: the lock is taken only to wake a
+    side that waits (each sets its flag, then looks again, so no wake-up is missed).
     """
 
     def __init__(self, spec: str, high: int = 4096) -> None:
@@ -291,9 +294,10 @@ class RecordFeed:
         self._loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._ready = asyncio.Event()
-        self._lock = threading.Condition()
+        self._lock = threading.Condition(threading.Lock())
         self._buffer: deque[Record] = deque()
-        self._waiting = False  # the loop waits for a record: wake it on the next one
+        self._waiting = False  # the loop waits for a record
+        self._full = False  # the thread waits for room
         self._end: BaseException | bool = False  # True at the end; an error if reading failed
         self._closed = False
         threading.Thread(target=self._read, name="harvester-input", daemon=True).start()
@@ -304,20 +308,25 @@ class RecordFeed:
 
     async def batch(self, size: int) -> list[Record]:
         """Up to ``size`` records, waiting for one at least; [] at the end of the list."""
+        buffer = self._buffer
         while True:
+            if buffer:
+                records = [buffer.popleft() for _ in range(min(size, len(buffer)))]
+                if self._full:
+                    with self._lock:
+                        self._lock.notify()
+                return records
             with self._lock:
-                if self._buffer:
-                    count = min(size, len(self._buffer))
-                    records = [self._buffer.popleft() for _ in range(count)]
-                    self._lock.notify()
-                    return records
-                if isinstance(self._end, BaseException):
-                    raise self._end
-                if self._end:
-                    return []
                 self._waiting = True
                 self._ready.clear()
-            await self._ready.wait()
+                if buffer or self._end is not False:
+                    self._waiting = False
+            if self._waiting:
+                await self._ready.wait()
+            elif not buffer:
+                if isinstance(self._end, BaseException):
+                    raise self._end
+                return []
 
     def close(self) -> None:
         """Stop reading; the thread closes the file (at once, or when its read returns)."""
@@ -327,17 +336,16 @@ class RecordFeed:
 
     def _read(self) -> None:
         calls: CallList | None = None
+        buffer, high = self._buffer, self._high
         try:
             calls = CallList(self._spec)
             self._post(_resolve, self._opened, identify(self._spec))
             for record in calls:
-                with self._lock:
-                    while len(self._buffer) >= self._high and not self._closed:
-                        self._lock.wait()
-                    if self._closed:
-                        return
-                    self._buffer.append(record)
+                buffer.append(record)
+                if self._waiting:
                     self._wake()
+                if len(buffer) >= high and not self._room():
+                    return
             self._finish(True)
         except Exception as exc:
             if not self._opened.done():
@@ -347,15 +355,24 @@ class RecordFeed:
             if calls is not None:
                 calls.close()
 
-    def _finish(self, end: BaseException | bool) -> None:
+    def _room(self) -> bool:
+        """Wait until the loop has taken records; False when the feed was closed meanwhile."""
         with self._lock:
-            self._end = end
-            self._wake()
+            self._full = True
+            while len(self._buffer) >= self._high and not self._closed:
+                self._lock.wait()
+            self._full = False
+            return not self._closed
+
+    def _finish(self, end: BaseException | bool) -> None:
+        self._end = end
+        self._wake()
 
     def _wake(self) -> None:
-        if self._waiting:  # called with the lock held
-            self._waiting = False
-            self._post(self._ready.set)
+        with self._lock:
+            if self._waiting:
+                self._waiting = False
+                self._post(self._ready.set)
 
     def _post(self, function: Callable[..., object], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
