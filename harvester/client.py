@@ -28,8 +28,10 @@ from harvester.stats import RunStats
 
 Event = dict[str, Any]
 
-# Pages of one call's events at most (a next link back to a page already read fails at once).
+# Pages of one call's events at most (a next link back to a page already read fails at once),
+# and pages in a row that hold no event but link on.
 MAX_PAGES = 10_000
+EMPTY_PAGES = 3
 # Of an error answer, this much is read: enough for any error document, never a flood.
 ERROR_BODY_LIMIT = 64 * 1024
 # What is copied from an answer into the failures file and the log, at most.
@@ -116,17 +118,21 @@ class CallEventsClient:
             raise CallFailed(
                 None, "foreign-url", f"{redact_url(clip(str(url), 100))} is not on {self._origin}"
             )
-        return await self._get_page(url)
+        records, url_next, _ = await self._get_page(url, self._max_body)
+        return records, url_next
 
     async def events(self, call_id: str) -> list[Event]:
         """All events of one call, following ``Link: rel="next"`` pages and joining them.
 
-        A next link back to a page already read, more than ``max_events`` events or more than
-        ``MAX_PAGES`` pages fail the call: whatever the server sends, one call ends.
+        Whatever the server sends, one call ends, in bounded memory: a next link back to a page
+        already read, pages together larger than ``max_body_mb``, more than ``max_events``
+        events, ``EMPTY_PAGES`` empty pages in a row that link on, or more than ``MAX_PAGES``
+        pages fail the call.
         """
         url = self.events_url(call_id)
-        events, url_next = await self._get_page(url)
+        events, url_next, size = await self._get_page(url, self._max_body)
         followed: set[str] | None = None
+        budget, empty = self._max_body - size, 0
         while url_next is not None:
             if followed is None:
                 followed = {str(url)}
@@ -138,9 +144,15 @@ class CallEventsClient:
             if len(followed) >= MAX_PAGES:
                 raise CallFailed(200, "too-many-pages", f"more than {MAX_PAGES} pages of events")
             followed.add(target)
-            page, url_next = await self._get_page(url_next)
+            page, url_next, size = await self._get_page(url_next, budget)
+            budget -= size
             events.extend(page)
             self._check_event_count(len(events))
+            empty = 0 if page else empty + 1
+            if empty >= EMPTY_PAGES and url_next is not None:
+                raise CallFailed(
+                    200, "empty-pages", f"{EMPTY_PAGES} pages in a row hold no event yet link on"
+                )
         self._check_event_count(len(events))
         return events
 
@@ -152,7 +164,9 @@ class CallEventsClient:
                 f"more than {self._max_events} events (max_events; --max-events raises it)",
             )
 
-    async def _get_page(self, url: URL) -> tuple[list[Event], URL | None]:
+    async def _get_page(self, url: URL, budget: int) -> tuple[list[Event], URL | None, int]:
+        """One answer: its events, the next page's URL, and its body's size (at most
+        ``budget`` bytes, on the wire and decompressed)."""
         assert self._session is not None, "use CallEventsClient as an async context manager"
         sent_at = await self._limiter.acquire()
         try:
@@ -166,13 +180,14 @@ class CallEventsClient:
                     length = response.content_length
                     if (
                         length is not None
-                        and length <= self._max_body
+                        and length <= budget
                         and "Content-Encoding" not in response.headers
                     ):
                         body = await response.read()  # the usual case: known, allowed length
                     else:
-                        body = await self._read_body(response, length)
-                    return _parse_events(body, response.content_type), self._next_link(response)
+                        body = await self._read_body(response, length, budget)
+                    events = _parse_events(body, response.content_type)
+                    return events, self._next_link(response), len(body)
                 raise self._error(status, await _read_error_body(response), response)
         except ApiError:
             raise
@@ -199,10 +214,11 @@ class CallEventsClient:
             # Something in the answer that aiohttp or yarl cannot take: it fails this call only.
             raise CallFailed(None, "malformed-answer", _describe(exc)) from None
 
-    async def _read_body(self, response: aiohttp.ClientResponse, length: int | None) -> bytes:
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, length: int | None, limit: int
+    ) -> bytes:
         """The body of a 200 that is compressed, of unknown length or too long: no longer than
-        ``max_body_mb`` on the wire and decompressed."""
-        limit = self._max_body
+        ``limit`` on the wire and decompressed."""
         if length is not None and length > limit:
             raise self._too_large(f"{length} bytes")
         # Read as it comes, and stop at the limit (aiohttp decompresses a bounded amount at a
@@ -220,7 +236,8 @@ class CallEventsClient:
         return CallFailed(
             200,
             "answer-too-large",
-            f"the answer is {size}; max_body_mb allows {self._max_body} (--max-body-mb raises it)",
+            f"the answer is {size}, more than max_body_mb allows for a call's answers together "
+            f"({self._max_body} bytes; --max-body-mb raises it)",
         )
 
     def _next_link(self, response: aiohttp.ClientResponse) -> URL | None:

@@ -323,6 +323,11 @@ def _check_range(key: str, value: float, low: float, high: float) -> None:
 
 def _check_base_url(url: str) -> None:
     shown = redact_url(url)
+    if "@" in url:
+        raise ConfigError(
+            f"base URL {shown!r} must not hold credentials; use CATAPULT_API_TOKEN and "
+            "CATAPULT_API_SECRET"
+        )
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
@@ -331,11 +336,6 @@ def _check_base_url(url: str) -> None:
             f"base URL {shown!r} cannot be parsed; it must look like "
             "https://api.catapult.inetwork.com"
         ) from None
-    if "@" in parts.netloc:
-        raise ConfigError(
-            f"base URL {shown!r} must not hold credentials; use CATAPULT_API_TOKEN and "
-            "CATAPULT_API_SECRET"
-        )
     if parts.scheme not in ("https", "http") or not host or not url.isprintable() or " " in url:
         raise ConfigError(f"base URL {shown!r} must look like https://api.catapult.inetwork.com")
     if port == 0:
@@ -350,11 +350,19 @@ def _check_base_url(url: str) -> None:
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the userinfo of any URL in it replaced by ``***``: never print credentials."""
-    return _USERINFO.sub(r"\1***@", text)
+    """``text``, a URL or what was meant as one, fit to print: whatever stands before its last
+    ``@`` (credentials, however the URL is mistyped) and any query or fragment become ``***``."""
+    scheme = _SCHEME.match(text)
+    head = scheme.group(0) if scheme else ""
+    rest = text[len(head) :]
+    query = min((rest.index(mark) for mark in "?#" if mark in rest), default=len(rest))
+    rest, tail = rest[:query], ("?***" if query < len(rest) else "")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return head + rest + tail
 
 
-_USERINFO = re.compile(r"(//)[^/?#@\s]*@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def is_loopback(host: str) -> bool:

@@ -85,6 +85,11 @@ def check_files(files: dict[str, Path]) -> None:
         real = path.resolve()
         if real.is_dir():
             raise ConfigError(f"{flag} {path} is a folder: give a file path, such as {path}/x")
+        if flag != "--input" and real.exists() and not real.is_file():
+            raise ConfigError(
+                f"{flag} {path} is not a regular file (a device, a FIFO, a socket): harvester "
+                "writes it by replacing it or cutting it back, so it must be a file of its own"
+            )
         if real == state or state in real.parents:
             raise ConfigError(f"{flag} {path} is inside {state}, which holds harvester's state")
         names: list[object] = [real]
@@ -198,16 +203,10 @@ class Journal:
             if fresh:
                 _discard(directory, paths.values())
             ledger = directory / "ledger.sqlite"
-            if not ledger.exists():
-                for path in paths.values():
-                    if path.exists() and path.stat().st_size > 0:
-                        raise ConfigError(
-                            f"{path} exists but holds no harvester state, so resuming into it "
-                            "could double or lose events. Use --fresh to replace it, or choose "
-                            "another --output"
-                        )
             connection = _connect(ledger)
             meta = _load_meta(connection, ledger)
+            if not meta:  # a new ledger, or one that never got as far as its first record
+                _check_no_data(paths.values())
             _check_identity(meta, identity, directory)
             if meta and set(meta["sizes"]) != set(paths):
                 raise _damaged(ledger)
@@ -240,7 +239,16 @@ class Journal:
             for folder in {*(path.parent for path in paths.values()), directory}:
                 fsync_directory(folder)
             journal = cls(paths, connection, lock, files, meta)
-            journal._write_meta()
+            # Durable before any data is written: from now on, data without a ledger entry is
+            # ours, uncommitted, and is cut back on the next open.
+            try:
+                with connection:
+                    journal._write_meta()
+            except sqlite3.Error as exc:
+                raise OutputError(
+                    f"cannot write the ledger {ledger}: {exc}. Free some space, then run the "
+                    "same command again"
+                ) from None
             if meta.get("failures_dirty"):
                 journal.compact_failures()  # a retry-failed run was cut short
             return journal
@@ -526,6 +534,16 @@ def _cut_short(path: Path, size: int) -> bool:
         return size > 0
     except OSError as exc:
         raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+
+
+def _check_no_data(paths: Iterable[Path]) -> None:
+    """Refuse files that hold data no ledger vouches for: starting over would cut them."""
+    for path in paths:
+        if path.exists() and path.stat().st_size > 0:
+            raise ConfigError(
+                f"{path} exists but holds no harvester state, so resuming into it could double "
+                "or lose events. Use --fresh to replace it, or choose another --output"
+            )
 
 
 def _save_meta(connection: sqlite3.Connection, meta: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ import orjson
 
 from harvester.client import CallEventsClient, clip
 from harvester.clock import Clock, SystemClock
-from harvester.config import Settings, render_paths
+from harvester.config import Settings, redact_url, render_paths
 from harvester.errors import (
     CallFailed,
     ConfigError,
@@ -186,8 +186,9 @@ def _files(settings: Settings, paths: dict[str, Path], input_spec: str | None) -
         "--failures": paths["failures"],
         **({"--calls-output": paths["calls"]} if "calls" in paths else {}),
     }
-    if input_spec is not None and input_spec != "-":
-        files["--input"] = Path(input_spec)
+    if input_spec is not None:
+        # stdin can be a file too (< events.ndjson): /dev/stdin resolves to it.
+        files["--input"] = Path("/dev/stdin" if input_spec == "-" else input_spec)
     if settings.summary is not None:
         files["--summary"] = settings.summary
     if settings.metrics_file is not None:
@@ -260,6 +261,8 @@ async def retry_failed(
     with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
         journal = await _on(disk, Journal.open, paths, identity)
         try:
+            # One line per failed call first, with every call the ledger holds as failed.
+            await _on(disk, journal.compact_failures)
             wanted = await _on(disk, _worth_retrying, journal, skip)
             again = await _on(disk, journal.reopen, wanted)
             stats.job = journal.snapshot()
@@ -471,6 +474,7 @@ class _Run:
             max(OUTAGE_CALLS, 2 * settings.concurrency), self._probe, self._fail
         )
         self._last_ok: str | None = None  # a call harvested in this run: the outage probe
+        self._url_confirmed = False  # the base URL and user are right: something worked
         self._input_error: InputError | None = None  # the call list broke off here
         self._queue: asyncio.Queue[tuple[int, str, bytes] | None] = asyncio.Queue(
             maxsize=2 * settings.concurrency
@@ -594,6 +598,11 @@ class _Run:
                 found = await self._retrier.run(events_of, call_id)
                 lines = event_lines(call_id, found)
             except (CallFailed, RateLimited) as exc:  # answers: the API is up (429s too)
+                if exc.status == 404 and not self._url_confirmed:
+                    # Unknown calls, or a base URL with a wrong path: until one call has
+                    # worked, a 404 is the API's word against the URL as much as the call's.
+                    await outage.unanswered(_failure(item, exc))
+                    continue
                 if outage.held:
                     await outage.answered()
                 await self._fail(_failure(item, exc))
@@ -608,17 +617,32 @@ class _Run:
                 continue
             if outage.held:
                 await outage.answered()
-            self._last_ok = call_id
+            self._last_ok, self._url_confirmed = call_id, True
             stats.ok += 1
             stats.events += len(found)
             await self._committer.ok(call_id, line, lines, len(found), listed)
 
     async def _probe(self) -> None:
-        """A request that worked before in this run (see ``OutageGuard``)."""
+        """A request that worked before in this run, else the first page of the call list,
+        which works whenever the base URL and user are right (see ``OutageGuard``)."""
         if self._last_ok is not None:
             await self._retrier.run(self._client.events, self._last_ok)
-        else:
+            return
+        try:
             await self._retrier.run(self._client.calls_page, self._client.calls_url(1))
+            self._url_confirmed = True
+        except CallFailed as exc:
+            if exc.status != 404:
+                raise
+            settings = self._settings
+            raise FatalApiError(
+                404,
+                "wrong-base-url",
+                f"the API at {redact_url(settings.base_url)} has no call list for user "
+                f"{settings.user_id} (404), so its 404s for calls say nothing of the calls: "
+                "check the base URL and the user id. Nothing was listed as failed; run the same "
+                "command again once they are right",
+            ) from None
 
     async def _fail(self, failure: Failure) -> None:
         event(

@@ -25,6 +25,8 @@ from harvester.stats import RunStats
 
 TERMINAL_INTERVAL = 0.5
 METRICS_INTERVAL = 15.0
+# An earlier metrics file is a few kilobytes; more than this is not ours.
+METRICS_READ_LIMIT = 1024 * 1024
 
 
 class Progress:
@@ -168,10 +170,12 @@ _SUCCESS = re.compile(r"^harvester_last_success_timestamp_seconds (\S+)$", re.MU
 
 def _previous_success(path: Path | None) -> float | None:
     """The last success time an earlier run wrote, so that it survives unfinished runs."""
-    if path is None:
+    if path is None or not path.is_file():
         return None
     try:
-        found = _SUCCESS.search(path.read_text(errors="replace"))
+        with path.open("rb") as metrics:
+            text = metrics.read(METRICS_READ_LIMIT).decode(errors="replace")
+        found = _SUCCESS.search(text)
         moment = float(found.group(1)) if found else None
     except (OSError, ValueError):
         return None  # unreadable or not ours: start afresh

@@ -42,6 +42,11 @@ ID_FIELDS = ("callId", "id")
 _GZIP_MAGIC = b"\x1f\x8b"
 # What a damaged (truncated, corrupt) gzip input raises while it is read.
 _CORRUPT = (OSError, EOFError, zlib.error)
+# What to do then: a repaired file is another file to the ledger.
+_AFTER_DAMAGE = (
+    "Put the calls after it in a call list of their own and harvest that to another --output, "
+    "or repair the file and start over with --fresh"
+)
 
 
 def is_stream(spec: str) -> bool:
@@ -101,6 +106,8 @@ class CallList:
 
     def _open(self, spec: str) -> BinaryIO:
         if spec == "-":
+            if sys.stdin is None:
+                raise InputError("stdin is closed: pipe the call list in, or give its path")
             # A descriptor of our own, not sys.stdin: a read that blocks holds only our buffer's
             # lock, never the one the interpreter takes to close sys.stdin at exit.
             try:
@@ -179,7 +186,7 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
         except _CORRUPT as exc:
             raise InputError(
                 f"the input is damaged after line {number} ({exc}); what came before it is "
-                "harvested. Repair or replace the file, then run again"
+                f"harvested. {_AFTER_DAMAGE}"
             ) from None
         if not raw:
             return
@@ -265,7 +272,7 @@ def _csv_rows(reader: Any, column: int) -> Iterator[Record]:
         except _CORRUPT as exc:
             raise InputError(
                 f"the input is damaged after line {reader.line_num} ({exc}); what came before "
-                "it is harvested. Repair or replace the file, then run again"
+                f"it is harvested. {_AFTER_DAMAGE}"
             ) from None
         row_number = reader.line_num
         if not row or all(not cell.strip() for cell in row):

@@ -36,6 +36,8 @@ POISONS: dict[str, str | None] = {
     "link-cycle": "next-link-loop",  # page 1 -> page 2 -> page 1
     "link-foreign": "foreign-next-link",
     "endless-pages": "too-many-events",  # new pages of events for ever
+    "big-pages": "answer-too-large",  # new pages of one 1 MB event each, for ever
+    "empty-pages": "empty-pages",  # new empty pages for ever
     "many-events": "too-many-events",  # one page of 500,000 tiny events
     "too-long": "answer-too-large",  # Content-Length far over the limit
     "endless": "answer-too-large",  # a chunked body that never ends
@@ -155,6 +157,15 @@ class Hostile:
         page = int(request.query.get("page", "0")) + 1
         events = [{"name": "dtmf", "data": str(i)} for i in range(1000)]
         return _json(events, {"Link": f'<{request.url.with_query(page=page)}>; rel="next"'})
+
+    async def _big_pages(self, request: web.Request, call_id: str) -> Any:
+        page = int(request.query.get("page", "0")) + 1
+        events = [{"name": "speak", "data": "A" * 1_000_000}]
+        return _json(events, {"Link": f'<{request.url.with_query(page=page)}>; rel="next"'})
+
+    async def _empty_pages(self, request: web.Request, call_id: str) -> Any:
+        page = int(request.query.get("page", "0")) + 1
+        return _json([], {"Link": f'<{request.url.with_query(page=page)}>; rel="next"'})
 
     async def _many_events(self, request: web.Request, call_id: str) -> Any:
         return web.Response(body=b"[" + b",".join([b"{}"] * 500_000) + b"]")

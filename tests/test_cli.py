@@ -256,6 +256,7 @@ async def test_the_same_signal_twice_at_once_is_one_request_and_later_it_forces(
         (["-i", "{calls}", "-o", ""], b"--output/-o: is empty"),
         (["-i", "{calls}", "-o", "{dir}", "--fresh"], b"is a folder"),
         (["-i", "{calls}", "-o", "{out}", "--base-url", "htps://tok:sec@h"], b"***@h"),
+        (["-i", "{calls}", "-o", "{out}", "--base-url", "http://:@127.0.0.1:9"], b"credentials"),
         (["-i", "{calls}", "-o", "{out}", "--base-url", "http://127.0.0.1:99999"], b"parsed"),
         (["-i", "{calls}", "-o", "{out}", "--failures", "{out}"], b"name the same file"),
     ],
@@ -358,3 +359,31 @@ def test_the_simulator_refuses_a_bad_or_busy_port(tmp_path: Path) -> None:
         done = harvester({}, "sim", "--port", str(busy.getsockname()[1]))
     assert done.returncode == 2 and b"cannot serve" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_a_closed_stdin_or_an_odd_metrics_file_is_a_one_line_error(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.ndjson"
+    command = f"{sys.executable} -m harvester run -i - -o {out} --no-progress <&-"
+    done = subprocess.run(
+        ["bash", "-c", command], env=sim_process, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 2 and b"stdin is closed" in done.stderr, done.stderr
+
+    (tmp_path / "calls.txt").write_text("\n".join(registry(sim_process)[:3]))
+    huge = tmp_path / "h.prom"
+    huge.write_bytes(b"\xff" * 5_000_000)  # not ours, and big: read in part, then replaced
+    done = harvester(
+        sim_process,
+        *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(out), "--no-progress"),
+        *("--metrics-file", str(huge)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert huge.read_bytes().startswith(b"# HELP")
+    done = harvester(
+        sim_process,
+        *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(out), "--no-progress"),
+        *("--metrics-file", "/dev/zero"),
+    )
+    assert done.returncode == 2 and b"not a regular file" in done.stderr

@@ -109,3 +109,23 @@ def test_failures_file_sits_beside_the_output() -> None:
     assert other.failures_path == Path("f.ndjson")
     packed = load_settings({"output": "out/events-{date}.ndjson.gz"}, ENV)
     assert packed.failures_path == Path("out/events-{date}.failures.ndjson.gz")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "htps://t0ken:s3cr3t@host",
+        "t0ken:s3cr3t@host",
+        "https:/t0ken:s3cr3t@host",
+        "https:t0ken:s3cr3t@host",
+        "http://t0ken:s3 cr3t@127.0.0.1",
+        "http://:@127.0.0.1:8080",
+        "https://host/?api_key=s3cr3t",
+        "https://host/#s3cr3t",
+    ],
+)
+def test_a_mistyped_base_url_is_refused_without_showing_its_secret(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"base_url": url}, ENV)
+    for secret in ("t0ken", "s3cr3t", "s3 cr3t"):
+        assert secret not in str(caught.value)

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester.errors import ApiUnavailable
+from harvester.errors import ApiUnavailable, FatalApiError
 from harvester.pool import harvest, retry_failed
 from harvester.sim import SimConfig, Simulator
 
@@ -162,3 +162,31 @@ def test_the_command_exits_6_and_the_same_command_later_finishes(
 
     assert done.returncode == 0, done.stderr
     assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(ids))
+
+
+async def test_a_base_url_with_a_wrong_path_fails_no_call(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+
+    with pytest.raises(FatalApiError, match="wrong-base-url"):
+        await harvest(make_settings(sim, tmp_path, base_url=sim.base_url + "/api"), clock=clock)
+
+    settings = make_settings(sim, tmp_path)
+    assert settings.failures_path.read_bytes() == b""
+    stats = await harvest(settings, clock=clock)
+    assert (stats.job["ok"], stats.job["failed"]) == (len(ids), 0)
+
+
+async def test_unknown_calls_at_the_start_are_still_failures_of_their_own(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    unknown = [f"c-unknown{i:04d}" for i in range(45)]
+    write_calls(tmp_path, [*unknown, *sim.call_ids()[:5]])
+    settings = make_settings(sim, tmp_path, concurrency=2)
+
+    stats = await harvest(settings, clock=clock)
+
+    assert (stats.ok, stats.failed) == (5, 45)
+    assert sum(1 for path in sim.requests if path.endswith("/calls?sortOrder=desc&size=1")) == 1

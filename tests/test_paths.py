@@ -142,3 +142,55 @@ async def test_retry_failed_refuses_colliding_files_too(
 
     with pytest.raises(ConfigError, match="--output and --summary name the same file"):
         await retry_failed(make_settings(sim, tmp_path, summary=settings.output), clock=clock)
+
+
+@pytest.mark.parametrize("flag", ["failures", "summary", "metrics_file"])
+async def test_a_file_the_run_writes_must_be_a_regular_file(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, flag: str
+) -> None:
+    write_calls(tmp_path, sim.call_ids()[:5])
+    fifo = tmp_path / "named.fifo"
+    os.mkfifo(fifo)  # replacing it, or opening it to read, would hang or destroy it
+
+    with pytest.raises(ConfigError, match="not a regular file"):
+        await harvest(make_settings(sim, tmp_path, **{flag: fifo}), clock=clock)
+
+    assert fifo.is_fifo() and sim.requests == []
+
+
+def test_stdin_redirected_from_the_output_is_the_same_file(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.ndjson"
+    out.write_text("precious\n")
+    with out.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "harvester", "run", "-i", "-", "-o", str(out), "--fresh"],
+            env=sim_process,
+            stdin=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2 and b"name the same file" in done.stderr, done.stderr
+    assert out.read_text() == "precious\n"
+
+
+async def test_an_empty_ledger_beside_an_output_does_not_make_it_ours(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_calls(tmp_path, sim.call_ids()[:5])
+    settings = make_settings(sim, tmp_path)
+    assert settings.output is not None
+    settings.output.parent.mkdir()
+    settings.output.write_text('{"precious": 1}\n')
+    (tmp_path / "out" / "events.ndjson.state").mkdir()
+    (tmp_path / "out" / "events.ndjson.state" / "ledger.sqlite").write_bytes(b"")
+
+    with pytest.raises(ConfigError, match="holds no harvester state"):
+        await harvest(settings, clock=clock)
+
+    assert settings.output.read_text() == '{"precious": 1}\n'

@@ -65,6 +65,8 @@ async def test_poison_answers_fail_their_own_call_and_never_the_run(
     assert api.requests[poison_id("link-self")] == 1
     assert api.requests[poison_id("link-cycle")] == 2
     assert api.requests[poison_id("endless-pages")] == 11  # 10,000 events: max_events
+    assert api.requests[poison_id("big-pages")] == 5  # the fifth MB passes 4 MiB: max_body_mb
+    assert api.requests[poison_id("empty-pages")] == 4
     assert stats.completed and stats.ok == len(harvested)
 
     api.requests.clear()
@@ -137,7 +139,8 @@ def run_measured(env: dict[str, str], *args: str) -> tuple[int, bytes, float]:
 def test_memory_stays_bounded_whatever_the_server_sends(
     hostile_process: dict[str, str], tmp_path: Path
 ) -> None:
-    heavy = ["bomb", "endless", "too-long", "many-events", "endless-pages", "huge-error"]
+    heavy = ["bomb", "endless", "too-long", "many-events", "endless-pages", "big-pages"]
+    heavy += ["huge-error"]
     # Every worker meets a heavy answer at once, twice over, among good calls.
     ids = [*GOOD[:10], *(poison_id(k, n) for n in range(2) for k in heavy), *GOOD[10:30]]
     (tmp_path / "calls.txt").write_text("\n".join(ids) + "\n")

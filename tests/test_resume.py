@@ -359,7 +359,7 @@ def test_a_full_disk_exits_4_naming_the_path_and_resumes_once_space_is_back(
         (tmp_path / "calls.txt").write_text("\n".join(ids))
         output = mount / "events.ndjson"
         # Fill the filesystem but for room enough to open the ledger and commit a little.
-        (mount / "ballast").write_bytes(b"x" * (512 - 72) * 1024)
+        (mount / "ballast").write_bytes(b"x" * (512 - 120) * 1024)
         args = [
             "-m",
             "harvester",

@@ -76,7 +76,8 @@ async def test_unknown_calls_are_retried_only_when_asked(
     assert sim.requests == []
 
     await retry_failed(settings, clock=clock, include_not_found=True)
-    assert sorted(p.split("/")[-2] for p in sim.requests) == sorted(UNKNOWN)
+    events = [p for p in sim.requests if p.endswith("/events")]
+    assert sorted(p.split("/")[-2] for p in events) == sorted(UNKNOWN)
     after = read_ndjson(settings.failures_path)
     assert Counter(f["callId"] for f in after) == Counter([*UNKNOWN, "c-bad/id"])
 
@@ -192,8 +193,15 @@ async def test_retry_failed_cut_short_after_a_commit_is_mended_by_the_next_open(
     ids = await first_run(sim, clock, tmp_path)
     settings = make_settings(sim, tmp_path, commit_calls=2)
 
+    compact = Journal.compact_failures
+    compactions = 0
+
     def killed(self: Journal) -> None:
-        raise KeyboardInterrupt  # the process dies after its commits, before compacting
+        nonlocal compactions
+        compactions += 1
+        if compactions > 1:  # the process dies after its commits, before compacting
+            raise KeyboardInterrupt
+        compact(self)
 
     with monkeypatch.context() as patch:
         patch.setattr(Journal, "compact_failures", killed)
@@ -320,3 +328,22 @@ def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
     lines = out.read_bytes().splitlines()
     assert len(lines) == len(set(lines))
     assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+
+
+async def test_a_failures_file_damaged_in_place_is_mended_by_one_retry_failed(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = await first_run(sim, clock, tmp_path)
+    settings = make_settings(sim, tmp_path)
+    data = bytearray(settings.failures_path.read_bytes())
+    middle = len(data) // 2
+    data[middle - 300 : middle + 300] = b"\x07" * 600  # same size: nothing looks cut short
+    settings.failures_path.write_bytes(bytes(data))
+
+    stats = await retry_failed(settings, clock=clock)
+
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert Counter(f["callId"] for f in read_ndjson(settings.failures_path)) == Counter(
+        [*UNKNOWN, "c-bad/id"]
+    )
+    assert stats.job["ok"] == len(ids)
