@@ -324,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--grace", float, "on SIGINT/SIGTERM, seconds to let calls in flight finish"),
         ("--commit-every", int, "commit at least every N calls (default 1000)"),
         ("--commit-interval", float, "commit at least every SECONDS seconds (default 5)"),
-        ("--max-failures", str, "exit 1 only when more calls than this failed: N or P%"),
+        ("--max-failures", str, "exit 1 only when more calls than this failed: N or P%%"),
         ("--max-duration", str, "stop cleanly after this long (90s, 15m, 5h): exit 5"),
         ("--deadline", str, "stop cleanly at this time of day or moment: exit 5"),
         ("--log-format", str, "text or json"),

@@ -15,8 +15,11 @@ def event_lines(call_id: str, events: list[dict[str, Any]]) -> bytes:
     head = b'{"callId":' + orjson.dumps(call_id)
     lines = []
     for event in events:
-        if "callId" in event:  # the API's own callId wins, as with {"callId": ..., **event}
-            lines.append(orjson.dumps({"callId": call_id, **event}))
+        if "callId" in event:
+            # The call asked for wins over a callId of the answer's own: an event is filed
+            # under the call it was fetched for, never another (or null).
+            rest = {key: value for key, value in event.items() if key != "callId"}
+            lines.append(orjson.dumps({"callId": call_id, **rest}))
             continue
         body = orjson.dumps(event)
         lines.append(head + (b"," + body[1:] if len(body) > 2 else b"}"))

@@ -610,6 +610,12 @@ class _Run:
             except TransientError as exc:
                 await outage.unanswered(_failure(item, exc))
                 continue
+            except orjson.JSONEncodeError as exc:  # nested past what JSON can be written at
+                message = f"an event cannot be written as JSON: {clip(str(exc))}"
+                await self._fail(
+                    Failure(call_id, line, call_id, 200, "malformed-answer", message, 1, listed)
+                )
+                continue
             except HarvesterError:
                 raise
             except Exception as exc:  # what nobody foresaw fails this call, never the run

@@ -291,10 +291,6 @@ class Simulator:
                     "details": [{"name": "requestMethod", "value": "GET"}],
                 },
             )
-        fault = self._pick_fault(call_id)
-        if fault is not None:
-            return await self._fault(request, fault, orjson.dumps(events_for(call_id)))
-        self._fault_streak.pop(call_id, None)
         events = events_for(call_id)
         size = self.config.events_page_size
         headers: dict[str, str] = {}
@@ -308,6 +304,10 @@ class Simulator:
                     target = URL(self.config.next_link_origin).join(target.relative())
                 headers["Link"] = f'<{target}>; rel="next"'
             events = page
+        fault = self._pick_fault(call_id)
+        if fault is not None:
+            return await self._fault(request, fault, orjson.dumps(events), headers)
+        self._fault_streak.pop(call_id, None)
         return self._answer(200, events, headers)
 
     async def _list_calls(self, request: web.Request) -> web.StreamResponse:
@@ -356,7 +356,9 @@ class Simulator:
             links.append(f'<{link(page + 1)}>; rel="next"')
         fault = self._pick_fault(request.path_qs) if self.config.faults_on_list else None
         if fault is not None:
-            return await self._fault(request, fault, orjson.dumps(records))
+            return await self._fault(
+                request, fault, orjson.dumps(records), {"Link": ", ".join(links)}
+            )
         self._fault_streak.pop(request.path_qs, None)
         return self._answer(200, records, {"Link": ", ".join(links)})
 
@@ -437,8 +439,11 @@ class Simulator:
             roll -= probability
         return None
 
-    async def _fault(self, request: web.Request, kind: str, body: bytes) -> web.StreamResponse:
-        """Misbehave as ``kind`` says, instead of answering 200 with ``body``."""
+    async def _fault(
+        self, request: web.Request, kind: str, body: bytes, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Misbehave as ``kind`` says, instead of answering 200 with ``body`` and ``headers``
+        (a slow answer is that answer, late)."""
         self.statuses[kind] += 1
         if kind in _ERROR_BODIES:
             return self._answer(int(kind), _ERROR_BODIES[kind], count=False)
@@ -448,7 +453,7 @@ class Simulator:
             return self._html(200, count=False)
         if kind == "slow":
             await asyncio.sleep(self.config.slow_seconds)
-            return web.Response(body=body, content_type="application/json")
+            return web.Response(body=body, content_type="application/json", headers=headers)
         if kind.startswith("429"):
             style = {"429": "reset", "429-retry-after": "retry-after"}.get(kind, "bare")
             return self._rate_limited(self._time() + 0.5, style)

@@ -24,6 +24,8 @@ from aiohttp import web
 from harvester.sim import events_for
 
 EVENTS = "/v1/users/{user}/calls/{call}/events"
+# A good call whose events a hostile answer claims as its own.
+GOOD_VICTIM = "c-victim0000000000000001"
 
 # What each poison does, and the failure code it must end in (None: the call is harvested).
 POISONS: dict[str, str | None] = {
@@ -47,6 +49,8 @@ POISONS: dict[str, str | None] = {
     "bad-code": "http-404",  # a 404 whose code is not a token
     "huge-header": "malformed-answer",  # a 100 KB header: every time
     "always-503": "unavailable",
+    "deep": "malformed-answer",  # an event nested deeper than JSON can be written back
+    "foreign-call-id": None,  # events that name another call (or none): filed under this one
 }
 
 
@@ -206,6 +210,16 @@ class Hostile:
 
     async def _huge_header(self, request: web.Request, call_id: str) -> Any:
         return _json(events_for(call_id), {"X-Padding": "p" * 100_000})
+
+    async def _deep(self, request: web.Request, call_id: str) -> Any:
+        nested = b"[" * 400 + b"]" * 400
+        return web.Response(body=b'[{"name":"x","data":' + nested + b"}]")
+
+    async def _foreign_call_id(self, request: web.Request, call_id: str) -> Any:
+        events = events_for(call_id)
+        for number, event in enumerate(events):
+            event["callId"] = [GOOD_VICTIM, None, 7][number % 3]
+        return _json(events)
 
     async def _always_503(self, request: web.Request, call_id: str) -> Any:
         return _json({"code": "unavailable", "message": "not this one"}, status=503)

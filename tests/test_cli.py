@@ -223,6 +223,13 @@ def test_help_lists_exit_codes() -> None:
     assert b"Exit codes" in done.stdout
 
 
+@pytest.mark.parametrize("command", ["retry-failed", "check", "sim"])
+def test_every_command_has_help(command: str) -> None:
+    done = harvester({}, command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert b"usage: harvester" in done.stdout
+
+
 async def test_the_same_signal_twice_at_once_is_one_request_and_later_it_forces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -31,9 +31,11 @@ def test_a_data_string_holding_json_stays_a_string() -> None:
     assert orjson.loads(line)["data"] == '{"applicationName":"park"}'
 
 
-def test_an_event_with_its_own_call_id_keeps_it_once() -> None:
-    line = event_lines("c-abc", [{"callId": "c-api", "name": "x"}])
-    assert line == b'{"callId":"c-api","name":"x"}\n'
+@pytest.mark.parametrize("theirs", ["c-another", None, 7])
+def test_an_event_is_filed_under_the_call_it_was_fetched_for(theirs: object) -> None:
+    # An answer's own callId (another call's, null, anything) never moves an event elsewhere.
+    line = event_lines("c-abc", [{"callId": theirs, "name": "x"}])
+    assert line == b'{"callId":"c-abc","name":"x"}\n'
 
 
 @pytest.mark.parametrize("events", [[], EVENTS])

@@ -23,7 +23,7 @@ from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 from .conftest import FakeClock, canonical, expected_events, make_settings, output_of, read_ndjson
 from .hostile import POISONS, Hostile, expected_code, poison_id
 
-GOOD = [call_id_for(7, i) for i in range(60)]
+GOOD = [call_id_for(7, i) for i in range(90)]
 POISON = [poison_id(kind) for kind in POISONS]
 
 

@@ -55,6 +55,24 @@ async def test_a_calls_events_stay_together_in_the_output(
     assert sorted(runs) == sorted(ids)
 
 
+async def test_a_slow_page_is_that_page_late(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.events_page_size = 3
+    sim.config.faults = {"slow": 0.3}
+    sim.config.slow_seconds = 0.05
+    ids = sim.call_ids()[:20]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path)
+
+    await harvest(settings, clock=clock)
+
+    assert sim.statuses["slow"] > 0
+    lines = output_of(settings).read_bytes().splitlines()
+    assert len(lines) == len(set(lines))
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "slow"])
 async def test_output_is_exact_under_each_fault(
     kind: str, sim: Simulator, clock: FakeClock, tmp_path: Path
