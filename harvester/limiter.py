@@ -6,18 +6,45 @@ workers, sets the pace:
 - **Pacing.** Turns are spaced evenly at the current rate: never a burst.
 - **Pool-wide pause.** A 429's reset time holds every turn until then (plus a little spread, so
   the pool does not hit the API in one burst at the reset instant).
-- **Learning the limit.** With no ``--rate``, the rate starts at ``INITIAL_RATE``, rises at
-  the first answer to what keeps ``ON_THE_WIRE`` requests on the wire, and doubles every
-  ``RAMP_ROUND_TRIPS`` round trips while answers come back: a fast API is at full speed within
-  moments, and a rate-limited one is approached without a flood (what is on the wire when the
-  first 429 comes back is a few requests, whatever the concurrency). The first 429 ends that:
-  the limit is read off the server's own window (the answers counted since the window that
-  the 429's reset closes began) and the pace set just under it. After ``PROBE_SECONDS``
-  without a 429 the rate creeps up a little, so a raised limit is found too; the next 429
-  measures again. With ``--rate R`` the pace starts just under R and never goes above it;
-  429s still lower it.
+- **Learning the limit** (no ``--rate``; with ``--rate R`` the same law runs under a ceiling of
+  R, from a limit of R taken as confirmed). A 429 is evidence, not truth:
 
-All of it runs on an injectable clock, and the numbers below are the policy.
+  1. *Ramp.* With no evidence yet, the rate starts at ``INITIAL_RATE``, rises at the first
+     answer to what keeps ``ON_THE_WIRE`` requests on the wire, and doubles every
+     ``RAMP_ROUND_TRIPS`` round trips while answers come back.
+  2. *Measure.* A 429 with a reset closes the server's window: the answers served since that
+     window began, per second, are a *sample* of the limit (a reset further away than the
+     window, or the same gap between resets twice, means a longer window). No sample comes from
+     an answer already on its way when the window shut (the same reset again), nor from a
+     window in which we waited more than ``PAUSED_SHARE`` of the time (our pause shaped it); a
+     429 without a reset halves the rate, at most once a round trip.
+  3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
+     little lower (a token bucket's burst makes a window serve more than its rate). The same
+     sample at two paces ``PACES_APART``, or ``IN_A_ROW`` windows in a row, is a limit:
+     confirmed there, paced ``SAFETY`` under it. Anything else is weak: a stray 429 (a proxy's,
+     a busy gateway's), a lower limit, another client on the limit. While 429s come no more
+     often than strays would (``STRAY_PRIOR`` under a confirmed limit, or what a trial found),
+     it only pauses. Otherwise the pace steps down on *trial*: under the sample, at most by half
+     (by ``STEP_DOWN`` under a confirmed limit, and not under one we are probing past).
+  4. *Trial.* If at the lower pace 429s do not get rarer (``STRAY_RATIO`` of their share, and
+     few: ``STRAY_MAX``), they are not ours: the pace goes back (no higher than what was served
+     clean) and their share is remembered (fading over ``STRAY_MEMORY``). Strays' samples move
+     with our pace; a limit's do not: the next 429 at the lower pace tells which.
+  5. *Shut window.* A second 429 with the very same reset means the window shut for every
+     request in flight, as a limit shuts it and a stray never does: if the first was let pass,
+     the pace steps down now.
+  6. *Climb.* Each window of our own clock (a *bin*) with no 429 of ours: below what the API
+     served clean in the last ``BEST_HORIZON`` seconds, the rate goes straight back to it; on
+     weak evidence, it grows by ``CLIMB``, a little more and a little less in turn, so that
+     overshoots come at two paces; at a confirmed limit it waits ``PROBE_AFTER`` seconds, then
+     probes up by ``PROBE_STEP``, the step doubling each clean window: a level held clean
+     ``AGREE`` above the limit means it was raised, and the climb finds it.
+
+So a steady trickle of stray 429s costs their pauses, a lower limit is followed within a few
+windows, a raised one found within seconds, and two harvesters on one limit each measure their
+own share of it. All of it runs on an injectable clock; the numbers below are the policy;
+``tests/test_limiter.py`` plays the scenarios in simulated time (``tests/ratemodel.py``), and
+``bench/ratelimit.py`` against the simulator in real time.
 """
 
 from __future__ import annotations
@@ -25,33 +52,96 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from dataclasses import dataclass
 
 from harvester.clock import Clock
 
 # Pace this far under a known limit: room for the jitter between our clock and the server's.
 SAFETY = 0.97
-# With no --rate: where the rate starts, how fast it grows, and the most it grows to.
+# With no evidence: where the rate starts, how fast it grows, and the most it grows to.
 INITIAL_RATE = 100.0
 RAMP_ROUND_TRIPS = 128
 ON_THE_WIRE = 6
 MAX_RATE = 1_000_000.0
-# Seconds without a 429 before the rate creeps up (PROBE_STEP of it, at least one request per
-# window), so that a raised limit is found; at the limit, that costs one 429 now and then.
-PROBE_SECONDS = 10.0
+# Two samples of the limit agree when within this share of each other; samples this close
+# under a confirmed limit are noise, not a lower limit.
+AGREE = 0.05
+LOWER_AGREE = 0.03
+# A sample is a count: a request or two more or less is no news, however small the limit.
+COUNT_SLACK = 2
+# Two samples say the same limit only when measured at paces this far apart.
+PACES_APART = 0.15
+# On weak evidence, the rate grows by this factor each clean window; a 429 far under a
+# confirmed limit first steps the pace down by this factor, to see.
+CLIMB = 1.5
+CLIMB_SPREAD = 0.1
+STEP_DOWN = 0.8
+# At a confirmed limit: seconds without a 429 before probing above it, and the first step.
+PROBE_AFTER = 5.0
 PROBE_STEP = 0.03
+# "Recently served without complaint": clean windows of the last this many seconds.
+BEST_HORIZON = 20.0
+# A trial judges after this many requests at the lower pace, and succeeds after
+# max(TRIAL_REQUESTS, TRIAL_429S / share before) without its 429s staying as common as before.
+TRIAL_MIN = 30
+TRIAL_REQUESTS = 50
+TRIAL_429S = 1.5
+STRAY_RATIO = 0.5
+# Strays are occasional: a share of 429s above this is ours, however it came about.
+STRAY_MAX = 0.1
+# The stray share fades by e every this many seconds; 429s count as strays while the last
+# SHARE_OF requests hold no more of them than strays would, give or take chance.
+STRAY_MEMORY = 10.0
+SHARE_OF = 200
+# Under a confirmed limit, 429s far under it are taken for strays at this share at least.
+STRAY_PRIOR = 0.005
 # The server's window until its 429s say otherwise (Catapult documents 1 request per 1000 ms).
 DEFAULT_WINDOW = 1.0
 # Waiters released together by the end of a pause are spread over this many seconds.
 PAUSE_SPREAD = 0.05
-# A turn this close is given at once: sleeping for less costs more than it paces.
+# A turn this close is given at once: sleeping for less costs more than it paces. Turns given
+# out are dealt again when the rate grows by more than this factor.
 EARLY = 0.002
-# Two 429s whose resets are this close close the same window.
+REDEAL = 1.2
+# Two 429s whose resets are this close close the same window; two gaps between resets this
+# close (a share of them) are the same.
 SAME_RESET = 0.05
+SAME_GAP = 0.02
+# Two 429s announcing a reset this close announce one: the window is shut (X-RateLimit-Reset
+# is in milliseconds).
+SHUT_RESET = 0.002
 # Answers are counted in buckets of 1/BUCKETS of a window, kept for HORIZON windows: enough to
 # measure the window a 429 closes, in constant memory.
 BUCKETS = 100
 HORIZON = 3
 LONGEST_WINDOW = 300.0
+# A window in which we waited more than this share of the time gives no sample.
+PAUSED_SHARE = 0.15
+# Samples older than this many windows say nothing about the next one; this many in as many
+# windows in a row that agree show a limit even at one pace.
+RECENT_WINDOWS = 5
+IN_A_ROW = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """The served rate of a window a 429 closed, and our pace when it came."""
+
+    time: float
+    value: float
+    pace: float
+
+
+@dataclass(slots=True)
+class _Trial:
+    """A decrease on probation (see the module docstring, step 4)."""
+
+    pace_before: float
+    requests: int  # requests answered, 429s included, when it began
+    limited: int  # 429s among them
+    share_before: float  # share of 429s among the last SHARE_OF requests before it
+    sample: float | None  # the sample that caused it
+    length: int  # requests after which it has succeeded
 
 
 class RateLimiter:
@@ -59,20 +149,47 @@ class RateLimiter:
 
     def __init__(self, rate: float, clock: Clock) -> None:
         self._clock = clock
+        now = clock.monotonic()
         self._ceiling = rate * SAFETY if rate > 0 else MAX_RATE
         self._rate = self._ceiling if rate > 0 else INITIAL_RATE
-        self._learning = rate <= 0  # the ramp-up before the first 429
         self._interval = 1.0 / self._rate
         self._plan = 0  # changes when a pause or a lower rate voids the turns given out
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._window = DEFAULT_WINDOW
         self._last_reset: float | None = None
-        self._quiet_since = clock.monotonic()
+        self._longer = False  # the last 429's reset showed a window longer than we knew
+        self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
+        self._gap = 0.0  # between the last two resets
+        self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
         self._round_trip: float | None = None  # smoothed seconds from turn to answer
-        self._grown_at = clock.monotonic()
         # [bucket start, answers] for answers other than 429, oldest first.
         self._answers: deque[list[float]] = deque()
+        # What is known of the limit: a configured rate counts as confirmed.
+        self._ramping = rate <= 0
+        self._grown_at = now
+        self._estimate: float | None = rate if rate > 0 else None
+        self._confirmed = rate > 0
+        self._samples: deque[_Sample] = deque(maxlen=4)
+        self._dwell = 0  # clean windows at the current probing step
+        self._climbs = 0
+        self._last_429 = -math.inf
+        self._last_cut = -math.inf
+        self._step = PROBE_STEP
+        # The share of 429s among recent requests, and running totals.
+        self._outcomes: deque[bool] = deque(maxlen=SHARE_OF)
+        self._limited_recent = 0
+        self._requests = 0
+        self._limited = 0
+        self._trial: _Trial | None = None
+        self._stray_share = 0.0
+        self._stray_at = now
+        # The current bin (one window of our own clock) and the clean bins of BEST_HORIZON.
+        self._bin_start = now
+        self._bin_served = 0
+        self._bin_limited = 0
+        self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
+        self._clean: deque[tuple[float, float]] = deque()  # (bin end, served per second)
 
     @property
     def rate(self) -> float:
@@ -111,55 +228,49 @@ class RateLimiter:
         trip = self._round_trip = (
             sample if self._round_trip is None else 0.9 * self._round_trip + 0.1 * sample
         )
-        if self._learning:
+        self._count(False, now)
+        self._bin_served += 1
+        trial = self._trial
+        if trial is not None and self._requests - trial.requests >= trial.length:
+            self._trial = None  # the lower pace held: the decrease stands
+        if self._ramping:
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now
             grown = self._rate * 2 ** min(doublings, 10.0)
             # At once to what keeps a few requests on the wire: fast on a fast network, and
             # on a slow one still no flood when the first 429 comes back.
             self._set_rate(max(grown, ON_THE_WIRE / trip))
-        elif now - self._quiet_since >= PROBE_SECONDS:
-            self._quiet_since = now
-            self._set_rate(self._rate + max(PROBE_STEP * self._rate, 1.0 / self._window))
 
     def rate_limited(self, retry_at: float | None) -> None:
         """A 429: hold the pool until ``retry_at`` (monotonic; None if the API did not say) and
-        learn the limit from the window it closes."""
+        learn from it what it says of the limit."""
         now = self._clock.monotonic()
-        self._quiet_since = now
-        first, self._learning = self._learning, False
+        self._count(True, now)
+        self._bin_limited += 1
         if retry_at is None:
-            self._set_rate(self._rate / 2)
+            if now - self._last_cut < (self._round_trip or 0.0):
+                return  # answers already in flight at the last cut say nothing new
+            self._judge(None, now)
             return
-        self.pause_until(retry_at)
         last = self._last_reset
-        if last is not None and abs(retry_at - last) < SAME_RESET:
-            return  # another answer to a request already on its way: nothing new
-        window = known = self._window
-        if retry_at - now > window:
-            # The server's window is longer than we thought, and holds all since the last reset.
-            window, opened = retry_at - now, last if last is not None else -math.inf
-        elif last is not None and window < retry_at - last < 3 * window:
-            # Two resets in a row further apart than a window (and no lull of whole windows).
-            window, opened = retry_at - last, last
-        else:
-            opened = retry_at - window
-        self._window = window = min(window, LONGEST_WINDOW)
-        self._last_reset = retry_at
-        # The server counted a request when it arrived, half a round trip before its answer;
-        # whole buckets only: better to count a few answers short than to overshoot.
-        arrived = opened + (self._round_trip or 0.0) / 2
-        counted = [(start, count) for start, count in self._answers if start >= arrived]
-        if not counted:
+        echo = last is not None and abs(retry_at - last) < SAME_RESET
+        sample = None if echo else self._measure(retry_at, now)
+        if retry_at > self._paused_until:
+            self._pauses.append((now, retry_at))
+        self.pause_until(retry_at)
+        if echo:
+            # Another answer to a request already on its way. With the very same reset, the
+            # window is shut for all of them, as a limit shuts it (strays come one by one, each
+            # with a reset of its own): the first was ours after all.
+            if last is not None and abs(retry_at - last) <= SHUT_RESET:
+                self._bin_ours = True
+                if self._excused:
+                    self._excused = False
+                    self._overran(now)
             return
-        served = sum(count for _, count in counted)
-        # Served in one window, however late in it we began; a window seen only in part (the
-        # first, when it is longer than we thought) is measured from our first answer in it.
-        span = window if math.isfinite(opened) else retry_at - counted[0][0]
-        # At most halved by one 429 in a window of known length: a stray 429 (a proxy's) must
-        # not wreck a learnt rate.
-        floor = self._rate / 2 if window == known and not first else 0.0
-        self._set_rate(max(SAFETY * served / max(span, window / BUCKETS), floor))
+        self._excused = sample is None  # a window we waited in: this one says nothing
+        if sample is not None:
+            self._judge(sample, now)
 
     def pause_until(self, when: float) -> None:
         """Admit nothing before ``when`` (monotonic clock seconds)."""
@@ -167,14 +278,250 @@ class RateLimiter:
             self._paused_until = when
             self._void_turns()
 
+    # -- evidence ----------------------------------------------------------------------------
+
+    def _count(self, limited: bool, now: float) -> None:
+        """One more request answered: the recent share of 429s, the totals, the bins."""
+        outcomes = self._outcomes
+        if len(outcomes) == SHARE_OF and outcomes[0]:
+            self._limited_recent -= 1
+        outcomes.append(limited)
+        self._limited_recent += limited
+        self._requests += 1
+        self._limited += limited
+        if now >= self._bin_start + self._window:
+            self._close_bin(now)
+
+    def _measure(self, retry_at: float, now: float) -> float | None:
+        """The served rate of the server window that the reset at ``retry_at`` closes."""
+        last = self._last_reset
+        window = self._window
+        gap = retry_at - last if last is not None else 0.0
+        self._longer = retry_at - now > window
+        if self._longer:
+            # The server's window is longer than we thought, and holds all since the last reset.
+            window, opened = retry_at - now, last if last is not None else -math.inf
+        elif window < gap < 3 * window and abs(gap - self._gap) <= SAME_GAP * gap:
+            # Resets the same time apart, twice, further than a window: a longer window. (Only
+            # twice and closely: the time between two strays' 429s may be anything.)
+            window, opened = gap, retry_at - gap
+        else:
+            opened = retry_at - window
+        self._gap = gap
+        self._window = window = min(window, LONGEST_WINDOW)
+        self._last_reset = retry_at
+        # The server counted a request when it arrived, half a round trip before its answer;
+        # whole buckets only: better to count a few answers short than to overshoot.
+        arrived = opened + (self._round_trip or 0.0) / 2
+        pauses = self._pauses
+        while pauses and pauses[0][1] < now - HORIZON * LONGEST_WINDOW:
+            pauses.popleft()
+        paused = sum(max(0.0, min(end, now) - max(start, arrived)) for start, end in pauses)
+        if paused > PAUSED_SHARE * (now - arrived):
+            return None  # we waited in this window: what it served says nothing of the limit
+        counted = [(start, count) for start, count in self._answers if start >= arrived]
+        if not counted:
+            return None
+        served = sum(count for _, count in counted)
+        # Served in one window, however late in it we began; a window seen only in part (the
+        # first, when it is longer than we thought) is measured from our first answer in it.
+        span = window if math.isfinite(opened) else retry_at - counted[0][0]
+        return served / max(span, window / BUCKETS)
+
+    # -- the law -----------------------------------------------------------------------------
+
+    def _judge(self, sample: float | None, now: float) -> None:
+        """What a 429 does to the pace: ``sample`` is the served rate of the window it closed,
+        None for a 429 without a reset."""
+        pace = self._rate
+        if sample is not None:
+            recent = now - RECENT_WINDOWS * self._window
+            before = [s for s in self._samples if s.time >= recent]
+            trial = self._trial
+            if trial is not None and trial.sample is not None:
+                before.append(_Sample(now, trial.sample, trial.pace_before))
+            self._samples.append(_Sample(now, sample, pace))
+            tolerance = self._tolerance()
+            agreeing = [s.value for s in before if _same_limit(sample, pace, s, tolerance)]
+            if not self._confirmed:
+                agreeing += self._window_after_window(now, tolerance)
+            estimate = self._estimate
+            slack = COUNT_SLACK / self._window
+            if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
+                # About the limit we knew, or past it. At its pace (not probing past it), a 429
+                # says the limit is a little lower than that, whatever the window served (a
+                # token bucket's burst makes one serve more than its rate).
+                at_pace = pace <= (1 + PROBE_STEP / 2) * SAFETY * estimate
+                limit = min(sample, (1 - PROBE_STEP) * estimate) if at_pace else sample
+                self._confirm(limit, now)
+                return
+            if agreeing:
+                self._confirm(max(sample, *agreeing), now)  # the same at two paces: a limit
+                return
+        if not self._trial_over(now):
+            return
+        if self._strays(now):
+            self._excused = True
+            return
+        self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
+        self._bin_ours = True
+        if sample is None:
+            self._last_cut = now
+            self._try(pace / 2, None)
+        elif self._longer:
+            self._set_rate(SAFETY * sample)  # a window longer than we knew, measured whole
+        elif self._confirmed:
+            # Far under a limit we knew, and not alone: a lower limit, another client on it, or
+            # strays. Step down a little and see: a lower limit answers the same again.
+            self._try(max(SAFETY * sample, STEP_DOWN * pace), sample)
+        else:
+            # Not under a limit we knew, though: probing past it, we have not seen it move.
+            known = SAFETY * (self._estimate or 0.0)
+            self._try(max(SAFETY * sample, pace / 2, min(known, pace)), sample)
+
+    def _overran(self, now: float) -> None:
+        """A 429 let pass as a stray (or from a window we waited in) turned out to shut the
+        window for the requests behind it: our pace is over a limit. Slow down, no trial."""
+        self._trial = None
+        self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
+        sample = self._samples[-1].value if self._samples else None
+        rate = self._rate * (STEP_DOWN if self._confirmed else 0.5)
+        if sample is not None and now - self._samples[-1].time < self._window:
+            rate = max(rate, SAFETY * sample)
+        self._confirmed = False
+        self._set_rate(rate)
+
+    def _window_after_window(self, now: float, tolerance: float) -> list[float]:
+        """The last ``IN_A_ROW`` samples when they came in as many windows in a row and agree:
+        a limit met every window, at whatever pace (strays are not that regular)."""
+        last = list(self._samples)[-IN_A_ROW:]
+        if len(last) < IN_A_ROW or now - last[0].time > (IN_A_ROW - 0.5) * self._window:
+            return []
+        values = [s.value for s in last]
+        if max(values) - min(values) > tolerance * max(values):
+            return []
+        return values
+
+    def _trial_over(self, now: float) -> bool:
+        """False while a trial is too young to judge. Ends a trial old enough, restoring the
+        pace when slowing down did not make 429s rarer (and they are few): strays."""
+        trial = self._trial
+        if trial is None:
+            return True
+        done = self._requests - trial.requests
+        if done < TRIAL_MIN:
+            return False
+        self._trial = None
+        share = (self._limited - trial.limited) / done
+        if STRAY_RATIO * trial.share_before <= share <= STRAY_MAX:
+            # Strays came before and during: the lower share is theirs (few events). Back to
+            # the pace before, but no higher than what was served clean: it may have been a
+            # climb's overshoot.
+            self._stray_share, self._stray_at = min(share, trial.share_before), now
+            served = SAFETY * max((rate for _, rate in self._clean), default=trial.pace_before)
+            self._set_rate(max(self._rate, min(trial.pace_before, served)))
+        return True
+
+    def _tolerance(self) -> float:
+        """How close two samples must be to say the same limit: closer to overrule a confirmed
+        one (strays' samples, bent by the pauses they cause, agree now and then)."""
+        return LOWER_AGREE if self._confirmed else AGREE
+
+    def _strays(self, now: float) -> bool:
+        """True when 429s come no more often than strays would (or, under a confirmed limit,
+        this one is alone among the last requests): pause, do not slow down."""
+        share = self._stray_share * math.exp(-(now - self._stray_at) / STRAY_MEMORY)
+        if share < 1e-4:
+            self._stray_share = share = 0.0
+        if self._confirmed:
+            share = max(share, STRAY_PRIOR)  # a known limit is not given up for a stray or two
+        if not share:
+            return False
+        # As many as strays would give among the last requests, and chance on top. (Only a
+        # trial renews the strays' share: 429s that fit it may as well be a limit's.)
+        expected = share * len(self._outcomes)
+        return self._limited_recent <= expected + 3 * math.sqrt(expected) + 1
+
+    def _confirm(self, limit: float, now: float) -> None:
+        self._trial = None
+        self._bin_ours = True
+        self._last_429, self._step, self._dwell = now, PROBE_STEP, 0
+        if self._estimate is None or limit < (1 - AGREE) * self._estimate:
+            self._clean.clear()  # a lower limit: what was served before says nothing now
+        self._estimate, self._confirmed, self._ramping = limit, True, False
+        self._set_rate(SAFETY * limit)
+
+    def _try(self, rate: float, sample: float | None) -> None:
+        """Set ``rate``, on trial against the pace before."""
+        before = self._rate
+        share = self._limited_recent / max(len(self._outcomes), 1)
+        length = max(TRIAL_REQUESTS, int(TRIAL_429S / max(share, 1e-3)))
+        self._trial = _Trial(before, self._requests, self._limited, share, sample, length)
+        self._set_rate(rate)
+
+    def _close_bin(self, now: float) -> None:
+        """A window of our own clock is over: climb if it was clean."""
+        window = self._window
+        served, limited, ours = self._bin_served, self._bin_limited, self._bin_ours
+        self._bin_start = now - (now - self._bin_start) % window
+        self._bin_served = self._bin_limited = 0
+        self._bin_ours = False
+        clean = self._clean
+        while clean and clean[0][0] < now - BEST_HORIZON:
+            clean.popleft()
+        expected = self._stray_share * (served + limited)
+        allowed = expected + 3 * math.sqrt(expected)
+        if ours or limited > allowed or self._trial is not None or self._ramping:
+            return
+        clean.append((now, served / window))
+        best = SAFETY * max(rate for _, rate in clean)
+        if self._confirmed and self._estimate is not None:
+            best = min(best, SAFETY * self._estimate)
+        if self._rate < best:
+            self._set_rate(best)
+        elif not self._confirmed:
+            self._climb()
+        elif now - self._last_429 >= PROBE_AFTER and self._rate < self._ceiling:
+            # Each step holds until it has had room for a 429: at a few requests a window, a
+            # step of a few percent may take more than one.
+            self._dwell += 1
+            if self._dwell * self._step * served < 1:
+                return
+            self._dwell = 0
+            if self._estimate is not None and self._rate > (1 + AGREE) * self._estimate:
+                self._confirmed = False  # served clean above it: the limit was raised; climb
+                self._climb()
+                return
+            self._set_rate(self._rate * (1 + self._step))
+            self._step *= 2
+
+    def _climb(self) -> None:
+        """Grow by ``CLIMB``, a little more and a little less in turn: overshoots at two paces
+        tell a limit (the same sample) from strays (samples that move with the pace)."""
+        self._climbs += 1
+        self._set_rate(self._rate * CLIMB * (1 + CLIMB_SPREAD * (-1) ** self._climbs))
+
     def _set_rate(self, rate: float) -> None:
-        slower = rate < self._rate
+        before = self._rate
         self._rate = min(max(rate, 0.01), self._ceiling)
         self._interval = 1.0 / self._rate
-        if slower:
+        # Slower: turns given out were too early. Much faster: they were too late, and what
+        # the new pace does would not show for a while (the climb would outrun the pace).
+        if self._rate < before or self._rate > REDEAL * before:
             self._void_turns()
 
     def _void_turns(self) -> None:
         """Turns already given out no longer hold; waiting requests take new ones."""
         self._plan += 1
         self._next_slot = 0.0
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= AGREE * max(a, b)
+
+
+def _same_limit(value: float, pace: float, other: _Sample, tolerance: float) -> bool:
+    """True when two samples agree although measured at paces apart: a limit, not our pace
+    (stray 429s give samples that move with it)."""
+    apart = abs(pace - other.pace) >= PACES_APART * max(pace, other.pace)
+    return apart and abs(value - other.value) <= tolerance * max(value, other.value)

@@ -1,16 +1,38 @@
-"""The rate limiter on a fake clock: pacing, pool-wide pauses, learning the API's limit."""
+"""The rate limiter on a fake clock: pacing, pool-wide pauses, and the learned pace against
+429s as real APIs send them (``tests/ratemodel.py`` plays each scenario in simulated time).
+
+The stochastic scenarios run on three seeds each, and each seed must meet the mark: the marks
+are those of issue 10, the figures over thirty seeds are in bench/README.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import math
+import random
 
 import pytest
 
-from harvester.limiter import INITIAL_RATE, PAUSE_SPREAD, PROBE_SECONDS, SAFETY, RateLimiter
+from harvester.limiter import INITIAL_RATE, PAUSE_SPREAD, SAFETY, RateLimiter
 
 from .conftest import FakeClock
+from .ratemodel import (
+    Client,
+    FixedWindow,
+    ModelApi,
+    SlidingWindow,
+    Stray,
+    TokenBucket,
+    Unlimited,
+    play,
+)
+
+SEEDS = [1, 2, 3]
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    random.seed(0)  # the pause spread draws from it: every run the same
 
 
 async def admit(limiter: RateLimiter, clock: FakeClock, workers: int, each: int) -> list[float]:
@@ -27,64 +49,7 @@ async def admit(limiter: RateLimiter, clock: FakeClock, workers: int, each: int)
     return sorted(times)
 
 
-class FixedWindowServer:
-    """A server that admits ``limit`` requests per ``window`` seconds (windows aligned to the
-    epoch, as Catapult's are) and answers the rest 429 with the window's end."""
-
-    def __init__(self, clock: FakeClock, limit: int, window: float = 1.0) -> None:
-        self.clock, self.limit, self.window = clock, limit, window
-        self.log: list[tuple[float, bool]] = []  # (monotonic time, was it a 429)
-        self._start = -1.0
-        self._count = 0
-
-    def answer(self) -> float | None:
-        """None when served, else the reset (monotonic) the 429 announces."""
-        now = self.clock.monotonic()
-        start = math.floor(self.clock.time() / self.window) * self.window
-        if start != self._start:
-            self._start, self._count = start, 0
-        if self._count < self.limit:
-            self._count += 1
-            self.log.append((now, False))
-            return None
-        self.log.append((now, True))
-        return now + (start + self.window - self.clock.time())
-
-
-async def drive(
-    limiter: RateLimiter,
-    server: FixedWindowServer,
-    clock: FakeClock,
-    *,
-    workers: int,
-    seconds: float,
-    latency: float = 0.03,
-) -> None:
-    """Workers send requests through the limiter for ``seconds`` of fake time."""
-    end = clock.monotonic() + seconds
-
-    async def worker() -> None:
-        while clock.monotonic() < end:
-            sent = await limiter.acquire()
-            await clock.sleep(latency / 2)
-            reset = server.answer()
-            await clock.sleep(latency / 2)
-            if reset is None:
-                limiter.answered(sent)
-            else:
-                limiter.rate_limited(reset)
-
-    async with asyncio.TaskGroup() as group:
-        for _ in range(workers):
-            group.create_task(worker())
-
-
-def after(server: FixedWindowServer, start: float) -> tuple[float, float]:
-    """(served per second, share of 429s) from ``start`` on."""
-    late = [(t, limited) for t, limited in server.log if t >= start]
-    span = late[-1][0] - late[0][0]
-    served = sum(1 for _, limited in late if not limited)
-    return served / span, sum(1 for _, limited in late if limited) / len(late)
+# -- pacing and pauses -------------------------------------------------------------------------
 
 
 async def test_a_configured_rate_is_paced_evenly_just_under_it(clock: FakeClock) -> None:
@@ -94,78 +59,6 @@ async def test_a_configured_rate_is_paced_evenly_just_under_it(clock: FakeClock)
     assert len(times) == 40
     assert min(gaps) == pytest.approx(max(gaps), abs=1e-6)
     assert min(gaps) == pytest.approx(1 / (10 * SAFETY), abs=1e-6)
-
-
-@pytest.mark.parametrize("limit", [20, 100, 500])
-async def test_a_configured_rate_reaches_the_servers_limit_without_429s(
-    clock: FakeClock, limit: int
-) -> None:
-    server = FixedWindowServer(clock, limit)
-    limiter = RateLimiter(limit, clock)
-    await drive(limiter, server, clock, workers=64, seconds=20)
-    rate, limited = after(server, clock.monotonic() - 20)
-    assert rate >= 0.95 * limit
-    assert limited <= 0.005
-
-
-@pytest.mark.parametrize("limit", [20, 100, 500])
-async def test_with_no_rate_the_limit_is_learnt_and_then_kept_under(
-    clock: FakeClock, limit: int
-) -> None:
-    server = FixedWindowServer(clock, limit)
-    limiter = RateLimiter(0, clock)
-    start = clock.monotonic()
-    await drive(limiter, server, clock, workers=64, seconds=40)
-    # Settled within the first few windows: from there on, the limit is used and respected.
-    rate, limited = after(server, start + 10)
-    assert rate >= 0.9 * limit
-    assert limited <= 0.02
-    assert 0.9 * limit <= limiter.rate <= 1.05 * limit
-
-
-async def test_more_workers_do_not_mean_more_429s(clock: FakeClock) -> None:
-    counts = []
-    for workers in (8, 64):
-        server = FixedWindowServer(clock, 100)
-        await drive(RateLimiter(0, clock), server, clock, workers=workers, seconds=20)
-        counts.append(sum(1 for _, limited in server.log if limited))
-    assert counts[1] <= counts[0]
-
-
-async def test_a_longer_window_is_learnt_from_the_reset(clock: FakeClock) -> None:
-    server = FixedWindowServer(clock, 120, window=60.0)
-    limiter = RateLimiter(0, clock)
-    await drive(limiter, server, clock, workers=8, seconds=300)
-    assert limiter.rate == pytest.approx(SAFETY * 120 / 60, rel=0.1)
-    _, limited = after(server, clock.monotonic() - 180)
-    assert limited <= 0.02
-
-
-async def test_the_rate_creeps_up_when_the_limit_is_raised(clock: FakeClock) -> None:
-    server = FixedWindowServer(clock, 50)
-    limiter = RateLimiter(0, clock)
-    await drive(limiter, server, clock, workers=16, seconds=10)
-    server.limit = 80
-    await drive(limiter, server, clock, workers=16, seconds=40 * PROBE_SECONDS)
-    assert limiter.rate >= 0.9 * 80
-
-
-async def test_without_429s_the_rate_grows_fast_from_its_start(clock: FakeClock) -> None:
-    # Loopback: answers in half a millisecond; after a second the pace is no limit at all.
-    limiter = RateLimiter(0, clock)
-    assert limiter.rate == INITIAL_RATE
-    start = clock.monotonic()
-    while clock.monotonic() < start + 1:
-        sent = await limiter.acquire()
-        await clock.sleep(0.0005)
-        limiter.answered(sent)
-    assert limiter.rate >= 1000 * INITIAL_RATE
-
-
-async def test_a_429_without_a_reset_halves_the_rate(clock: FakeClock) -> None:
-    limiter = RateLimiter(40, clock)
-    limiter.rate_limited(None)
-    assert limiter.rate == pytest.approx(20 * SAFETY)
 
 
 async def test_a_pause_holds_every_worker_until_it_ends(clock: FakeClock) -> None:
@@ -199,3 +92,161 @@ async def test_a_shorter_pause_does_not_shorten_a_longer_one(clock: FakeClock) -
     limiter.pause_until(now + 1)
     await limiter.acquire()
     assert clock.monotonic() >= now + 3
+
+
+async def test_without_429s_the_rate_grows_fast_from_its_start(clock: FakeClock) -> None:
+    # Loopback: answers in half a millisecond; after a second the pace is no limit at all.
+    limiter = RateLimiter(0, clock)
+    assert limiter.rate == INITIAL_RATE
+    start = clock.monotonic()
+    while clock.monotonic() < start + 1:
+        sent = await limiter.acquire()
+        await clock.sleep(0.0005)
+        limiter.answered(sent)
+    assert limiter.rate >= 1000 * INITIAL_RATE
+
+
+async def test_a_burst_of_429s_without_a_reset_slows_down_once_a_round_trip(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(40, clock)
+    for _ in range(3):  # a round trip of answers: 30 ms
+        sent = await limiter.acquire()
+        await clock.sleep(0.03)
+        limiter.answered(sent)
+    limiter.rate_limited(None)  # one alone is no news under a known limit
+    assert limiter.rate == pytest.approx(40 * SAFETY)
+    for _ in range(6):  # a burst of them, all in one round trip
+        limiter.rate_limited(None)
+    assert limiter.rate == pytest.approx(20 * SAFETY)
+
+
+# -- the scenarios of issue 10 -----------------------------------------------------------------
+
+
+def api_with(seed: int, limit: object, **options: object) -> ModelApi:
+    random.seed(seed)
+    return ModelApi(limit, seed=seed, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("limit", "workers"), [(20, 64), (100, 8), (100, 64), (500, 64)])
+async def test_a_fixed_window_limit_is_learnt_and_kept_under(
+    clock: FakeClock, limit: int, workers: int
+) -> None:
+    api = ModelApi(FixedWindow(limit))
+    client = Client(RateLimiter(0, clock), workers=workers)
+
+    await play(api, [client], clock, seconds=40)
+
+    rate, limited = api.served(8, 40)
+    assert rate >= 0.95 * limit
+    assert limited <= 0.014  # no worse than the learning of the last release
+    assert client.early == 0, "nothing is sent between a 429 and its reset"
+
+
+@pytest.mark.parametrize("limit", [20, 100, 500])
+async def test_a_configured_rate_reaches_the_limit_without_429s(
+    clock: FakeClock, limit: int
+) -> None:
+    api = ModelApi(FixedWindow(limit))
+    await play(api, [Client(RateLimiter(limit, clock), workers=64)], clock, seconds=20)
+    rate, limited = api.served(0, 20)
+    assert rate >= 0.95 * limit
+    assert limited <= 0.005
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_stray_429s_with_no_limit_cost_their_pauses_and_nothing_more(
+    clock: FakeClock, seed: int
+) -> None:
+    # 2% of answers are 429s with a reset a quarter of a second ahead (a busy gateway's);
+    # honouring every reset and nothing else takes about 8 s for 1,500 calls.
+    api = api_with(seed, Unlimited(), stray=Stray(0.02, 0.25))
+    client = Client(RateLimiter(0, clock), workers=32, calls=1500)
+
+    await play(api, [client], clock, seconds=100, latency=0.01)
+
+    assert client.finished_at is not None and client.finished_at <= 20
+    assert client.early == 0
+
+
+@pytest.mark.parametrize(("seed", "configured"), list(itertools.product(SEEDS, [False, True])))
+async def test_stray_429s_do_not_ratchet_the_pace_down_under_a_limit(
+    clock: FakeClock, seed: int, configured: bool
+) -> None:
+    # A 100/s window and 0.5% strays (0.3 s resets): the pauses alone cost about 15%.
+    api = api_with(seed, FixedWindow(100), stray=Stray(0.005, 0.3))
+    client = Client(RateLimiter(100 if configured else 0, clock), workers=16)
+
+    await play(api, [client], clock, seconds=60)
+
+    rate, limited = api.served(10, 60)
+    assert rate >= (0.70 if configured else 0.75) * 100
+    assert limited <= 0.02
+    assert client.early == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_an_early_storm_of_strays_does_not_pin_the_pace(clock: FakeClock, seed: int) -> None:
+    api = api_with(seed, FixedWindow(200), stray=Stray(0.05, 0.25, start=0, end=3))
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+    rate, _ = api.served(15, 40)
+    assert rate >= 0.9 * 200
+
+
+async def test_a_raised_limit_is_found_and_a_lowered_one_followed(clock: FakeClock) -> None:
+    api = ModelApi(FixedWindow(50), schedule={10: 200, 30: 50})
+
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=60)
+
+    raised, _ = api.served(25, 30)
+    lowered, _ = api.served(33, 60)
+    assert raised >= 0.8 * 200, "found within 15 s of the raise"
+    assert lowered >= 0.9 * 50
+    assert api.served(30, 60)[1] <= 0.03, "followed down without a storm of 429s"
+
+
+async def test_two_harvesters_on_one_limit_share_it_fairly(clock: FakeClock) -> None:
+    api = ModelApi(FixedWindow(100))
+    first, second = (Client(RateLimiter(0, clock), workers=8, calls=3000) for _ in range(2))
+
+    await play(api, [first, second], clock, seconds=200)
+
+    assert first.finished_at is not None and second.finished_at is not None
+    together, limited = api.served(5, min(first.finished_at, second.finished_at))
+    assert together >= 0.9 * 100
+    assert limited <= 0.03
+    assert min(first.finished_at, second.finished_at) >= 0.6 * max(
+        first.finished_at, second.finished_at
+    )
+
+
+@pytest.mark.parametrize("kind", ["sliding-window", "token-bucket"])
+async def test_other_limit_shapes_are_met_too(clock: FakeClock, kind: str) -> None:
+    limit = SlidingWindow(100) if kind == "sliding-window" else TokenBucket(100, burst=20)
+    api = ModelApi(limit)
+
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+
+    rate, limited = api.served(8, 40)
+    assert rate >= 0.9 * 100
+    assert limited <= 0.02
+
+
+async def test_half_a_second_of_bare_429s_costs_seconds_not_minutes(clock: FakeClock) -> None:
+    api = ModelApi(Unlimited(), stray=Stray(1.0, reset=None, start=0, end=0.5))
+    client = Client(RateLimiter(0, clock), workers=8, calls=300)
+
+    await play(api, [client], clock, seconds=100)
+
+    assert client.finished_at is not None and client.finished_at <= 5
+
+
+async def test_a_longer_window_is_used_and_not_provoked(clock: FakeClock) -> None:
+    api = ModelApi(FixedWindow(120, window=60.0))
+    client = Client(RateLimiter(0, clock), workers=8)
+    await play(api, [client], clock, seconds=300)
+    rate, limited = api.served(60, 300)
+    assert rate >= 0.9 * 120 / 60
+    assert limited <= 0.02
+    assert client.early == 0
