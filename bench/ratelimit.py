@@ -1,15 +1,19 @@
-"""How close harvester gets to the API's rate limit, and how many 429s it provokes on the way.
+"""How close harvester gets to the API's rate limit, and how many 429s it provokes on the way,
+against limits and 429s as real APIs send them.
 
     python bench/ratelimit.py [SECONDS]
 
-Against the simulator (its own process; a fixed 1-second window as Catapult documents, 30 ms
-latency), for limits of 20, 100 and 500 requests/s, runs `harvester run --concurrency 64` on
-about SECONDS worth of calls, once with `--rate LIMIT` (configured) and once without (adaptive),
-then reads the simulator's log. Then, at 100/s, the adaptive run with --concurrency 8 and 64.
+Each scenario runs the simulator (its own process) and `harvester run` (one process, or two on
+one limit), then reads the simulator's log. Times are seconds from the first request.
 
-Reported per run: settling time (from the first request to the first second from which every
-full second is served at 90% of the limit or more), achieved rate / limit and 429 share after
-settling, and 429s over the whole run.
+- The last release's bench: fixed 1-second windows of 20, 100 and 500/s, 30 ms latency,
+  `--concurrency 64`, each configured (`--rate LIMIT`) and adaptive; then 100/s adaptive at
+  `--concurrency 8` and 64. Settling: the first second from which every full second is served
+  at 90% of the limit or more; rate/limit and 429 share after it.
+- Issue 10's scenarios (adaptive unless said): no limit and 2% stray 429s; a 100/s window with
+  0.5% strays (adaptive, and `--rate 100`); strays for 3 s, then 200/s; a limit of 50/s raised
+  to 200/s at 10 s and lowered to 50/s at 30 s; two harvesters on one 100/s limit; sliding
+  window and token bucket; half a second of 429s without any header.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,75 +32,180 @@ from simproc import running_simulator
 from harvester.sim import call_id_for
 
 LATENCY = 0.03
+Log = list[list[Any]]  # [time, status, path]
 
 
-def measure(limit: int, rate: float | None, concurrency: int, seconds: float) -> dict[str, Any]:
-    options = ["--open-world", "--rate-limit", str(limit), "--latency", str(LATENCY)]
-    with tempfile.TemporaryDirectory() as folder, running_simulator(*options) as env:
-        work = Path(folder)
-        calls = work / "calls.txt"
-        count = int(limit * seconds)
-        calls.write_text("".join(f"{call_id_for(limit, i)}\n" for i in range(count)))
-        args = [sys.executable, "-m", "harvester", "run", "-i", str(calls), "-o"]
-        args += [str(work / "out.ndjson"), "--no-progress", "--concurrency", str(concurrency)]
-        if rate is not None:
-            args += ["--rate", str(rate)]
-        subprocess.run(args, env=env, check=True, capture_output=True)
-        base = env["CATAPULT_BASE_URL"]
-        with urllib.request.urlopen(f"{base}/_sim/log") as answer:
-            log = orjson.loads(answer.read())
-    return summarize(log, limit)
+def harvest(
+    env: dict[str, str],
+    work: Path,
+    calls: int,
+    *,
+    name: str = "a",
+    rate: float | None = None,
+    concurrency: int = 64,
+) -> subprocess.Popen[bytes]:
+    """Start `harvester run` on ``calls`` open-world calls of its own (ids told by ``name``)."""
+    ids = work / f"{name}.txt"
+    ids.write_text("".join(f"c-{name}{call_id_for(0, i)[2:]}\n" for i in range(calls)))
+    args = [sys.executable, "-m", "harvester", "run", "-i", str(ids), "-o"]
+    args += [str(work / f"{name}.ndjson"), "--no-progress", "--concurrency", str(concurrency)]
+    if rate is not None:
+        args += ["--rate", str(rate)]
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarize(log: list[list[Any]], limit: int) -> dict[str, Any]:
+def sim_log(env: dict[str, str]) -> Log:
+    with urllib.request.urlopen(f"{env['CATAPULT_BASE_URL']}/_sim/log") as answer:
+        log: Log = orjson.loads(answer.read())
     start = log[0][0]
-    seconds = int(log[-1][0] - start)
-    served = [0] * (seconds + 1)
-    limited = [0] * (seconds + 1)
-    for when, status in log:
-        second = int(when - start)
+    return [[when - start, status, path] for when, status, path in log]
+
+
+def run(options: list[str], calls: int, **how: Any) -> tuple[Log, float]:
+    """One harvester against a simulator started with ``options``: its log, and how long the
+    harvester took."""
+    with tempfile.TemporaryDirectory() as folder, running_simulator(*options) as env:
+        started = time.monotonic()
+        harvest(env, Path(folder), calls, **how).wait()
+        return sim_log(env), time.monotonic() - started
+
+
+def served(log: Log, start: float, end: float | None = None, who: str = "") -> tuple[float, float]:
+    """(requests served per second, share answered 429) in [start, end)."""
+    end = end if end is not None else log[-1][0]
+    chosen = [status for when, status, path in log if start <= when < end and who in path]
+    ok = sum(1 for status in chosen if status != 429)
+    return ok / max(end - start, 1e-9), (len(chosen) - ok) / max(len(chosen), 1)
+
+
+def settled(log: Log, limit: int) -> dict[str, Any]:
+    seconds = int(log[-1][0])
+    per_second = [0] * (seconds + 1)
+    limited = 0
+    for when, status, _ in log:
         if status == 429:
-            limited[second] += 1
+            limited += 1
         else:
-            served[second] += 1
-    full = seconds  # the last second is partial
-    settle = next((i for i in range(full) if all(s >= 0.9 * limit for s in served[i:full])), full)
-    after_served = sum(served[settle:full])
-    after_limited = sum(limited[settle:full])
-    span = max(full - settle, 1)
-    return {
-        "settle_s": settle,
-        "achieved": after_served / span / limit,
-        "share_429_after": after_limited / max(after_served + after_limited, 1),
-        "total_429": sum(limited),
-        "requests": len(log),
-    }
+            per_second[int(when)] += 1
+    settle = next(
+        (i for i in range(seconds) if all(s >= 0.9 * limit for s in per_second[i:seconds])),
+        seconds,
+    )
+    rate, share = served(log, settle, float(max(seconds, settle + 1)))
+    return {"settle": settle, "achieved": rate / limit, "share": share, "limited": limited}
+
+
+def the_last_release_bench(seconds: float) -> None:
+    print(f"fixed 1 s windows, {LATENCY * 1000:.0f} ms latency, about {seconds:g} s of calls")
+    print(f"{'limit':>6} {'mode':<11} {'settle s':>8} {'rate/limit':>10} {'429 share':>10}")
+    for limit in (20, 100, 500):
+        for mode, rate in (("configured", float(limit)), ("adaptive", None)):
+            options = ["--open-world", "--rate-limit", str(limit), "--latency", str(LATENCY)]
+            log, _ = run(options, int(limit * seconds), rate=rate)
+            r = settled(log, limit)
+            print(
+                f"{limit:>6} {mode:<11} {r['settle']:>8} {r['achieved']:>10.3f} {r['share']:>10.4f}"
+            )
+    print("adaptive at 100/s: 429s over the whole run by --concurrency")
+    for concurrency in (8, 64):
+        options = ["--open-world", "--rate-limit", "100", "--latency", str(LATENCY)]
+        log, _ = run(options, int(100 * seconds), concurrency=concurrency)
+        r = settled(log, 100)
+        print(
+            f"  --concurrency {concurrency:<3} {r['limited']:>4} 429s of {len(log)} requests, "
+            f"rate/limit {r['achieved']:.3f}"
+        )
+
+
+def stray(share: float, reset: float, *more: str) -> list[str]:
+    return ["--fault", f"429={share}", "--fault-reset", str(reset), *more]
+
+
+def issue_10() -> None:
+    latency = ["--latency", str(LATENCY)]
+    rows: list[tuple[str, str, str]] = []
+
+    log, took = run(["--open-world", "--latency", "0.01", *stray(0.02, 0.25)], 1500, concurrency=32)
+    rows.append(
+        ("no limit, 2% stray 429s (0.25 s), 1,500 calls, C=32, 10 ms", f"{took:.1f} s", "<= 20 s")
+    )
+
+    for label, rate, mark in (("adaptive", None, 0.75), ("--rate 100", 100.0, 0.70)):
+        options = ["--open-world", "--rate-limit", "100", *latency, *stray(0.005, 0.3)]
+        log, _ = run(options, 4500, rate=rate, concurrency=16)
+        achieved, share = served(log, 10)
+        rows.append(
+            (
+                f"100/s window + 0.5% stray 429s (0.3 s), {label}",
+                f"{achieved / 100:.2f} of limit, {share:.1%} 429",
+                f">= {mark:.2f}" + (", <= 2% 429" if rate is None else ""),
+            )
+        )
+
+    options = ["--open-world", "--rate-limit", "200", *latency, *stray(0.05, 0.25)]
+    log, _ = run([*options, "--faults-between", "0:3"], 7500, concurrency=16)
+    achieved, _ = served(log, 15)
+    rows.append(
+        (
+            "stray 429s (5%) for 3 s, then clean 200/s",
+            f"{achieved / 200:.2f} of limit from +15 s",
+            ">= 0.90",
+        )
+    )
+
+    options = ["--open-world", "--rate-limit", "50", *latency, "--limit-schedule", "10:200,30:50"]
+    log, _ = run(options, 5500, concurrency=16)
+    raised, _ = served(log, 25, 30)
+    lowered, _ = served(log, 33)
+    _, share = served(log, 30)
+    rows.append(
+        (
+            "limit 50/s -> 200/s at 10 s -> 50/s at 30 s",
+            f"{raised / 200:.2f} of 200 at +15 s; {lowered / 50:.2f} of 50 after, {share:.1%} 429",
+            ">= 0.80; >= 0.90, <= 3%",
+        )
+    )
+
+    options = ["--open-world", "--rate-limit", "100", *latency]
+    with tempfile.TemporaryDirectory() as folder, running_simulator(*options) as env:
+        both = [harvest(env, Path(folder), 2500, name=n, concurrency=8) for n in ("a", "b")]
+        for process in both:
+            process.wait()
+        log = sim_log(env)
+    ends = [max(when for when, _, path in log if f"/c-{n}" in path) for n in ("a", "b")]
+    together, share = served(log, 5, min(ends))
+    rows.append(
+        (
+            "two harvesters, one 100/s limit",
+            f"{together / 100:.2f} together, {share:.1%} 429, fairness {min(ends) / max(ends):.2f}",
+            ">= 0.90, <= 3%, >= 0.6",
+        )
+    )
+
+    for kind, extra in (("sliding", []), ("bucket", ["--burst", "20"])):
+        options = ["--open-world", "--rate-limit", "100", "--limit-kind", kind, *extra, *latency]
+        log, _ = run(options, 3500, concurrency=16)
+        achieved, share = served(log, 8)
+        name = "sliding window" if kind == "sliding" else "token bucket (burst 20)"
+        rows.append(
+            (f"{name}, 100/s", f"{achieved / 100:.2f} of limit, {share:.1%} 429", ">= 0.90, <= 2%")
+        )
+
+    options = ["--open-world", *latency, "--fault", "429-bare=1", "--faults-between", "0:0.5"]
+    log, took = run([*options, "--max-faults-per-call", "100"], 300, concurrency=8)
+    rows.append(("0.5 s of 429s without headers, then none; 300 calls", f"{took:.1f} s", "<= 5 s"))
+
+    width = max(len(row[0]) for row in rows)
+    print(f"{'scenario':<{width}}  measured  (required)")
+    for scenario, measured, required in rows:
+        print(f"{scenario:<{width}}  {measured}  ({required})")
 
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 15.0
-    print(
-        f"fixed 1 s windows, {LATENCY * 1000:.0f} ms latency, --concurrency 64, "
-        f"about {seconds:g} s of calls per run"
-    )
-    print(
-        f"{'limit':>6} {'mode':<11} {'settle s':>8} {'rate/limit':>10} {'429 share':>10} "
-        f"{'429s':>5} {'requests':>8}"
-    )
-    for limit in (20, 100, 500):
-        for mode, rate in (("configured", float(limit)), ("adaptive", None)):
-            r = measure(limit, rate, 64, seconds)
-            print(
-                f"{limit:>6} {mode:<11} {r['settle_s']:>8} {r['achieved']:>10.3f} "
-                f"{r['share_429_after']:>10.4f} {r['total_429']:>5} {r['requests']:>8}"
-            )
-    print("adaptive at 100/s: 429s over the whole run by --concurrency")
-    for concurrency in (8, 64):
-        r = measure(100, None, concurrency, seconds)
-        print(
-            f"  --concurrency {concurrency:<3} {r['total_429']:>4} 429s of {r['requests']} "
-            f"requests, rate/limit {r['achieved']:.3f}"
-        )
+    issue_10()
+    print()
+    the_last_release_bench(seconds)
 
 
 if __name__ == "__main__":

@@ -372,6 +372,21 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--window", type=float, default=1.0, help="rate-limit window in seconds (default 1)"
     )
+    sim.add_argument(
+        "--limit-kind",
+        choices=("fixed", "sliding", "bucket"),
+        default="fixed",
+        help="fixed windows (Catapult's), a sliding window, or a token bucket (default fixed)",
+    )
+    sim.add_argument(
+        "--burst", type=int, default=0, help="a token bucket's size (default: --rate-limit)"
+    )
+    sim.add_argument(
+        "--limit-schedule",
+        metavar="T:N,...",
+        default="",
+        help="from T seconds after the first request on, the limit is N (e.g. 10:200,30:50)",
+    )
     sim.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     sim.add_argument(
         "--events-page-size", type=int, default=0, help="page events with Link headers"
@@ -399,6 +414,18 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="faults a call sees in a row at most (default 2)",
+    )
+    sim.add_argument(
+        "--faults-between",
+        metavar="START:END",
+        default="",
+        help="inject faults only between these seconds from the first request (e.g. 0:3)",
+    )
+    sim.add_argument(
+        "--fault-reset",
+        type=float,
+        default=0.5,
+        help="seconds ahead an injected 429 announces its reset (default 0.5)",
     )
     sim.add_argument("--ready-file", type=_path, help="write the base URL here once serving")
     sim.add_argument("--ids-file", type=_path, help="write the registry's call ids here")
@@ -704,7 +731,22 @@ def _sim(args: argparse.Namespace) -> int:
         open_world=args.open_world,
         faults=faults,
         max_faults_per_call=args.max_faults_per_call,
+        limit_kind=args.limit_kind,
+        burst=args.burst,
+        fault_reset=args.fault_reset,
     )
+    try:
+        config.limit_schedule = {
+            float(when): int(limit)
+            for when, _, limit in (part.partition(":") for part in args.limit_schedule.split(","))
+            if when
+        }
+        if args.faults_between:
+            start, _, end = args.faults_between.partition(":")
+            config.faults_from, config.faults_until = float(start), float(end or "inf")
+    except ValueError:
+        log.error("error: --limit-schedule takes T:N,... and --faults-between START:END")
+        return EXIT_USAGE
     simulator = Simulator(config)
 
     async def serve() -> None:

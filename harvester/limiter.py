@@ -233,6 +233,9 @@ class RateLimiter:
         trial = self._trial
         if trial is not None and self._requests - trial.requests >= trial.length:
             self._trial = None  # the lower pace held: the decrease stands
+            # With nothing ever measured (429s without a reset only), nothing says where a
+            # limit would be: ramp up again, as at the start.
+            self._ramping = self._estimate is None and not self._samples
         if self._ramping:
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now

@@ -21,7 +21,7 @@ import math
 import random
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,15 +86,26 @@ class SimConfig:
     events_page_size: int = 0
     # Where next links point (scheme://host:port); None: the simulator itself.
     next_link_origin: str | None = None
-    # Requests allowed per fixed window (0: no limit), windows aligned to the epoch.
+    # Requests allowed per window (0: no limit). The limit's shape: "fixed" windows aligned to
+    # the epoch (Catapult's), a "sliding" window, or a token "bucket" of `burst` tokens (default
+    # rate_limit) refilled at rate_limit per window. `limit_schedule`: seconds from the first
+    # request -> the limit from then on.
     rate_limit: int = 0
     window: float = 1.0
+    limit_kind: str = "fixed"
+    burst: int = 0
+    limit_schedule: dict[float, int] = field(default_factory=dict)
     latency: float = 0.0
     slow_seconds: float = 30.0
     # Fault kind -> probability per request; a call sees at most max_faults_per_call in a row.
     # (The events endpoint always; the call list when faults_on_list.)
     faults: dict[str, float] = field(default_factory=dict)
     max_faults_per_call: int = 2
+    # Faults come only between these seconds from the first request; an injected 429 announces
+    # a reset this many seconds ahead.
+    faults_from: float = 0.0
+    faults_until: float = math.inf
+    fault_reset: float = 0.5
     # The call list misbehaves too (a page counts as a call for max_faults_per_call).
     faults_on_list: bool = False
 
@@ -185,6 +196,10 @@ class Simulator:
         self.statuses: Counter[int | str] = Counter()
         self._window_start = 0.0
         self._window_count = 0
+        self._began: float | None = None  # the first request's time
+        self._admitted: deque[float] = deque()  # a sliding window's requests
+        self._tokens: float | None = None  # a bucket's
+        self._tokens_at = 0.0
         self._fault_streak: Counter[str] = Counter()
         self._rng = random.Random(self.config.seed)
         self._registry_key: tuple[int, int] | None = None
@@ -363,9 +378,9 @@ class Simulator:
         return self._answer(200, records, {"Link": ", ".join(links)})
 
     async def _log(self, request: web.Request) -> web.StreamResponse:
-        """Every exchange so far as [time, status], for benchmarks in another process."""
+        """Every exchange so far as [time, status, path], for benchmarks in another process."""
         return web.Response(
-            body=orjson.dumps([[e.time, e.status] for e in self.log]),
+            body=orjson.dumps([[e.time, e.status, e.path] for e in self.log]),
             content_type="application/json",
         )
 
@@ -402,14 +417,49 @@ class Simulator:
                     "message": "Access to this user is not allowed",
                 },
             )
-        if self.config.rate_limit:
-            now = self._time()
-            window_start = math.floor(now / self.config.window) * self.config.window
-            if window_start != self._window_start:
-                self._window_start, self._window_count = window_start, 0
-            if self._window_count >= self.config.rate_limit:
-                return self._rate_limited(window_start + self.config.window, "reset")
-            self._window_count += 1
+        reset = self._limit(self._time())
+        return None if reset is None else self._rate_limited(reset, "reset")
+
+    def elapsed(self, now: float) -> float:
+        """Seconds since the first request (the origin of schedules and fault spans)."""
+        if self._began is None:
+            self._began = now
+        return now - self._began
+
+    def _limit(self, now: float) -> float | None:
+        """None when the limit admits a request now; else the reset it announces."""
+        config = self.config
+        elapsed = self.elapsed(now)
+        for when in sorted(config.limit_schedule):
+            if elapsed >= when:
+                config.rate_limit = config.limit_schedule.pop(when)
+        limit, window = config.rate_limit, config.window
+        if not limit:
+            return None
+        if config.limit_kind == "sliding":
+            admitted = self._admitted
+            while admitted and admitted[0] <= now - window:
+                admitted.popleft()
+            if len(admitted) >= limit:
+                return admitted[0] + window
+            admitted.append(now)
+            return None
+        if config.limit_kind == "bucket":
+            capacity, refill = config.burst or limit, limit / window
+            tokens = capacity if self._tokens is None else self._tokens
+            tokens = min(capacity, tokens + (now - self._tokens_at) * refill)
+            self._tokens_at = now
+            if tokens < 1:
+                self._tokens = tokens
+                return now + (1 - tokens) / refill
+            self._tokens = tokens - 1
+            return None
+        window_start = math.floor(now / window) * window
+        if window_start != self._window_start:
+            self._window_start, self._window_count = window_start, 0
+        if self._window_count >= limit:
+            return window_start + window
+        self._window_count += 1
         return None
 
     def _rate_limited(self, reset: float, style: str) -> web.Response:
@@ -428,8 +478,11 @@ class Simulator:
         return self._answer(429, body, headers)
 
     def _pick_fault(self, call_id: str) -> str | None:
-        faults = self.config.faults
-        if not faults or self._fault_streak[call_id] >= self.config.max_faults_per_call:
+        config = self.config
+        faults = config.faults
+        if not faults or self._fault_streak[call_id] >= config.max_faults_per_call:
+            return None
+        if not config.faults_from <= self.elapsed(self._time()) < config.faults_until:
             return None
         roll = self._rng.random()
         for kind, probability in faults.items():
@@ -456,7 +509,7 @@ class Simulator:
             return web.Response(body=body, content_type="application/json", headers=headers)
         if kind.startswith("429"):
             style = {"429": "reset", "429-retry-after": "retry-after"}.get(kind, "bare")
-            return self._rate_limited(self._time() + 0.5, style)
+            return self._rate_limited(self._time() + self.config.fault_reset, style)
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         if kind == "truncate":
             response.content_length = len(body)

@@ -1,0 +1,122 @@
+"""The rate limiter's law over many seeds, in simulated time: how the scenarios of issue 10 come
+out, worst case included, not only on the seeds the tests pin.
+
+    python bench/ratelaw.py [SEEDS]
+
+Plays each scenario of ``tests/test_limiter.py`` (``tests/ratemodel.py``: a model API on a fake
+clock; minutes of traffic in milliseconds) on SEEDS seeds (default 30) and prints the worst,
+the median and the best of each figure, and how many seeds met the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # the tests' model, beside the package
+
+from harvester.limiter import RateLimiter
+from tests.conftest import FakeClock
+from tests.ratemodel import (
+    Client,
+    FixedWindow,
+    ModelApi,
+    SlidingWindow,
+    Stray,
+    TokenBucket,
+    Unlimited,
+    play,
+)
+
+Scenario = Callable[[int], Awaitable[float]]
+
+
+def seeded(seed: int, limit: object, **options: object) -> tuple[FakeClock, ModelApi]:
+    random.seed(seed)
+    return FakeClock(), ModelApi(limit, seed=seed, **options)  # type: ignore[arg-type]
+
+
+async def no_limit_strays(seed: int) -> float:
+    clock, api = seeded(seed, Unlimited(), stray=Stray(0.02, 0.25))
+    client = Client(RateLimiter(0, clock), workers=32, calls=1500)
+    await play(api, [client], clock, seconds=200, latency=0.01)
+    return client.finished_at if client.finished_at is not None else 200.0
+
+
+async def window_strays(seed: int, rate: float = 0) -> float:
+    clock, api = seeded(seed, FixedWindow(100), stray=Stray(0.005, 0.3))
+    await play(api, [Client(RateLimiter(rate, clock), workers=16)], clock, seconds=60)
+    return api.served(10, 60)[0] / 100
+
+
+async def window_strays_429s(seed: int) -> float:
+    clock, api = seeded(seed, FixedWindow(100), stray=Stray(0.005, 0.3))
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=60)
+    return api.served(10, 60)[1]
+
+
+async def early_storm(seed: int) -> float:
+    clock, api = seeded(seed, FixedWindow(200), stray=Stray(0.05, 0.25, start=0, end=3))
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+    return api.served(15, 40)[0] / 200
+
+
+async def moving(seed: int) -> float:
+    clock, api = seeded(seed, FixedWindow(50), schedule={10: 200, 30: 50})
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=60)
+    return api.served(25, 30)[0] / 200
+
+
+async def two_clients(seed: int) -> float:
+    clock, api = seeded(seed, FixedWindow(100))
+    both = [Client(RateLimiter(0, clock), workers=8, calls=3000) for _ in range(2)]
+    await play(api, both, clock, seconds=200)
+    ends = [client.finished_at or 200.0 for client in both]
+    return min(ends) / max(ends)
+
+
+async def bucket(seed: int) -> float:
+    clock, api = seeded(seed, TokenBucket(100, burst=20))
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+    return api.served(8, 40)[1]
+
+
+async def sliding(seed: int) -> float:
+    clock, api = seeded(seed, SlidingWindow(100))
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+    return api.served(8, 40)[0] / 100
+
+
+# (what, how, the mark, whether more is better)
+SCENARIOS: list[tuple[str, Scenario, float, bool]] = [
+    ("no limit, 2% strays: seconds for 1,500 calls", no_limit_strays, 20, False),
+    ("100/s + 0.5% strays: share of the limit", window_strays, 0.75, True),
+    ("100/s + 0.5% strays: share of 429s", window_strays_429s, 0.02, False),
+    ("100/s + 0.5% strays, --rate 100: share of R", lambda s: window_strays(s, 100.0), 0.70, True),
+    ("strays for 3 s, then 200/s: share from +15 s", early_storm, 0.90, True),
+    ("50 -> 200/s at 10 s: share of 200 at +15 s", moving, 0.80, True),
+    ("two harvesters on 100/s: fairness", two_clients, 0.6, True),
+    ("token bucket 100/s, burst 20: share of 429s", bucket, 0.02, False),
+    ("sliding window 100/s: share of the limit", sliding, 0.90, True),
+]
+
+
+async def main(seeds: int) -> None:
+    print(f"{seeds} seeds each, simulated time")
+    print(f"{'scenario':<48} {'mark':>6} {'worst':>7} {'median':>7} {'best':>7}  met")
+    for name, scenario, mark, higher in SCENARIOS:
+        values = [await scenario(seed) for seed in range(1, seeds + 1)]
+        ordered = sorted(values, reverse=not higher)
+        met = sum(1 for v in values if (v >= mark if higher else v <= mark))
+        print(
+            f"{name:<48} {mark:>6g} {ordered[0]:>7.3f} {statistics.median(values):>7.3f} "
+            f"{ordered[-1]:>7.3f}  {met}/{seeds}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 30))

@@ -1,0 +1,73 @@
+"""The simulator's limit shapes, schedules and fault spans, as the harvester meets them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harvester.pool import harvest
+from harvester.sim import Simulator
+
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    output_of,
+    read_ndjson,
+    write_calls,
+)
+
+
+def admitted(sim: Simulator) -> list[float]:
+    return [e.time for e in sim.log if e.status == 200]
+
+
+async def test_a_sliding_window_never_admits_more_than_its_limit_in_any_window(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.rate_limit, sim.config.limit_kind = 5, "sliding"
+    ids = sim.call_ids()[:40]
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, concurrency=8)
+
+    await harvest(settings, clock=clock)
+
+    times = admitted(sim)
+    assert max(sum(1 for t in times if start <= t < start + 1) for start in times) <= 5
+    assert any(e.status == 429 for e in sim.log)
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
+async def test_a_token_bucket_allows_its_burst_then_its_rate(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.rate_limit, sim.config.limit_kind, sim.config.burst = 5, "bucket", 10
+    ids = sim.call_ids()[:40]
+    write_calls(tmp_path, ids)
+
+    await harvest(make_settings(sim, tmp_path, concurrency=8), clock=clock)
+
+    times = admitted(sim)
+    assert len(times) == 40
+    for end in times:
+        assert sum(1 for t in times if t <= end) <= 10 + 5 * (end - times[0]) + 1e-9
+
+
+async def test_a_limit_schedule_and_a_fault_span_play_out_in_time(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.rate_limit, sim.config.limit_schedule = 2, {3.0: 1000}
+    sim.config.faults, sim.config.faults_until = {"503": 1.0}, 1.0
+    sim.config.max_faults_per_call = 100
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+
+    await harvest(make_settings(sim, tmp_path, concurrency=8), clock=clock)
+
+    start = sim.log[0].time
+    assert {e.status for e in sim.log if e.time - start < 1} >= {503}
+    assert 503 not in {e.status for e in sim.log if e.time - start >= 1}
+    times = admitted(sim)
+    early = [t for t in times if t - start < 3]
+    assert max(sum(1 for u in early if int(u) == int(t)) for t in early) <= 2
+    assert len(times) == len(ids), "after 3 s the limit is 1000: the rest in no time"
