@@ -90,9 +90,11 @@ STRAY_RATIO = 0.5
 # Strays are occasional: a share of 429s above this is ours, however it came about.
 STRAY_MAX = 0.1
 # The stray share fades by e every this many seconds; 429s count as strays while the last
-# SHARE_OF requests hold no more of them than strays would, give or take chance.
+# SHARE_OF requests (of the last SHARE_SECONDS) hold no more of them than strays would, give
+# or take chance.
 STRAY_MEMORY = 10.0
 SHARE_OF = 200
+SHARE_SECONDS = 10.0
 # Under a confirmed limit, 429s far under it are taken for strays at this share at least.
 STRAY_PRIOR = 0.005
 # The server's window until its 429s say otherwise (Catapult documents 1 request per 1000 ms).
@@ -160,7 +162,7 @@ class RateLimiter:
         self._last_reset: float | None = None
         self._longer = False  # the last 429's reset showed a window longer than we knew
         self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
-        self._gap = 0.0  # between the last two resets
+        self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
         self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
         self._round_trip: float | None = None  # smoothed seconds from turn to answer
         # [bucket start, answers] for answers other than 429, oldest first.
@@ -177,8 +179,7 @@ class RateLimiter:
         self._last_cut = -math.inf
         self._step = PROBE_STEP
         # The share of 429s among recent requests, and running totals.
-        self._outcomes: deque[bool] = deque(maxlen=SHARE_OF)
-        self._limited_recent = 0
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=SHARE_OF)  # (time, a 429?)
         self._requests = 0
         self._limited = 0
         self._trial: _Trial | None = None
@@ -271,7 +272,7 @@ class RateLimiter:
                     self._excused = False
                     self._overran(now)
             return
-        self._excused = sample is None  # a window we waited in: this one says nothing
+        self._excused = sample is None  # a window we waited in says nothing of the limit
         if sample is not None:
             self._judge(sample, now)
 
@@ -285,11 +286,7 @@ class RateLimiter:
 
     def _count(self, limited: bool, now: float) -> None:
         """One more request answered: the recent share of 429s, the totals, the bins."""
-        outcomes = self._outcomes
-        if len(outcomes) == SHARE_OF and outcomes[0]:
-            self._limited_recent -= 1
-        outcomes.append(limited)
-        self._limited_recent += limited
+        self._outcomes.append((now, limited))
         self._requests += 1
         self._limited += limited
         if now >= self._bin_start + self._window:
@@ -304,13 +301,19 @@ class RateLimiter:
         if self._longer:
             # The server's window is longer than we thought, and holds all since the last reset.
             window, opened = retry_at - now, last if last is not None else -math.inf
-        elif window < gap < 3 * window and abs(gap - self._gap) <= SAME_GAP * gap:
-            # Resets the same time apart, twice, further than a window: a longer window. (Only
-            # twice and closely: the time between two strays' 429s may be anything.)
+        elif (
+            window < gap < 3 * window
+            and all(abs(gap - other) <= SAME_GAP * gap for other in self._gaps)
+            and len(self._gaps) == self._gaps.maxlen
+            and abs(gap / window - round(gap / window)) > SAME_GAP
+        ):
+            # Resets the same time apart, three times running, further than a window but not a
+            # whole number of windows (429s every other window would be): a longer window.
+            # (Only so: the time between two strays' 429s may be anything.)
             window, opened = gap, retry_at - gap
         else:
             opened = retry_at - window
-        self._gap = gap
+        self._gaps.append(gap)
         self._window = window = min(window, LONGEST_WINDOW)
         self._last_reset = retry_at
         # The server counted a request when it arrived, half a round trip before its answer;
@@ -442,8 +445,16 @@ class RateLimiter:
             return False
         # As many as strays would give among the last requests, and chance on top. (Only a
         # trial renews the strays' share: 429s that fit it may as well be a limit's.)
-        expected = share * len(self._outcomes)
-        return self._limited_recent <= expected + 3 * math.sqrt(expected) + 1
+        requests, limited = self._recent(now)
+        expected = share * requests
+        return limited <= expected + 3 * math.sqrt(expected) + 1
+
+    def _recent(self, now: float) -> tuple[int, int]:
+        """(requests, 429s among them) of the last ``SHARE_OF`` requests, within the last
+        ``SHARE_SECONDS``: at a few requests a second, what happened a minute ago is old."""
+        since = now - SHARE_SECONDS
+        recent = [limited for when, limited in self._outcomes if when >= since]
+        return len(recent), sum(recent)
 
     def _confirm(self, limit: float, now: float) -> None:
         self._trial = None
@@ -457,7 +468,8 @@ class RateLimiter:
     def _try(self, rate: float, sample: float | None) -> None:
         """Set ``rate``, on trial against the pace before."""
         before = self._rate
-        share = self._limited_recent / max(len(self._outcomes), 1)
+        requests, limited = self._recent(self._clock.monotonic())
+        share = limited / max(requests, 1)
         length = max(TRIAL_REQUESTS, int(TRIAL_429S / max(share, 1e-3)))
         self._trial = _Trial(before, self._requests, self._limited, share, sample, length)
         self._set_rate(rate)
