@@ -65,9 +65,12 @@ _DAMAGED = (OSError, EOFError, zlib.error)
 
 def state_dir(output: Path) -> Path:
     """Where the state of the run writing ``output`` lives: beside the file it resolves to, so
-    that two names of one file (a symlink) share one state and one lock."""
+    that two names of one file (a symlink) share one state and one lock. (A job begun by an
+    earlier version through a symlink keeps its state beside the link.)"""
     real = output.resolve()
-    return real.with_name(real.name + ".state")
+    state = real.with_name(real.name + ".state")
+    earlier = output.with_name(output.name + ".state")
+    return earlier if not state.exists() and earlier.is_dir() else state
 
 
 def check_files(files: dict[str, Path]) -> None:

@@ -194,3 +194,21 @@ async def test_an_empty_ledger_beside_an_output_does_not_make_it_ours(
         await harvest(settings, clock=clock)
 
     assert settings.output.read_text() == '{"precious": 1}\n'
+
+
+async def test_a_job_begun_through_a_symlink_by_an_earlier_version_resumes(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    real, output = tmp_path / "real.ndjson", tmp_path / "link.ndjson"
+    output.symlink_to(real)
+    settings = make_settings(sim, tmp_path, output=output)
+    await harvest(settings, clock=clock)
+    # As an earlier version left it: the state beside the link, not beside the file.
+    (tmp_path / "real.ndjson.state").rename(tmp_path / "link.ndjson.state")
+    sim.log.clear()
+
+    stats = await harvest(settings, clock=clock)
+
+    assert stats.completed and sim.requests == [], "the job was found complete, not refused"
