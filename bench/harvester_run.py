@@ -14,7 +14,7 @@ import time
 import orjson
 
 from harvester.config import load_settings
-from harvester.pool import harvest
+from harvester.job import harvest
 
 
 def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> None:

@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harvester.journal import OK, Batch, Journal
+from harvester.journal import Batch, Journal
+from harvester.ledger import OK
 from harvester.ndjson import event_lines
 from harvester.sim import call_id_for, events_for
 

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harvester import pool
+from harvester import job
 from harvester.config import load_settings
 from harvester.stats import RunStats
 
@@ -34,7 +34,7 @@ async def harvest(
     """Harvest as ``harvester run`` would (resuming, exactly once); returns the counters, the
     whole job's in ``.job``. Set ``stop`` to stop cleanly (what is done is committed)."""
     settings = load_settings(options, os.environ, Path(config) if config is not None else None)
-    return await pool.harvest(settings, fresh=fresh, stop=stop)
+    return await job.harvest(settings, fresh=fresh, stop=stop)
 
 
 def harvest_sync(

@@ -41,8 +41,8 @@ from harvester.errors import (
     OutputError,
     TransientError,
 )
+from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
-from harvester.pool import harvest, ping, retry_failed
 from harvester.progress import Progress, count_records
 from harvester.stats import RunStats, write_json_atomically
 

@@ -9,7 +9,8 @@ before ``since``. Pages flow to the workers as they arrive.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -97,11 +98,19 @@ def start_time(call: dict[str, Any]) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class ListedCall:
+    """A call of the API's list: its id, and its record as an NDJSON line (``--calls-output``)."""
+
+    call_id: str
+    record: bytes
+
+
 @dataclass(slots=True)
 class Page:
     """The calls of one list page that fall in the window, and where the list goes on."""
 
-    calls: list[tuple[int, str, bytes]]  # (0, call id, the call's record as an NDJSON line)
+    calls: list[ListedCall]
     next_url: str | None
     listed: int  # calls on the page, in the window or not
     undated: int  # calls without a usable startTime: not placed in any window
@@ -150,7 +159,7 @@ async def list_window(
                 exc.status, "listing-failed", f"cannot read the call list at {shown}: {exc}"
             ) from None
         resuming = False
-        calls: list[tuple[int, str, bytes]] = []
+        calls: list[ListedCall] = []
         undated = 0
         reached_back = False
         for call in records:
@@ -163,7 +172,9 @@ async def list_window(
                 reached_back = True  # newest first: everything after this is older still
                 break
             if moment < window.until:
-                calls.append((0, call_id, orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)))
+                calls.append(
+                    ListedCall(call_id, orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE))
+                )
         more = None if reached_back or next_url is None else str(next_url)
         if more is not None and more in followed:
             yield Page(calls, None, len(records), undated)  # this page's calls are good
@@ -179,3 +190,55 @@ async def list_window(
             return
         followed.add(more)
         url = URL(more, encoded=True)
+
+
+@dataclass(slots=True)
+class _PageMark:
+    """A listed page: where the list goes on after it, and its calls not yet committed."""
+
+    next_url: str
+    outstanding: int = 0
+
+
+class ListingPlace:
+    """The place in the call list up to which every call is committed: the next link after the
+    last page whose calls all are, saved with each commit so that a resumed night need not list
+    from the top. The pool says which calls each page brought; the sink, which got committed.
+    """
+
+    def __init__(self) -> None:
+        self.cursor: str | None = None
+        self._pages: deque[_PageMark] = deque()
+        self._page_of: dict[str, _PageMark] = {}
+        self._page: _PageMark | None = None
+
+    def page(self, next_url: str) -> None:
+        """A page begins; the list goes on at ``next_url`` after it ("" at the end)."""
+        self._page = _PageMark(next_url)
+
+    def expect(self, key: str) -> None:
+        """``key``, of the current page, is on its way: the page waits for its commit."""
+        assert self._page is not None
+        self._page.outstanding += 1
+        self._page_of[key] = self._page
+
+    def page_claimed(self) -> None:
+        """Every call of the current page has been claimed (and ``expect``-ed where new)."""
+        assert self._page is not None
+        self._pages.append(self._page)
+        self._page = None
+        self._advance()
+
+    def committed(self, keys: Iterable[str]) -> None:
+        """``keys`` are durable now."""
+        if not self._page_of:
+            return
+        for key in keys:
+            page = self._page_of.pop(key, None)
+            if page is not None:
+                page.outstanding -= 1
+        self._advance()
+
+    def _advance(self) -> None:
+        while self._pages and self._pages[0].outstanding == 0:
+            self.cursor = self._pages.popleft().next_url

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 import pytest
 
+from harvester.clock import sleep_timeout
 from harvester.config import Settings, load_settings
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
 
@@ -52,6 +54,9 @@ class FakeClock:
             self._advance_pending = True
             loop.call_soon(self._advance)
         await woken
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        return sleep_timeout(self, seconds)
 
     def _advance(self) -> None:
         self._advance_pending = False

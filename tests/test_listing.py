@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from harvester.errors import ConfigError, FatalApiError
+from harvester.job import harvest
 from harvester.listing import start_time
-from harvester.pool import harvest
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import FakeClock, canonical, expected_events, make_settings, read_ndjson

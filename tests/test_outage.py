@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from harvester.errors import ApiUnavailable, FatalApiError
-from harvester.pool import harvest, retry_failed
+from harvester.job import harvest, retry_failed
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import (

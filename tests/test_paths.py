@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from harvester.errors import ConfigError
+from harvester.job import harvest, retry_failed
 from harvester.journal import Journal
-from harvester.pool import harvest, retry_failed
 from harvester.sim import Simulator
 
 from .conftest import FakeClock, make_settings, write_calls

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from harvester.errors import FatalApiError
-from harvester.pool import harvest
+from harvester.job import harvest
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 
 from .conftest import FakeClock, canonical, expected_events, make_settings, output_of, read_ndjson
@@ -208,7 +208,7 @@ async def test_a_crash_keeps_what_was_done_and_the_same_command_goes_on(
             raise RuntimeError("a bug")
         return real(self, records)
 
-    monkeypatch.setattr("harvester.pool.FILE_BATCH", 10)
+    monkeypatch.setattr("harvester.job.FILE_BATCH", 10)
     with monkeypatch.context() as patch:
         patch.setattr(Journal, "claim", breaks_later)
         with pytest.raises(RuntimeError, match="a bug"):

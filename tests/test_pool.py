@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import FatalApiError
-from harvester.pool import harvest
+from harvester.job import harvest
 from harvester.sim import FAULT_KINDS, Simulator
 from harvester.stats import RunStats
 

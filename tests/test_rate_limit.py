@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harvester.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
-from harvester.pool import harvest
+from harvester.job import harvest
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import (

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from harvester.errors import OutputError
-from harvester.pool import harvest
+from harvester.job import harvest
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import (
@@ -323,12 +323,12 @@ async def test_a_write_error_stops_the_run_and_the_next_run_resumes_cleanly(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr("harvester.journal.os.fsync", failing_fsync)
+    monkeypatch.setattr("harvester.files.os.fsync", failing_fsync)
     with pytest.raises(OutputError, match="No space left on device") as caught:
         await harvest(settings, clock=clock)
     assert str(output_of(settings)) in str(caught.value)
     written = output_of(settings).stat().st_size
-    monkeypatch.setattr("harvester.journal.os.fsync", real_fsync)
+    monkeypatch.setattr("harvester.files.os.fsync", real_fsync)
 
     stats = await harvest(settings, clock=clock)
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from harvester.errors import ConfigError
-from harvester.pool import harvest, retry_failed
+from harvester.job import harvest, retry_failed
 from harvester.sim import Simulator
 
 from .conftest import (
@@ -105,7 +105,8 @@ async def test_nothing_to_retry_without_state(
 
 
 def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(tmp_path: Path) -> None:
-    from harvester.journal import FAILED, Batch, Journal
+    from harvester.journal import Batch, Journal
+    from harvester.ledger import FAILED
 
     paths = {"events": tmp_path / "e.ndjson", "failures": tmp_path / "e.failures.ndjson"}
     journal = Journal.open(paths, {"input": "x"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harvester.pool import harvest
+from harvester.job import harvest
 from harvester.sim import Simulator
 
 from .conftest import (

@@ -9,7 +9,7 @@ import pytest
 import trustme
 
 from harvester.errors import FatalApiError
-from harvester.pool import harvest
+from harvester.job import harvest
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import FakeClock, make_settings, write_calls

@@ -1,0 +1,133 @@
+"""The output files, written so that a crash never leaves more than the ledger vouches for:
+appends that are on disk when they return, files cut back to their committed size, folder
+entries made durable, and the check that no two flags name one file.
+
+Everything here is blocking I/O, for the journal's disk thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from harvester.errors import ConfigError, OutputError
+from harvester.ledger import state_dir
+
+# An empty gzip file that gzip -t and zcat accept: an empty member, not zero bytes.
+EMPTY_GZIP = gzip.compress(b"", mtime=0)
+# What reading a damaged (truncated, corrupt) file raises.
+DAMAGED = (OSError, EOFError, zlib.error)
+
+
+def check_files(files: dict[str, Path]) -> None:
+    """Refuse, before anything is written, files the run cannot keep apart.
+
+    ``files`` maps each flag to its path (``--output`` among them). Two flags naming one file
+    (however spelled: relative, through a symlink, a hard link), a folder where a file belongs,
+    and a file inside the output's state folder are all ``ConfigError``s.
+    """
+    state = state_dir(files["--output"])
+    seen: dict[object, str] = {}
+    for flag, path in files.items():
+        if str(path) in ("", "."):
+            raise ConfigError(f"{flag} is empty: give a file path")
+        real = path.resolve()
+        if real.is_dir():
+            raise ConfigError(f"{flag} {path} is a folder: give a file path, such as {path}/x")
+        if flag != "--input" and real.exists() and not real.is_file():
+            raise ConfigError(
+                f"{flag} {path} is not a regular file (a device, a FIFO, a socket): harvester "
+                "writes it by replacing it or cutting it back, so it must be a file of its own"
+            )
+        if real == state or state in real.parents:
+            raise ConfigError(f"{flag} {path} is inside {state}, which holds harvester's state")
+        names: list[object] = [real]
+        with contextlib.suppress(OSError):
+            info = real.stat()
+            names.append((info.st_dev, info.st_ino))
+        for name in names:
+            other = seen.setdefault(name, flag)
+            if other != flag:
+                raise ConfigError(
+                    f"{other} and {flag} name the same file ({path}): writing one would destroy "
+                    "the other. Give each a file of its own"
+                )
+
+
+def cut_short(path: Path, size: int) -> bool:
+    """True when ``path`` is missing or shorter than its committed ``size``."""
+    try:
+        return path.stat().st_size < size
+    except FileNotFoundError:
+        return size > 0
+    except OSError as exc:
+        raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+
+
+def check_no_data(paths: Iterable[Path]) -> None:
+    """Refuse files that hold data no ledger vouches for: starting over would cut them."""
+    for path in paths:
+        if path.exists() and path.stat().st_size > 0:
+            raise ConfigError(
+                f"{path} exists but holds no harvester state, so resuming into it could double "
+                "or lose events. Use --fresh to replace it, or choose another --output"
+            )
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make the entries of ``folder`` (files created or renamed in it) durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OutputError(f"cannot open {folder}: {exc.strerror}") from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot sync {folder}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def open_at(path: Path, size: int) -> BinaryIO:
+    """Open ``path`` for appending after its first ``size`` bytes, dropping anything past them."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        file = os.fdopen(fd, "r+b")
+        actual = os.fstat(fd).st_size
+        if actual < size:
+            file.close()
+            raise ConfigError(
+                f"{path} is shorter ({actual} bytes) than its ledger says ({size}): something "
+                "else changed it, and the events it held are gone. Restore it from a backup, or "
+                "use --fresh to start over (every call is fetched again)"
+            )
+        if actual > size:
+            file.truncate(size)
+            os.fsync(fd)
+        file.seek(size)
+        return file
+    except OSError as exc:
+        raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+
+
+def append(file: BinaryIO, data: bytes | bytearray, path: Path, *, compress: bool = True) -> int:
+    """Append ``data`` durably, as a gzip member of its own for a ``.gz`` path; the new size."""
+    try:
+        if data:
+            if compress and path.suffix == ".gz":
+                data = gzip.compress(data, compresslevel=6, mtime=0)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        return file.tell()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: {exc.strerror}. Nothing past the last commit counts; free "
+            "some space or fix the permissions, then run the same command again"
+        ) from None

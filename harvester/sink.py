@@ -1,0 +1,198 @@
+"""The sink: where the workers' outcomes go, to be made durable in batches by the journal.
+
+Outcomes collect in a ``Batch`` that is committed every ``commit_calls`` calls, every
+``COMMIT_BYTES`` of output or every ``commit_seconds`` seconds, whichever comes first, one
+commit at a time, on the journal's one disk thread (see ``harvester.journal``). A batch may grow
+to ``BATCH_SLACK`` times either bound while a commit is under way; then the workers wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harvester.clock import Clock
+from harvester.config import Settings
+from harvester.journal import Batch, Journal, Verdict
+from harvester.ledger import FAILED, OK
+from harvester.listing import ListingPlace
+from harvester.ndjson import Failure
+from harvester.stats import RunStats
+
+# A commit is due at commit_calls calls or at this many bytes of output, whichever comes first.
+COMMIT_BYTES = 32 * 1024 * 1024
+# A batch may grow to this many times either while a commit is under way; then workers wait.
+BATCH_SLACK = 4
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def open_sink(
+    paths: dict[str, Path],
+    identity: dict[str, Any],
+    settings: Settings,
+    stats: RunStats,
+    clock: Clock,
+    *,
+    fresh: bool = False,
+) -> AsyncIterator[Sink]:
+    """The sink of the job writing ``paths``: its journal opened (see ``Journal.open``) on a
+    disk thread of its own, and closed on the way out."""
+    with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
+        journal = await on_thread(disk, Journal.open, paths, identity, fresh=fresh)
+        try:
+            yield Sink(journal, disk, settings, stats, clock)
+        finally:
+            await on_thread(disk, journal.close)
+
+
+async def on_thread(
+    executor: ThreadPoolExecutor, function: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
+    """``function(*args, **kwargs)``, run on ``executor``'s thread."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, lambda: function(*args, **kwargs))
+
+
+class Sink:
+    """Collects outcomes into batches and commits them, one at a time, on the disk thread.
+
+    Every journal call goes through here, on that thread: the event loop never blocks on disk.
+    For a listing run, ``place`` is told which calls are committed and saved with each commit.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        disk: ThreadPoolExecutor,
+        settings: Settings,
+        stats: RunStats,
+        clock: Clock,
+    ) -> None:
+        self._journal = journal
+        self._disk = disk
+        self._stats = stats
+        self._clock = clock
+        self._calls = settings.commit_calls
+        self._seconds = settings.commit_seconds
+        self._batch = Batch()
+        self._lock = asyncio.Lock()
+        self._due = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closing = False
+        self._started = clock.monotonic()
+        self.place: ListingPlace | None = None
+
+    # -- the job's questions ------------------------------------------------------------------
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The job's state as last committed (see ``harvester.ledger``)."""
+        return self._journal.meta
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole job's counters as committed."""
+        return self._journal.snapshot()
+
+    async def claim(self, records: list[tuple[str, int]]) -> list[Verdict]:
+        """See ``Journal.claim``."""
+        return await self._on_disk(self._journal.claim, records)
+
+    async def retake(self, keys: list[str]) -> list[tuple[int, str]]:
+        """See ``Journal.retake``."""
+        return await self._on_disk(self._journal.retake, keys)
+
+    async def committed_failures(self) -> list[bytes]:
+        """See ``Journal.committed_failures``."""
+        return await self._on_disk(self._journal.committed_failures)
+
+    async def compact_failures(self) -> None:
+        """See ``Journal.compact_failures``."""
+        await self._on_disk(self._journal.compact_failures)
+        self._stats.job = self._journal.snapshot()
+
+    async def mark_completed(self) -> None:
+        """Record that every input record has reached an outcome."""
+        await self._on_disk(self._journal.mark_completed)
+        self._stats.completed = True
+        self._stats.job = self._journal.snapshot()
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    async def ok(self, key: str, line: int, lines: bytes, events: int, listed: bytes) -> None:
+        """A call harvested: ``lines``, its ``events`` events as NDJSON."""
+        batch = self._batch
+        batch.events += lines
+        batch.calls += listed
+        batch.rows.append((key, line, OK))
+        batch.ok += 1
+        batch.event_count += events
+        await self._admitted()
+
+    async def failed(self, failure: Failure) -> None:
+        """A call (or an input line) that is not harvested, and why."""
+        batch = self._batch
+        batch.failures += failure.as_line()
+        batch.calls += failure.listed
+        batch.rows.append((failure.key, failure.line, FAILED))
+        batch.failed += 1
+        batch.failure_codes[failure.code] += 1
+        await self._admitted()
+
+    async def _admitted(self) -> None:
+        batch = self._batch
+        calls, size = len(batch), batch.size
+        if calls >= self._calls or size >= COMMIT_BYTES:
+            self._due.set()
+            if calls >= BATCH_SLACK * self._calls or size >= BATCH_SLACK * COMMIT_BYTES:
+                self._room.clear()
+                await self._room.wait()
+
+    # -- committing ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit whenever a batch is full or ``commit_seconds`` have passed, until ``finish``."""
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._seconds):
+                    await self._due.wait()
+            await self.commit()
+        # What arrived while the last commit was under way.
+        await self.commit()
+
+    async def finish(self, task: asyncio.Task[None]) -> None:
+        """End ``run`` (the task running it) after one last commit."""
+        self._closing = True
+        self._due.set()
+        await task
+
+    async def commit(self) -> None:
+        """Make what was collected durable (see ``Journal.commit``)."""
+        async with self._lock:
+            self._due.clear()
+            batch, self._batch = self._batch, Batch()
+            place = self.place
+            batch.list_cursor = place.cursor if place is not None else None
+            stats = self._stats
+            counters = {
+                "requests": stats.requests,
+                "retries": stats.retries,
+                "rate_limited": stats.rate_limited,
+            }
+            elapsed = self._clock.monotonic() - self._started
+            try:
+                await self._on_disk(self._journal.commit, batch, counters, elapsed)
+            finally:
+                self._room.set()
+            stats.job = self._journal.snapshot()
+            if place is not None:
+                place.committed(key for key, _, _ in batch.rows)
+
+    async def _on_disk(self, function: Callable[..., T], *args: Any) -> T:
+        return await on_thread(self._disk, function, *args)
