@@ -8,9 +8,10 @@ import dataclasses
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from harvester.errors import ConfigError
 from harvester.ids import is_user_id
+from harvester.shard import Shard
+from harvester.window import Window, parse_window
 
 DEFAULT_BASE_URL = "https://api.catapult.inetwork.com"
 
@@ -59,8 +62,46 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class FailureLimit:
+    """``--max-failures``: how many failed calls a finished run may have and still exit 0, a
+    count (``10``) or a share of the job's calls (``0.5%``)."""
+
+    count: int = 0
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, spec: object) -> FailureLimit:
+        text = str(spec).strip() if isinstance(spec, str | int) else ""
+        try:
+            if isinstance(spec, bool) or not text:
+                raise ValueError
+            if text.endswith("%"):
+                percent = float(text[:-1])
+                if not 0 <= percent <= 100:
+                    raise ValueError
+                return cls(percent=percent)
+            count = int(text)
+            if count < 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                f"max_failures {spec!r} must be a count (10) or a share of the calls (0.5%)"
+            ) from None
+        return cls(count=count)
+
+    def allowed(self, calls: int) -> int:
+        """Failed calls allowed out of ``calls``."""
+        return int(calls * self.percent / 100) if self.percent is not None else self.count
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything one ``harvester run`` needs. Field names are the TOML keys."""
+    """Everything one ``harvester run`` needs, each value parsed once, at load. Field names
+    are the TOML keys, but for ``window``, which ``since``, ``until``, ``yesterday`` and ``tz``
+    make."""
 
     input: str | None = None
     output: Path | None = None
@@ -86,14 +127,23 @@ class Settings:
     yesterday: bool = False
     tz: str = "UTC"
     calls_output: Path | None = None
-    shard: str | None = None
+    shard: Shard | None = None
     list_page_size: int = 1000
     log_format: str = "text"
     log_every: float = 30.0
     metrics_file: Path | None = None
-    max_failures: str = "0"
-    max_duration: str | None = None
-    deadline: str | None = None
+    max_failures: FailureLimit = FailureLimit()
+    max_duration: float | None = None  # seconds
+    deadline: datetime | None = None  # the moment; a time of day is the next one after load
+    window: Window | None = None
+
+    def time_allowed(self, now: datetime) -> float | None:
+        """Seconds a run starting ``now`` may take: the sooner of --max-duration and
+        --deadline, if any."""
+        limits = [] if self.max_duration is None else [self.max_duration]
+        if self.deadline is not None:
+            limits.append((self.deadline - now).total_seconds())
+        return min(limits) if limits else None
 
     @property
     def failures_path(self) -> Path:
@@ -115,16 +165,24 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRETS = ("api_token", "api_secret")
 _PATHS = ("output", "failures", "summary", "calls_output", "metrics_file")
+# Made from other keys, never given.
+_DERIVED = ("window",)
+# The keys of a config file, and the settings a flag may set.
+CONFIG_KEYS = tuple(name for name in _FIELDS if name not in _DERIVED)
 
 
 def load_settings(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
     config_path: Path | None = None,
+    *,
+    now: datetime | None = None,
 ) -> Settings:
     """Merge the config file, the environment and the flags (later wins), then validate.
 
     ``flags`` holds only what the user gave on the command line (None means not given).
+    ``now`` (the real time unless given) is when ``--yesterday`` and ``--deadline 06:00`` are
+    reckoned from.
     """
     merged: dict[str, Any] = {}
     if config_path is not None:
@@ -133,7 +191,7 @@ def load_settings(
         if environ.get(variable):
             merged[key] = environ[variable]
     merged.update({k: v for k, v in flags.items() if v is not None})
-    return _validate(merged, config_path)
+    return _validate(merged, config_path, now or datetime.now(UTC))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -146,7 +204,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_FIELDS))
+    unknown = sorted(set(data) - set(_FIELDS) | set(data) & set(_DERIVED))
     if unknown:
         raise ConfigError(
             f"config file {path}: unknown key(s) {', '.join(unknown)}; "
@@ -155,13 +213,45 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
+def _validate(values: dict[str, Any], config_path: Path | None, now: datetime) -> Settings:
     where = f" (in {config_path} or flags)" if config_path else ""
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        kwargs[key] = _coerce(key, value, where)
+    kwargs = {key: _coerce(key, value, where) for key, value in values.items()}
+    deadline = kwargs.pop("deadline", None)
     settings = Settings(**kwargs)
+    _check_credentials(settings)
+    _check_base_url(settings.base_url)
+    for key, (low, high) in _RANGES.items():
+        _check_range(key, getattr(settings, key), low, high)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
+    window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)
+    if window is not None and settings.input is not None:
+        raise ConfigError(
+            "give either a call list (--input PATH, - for stdin) or a window of the API's call "
+            "list (--yesterday, or --since/--until), not both"
+        )
+    if deadline is not None:
+        deadline = parse_deadline(deadline, now, settings.tz)
+    return _render_paths(dataclasses.replace(settings, window=window, deadline=deadline))
 
+
+_RANGES = {
+    "concurrency": (1, 1000),
+    "rate": (0, 100_000),
+    "max_attempts": (1, 100),
+    "max_rate_limited": (1, 100_000),
+    "timeout": (0.001, 3600),
+    "max_body_mb": (0.001, 4096),
+    "max_events": (1, 100_000_000),
+    "grace": (0, 3600),
+    "commit_calls": (1, 1_000_000),
+    "commit_seconds": (0.01, 3600),
+    "list_page_size": (1, 1000),
+    "log_every": (0.1, 86400),
+}
+
+
+def _check_credentials(settings: Settings) -> None:
     if not settings.user_id:
         raise ConfigError(
             "no user id: set CATAPULT_USER_ID, user_id in the config file, or --user-id"
@@ -175,89 +265,57 @@ def _validate(values: dict[str, Any], config_path: Path | None) -> Settings:
             "no API credentials: set CATAPULT_API_TOKEN and CATAPULT_API_SECRET "
             "(or api_token and api_secret in the config file)"
         )
-    _check_base_url(settings.base_url)
-    _check_range("concurrency", settings.concurrency, 1, 1000)
-    _check_range("rate", settings.rate, 0, 100_000)
-    _check_range("max_attempts", settings.max_attempts, 1, 100)
-    _check_range("max_rate_limited", settings.max_rate_limited, 1, 100_000)
-    _check_range("timeout", settings.timeout, 0.001, 3600)
-    _check_range("max_body_mb", settings.max_body_mb, 0.001, 4096)
-    _check_range("max_events", settings.max_events, 1, 100_000_000)
-    _check_range("grace", settings.grace, 0, 3600)
-    _check_range("commit_calls", settings.commit_calls, 1, 1_000_000)
-    _check_range("commit_seconds", settings.commit_seconds, 0.01, 3600)
-    _check_range("list_page_size", settings.list_page_size, 1, 1000)
-    failures_allowed(settings.max_failures, 0)
-    if settings.log_format not in ("text", "json"):
-        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
-    _check_range("log_every", settings.log_every, 0.1, 86400)
-    if settings.max_duration is not None:
-        parse_duration(settings.max_duration)
-    if settings.deadline is not None:
-        seconds_until(settings.deadline, datetime.now(UTC), settings.tz)
-    return settings
 
 
-def failures_allowed(spec: str, calls: int) -> int:
-    """How many failed calls ``--max-failures`` allows out of ``calls``: ``N`` or ``P%``."""
-    text = spec.strip()
-    try:
-        if text.endswith("%"):
-            share = float(text[:-1])
-            if not 0 <= share <= 100:
-                raise ValueError
-            return int(calls * share / 100)
-        count = int(text)
-        if count < 0:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(
-            f"max_failures {spec!r} must be a count (10) or a share of the calls (0.5%)"
-        ) from None
-    return count
-
-
-def parse_duration(text: str) -> float:
+def parse_duration(value: object) -> float:
     """``90``, ``90s``, ``15m``, ``5h``, ``1d`` -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    value = text.strip().lower()
-    unit = units.get(value[-1:], 0)
+    text = str(value).strip().lower() if isinstance(value, str | int | float) else ""
+    unit = units.get(text[-1:], 0)
     try:
-        seconds = float(value[:-1]) * unit if unit else float(value)
+        seconds = float(text[:-1]) * unit if unit else float(text)
     except ValueError:
         seconds = -1
-    if seconds <= 0:
-        raise ConfigError(f"max_duration {text!r} must be a duration such as 90s, 15m or 5h")
+    if isinstance(value, bool) or not seconds > 0:
+        raise ConfigError(f"max_duration {value!r} must be a duration such as 90s, 15m or 5h")
     return seconds
 
 
-def seconds_until(deadline: str, now: datetime, zone_name: str) -> float:
-    """Seconds from ``now`` to ``deadline``: a time of day (``06:00``, the next one, in the
-    ``tz`` zone) or an ISO 8601 date and time."""
+def parse_deadline(value: object, now: datetime, zone_name: str) -> datetime:
+    """``--deadline``: a time of day (``06:00``: the next one after ``now``, in the ``tz``
+    zone) or an ISO 8601 date and time (a zone-less one in ``tz``)."""
     try:
         zone = ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"unknown time zone {zone_name!r}") from None
     try:
-        if "T" in deadline or len(deadline) > 8:
-            moment = datetime.fromisoformat(deadline)
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=zone)
+        if isinstance(value, datetime):
+            moment = value
+        elif isinstance(value, time):
+            moment = _next_time_of_day(value, now, zone)
+        elif not isinstance(value, str):
+            raise ValueError
+        elif "T" in value or len(value) > 8:
+            moment = datetime.fromisoformat(value)
         else:
-            clock_time = time.fromisoformat(deadline)
-            local = now.astimezone(zone)
-            moment = datetime.combine(local.date(), clock_time, zone)
-            if moment <= local:
-                moment += timedelta(days=1)
+            moment = _next_time_of_day(time.fromisoformat(value), now, zone)
     except ValueError:
         raise ConfigError(
-            f"deadline {deadline!r} must be a time of day (06:00) or a date and time "
+            f"deadline {value!r} must be a time of day (06:00) or a date and time "
             "(2026-11-27T06:00:00Z)"
         ) from None
-    return (moment - now).total_seconds()
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
-def render_paths(settings: Settings, day: date | None, shard: str | None) -> Settings:
+def _next_time_of_day(clock_time: time, now: datetime, zone: ZoneInfo) -> datetime:
+    local = now.astimezone(zone)
+    moment = datetime.combine(local.date(), clock_time, zone)
+    return moment + timedelta(days=1) if moment <= local else moment
+
+
+def _render_paths(settings: Settings) -> Settings:
     """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths."""
+    window, shard = settings.window, settings.shard
     values: dict[str, Any] = {}
     for key in _PATHS:
         path = getattr(settings, key)
@@ -265,55 +323,73 @@ def render_paths(settings: Settings, day: date | None, shard: str | None) -> Set
             continue
         text = str(path)
         if "{date}" in text:
-            if day is None:
+            if window is None:
                 raise ConfigError(
                     f"{key} {text} holds {{date}}, which needs a window (--yesterday or --since)"
                 )
-            text = text.replace("{date}", day.isoformat())
+            text = text.replace("{date}", window.day.isoformat())
         if "{shard}" in text:
             if shard is None:
                 raise ConfigError(f"{key} {text} holds {{shard}}, which needs --shard K/N")
-            text = text.replace("{shard}", shard.partition("/")[0])
+            text = text.replace("{shard}", str(shard.index))
         values[key] = Path(text)
     return dataclasses.replace(settings, **values)
 
 
+# The type each setting holds, None aside: the real types, not their names.
+_TYPES = {
+    name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+    for name, hint in typing.get_type_hints(Settings).items()
+}
+# Settings given as text (or a TOML number) and parsed into a value of their own.
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "shard": lambda value: Shard.parse(str(value)),
+    "max_failures": FailureLimit.parse,
+    "max_duration": parse_duration,
+    "deadline": lambda value: value,  # parsed last: it needs tz and the time of loading
+}
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
-    if key not in _FIELDS:
+    if key not in _FIELDS or key in _DERIVED:
         raise ConfigError(f"unknown setting {key!r}")
+    expected = _TYPES[key]
+    if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
+        return value
+    if key in _PARSERS:
+        return _PARSERS[key](value)
     if key in _SECRETS:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string{where}")
         return Secret(value)
-    if key in _PATHS:
-        if not isinstance(value, str | Path):
+    if expected is Path:
+        if not isinstance(value, str):
             raise ConfigError(f"{key} must be a path{where}")
-        if not str(value).strip():
+        if not value.strip():
             raise ConfigError(f"{key} is empty{where}: give a file path")
         path = Path(value)
         if path.name in ("", ".", ".."):
-            raise ConfigError(f"{key} {str(value)!r} names a folder{where}: give a file path")
+            raise ConfigError(f"{key} {value!r} names a folder{where}: give a file path")
         return path
-    expected = _FIELDS[key].type
-    if expected in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{key} must be a number, not {value!r}{where}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be a number, not {value!r}{where}") from None
-        if expected == "int":
-            if not number.is_integer():
-                raise ConfigError(f"{key} must be a whole number, not {value!r}{where}")
-            return int(number)
+    if expected in (int, float):
+        return _number(key, value, expected is int, where)
+    if expected is bool:
+        raise ConfigError(f"{key} must be true or false, not {value!r}{where}")
+    raise ConfigError(f"{key} must be a string, not {value!r}{where}")
+
+
+def _number(key: str, value: Any, whole: bool, where: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key} must be a number, not {value!r}{where}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, not {value!r}{where}") from None
+    if not whole:
         return number
-    if expected == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, not {value!r}{where}")
-        return value
-    if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, not {value!r}{where}")
-    return value
+    if not number.is_integer():
+        raise ConfigError(f"{key} must be a whole number, not {value!r}{where}")
+    return int(number)
 
 
 def _check_range(key: str, value: float, low: float, high: float) -> None:

@@ -20,17 +20,16 @@ import orjson
 
 from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
-from harvester.config import Settings, render_paths
+from harvester.config import Settings
 from harvester.errors import ConfigError
 from harvester.files import check_files
 from harvester.ids import is_call_id
 from harvester.journal import Verdict
 from harvester.ledger import stored_identity
 from harvester.limiter import RateLimiter
-from harvester.listing import ListingPlace, Page, list_window, parse_window
+from harvester.listing import ListingPlace, Page, list_window
 from harvester.pool import Pool, SourceBatch
 from harvester.retry import Retrier
-from harvester.shard import Shard
 from harvester.sink import open_sink
 from harvester.source import RecordFeed, is_stream
 from harvester.stats import RunStats
@@ -66,14 +65,13 @@ async def harvest(
     stats = stats if stats is not None else RunStats()
     clock = clock if clock is not None else SystemClock()
     stop = stop if stop is not None else asyncio.Event()
+    shard = settings.shard
     now = datetime.fromtimestamp(clock.time(), UTC)
-    window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)
-    shard = Shard.parse(settings.shard) if settings.shard else None
-    settings = render_paths(settings, window.day if window else None, settings.shard)
-    if (settings.input is None) == (window is None):
+    window = settings.window.at(now) if settings.window is not None else None
+    if settings.input is None and window is None:
         raise ConfigError(
-            "give either a call list (--input PATH, - for stdin) or a window of the API's call "
-            "list (--yesterday, or --since/--until), not both"
+            "nothing to harvest: give a call list (--input PATH, - for stdin) or a window of the "
+            "API's call list (--yesterday, or --since/--until)"
         )
     if settings.output is None:
         raise ConfigError("no output: give --output PATH")

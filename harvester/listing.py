@@ -12,9 +12,8 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from yarl import URL
@@ -24,66 +23,13 @@ from harvester.config import redact_url
 from harvester.errors import (
     ApiError,
     ApiUnavailable,
-    ConfigError,
     FatalApiError,
     TransientError,
 )
 from harvester.retry import Retrier
+from harvester.window import Window
 
 log = logging.getLogger("harvester")
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """``[since, until)``, both aware; ``day`` is the start's date in the user's time zone."""
-
-    since: datetime
-    until: datetime
-    day: date
-    open_end: bool = False  # no --until: up to now, whenever "now" is
-
-    def identity(self) -> dict[str, str | None]:
-        """What makes a re-run the same job: an open end stays open as time passes."""
-        until = None if self.open_end else self.until.isoformat()
-        return {"since": self.since.isoformat(), "until": until}
-
-
-def parse_window(
-    since: str | None, until: str | None, yesterday: bool, zone_name: str, now: datetime
-) -> Window | None:
-    """The window the flags ask for, or None when they ask for none."""
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"unknown time zone {zone_name!r} (use a name like UTC or Europe/Berlin)"
-        ) from None
-    if yesterday:
-        if since or until:
-            raise ConfigError("give either --yesterday or --since/--until, not both")
-        today = now.astimezone(zone).date()
-        start = datetime.combine(today - timedelta(days=1), time(), zone)
-        return Window(start, datetime.combine(today, time(), zone), start.date())
-    if not since and not until:
-        return None
-    if not since:
-        raise ConfigError("--until needs --since")
-    start = _instant(since, zone, "--since")
-    end = _instant(until, zone, "--until") if until else now
-    if end <= start:
-        raise ConfigError(f"the window is empty: --until ({end.isoformat()}) is not after --since")
-    return Window(start, end, start.astimezone(zone).date(), open_end=not until)
-
-
-def _instant(text: str, zone: ZoneInfo, flag: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"{flag} {text!r} is not a date or time; use ISO 8601, e.g. 2026-11-25 or "
-            "2026-11-25T00:00:00Z"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
 def start_time(call: dict[str, Any]) -> datetime | None:

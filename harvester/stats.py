@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from harvester.config import Settings
 
 
 @dataclass(slots=True)
@@ -42,6 +45,52 @@ class RunStats:
         counters = {k: v for k, v in asdict(self).items() if k not in ("job", "completed")}
         counters["statuses"] = {str(status): n for status, n in sorted(self.statuses.items())}
         return {**counters, "unfinished": self.calls - self.ok - self.failed}
+
+
+_JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_limited")
+
+
+def summary_document(
+    settings: Settings,
+    stats: RunStats,
+    status: str,
+    code: int,
+    started_at: datetime,
+    elapsed: float,
+) -> dict[str, Any]:
+    """The summary of a run (``--summary``, and the last log line): the whole job's counters,
+    this run's, and how it ended."""
+    job = stats.job
+    return {
+        "status": status,
+        "exit_code": code,
+        **{key: job.get(key, 0) for key in _JOB_KEYS},
+        "duplicates": stats.duplicates,
+        "failures_by_code": job.get("failures_by_code", {}),
+        "elapsed_s": job.get("elapsed_s", round(elapsed, 3)),
+        "invocations": job.get("invocations", 0),
+        "this_run": {**stats.as_dict(), "elapsed_s": round(elapsed, 3)},
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "input": settings.input,
+        "output": str(settings.output),
+        "failures_file": str(settings.failures_path) if settings.output is not None else None,
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The summary as one line for the log."""
+    run = summary["this_run"]
+    line = (
+        f"{summary['calls']} calls: {summary['ok']} ok, {summary['failed']} failed; "
+        f"{summary['events']} events; {summary['requests']} requests, {summary['retries']} "
+        f"retries, {summary['rate_limited']} rate-limited"
+    )
+    if summary["invocations"] > 1:
+        line += f" (over {summary['invocations']} runs; this one took on {run['calls']} calls)"
+    line += f"; {run['elapsed_s']:.1f} s"
+    if summary["failed"]:
+        line += f". Failed calls are listed in {summary['failures_file']}"
+    return line
 
 
 def write_json_atomically(path: Path, document: dict[str, Any]) -> None:

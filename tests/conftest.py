@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,7 +92,8 @@ class Api(Protocol):
 
 
 def make_settings(sim: Api, tmp_path: Path, **flags: Any) -> Settings:
-    """Settings for a run against ``sim`` with the call list ``tmp_path/calls.txt``."""
+    """Settings for a run against ``sim`` with the call list ``tmp_path/calls.txt``; ``now`` is
+    when "yesterday" and deadlines are reckoned from (the real time unless given)."""
     env = {
         "CATAPULT_BASE_URL": sim.base_url,
         "CATAPULT_USER_ID": SIM_USER_ID,
@@ -104,8 +106,9 @@ def make_settings(sim: Api, tmp_path: Path, **flags: Any) -> Settings:
         "timeout": 5.0,
         "progress": False,
     }
+    now: datetime | None = flags.pop("now", None)
     given.update(flags)
-    return load_settings(given, env)
+    return load_settings(given, env, now=now)
 
 
 def output_of(settings: Settings) -> Path:

@@ -148,7 +148,7 @@ def test_empty_input_exits_0(sim_process: dict[str, str], tmp_path: Path) -> Non
         (["--input", "{calls}", "--base-url", "http://example.com"], {}, b"plain http"),
         (["--input", "{calls}", "--config", "/nonexistent.toml"], {}, b"does not exist"),
         (["--input", "{csv}"], {}, b"no callId or id column"),
-        ([], {}, b"give either a call list (--input PATH"),
+        ([], {}, b"nothing to harvest: give a call list (--input PATH"),
     ],
 )
 def test_usage_config_and_input_errors_exit_2_before_any_request(

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import Secret, Settings, load_settings
+from harvester.config import CONFIG_KEYS, Secret, Settings, load_settings
 from harvester.errors import ConfigError
+from harvester.options import OPTIONS
 
 ENV = {
     "CATAPULT_API_TOKEN": "t-token",
@@ -41,7 +42,7 @@ def test_the_example_config_is_valid_and_names_every_setting() -> None:
     settings = load_settings({}, ENV, example)
     assert isinstance(settings, Settings)
     text = example.read_text()
-    for name in Settings.__dataclass_fields__:
+    for name in CONFIG_KEYS:
         assert f"{name} =" in text, f"config.example.toml does not document {name}"
 
 
@@ -107,8 +108,8 @@ def test_failures_file_sits_beside_the_output() -> None:
     assert settings.failures_path == Path("out/events.failures.ndjson")
     other = load_settings({"output": "out/events.jsonl", "failures": "f.ndjson"}, ENV)
     assert other.failures_path == Path("f.ndjson")
-    packed = load_settings({"output": "out/events-{date}.ndjson.gz"}, ENV)
-    assert packed.failures_path == Path("out/events-{date}.failures.ndjson.gz")
+    packed = load_settings({"output": "out/events-{date}.ndjson.gz", "since": "2026-11-25"}, ENV)
+    assert packed.failures_path == Path("out/events-2026-11-25.failures.ndjson.gz")
 
 
 @pytest.mark.parametrize(
@@ -129,3 +130,13 @@ def test_a_mistyped_base_url_is_refused_without_showing_its_secret(url: str) -> 
         load_settings({"base_url": url}, ENV)
     for secret in ("t0ken", "s3cr3t", "s3 cr3t"):
         assert secret not in str(caught.value)
+
+
+def test_every_flag_sets_a_config_key_and_every_key_has_a_flag() -> None:
+    not_settings = {"config", "verbose", "fresh"}  # how to run, not what: no config key
+    dests = {
+        option.dest or option.flags[0].removeprefix("--").replace("-", "_") for option in OPTIONS
+    }
+    assert dests - not_settings <= set(CONFIG_KEYS)
+    keyed_by_environment_or_file = {"api_token", "api_secret"}
+    assert set(CONFIG_KEYS) - keyed_by_environment_or_file <= dests

@@ -24,7 +24,7 @@ ANCHOR = datetime(2026, 11, 26, tzinfo=UTC)
 @pytest.fixture
 async def registry(clock: FakeClock) -> AsyncIterator[Simulator]:
     """3,000 calls over the three days before 2026-11-26; it is 06:00 UTC that day."""
-    clock.now = ANCHOR.timestamp() + 6 * 3600
+    clock.now = NOW.timestamp()
     config = SimConfig(calls=3000, days=3, anchor=ANCHOR)
     async with Simulator(config, clock=clock) as simulator:
         yield simulator
@@ -34,8 +34,11 @@ def list_requests(sim: Simulator) -> list[str]:
     return [path for path in sim.requests if path.split("?")[0].endswith("/calls")]
 
 
+NOW = ANCHOR + timedelta(hours=6)  # the registry's clock
+
+
 def window_settings(sim: Simulator, tmp_path: Path, **flags: Any) -> Any:
-    return make_settings(sim, tmp_path, input=None, list_page_size=100, **flags)
+    return make_settings(sim, tmp_path, now=NOW, input=None, list_page_size=100, **flags)
 
 
 @pytest.mark.parametrize("cursor", [False, True], ids=["page-links", "cursor-links"])
@@ -252,7 +255,7 @@ async def test_a_list_that_cannot_be_read_aborts_the_run(
     ("flags", "message"),
     [
         ({"input": "calls.txt", "yesterday": True}, "not both"),
-        ({"input": None}, "give either a call list"),
+        ({"input": None}, "nothing to harvest: give a call list"),
         (
             {"input": None, "yesterday": True, "since": "2026-11-01"},
             "either --yesterday or --since",
@@ -272,7 +275,10 @@ async def test_window_and_shard_mistakes_are_explained(
     (tmp_path / "calls.txt").write_text("c-abc\n")
     if flags.get("input"):
         flags["input"] = str(tmp_path / flags["input"])
-    settings = make_settings(registry, tmp_path, **flags)
+
+    async def run() -> None:  # refused when the settings are loaded, or else by the run
+        await harvest(make_settings(registry, tmp_path, now=NOW, **flags), clock=clock)
+
     with pytest.raises(ConfigError, match=message):
-        await harvest(settings, clock=clock)
+        await run()
     assert registry.log == []

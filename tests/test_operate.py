@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from harvester import harvest_sync
-from harvester.config import failures_allowed, parse_duration, seconds_until
+from harvester.config import FailureLimit, parse_deadline, parse_duration
 from harvester.errors import ConfigError
 from harvester.sim import SIM_SECRET
 
@@ -122,7 +122,7 @@ NOW = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
     ],
 )
 def test_deadlines(deadline: str, zone: str, seconds: float) -> None:
-    assert seconds_until(deadline, NOW, zone) == seconds
+    assert (parse_deadline(deadline, NOW, zone) - NOW).total_seconds() == seconds
 
 
 @pytest.mark.parametrize(
@@ -142,13 +142,13 @@ def test_bad_durations(bad: str) -> None:
     ("spec", "calls", "allowed"), [("0", 100, 0), ("7", 100, 7), ("5%", 200, 10), ("0.5%", 1000, 5)]
 )
 def test_failure_allowances(spec: str, calls: int, allowed: int) -> None:
-    assert failures_allowed(spec, calls) == allowed
+    assert FailureLimit.parse(spec).allowed(calls) == allowed
 
 
 @pytest.mark.parametrize("bad", ["-1", "lots", "150%"])
 def test_bad_failure_allowances(bad: str) -> None:
     with pytest.raises(ConfigError, match="max_failures"):
-        failures_allowed(bad, 10)
+        FailureLimit.parse(bad)
 
 
 def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -46,7 +47,7 @@ async def test_an_outage_mid_run_fails_no_call_and_the_next_run_takes_them_on(
 ) -> None:
     ids = sim.call_ids()
     write_calls(tmp_path, ids)
-    flags = {"concurrency": 2, "max_attempts": 2, "commit_calls": 5}
+    flags: dict[str, Any] = {"concurrency": 2, "max_attempts": 2, "commit_calls": 5}
     outage = asyncio.create_task(stop_after(sim, 20))
 
     with pytest.raises(ApiUnavailable, match="Nothing is lost") as caught:

@@ -68,6 +68,7 @@ async def test_the_same_file_through_a_symlink_or_a_relative_path_is_the_same_fi
     os.link(paths["input"], tmp_path / "hard-link.txt")
     monkeypatch.chdir(tmp_path / "out")
 
+    given: dict[str, Any]
     for given in (
         {"output": paths["output"], "failures": tmp_path / "link.ndjson"},
         {"output": paths["output"], "summary": Path("events.ndjson")},
@@ -153,7 +154,7 @@ async def test_a_file_the_run_writes_must_be_a_regular_file(
     os.mkfifo(fifo)  # replacing it, or opening it to read, would hang or destroy it
 
     with pytest.raises(ConfigError, match="not a regular file"):
-        await harvest(make_settings(sim, tmp_path, **{flag: fifo}), clock=clock)
+        await harvest(make_settings(sim, tmp_path, **{flag: str(fifo)}), clock=clock)
 
     assert fifo.is_fifo() and sim.requests == []
 
