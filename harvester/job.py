@@ -30,9 +30,10 @@ from harvester.limiter import RateLimiter
 from harvester.listing import ListingPlace, Page, list_window
 from harvester.pool import Pool, SourceBatch
 from harvester.retry import Retrier
-from harvester.sink import open_sink
+from harvester.sink import Sink, open_sink
 from harvester.source import RecordFeed, is_stream
 from harvester.stats import RunStats
+from harvester.window import Window
 
 log = logging.getLogger("harvester")
 
@@ -65,21 +66,9 @@ async def harvest(
     stats = stats if stats is not None else RunStats()
     clock = clock if clock is not None else SystemClock()
     stop = stop if stop is not None else asyncio.Event()
-    shard = settings.shard
     now = datetime.fromtimestamp(clock.time(), UTC)
     window = settings.window.at(now) if settings.window is not None else None
-    if settings.input is None and window is None:
-        raise ConfigError(
-            "nothing to harvest: give a call list (--input PATH, - for stdin) or a window of the "
-            "API's call list (--yesterday, or --since/--until)"
-        )
-    if settings.output is None:
-        raise ConfigError("no output: give --output PATH")
-    paths = {"events": settings.output, "failures": settings.failures_path}
-    if settings.calls_output is not None:
-        if window is None:
-            raise ConfigError("--calls-output keeps listed calls: it needs a window, not --input")
-        paths["calls"] = settings.calls_output
+    paths = _output_paths(settings, window)
     check_files(_files(settings, paths, settings.input))
     feed: RecordFeed | None = None
     try:
@@ -95,7 +84,7 @@ async def harvest(
             source = opened
         identity = {
             **source,
-            "shard": str(shard) if shard else None,
+            "shard": str(settings.shard) if settings.shard else None,
             "user_id": settings.user_id,
             **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
         }
@@ -103,8 +92,8 @@ async def harvest(
             stats.job = sink.snapshot()
             # A stream cannot be fingerprinted up front, and an open window grows with time:
             # read them through; what is done is skipped.
-            growing = (settings.input is not None and is_stream(settings.input)) or (
-                window is not None and window.open_end
+            growing = (
+                is_stream(settings.input) if settings.input else bool(window and window.open_end)
             )
             if sink.meta["completed"] and not growing:
                 log.info("this job was completed earlier; nothing to do (--fresh starts over)")
@@ -112,31 +101,57 @@ async def harvest(
                 return stats
             if sink.meta["invocations"] > 1:
                 log.info("resuming: %d calls were done earlier", sink.meta["totals"]["calls"])
-            limiter = RateLimiter(settings.rate, clock)
-            async with CallEventsClient(settings, limiter, stats, clock) as client:
-                retrier = Retrier(settings, stats, clock)
-                if feed is not None:
-                    batches = _file_batches(feed)
-                else:
-                    assert window is not None
-                    sink.place = ListingPlace()
-                    pages = list_window(
-                        client,
-                        retrier,
-                        window,
-                        settings.list_page_size,
-                        sink.meta.get("list_cursor") or None,
-                    )
-                    batches = _listed_batches(pages, stats)
-                pool = Pool(
-                    settings, stats, client, retrier, sink, clock, claim=sink.claim, shard=shard
-                )
-                if await pool.run(batches, stop):
-                    await sink.mark_completed()
+            await _run(settings, stats, clock, stop, sink, feed, window)
     finally:
         if feed is not None:
             feed.close()
     return stats
+
+
+def _output_paths(settings: Settings, window: Window | None) -> dict[str, Path]:
+    """The files the job writes, by name: ``events``, ``failures`` and ``calls`` (if kept)."""
+    if settings.input is None and window is None:
+        raise ConfigError(
+            "nothing to harvest: give a call list (--input PATH, - for stdin) or a window of the "
+            "API's call list (--yesterday, or --since/--until)"
+        )
+    if settings.output is None:
+        raise ConfigError("no output: give --output PATH")
+    paths = {"events": settings.output, "failures": settings.failures_path}
+    if settings.calls_output is not None:
+        if window is None:
+            raise ConfigError("--calls-output keeps listed calls: it needs a window, not --input")
+        paths["calls"] = settings.calls_output
+    return paths
+
+
+async def _run(
+    settings: Settings,
+    stats: RunStats,
+    clock: Clock,
+    stop: asyncio.Event,
+    sink: Sink,
+    feed: RecordFeed | None,
+    window: Window | None,
+) -> None:
+    """Every call of ``feed``, or of the window's call list, through the pool into ``sink``."""
+    limiter = RateLimiter(settings.rate, clock)
+    async with CallEventsClient(settings, limiter, stats, clock) as client:
+        retrier = Retrier(settings, stats, clock)
+        if feed is not None:
+            batches = _file_batches(feed)
+        else:
+            assert window is not None
+            sink.place = ListingPlace()
+            resume_from = sink.meta.get("list_cursor") or None
+            pages = list_window(client, retrier, window, settings.list_page_size, resume_from)
+            batches = _listed_batches(pages, stats)
+        claim = sink.claim
+        pool = Pool(
+            settings, stats, client, retrier, sink, clock, claim=claim, shard=settings.shard
+        )
+        if await pool.run(batches, stop):
+            await sink.mark_completed()
 
 
 async def retry_failed(

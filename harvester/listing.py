@@ -19,7 +19,7 @@ import orjson
 from yarl import URL
 
 from harvester.client import CallEventsClient
-from harvester.config import redact_url
+from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
     ApiUnavailable,

@@ -24,7 +24,8 @@ import orjson
 
 from harvester.client import CallEventsClient, clip
 from harvester.clock import Clock
-from harvester.config import Settings, redact_url
+from harvester.config import Settings
+from harvester.credentials import redact_url
 from harvester.errors import (
     CallFailed,
     FatalApiError,

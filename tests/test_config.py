@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import CONFIG_KEYS, Secret, Settings, load_settings
+from harvester.config import CONFIG_KEYS, Settings, load_settings
+from harvester.credentials import Secret
 from harvester.errors import ConfigError
 from harvester.options import OPTIONS
 
