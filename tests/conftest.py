@@ -111,6 +111,30 @@ def make_settings(sim: Api, tmp_path: Path, **flags: Any) -> Settings:
     return load_settings(given, env, now=now)
 
 
+HARVESTER = (sys.executable, "-m", "harvester")
+
+
+def run_harvester(
+    env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """``harvester ARGS`` as a process of its own, to its end, with its output captured."""
+    return subprocess.run(
+        [*HARVESTER, *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_harvester(
+    env: dict[str, str], *args: str, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """``harvester ARGS`` started as a process of its own (its stdout discarded)."""
+    return subprocess.Popen([*HARVESTER, *args], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
 def output_of(settings: Settings) -> Path:
     assert settings.output is not None
     return settings.output

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,21 +14,11 @@ from harvester.config import FailureLimit, parse_deadline, parse_duration
 from harvester.errors import ConfigError
 from harvester.sim import SIM_SECRET
 
-from .conftest import canonical, expected_events, read_ndjson
-
-
-def harvester(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "harvester", *args],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+from .conftest import canonical, expected_events, read_ndjson, run_harvester
 
 
 def test_check_passes_and_shows_the_settings_without_secrets(sim_process: dict[str, str]) -> None:
-    done = harvester(sim_process, "check")
+    done = run_harvester(sim_process, "check")
     assert done.returncode == 0, done.stderr
     assert b"ok: the API accepted the credentials" in done.stdout
     assert b"api_secret = ***" in done.stdout
@@ -48,7 +36,7 @@ def test_check_passes_and_shows_the_settings_without_secrets(sim_process: dict[s
 def test_check_explains_what_is_wrong(
     sim_process: dict[str, str], change: dict[str, str], code: int, message: bytes
 ) -> None:
-    done = harvester({**sim_process, **change}, "check")
+    done = run_harvester({**sim_process, **change}, "check")
     assert done.returncode == code, done.stderr
     assert message in done.stderr
     assert b"wrong-secret-1" not in done.stdout + done.stderr
@@ -58,7 +46,7 @@ def test_check_says_when_the_api_cannot_be_reached(sim_process: dict[str, str]) 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    done = harvester(
+    done = run_harvester(
         {**sim_process, "CATAPULT_BASE_URL": f"http://127.0.0.1:{port}"}, "check", "--timeout", "2"
     )
     assert done.returncode == 6, "unreachable: a scheduler may try again later"
@@ -71,7 +59,7 @@ def test_max_failures_decides_the_exit_code(
 ) -> None:
     ids = Path(sim_process["IDS_FILE"]).read_text().split()
     (tmp_path / "calls.txt").write_text("\n".join([*ids, "c-nosuchcall"]))
-    done = harvester(
+    done = run_harvester(
         sim_process,
         "run",
         "-i",
@@ -154,7 +142,7 @@ def test_bad_failure_allowances(bad: str) -> None:
 def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path: Path) -> None:
     ids = Path(sim_process["IDS_FILE"]).read_text().split()
     (tmp_path / "calls.txt").write_text("\n".join(ids))
-    done = harvester(
+    done = run_harvester(
         sim_process,
         "run",
         "-i",
@@ -174,7 +162,7 @@ def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path
     assert report["status"] == "deadline"
     assert report["calls"] < len(ids)
 
-    done = harvester(
+    done = run_harvester(
         sim_process,
         "run",
         "-i",

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from .conftest import (
     make_settings,
     output_of,
     read_ndjson,
+    run_harvester,
     write_calls,
 )
 from .hostile import Hostile, poison_id
@@ -145,13 +144,13 @@ def test_the_command_exits_6_and_the_same_command_later_finishes(
     (tmp_path / "calls.txt").write_text("\n".join(ids))
     summary = tmp_path / "summary.json"
     args = [
-        *(sys.executable, "-m", "harvester", "run", "-i", str(tmp_path / "calls.txt")),
+        *("run", "-i", str(tmp_path / "calls.txt")),
         *("-o", str(tmp_path / "out.ndjson"), "--summary", str(summary), "--no-progress"),
         *("--max-attempts", "1"),
     ]
     down = {**sim_process, "CATAPULT_BASE_URL": f"http://127.0.0.1:{free_port()}"}
 
-    done = subprocess.run(args, env=down, capture_output=True, timeout=60, check=False)
+    done = run_harvester(down, *args)
 
     assert done.returncode == 6, done.stderr
     assert b"Nothing is lost" in done.stderr
@@ -159,7 +158,7 @@ def test_the_command_exits_6_and_the_same_command_later_finishes(
     assert (report["status"], report["failed"]) == ("api-unavailable", 0)
     assert (tmp_path / "out.failures.ndjson").read_bytes() == b""
 
-    done = subprocess.run(args, env=sim_process, capture_output=True, timeout=60, check=False)
+    done = run_harvester(sim_process, *args)
 
     assert done.returncode == 0, done.stderr
     assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(ids))

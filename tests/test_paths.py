@@ -4,6 +4,7 @@ names of one output (a symlink) share one lock."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from harvester.job import harvest, retry_failed
 from harvester.journal import Journal
 from harvester.sim import Simulator
 
-from .conftest import FakeClock, make_settings, write_calls
+from .conftest import HARVESTER, FakeClock, make_settings, write_calls
 
 
 def files(tmp_path: Path) -> dict[str, Path]:
@@ -162,16 +163,13 @@ async def test_a_file_the_run_writes_must_be_a_regular_file(
 def test_stdin_redirected_from_the_output_is_the_same_file(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     out = tmp_path / "out.ndjson"
     out.write_text("precious\n")
     with out.open("rb") as stdin:
         done = subprocess.run(
-            [sys.executable, "-m", "harvester", "run", "-i", "-", "-o", str(out), "--fresh"],
+            [*HARVESTER, "run", "-i", "-", "-o", str(out), "--fresh"],
             env=sim_process,
-            stdin=stdin,
+            stdin=stdin,  # a file, not bytes: stdin is the output itself
             capture_output=True,
             timeout=60,
             check=False,

@@ -20,7 +20,15 @@ from harvester.errors import FatalApiError
 from harvester.job import harvest
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 
-from .conftest import FakeClock, canonical, expected_events, make_settings, output_of, read_ndjson
+from .conftest import (
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    output_of,
+    read_ndjson,
+    start_harvester,
+)
 from .hostile import POISONS, Hostile, expected_code, poison_id
 
 GOOD = [call_id_for(7, i) for i in range(90)]
@@ -118,12 +126,7 @@ def run_measured(env: dict[str, str], *args: str) -> tuple[int, bytes, float]:
     while it runs (wait4's ru_maxrss would count this process's peak too: Linux carries it
     into a child across fork and exec)."""
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "harvester", *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        process = start_harvester(env, *args, stderr=stderr)
         peak = 0
         while process.poll() is None:
             with contextlib.suppress(OSError):  # gone, or a zombie without memory

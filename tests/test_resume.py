@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,13 +25,16 @@ from harvester.job import harvest
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import (
+    HARVESTER,
     FakeClock,
     canonical,
     expected_events,
     make_settings,
     output_of,
     read_ndjson,
+    run_harvester,
     simulator_process,
+    start_harvester,
     write_calls,
 )
 
@@ -68,16 +70,14 @@ def invocations(folder: Path) -> int:
 
 def start_args(folder: Path) -> list[str]:
     return [
-        *(sys.executable, "-m", "harvester", "run", "--input", str(folder / "calls.txt")),
+        *("run", "--input", str(folder / "calls.txt")),
         *("--output", str(folder / "out" / "events.ndjson")),
         *("--summary", str(folder / "summary.json"), "--no-progress"),
     ]
 
 
 def start(env: dict[str, str], folder: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*start_args(folder), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    return start_harvester(env, *start_args(folder), *extra)
 
 
 def finish(env: dict[str, str], folder: Path, *extra: str) -> tuple[int, bytes]:
@@ -212,7 +212,7 @@ def test_gnu_timeout_signalling_the_process_and_its_group_is_one_graceful_stop(
     ids = call_list(faulty_sim, tmp_path, calls=150)
     # timeout sends TERM to the harvester, then to its whole process group at once.
     process = subprocess.Popen(
-        ["timeout", "--preserve-status", "1.2", *start_args(tmp_path), "--grace", "5"],
+        ["timeout", "--preserve-status", "1.2", *HARVESTER, *start_args(tmp_path), "--grace", "5"],
         env=faulty_sim,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -378,8 +378,6 @@ def test_a_full_disk_exits_4_naming_the_path_and_resumes_once_space_is_back(
         # Fill the filesystem but for room enough to open the ledger and commit a little.
         (mount / "ballast").write_bytes(b"x" * (512 - 120) * 1024)
         args = [
-            "-m",
-            "harvester",
             "run",
             "-i",
             str(tmp_path / "calls.txt"),
@@ -389,18 +387,14 @@ def test_a_full_disk_exits_4_naming_the_path_and_resumes_once_space_is_back(
             "--commit-every",
             "3",
         ]
-        done = subprocess.run(
-            [sys.executable, *args], env=sim_process, capture_output=True, timeout=60, check=False
-        )
+        done = run_harvester(sim_process, *args)
         assert done.returncode == 4, done.stderr
         assert b"No space left on device" in done.stderr or b"disk is full" in done.stderr
         assert str(mount).encode() in done.stderr
         assert output.stat().st_size > 0, "some commits went through before the disk filled"
 
         (mount / "ballast").unlink()
-        done = subprocess.run(
-            [sys.executable, *args], env=sim_process, capture_output=True, timeout=60, check=False
-        )
+        done = run_harvester(sim_process, *args)
         assert done.returncode == 0, done.stderr
         lines = output.read_bytes().splitlines()
         assert len(lines) == len(set(lines))
@@ -431,8 +425,6 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
     output = tmp_path / "out" / "events-{date}.ndjson.gz"
     calls_output = tmp_path / "out" / "calls-{date}.ndjson.gz"
     args = [
-        "-m",
-        "harvester",
         "run",
         "--yesterday",
         "-o",
@@ -453,24 +445,22 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
     rng = random.Random(5)
     kills = 0
     for _ in range(20):
-        process = subprocess.Popen(
-            [sys.executable, *args],
-            env=faulty_sim,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_harvester(faulty_sim, *args, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.35, 0.8))
         if process.poll() is not None:
             break
         process.kill()
         process.wait()
         kills += 1
-        # Whatever the kill interrupted, what the ledger vouches for is whole gzip.
+        # Whatever the kill interrupted, what the ledger vouches for is whole gzip of whole
+        # lines, each once.
         for name in ("events", "calls"):
-            assert gzip.decompress(committed_bytes(tmp_path / "out", day, name)) is not None
-    done = subprocess.run(
-        [sys.executable, *args], env=faulty_sim, capture_output=True, timeout=120, check=False
-    )
+            text = gzip.decompress(committed_bytes(tmp_path / "out", day, name))
+            assert text == b"" or text.endswith(b"\n")
+            lines = text.splitlines()
+            assert all(isinstance(orjson.loads(line), dict) for line in lines)
+            assert len(lines) == len(set(lines))
+    done = run_harvester(faulty_sim, *args, timeout=120)
 
     assert done.returncode == 0, done.stderr
     assert kills >= 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +24,8 @@ from .conftest import (
     make_settings,
     output_of,
     read_ndjson,
+    run_harvester,
+    start_harvester,
     write_calls,
 )
 
@@ -130,8 +131,6 @@ def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(tmp_path: Path
 
 
 def test_the_command(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     from .conftest import simulator_process
 
@@ -141,45 +140,23 @@ def test_the_command(tmp_path: Path) -> None:
         ids = Path(env["IDS_FILE"]).read_text().split()
         (tmp_path / "calls.txt").write_text("\n".join([*ids, UNKNOWN[0]]))
         out = tmp_path / "out" / "e.ndjson"
-        first = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harvester",
-                "run",
-                "-i",
-                str(tmp_path / "calls.txt"),
-                "-o",
-                str(out),
-                "--max-attempts",
-                "1",
-                "--no-progress",
-            ],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
+        first = run_harvester(
+            env,
+            "run",
+            "-i",
+            str(tmp_path / "calls.txt"),
+            "-o",
+            str(out),
+            "--max-attempts",
+            "1",
+            "--no-progress",
         )
         assert first.returncode == 1, first.stderr
     # A well-behaved simulator this time, on another port: the same registry.
     (tmp_path / "again").mkdir()
     with simulator_process(tmp_path / "again", "--calls", "30") as env:
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "harvester",
-                "retry-failed",
-                "--output",
-                str(out),
-                "--no-progress",
-                "--summary",
-                str(tmp_path / "s.json"),
-            ],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
+        again = run_harvester(
+            env, "retry-failed", "-o", str(out), "--no-progress", "--summary", str(tmp_path / "s")
         )
     assert again.returncode == 1, again.stderr  # the unknown call still fails
     assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
@@ -292,38 +269,26 @@ def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
         (tmp_path / "calls.txt").write_text("\n".join(ids))
         out = tmp_path / "out" / "e.ndjson"
         common = ["-o", str(out), "--no-progress", "--commit-every", "2"]
-        command = [sys.executable, "-m", "harvester"]
-        run = [*command, "run", "-i", str(tmp_path / "calls.txt"), *common]
-        first = subprocess.run(
-            [*run, "--max-attempts", "1"], env=env, capture_output=True, timeout=60, check=False
-        )
+        run = ["run", "-i", str(tmp_path / "calls.txt"), *common]
+        first = run_harvester(env, *run, "--max-attempts", "1")
         assert first.returncode == 1, first.stderr
     (tmp_path / "slow").mkdir()
     with simulator_process(tmp_path / "slow", "--calls", "120", "--latency", "0.05") as env:
         rng = random.Random(4)
         for _ in range(4):
-            again = subprocess.Popen(
-                [*command, "retry-failed", *common, "--concurrency", "2"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            again = start_harvester(
+                env, "retry-failed", *common, "--concurrency", "2", stderr=subprocess.DEVNULL
             )
             time.sleep(rng.uniform(0.8, 1.2))
             again.kill()
             again.wait()
-            mended = subprocess.run(run, env=env, capture_output=True, timeout=60, check=False)
+            mended = run_harvester(env, *run)
             failures = read_ndjson(out.with_name("e.failures.ndjson"))
             harvested = {e["callId"] for e in read_ndjson(out)}
             assert len(failures) == len({f["callId"] for f in failures}), mended.stderr
             assert not harvested & {f["callId"] for f in failures}
             assert len(harvested) + len(failures) == len(ids)
-        done = subprocess.run(
-            [*command, "retry-failed", *common],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_harvester(env, "retry-failed", *common)
     assert done.returncode == 0, done.stderr
     assert read_ndjson(out.with_name("e.failures.ndjson")) == []
     lines = out.read_bytes().splitlines()
