@@ -40,6 +40,7 @@ from harvester.options import CHECK, RETRY, RUN, add_options
 from harvester.progress import Progress, count_records
 from harvester.sim_command import add_sim_command, serve_sim
 from harvester.stats import RunStats, summary_document, summary_line, write_json_atomically
+from harvester.stopper import EXIT_SIGNAL_BASE, Stopper
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -49,10 +50,6 @@ EXIT_OUTPUT = 4
 EXIT_DEADLINE = 5
 EXIT_UNAVAILABLE = 6
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
-EXIT_SIGNAL_BASE = 128
-# The same signal again within this many seconds is the same request to stop: GNU timeout (and
-# other wrappers) send it to the process and then to its whole group, microseconds apart.
-SAME_SIGNAL_SECONDS = 1.0
 
 log = logging.getLogger("harvester")
 
@@ -157,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         log_every=settings.log_every,
         metrics_file=settings.metrics_file,
     )
-    stopper = _Stopper(settings.grace, settings.time_allowed(started_at))
+    stopper = Stopper(settings.grace, settings.time_allowed(started_at))
     code, status, error = _harvest(args, settings, stats, progress, stopper)
     if code == EXIT_USAGE and not stats.job:
         # Refused before the job was opened: an earlier run's summary and metrics stay as they
@@ -190,7 +187,7 @@ def _harvest(
     settings: Settings,
     stats: RunStats,
     progress: Progress,
-    stopper: _Stopper,
+    stopper: Stopper,
 ) -> tuple[int, str, str | None]:
     """Run the job; its exit code, status and error message (None when it finished)."""
     if args.command == RETRY:
@@ -243,55 +240,6 @@ def _settings(args: argparse.Namespace) -> Settings | None:
         return None
 
 
-class _Stopper:
-    """SIGINT/SIGTERM: the first asks the run to stop gracefully, another exits at once.
-
-    The handler only sets a flag that the run watches. The same signal again within
-    ``SAME_SIGNAL_SECONDS`` is the same request (a wrapper such as GNU timeout signals the
-    process and then its group). Exiting at once is safe: nothing uncommitted counts, and the
-    next run resumes from the last commit.
-    """
-
-    def __init__(self, grace: float, time_allowed: float | None = None) -> None:
-        self.event = asyncio.Event()
-        self.signal: int | None = None
-        self.deadline_reached = False
-        self._grace = grace
-        self._time_allowed = time_allowed
-        self._signalled_at = 0.0
-
-    def install(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        if self._time_allowed is not None:
-            loop.call_later(max(self._time_allowed, 0.0), self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        if self.event.is_set():
-            return
-        self.deadline_reached = True
-        log.info("deadline reached: finishing calls in flight, then committing")
-        self.event.set()
-
-    def _on_signal(self, signum: int) -> None:
-        now = time.monotonic()
-        if self.signal is not None:
-            if signum == self.signal and now - self._signalled_at < SAME_SIGNAL_SECONDS:
-                return  # the same request, delivered twice
-            sys.stderr.write("\nharvester: second signal: stopping now (resumable)\n")
-            sys.stderr.flush()
-            os._exit(EXIT_SIGNAL_BASE + signum)
-        self.signal, self._signalled_at = signum, now
-        log.info(
-            "%s: finishing calls in flight (up to %g s), then committing; "
-            "signal again to stop at once",
-            signal.Signals(signum).name,
-            self._grace,
-        )
-        self.event.set()
-
-
 def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
@@ -302,7 +250,7 @@ def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 async def _supervised(
-    work: Coroutine[Any, Any, Any], progress: Progress, stopper: _Stopper, input_spec: str | None
+    work: Coroutine[Any, Any, Any], progress: Progress, stopper: Stopper, input_spec: str | None
 ) -> None:
     """Run ``work`` with signal handling and a progress ticker beside it; ``input_spec``, when
     given, is counted for the progress total meanwhile (a regular file only, never a stream)."""

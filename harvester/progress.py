@@ -63,7 +63,7 @@ class Progress:
             await asyncio.sleep(interval)
             since_metrics += interval
             if self._terminal:
-                self._draw()
+                self.draw()
             elif self._show:
                 self._log_line()
             if self._metrics_file is not None and since_metrics >= METRICS_INTERVAL:
@@ -73,7 +73,7 @@ class Progress:
     def finish(self, completed: bool) -> None:
         """The last bar and metrics; ``completed`` marks a run that finished its job."""
         if self._bar is not None:
-            self._draw()
+            self.draw()
             self._bar.close()
         if completed:
             self._last_success = time.time()
@@ -96,7 +96,8 @@ class Progress:
                 exc.strerror,
             )
 
-    def _draw(self) -> None:
+    def draw(self) -> None:
+        """Bring the bar up to date with the counters (a tick does it; so can a caller)."""
         s = self._stats
         bar = self._bar
         if bar is None:

@@ -217,29 +217,25 @@ def test_every_command_has_help(command: str) -> None:
     assert b"usage: harvester" in done.stdout
 
 
-async def test_the_same_signal_twice_at_once_is_one_request_and_later_it_forces(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from harvester import cli
+async def test_the_same_signal_twice_at_once_is_one_request_and_later_it_forces() -> None:
+    from harvester.stopper import SAME_SIGNAL_SECONDS, Stopper
 
     exits: list[int] = []
     now = [100.0]
-    monkeypatch.setattr("harvester.cli.os._exit", exits.append)
-    monkeypatch.setattr("harvester.cli.time.monotonic", lambda: now[0])
-    stopper = cli._Stopper(grace=10)
+    stopper = Stopper(grace=10, monotonic=lambda: now[0], exit_now=exits.append)
 
-    stopper._on_signal(signal.SIGTERM)
+    stopper.on_signal(signal.SIGTERM)
     now[0] += 0.001  # timeout(1) signals the process, then its group
-    stopper._on_signal(signal.SIGTERM)
+    stopper.on_signal(signal.SIGTERM)
     assert stopper.event.is_set() and exits == []
 
-    now[0] += cli.SAME_SIGNAL_SECONDS  # a person who means it
-    stopper._on_signal(signal.SIGTERM)
+    now[0] += SAME_SIGNAL_SECONDS  # a person who means it
+    stopper.on_signal(signal.SIGTERM)
     assert exits == [143]
 
-    other = cli._Stopper(grace=10)
-    other._on_signal(signal.SIGTERM)
-    other._on_signal(signal.SIGINT)  # another signal is never the same request
+    other = Stopper(grace=10, monotonic=lambda: now[0], exit_now=exits.append)
+    other.on_signal(signal.SIGTERM)
+    other.on_signal(signal.SIGINT)  # another signal is never the same request
     assert exits == [143, 130]
 
 

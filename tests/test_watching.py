@@ -111,7 +111,7 @@ def test_on_a_terminal_a_live_bar() -> None:
     stream = Terminal()
     stats = RunStats(calls=10, ok=6, failed=1, events=42, retries=3, rate_limited=2)
     progress = Progress(stats, stream, show=True, log_every=30, metrics_file=None, total=20)
-    progress._draw()
+    progress.draw()
     progress.finish(completed=False)
     text = stream.getvalue()
     assert "harvester" in text and "7/20" in text
