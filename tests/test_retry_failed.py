@@ -105,39 +105,6 @@ async def test_nothing_to_retry_without_state(
         await retry_failed(make_settings(sim, tmp_path), clock=clock)
 
 
-def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from harvester.journal import Batch, Journal
-    from harvester.ledger import FAILED, OK
-
-    paths = {"events": tmp_path / "e.ndjson", "failures": tmp_path / "e.failures.ndjson"}
-    counters = {"requests": 0, "retries": 0, "rate_limited": 0}
-    journal = Journal.open(paths, {"input": "x"})
-    batch = Batch(failures=bytearray(b'{"callId":"c-1"}\n{"callId":"c-2"}\n'), failed=2)
-    batch.rows = [("c-1", 1, FAILED), ("c-2", 2, FAILED)]
-    journal.commit(batch, counters, 0.0)
-    journal.retake(["c-1"])  # retry-failed takes c-1 on again, and this time it works
-    journal.commit(
-        Batch(events=bytearray(b'{"callId":"c-1"}\n'), rows=[("c-1", 1, OK)], ok=1), counters, 0.0
-    )
-    # The compaction writes the new file and the ledger records the swap; then a crash,
-    # before the rename.
-    with monkeypatch.context() as crash:
-        crash.setattr("harvester.failures.finish_swap", lambda *args: None)
-        journal.compact_failures()
-    journal.close()
-    assert paths["failures"].read_bytes().count(b"c-1") == 1, "not renamed over yet"
-
-    reopened = Journal.open(paths, {"input": "x"})
-    reopened.close()
-
-    assert paths["failures"].read_bytes() == b'{"callId":"c-2"}\n'
-    assert not list(tmp_path.glob(".*.tmp"))
-    assert "failures_swap" not in reopened.meta
-    assert (reopened.meta["totals"]["ok"], reopened.meta["totals"]["failed"]) == (1, 1)
-
-
 def test_the_command(tmp_path: Path) -> None:
 
     from .conftest import simulator_process
