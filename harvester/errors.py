@@ -11,7 +11,9 @@
         │   └── RateLimited    429: wait until ``retry_at`` (clock seconds) or back off
         ├── CallFailed         permanent for this call (404, other 4xx, a malformed or
         │                      oversized answer, a next link that loops): to the failures file
-        └── FatalApiError      permanent for the whole run (401, 403, TLS): abort, exit 3
+        └── FatalApiError      permanent for the whole run (401, 403, TLS refused, a base
+                               URL with no call list, a call list that cannot be read
+                               whole): abort, exit 3
             └── ApiUnavailable the API is down (an outage, a wrong base URL): exit 6;
                                nothing is lost, the next run takes the calls on
 
@@ -70,7 +72,9 @@ class CallFailed(ApiError):
 
 
 class FatalApiError(ApiError):
-    """Permanent for every call: bad credentials, no access, TLS refused. The run stops."""
+    """Permanent for the whole run: credentials refused or no access (401/403), TLS refused, a
+    base URL with no call list for the user (``wrong-base-url``), a call list that cannot be
+    read whole (``listing-failed``, ``listing-loop``). The run stops, exit 3."""
 
 
 class ApiUnavailable(FatalApiError):

@@ -23,8 +23,8 @@ async def test_an_untrusted_certificate_aborts_the_run(clock: FakeClock, tmp_pat
     await simulator.start(ssl_context=server_context)
     try:
         write_calls(tmp_path, simulator.call_ids())
-        # https to a non-loopback-only check is irrelevant here: the host is loopback, and
-        # the certificate's authority is not one the system trusts.
+        # https to a loopback host, whose certificate's authority the system does not trust:
+        # TLS is always verified, so this must be refused.
         settings = make_settings(simulator, tmp_path)
         assert settings.base_url.startswith("https://")
 
