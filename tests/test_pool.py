@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 from pathlib import Path
 
 import orjson
@@ -289,3 +292,33 @@ async def test_calls_that_are_answered_keep_the_run_going_through_many_failures(
     stats = await harvest(settings, clock=clock)
 
     assert (stats.ok, stats.failed) == (len(ids), 30)
+
+
+async def test_calls_still_in_flight_when_the_grace_period_ends_are_abandoned_and_fetched_again(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, concurrency=4, grace=30)
+    sim.config.latency = 20.0  # real seconds: far longer than this test may take
+    caplog.set_level(logging.INFO, logger="harvester")
+    stop = asyncio.Event()
+    stats = RunStats()
+    run = asyncio.create_task(harvest(settings, clock=clock, stop=stop, stats=stats))
+    while len(sim.log) < 4:  # every worker waits for an answer
+        await asyncio.sleep(0.01)
+
+    started = time.monotonic()
+    stop.set()
+    await run  # the 30 s of grace pass on the test's clock, at once
+
+    assert time.monotonic() - started < 5
+    assert "grace period over: abandoning 4 calls in flight" in caplog.text
+    assert (stats.ok, stats.failed, stats.as_dict()["unfinished"]) == (0, 0, 4)
+    assert not stats.completed and read_ndjson(output_of(settings)) == []
+
+    sim.config.latency = 0.0
+    again = await harvest(settings, clock=clock)
+
+    assert again.completed and again.ok == len(ids)
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
