@@ -68,6 +68,15 @@ def invocations(folder: Path) -> int:
     return 0 if row is None else int(orjson.loads(row[0])["invocations"])
 
 
+def underway(process: subprocess.Popen[bytes], folder: Path) -> None:
+    """Wait until ``process`` has opened its job and worked a moment (a signal before then
+    would meet a Python still starting, not harvester)."""
+    while invocations(folder) == 0:
+        assert process.poll() is None, "the run ended before it was underway"
+        time.sleep(0.01)
+    time.sleep(0.3)
+
+
 def start_args(folder: Path) -> list[str]:
     return [
         *("run", "--input", str(folder / "calls.txt")),
@@ -172,7 +181,7 @@ def test_a_signal_stops_gracefully_and_the_next_run_completes(
 ) -> None:
     ids = call_list(faulty_sim, tmp_path)
     process = start(faulty_sim, tmp_path, "--grace", "5")
-    time.sleep(1.0)
+    underway(process, tmp_path)
     process.send_signal(signum)
     started = time.monotonic()
     _, stderr = process.communicate(timeout=30)
@@ -194,7 +203,7 @@ def test_a_second_signal_exits_at_once_and_stays_resumable(
 ) -> None:
     ids = call_list(faulty_sim, tmp_path)
     process = start(faulty_sim, tmp_path, "--grace", "60")
-    time.sleep(1.0)
+    underway(process, tmp_path)
     process.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     process.send_signal(signal.SIGINT)  # the same one this soon would be the same request
@@ -210,9 +219,11 @@ def test_gnu_timeout_signalling_the_process_and_its_group_is_one_graceful_stop(
     faulty_sim: dict[str, str], tmp_path: Path
 ) -> None:
     ids = call_list(faulty_sim, tmp_path, calls=150)
-    # timeout sends TERM to the harvester, then to its whole process group at once.
+    # timeout sends TERM to the harvester, then to its whole process group at once; --rate
+    # makes the run last longer than that, however slowly the machine starts it.
+    args = [*start_args(tmp_path), "--grace", "5", "--rate", "20"]
     process = subprocess.Popen(
-        ["timeout", "--preserve-status", "1.2", *HARVESTER, *start_args(tmp_path), "--grace", "5"],
+        ["timeout", "--preserve-status", "3", *HARVESTER, *args],
         env=faulty_sim,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
