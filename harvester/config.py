@@ -5,6 +5,7 @@ validated object. Every error message says how to fix the problem.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ from harvester.errors import ConfigError
 from harvester.ids import is_user_id
 from harvester.shard import Shard
 from harvester.window import Window, parse_window
+
+log = logging.getLogger("harvester")
 
 DEFAULT_BASE_URL = "https://api.catapult.inetwork.com"
 
@@ -138,6 +141,7 @@ _SECRETS = ("api_token", "api_secret")
 _PATHS = ("output", "failures", "summary", "calls_output", "metrics_file")
 # Made from other keys, never given.
 _DERIVED = ("window",)
+_WINDOW_KEYS = ("since", "until", "yesterday")
 # The keys of a config file, and the settings a flag may set.
 CONFIG_KEYS = tuple(name for name in _FIELDS if name not in _DERIVED)
 
@@ -161,7 +165,14 @@ def load_settings(
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
             merged[key] = environ[variable]
-    merged.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    # A source chosen on the command line sets aside the other one of the file or environment.
+    if "input" in given:
+        for key in _WINDOW_KEYS:
+            merged.pop(key, None)
+    elif any(key in given for key in _WINDOW_KEYS):
+        merged.pop("input", None)
+    merged.update(given)
     return _validate(merged, config_path, now or datetime.now(UTC))
 
 
@@ -175,6 +186,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if any(data.get(key) for key in _SECRETS) and _readable_by_others(path):
+        log.warning(
+            "config file %s holds a secret and others can read it: chmod 600 %s (or keep the "
+            "secret in the environment, CATAPULT_API_SECRET)",
+            path,
+            path,
+        )
     unknown = sorted(set(data) - set(_FIELDS) | set(data) & set(_DERIVED))
     if unknown:
         raise ConfigError(
@@ -182,6 +200,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"known keys are listed in config.example.toml"
         )
     return data
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & 0o077)
+    except OSError:
+        return False
 
 
 def _validate(values: dict[str, Any], config_path: Path | None, now: datetime) -> Settings:

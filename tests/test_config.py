@@ -141,3 +141,51 @@ def test_every_flag_sets_a_config_key_and_every_key_has_a_flag() -> None:
     assert dests - not_settings <= set(CONFIG_KEYS)
     keyed_by_environment_or_file = {"api_token", "api_secret"}
     assert set(CONFIG_KEYS) - keyed_by_environment_or_file <= dests
+
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+
+
+def example_lines() -> list[str]:
+    """Every ``key = value`` of the example, given or shown commented out."""
+    lines = (line.removeprefix("# ") for line in EXAMPLE.read_text().splitlines())
+    return [line for line in lines if line.split(" = ")[0] in CONFIG_KEYS]
+
+
+@pytest.mark.parametrize("line", example_lines())
+def test_every_example_value_works_as_written(tmp_path: Path, line: str) -> None:
+    config = tmp_path / "harvester.toml"
+    given = [line]
+    if line.startswith("until") or "{date}" in line:
+        given.append('since = "2026-11-25"')  # what the example says it goes with
+    config.write_text("\n".join(given) + "\n")
+    config.chmod(0o600)
+    load_settings({}, ENV, config)
+
+
+@pytest.mark.parametrize(
+    "flags", [{"yesterday": True}, {"since": "2026-11-25"}, {"input": "calls.txt"}]
+)
+def test_a_source_chosen_by_a_flag_sets_the_files_other_source_aside(
+    tmp_path: Path, flags: dict[str, object]
+) -> None:
+    config = tmp_path / "harvester.toml"
+    other = "yesterday = true" if "input" in flags else 'input = "-"'
+    config.write_text(other + "\n")
+    settings = load_settings(flags, ENV, config)
+    assert (settings.input is None) == ("input" not in flags)
+    assert (settings.window is None) == ("input" in flags)
+
+
+def test_a_secret_others_can_read_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "harvester.toml"
+    config.write_text('api_secret = "s3cr3t"\n')
+    config.chmod(0o644)
+    load_settings({}, ENV, config)
+    assert "chmod 600" in caplog.text and "s3cr3t" not in caplog.text
+    caplog.clear()
+    config.chmod(0o600)
+    load_settings({}, ENV, config)
+    assert "chmod 600" not in caplog.text
