@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harvester`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logs.configure("text", getattr(args, "verbose", False))
+    # Errors in the settings are logged as the command line asked, before they are loaded.
+    logs.configure(getattr(args, "log_format", None) or "text", getattr(args, "verbose", False))
     if args.command in ("run", "retry-failed"):
         _steady_memory()
         return _run(args)
@@ -206,7 +207,7 @@ def _harvest(
     except FatalApiError as exc:
         error = str(exc)
         if exc.status in (401, 403):
-            error += " (check CATAPULT_API_TOKEN, CATAPULT_API_SECRET and the user id)"
+            error += f" (check {settings.credentials_from}, and the user id)"
         return EXIT_FATAL_API, "aborted", error
     except OutputError as exc:
         return EXIT_OUTPUT, "output-error", str(exc)
@@ -234,7 +235,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     # Only what was given on the command line; None leaves the file's or environment's value.
     flags = {name: getattr(args, name, None) for name in CONFIG_KEYS}
     try:
-        return load_settings(flags, os.environ, args.config)
+        return load_settings(flags, os.environ, args.config, as_flags=True)
     except ConfigError as exc:
         log.error("error: %s", exc)
         return None
@@ -288,9 +289,10 @@ def _check(args: argparse.Namespace) -> int:
     except FatalApiError as exc:
         if exc.status in (401, 403):
             log.error(
-                "error: the API refused: %s. Check CATAPULT_API_TOKEN and CATAPULT_API_SECRET "
-                "(401) and that user id %s is the account they belong to (403)",
+                "error: the API refused: %s. Check %s (401) and that user id %s is the account "
+                "they belong to (403)",
                 exc,
+                settings.credentials_from,
                 settings.user_id,
             )
         else:

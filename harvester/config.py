@@ -19,6 +19,7 @@ from harvester.credentials import Secret, check_base_url
 from harvester.credentials import redact_url as redact_url
 from harvester.errors import ConfigError
 from harvester.ids import is_user_id
+from harvester.options import flag_of
 from harvester.shard import Shard
 from harvester.window import Window, parse_window
 
@@ -59,7 +60,7 @@ class FailureLimit:
                 raise ValueError
         except ValueError:
             raise ConfigError(
-                f"max_failures {spec!r} must be a count (10) or a share of the calls (0.5%)"
+                f"{spec!r} must be a count (10) or a share of the calls (0.5%)"
             ) from None
         return cls(count=count)
 
@@ -110,6 +111,7 @@ class Settings:
     max_duration: float | None = None  # seconds
     deadline: datetime | None = None  # the moment; a time of day is the next one after load
     window: Window | None = None
+    credentials_from: str = "CATAPULT_API_TOKEN and CATAPULT_API_SECRET"
 
     def time_allowed(self, now: datetime) -> float | None:
         """Seconds a run starting ``now`` may take: the sooner of --max-duration and
@@ -140,7 +142,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRETS = ("api_token", "api_secret")
 _PATHS = ("output", "failures", "summary", "calls_output", "metrics_file")
 # Made from other keys, never given.
-_DERIVED = ("window",)
+_DERIVED = ("window", "credentials_from")
 _WINDOW_KEYS = ("since", "until", "yesterday")
 # The keys of a config file, and the settings a flag may set.
 CONFIG_KEYS = tuple(name for name in _FIELDS if name not in _DERIVED)
@@ -152,20 +154,26 @@ def load_settings(
     config_path: Path | None = None,
     *,
     now: datetime | None = None,
+    as_flags: bool = False,
 ) -> Settings:
     """Merge the config file, the environment and the flags (later wins), then validate.
 
     ``flags`` holds only what the user gave on the command line (None means not given).
     ``now`` (the real time unless given) is when ``--yesterday`` and ``--deadline 06:00`` are
-    reckoned from.
+    reckoned from. Errors name a value as it was given: its key in the file, its environment
+    variable, or its flag when ``as_flags`` (else its key, as a library caller gives it).
     """
     merged: dict[str, Any] = {}
+    names: dict[str, str] = {}
     if config_path is not None:
         merged.update(_read_toml(config_path))
+        names.update((key, f"{key} (in {config_path})") for key in merged)
     for variable, key in ENVIRONMENT.items():
         if environ.get(variable):
             merged[key] = environ[variable]
+            names[key] = variable
     given = {k: v for k, v in flags.items() if v is not None}
+    names.update((key, flag_of(key) if as_flags else key) for key in given)
     # A source chosen on the command line sets aside the other one of the file or environment.
     if "input" in given:
         for key in _WINDOW_KEYS:
@@ -173,7 +181,7 @@ def load_settings(
     elif any(key in given for key in _WINDOW_KEYS):
         merged.pop("input", None)
     merged.update(given)
-    return _validate(merged, config_path, now or datetime.now(UTC))
+    return _validate(merged, names, now or datetime.now(UTC))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -209,15 +217,14 @@ def _readable_by_others(path: Path) -> bool:
         return False
 
 
-def _validate(values: dict[str, Any], config_path: Path | None, now: datetime) -> Settings:
-    where = f" (in {config_path} or flags)" if config_path else ""
-    kwargs = {key: _coerce(key, value, where) for key, value in values.items()}
+def _validate(values: dict[str, Any], names: dict[str, str], now: datetime) -> Settings:
+    kwargs = {key: _coerce(key, value, names.get(key, key)) for key, value in values.items()}
     deadline = kwargs.pop("deadline", None)
     settings = Settings(**kwargs)
     _check_credentials(settings)
-    check_base_url(settings.base_url)
+    _named(names.get("base_url", "base_url"), check_base_url, settings.base_url)
     for key, (low, high) in _RANGES.items():
-        _check_range(key, getattr(settings, key), low, high)
+        _check_range(names.get(key, key), getattr(settings, key), low, high)
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
     window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)
@@ -227,8 +234,15 @@ def _validate(values: dict[str, Any], config_path: Path | None, now: datetime) -
             "list (--yesterday, or --since/--until), not both"
         )
     if deadline is not None:
-        deadline = parse_deadline(deadline, now, settings.tz)
-    return _render_paths(dataclasses.replace(settings, window=window, deadline=deadline))
+        deadline = _named(
+            names.get("deadline", "deadline"), parse_deadline, deadline, now, settings.tz
+        )
+    credentials_from = " and ".join(names.get(key, key) for key in _SECRETS)
+    return _render_paths(
+        dataclasses.replace(
+            settings, window=window, deadline=deadline, credentials_from=credentials_from
+        )
+    )
 
 
 _RANGES = {
@@ -273,7 +287,7 @@ def parse_duration(value: object) -> float:
     except ValueError:
         seconds = -1
     if isinstance(value, bool) or not seconds > 0:
-        raise ConfigError(f"max_duration {value!r} must be a duration such as 90s, 15m or 5h")
+        raise ConfigError(f"{value!r} must be a duration such as 90s, 15m or 5h")
     return seconds
 
 
@@ -297,8 +311,7 @@ def parse_deadline(value: object, now: datetime, zone_name: str) -> datetime:
             moment = _next_time_of_day(time.fromisoformat(value), now, zone)
     except ValueError:
         raise ConfigError(
-            f"deadline {value!r} must be a time of day (06:00) or a date and time "
-            "(2026-11-27T06:00:00Z)"
+            f"{value!r} must be a time of day (06:00) or a date and time (2026-11-27T06:00:00Z)"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
@@ -346,45 +359,53 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _coerce(key: str, value: Any, where: str) -> Any:
+def _coerce(key: str, value: Any, name: str) -> Any:
     if key not in _FIELDS or key in _DERIVED:
         raise ConfigError(f"unknown setting {key!r}")
     expected = _TYPES[key]
     if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
         return value
     if key in _PARSERS:
-        return _PARSERS[key](value)
+        return _named(name, _PARSERS[key], value)
     if key in _SECRETS:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string{where}")
+            raise ConfigError(f"{name} must be a string")
         return Secret(value)
     if expected is Path:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a path{where}")
+            raise ConfigError(f"{name} must be a path")
         if not value.strip():
-            raise ConfigError(f"{key} is empty{where}: give a file path")
+            raise ConfigError(f"{name} is empty: give a file path")
         path = Path(value)
         if path.name in ("", ".", ".."):
-            raise ConfigError(f"{key} {value!r} names a folder{where}: give a file path")
+            raise ConfigError(f"{name} {value!r} names a folder: give a file path")
         return path
     if expected in (int, float):
-        return _number(key, value, expected is int, where)
+        return _number(name, value, expected is int)
     if expected is bool:
-        raise ConfigError(f"{key} must be true or false, not {value!r}{where}")
-    raise ConfigError(f"{key} must be a string, not {value!r}{where}")
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    raise ConfigError(f"{name} must be a string, not {value!r}")
 
 
-def _number(key: str, value: Any, whole: bool, where: str) -> int | float:
+def _named(name: str, parse: Callable[..., Any], *args: Any) -> Any:
+    """``parse(*args)``, its error saying which setting was wrong, as the user named it."""
+    try:
+        return parse(*args)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _number(name: str, value: Any, whole: bool) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{key} must be a number, not {value!r}{where}")
+        raise ConfigError(f"{name} must be a number, not {value!r}")
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"{key} must be a number, not {value!r}{where}") from None
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
     if not whole:
         return number
     if not number.is_integer():
-        raise ConfigError(f"{key} must be a whole number, not {value!r}{where}")
+        raise ConfigError(f"{name} must be a whole number, not {value!r}")
     return int(number)
 
 

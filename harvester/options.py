@@ -256,3 +256,11 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
                 groups[option.group] = parser.add_argument_group(option.group, NIGHTLY_HELP)
             target = groups[option.group]
         option.add_to(target)
+
+
+def flag_of(key: str) -> str:
+    """The flag that sets config key ``key`` (the key itself when no flag does)."""
+    for option in OPTIONS:
+        if (option.dest or option.flags[0].removeprefix("--").replace("-", "_")) == key:
+            return option.flags[0]
+    return key

@@ -25,7 +25,7 @@ class Shard:
             shard = None
         if shard is None or not 0 <= shard.index < shard.count:
             raise ConfigError(
-                f"--shard {text!r} must be K/N with 0 <= K < N, e.g. 0/4 ... 3/4 "
+                f"{text!r} must be K/N with 0 <= K < N, e.g. 0/4 ... 3/4 "
                 "(a Kubernetes Indexed Job's JOB_COMPLETION_INDEX is K)"
             )
         return shard

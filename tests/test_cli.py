@@ -136,6 +136,10 @@ def test_empty_input_exits_0(sim_process: dict[str, str], tmp_path: Path) -> Non
         (["--input", "{calls}", "--config", "/nonexistent.toml"], {}, b"does not exist"),
         (["--input", "{csv}"], {}, b"no callId or id column"),
         ([], {}, b"nothing to harvest: give a call list (--input PATH"),
+        (["-i", "{calls}", "--commit-every", "0"], {}, b"--commit-every must be between 1 and"),
+        (["-i", "{calls}", "--max-failures", "x"], {}, b"--max-failures: 'x' must be a count"),
+        (["-i", "{calls}", "--shard", "3/3"], {}, b"--shard: '3/3' must be K/N"),
+        (["-i", "{calls}"], {"CATAPULT_BASE_URL": "ftp://x"}, b"CATAPULT_BASE_URL"),
     ],
 )
 def test_usage_config_and_input_errors_exit_2_before_any_request(
@@ -377,3 +381,32 @@ def test_a_closed_stdin_or_an_odd_metrics_file_is_a_one_line_error(
         *("--metrics-file", "/dev/zero"),
     )
     assert done.returncode == 2 and b"not a regular file" in done.stderr
+
+
+def test_a_settings_error_is_logged_as_json_when_json_was_asked_for(tmp_path: Path) -> None:
+    done = run_harvester(
+        {}, "run", "-i", "x.txt", "-o", str(tmp_path / "o"), "--log-format", "json"
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    record = orjson.loads(line)
+    assert record["level"] == "error" and "no user id" in record["message"]
+
+
+def test_refused_credentials_from_a_config_file_point_at_the_file(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "h.toml"
+    config.write_text('api_token = "wrong"\napi_secret = "wrong-too"\n')
+    config.chmod(0o600)
+    env = {
+        k: v
+        for k, v in sim_process.items()
+        if k not in ("CATAPULT_API_TOKEN", "CATAPULT_API_SECRET")
+    }
+    (tmp_path / "calls.txt").write_text("\n".join(registry(sim_process)[:3]))
+    for args in (["check"], ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(tmp_path / "o")]):
+        done = run_harvester(env, *args, "--config", str(config))
+        assert done.returncode == 3, done.stderr
+        assert f"api_secret (in {config})".encode() in done.stderr
+        assert b"CATAPULT_API_SECRET" not in done.stderr

@@ -78,9 +78,9 @@ def test_plain_http_is_allowed_on_loopback(host: str) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("concurrency = 'many'", "concurrency must be a number"),
+        ("concurrency = 'many'", r"concurrency \(in .*c.toml\) must be a number"),
         ("concurrency = 2.5", "whole number"),
-        ("progress = 'yes'", "progress must be true or false"),
+        ("progress = 'yes'", r"progress \(in .*c.toml\) must be true or false"),
         ("colour = 'blue'", "unknown key"),
         ("concurrency = ", "not valid TOML"),
     ],

@@ -135,7 +135,7 @@ def test_failure_allowances(spec: str, calls: int, allowed: int) -> None:
 
 @pytest.mark.parametrize("bad", ["-1", "lots", "150%"])
 def test_bad_failure_allowances(bad: str) -> None:
-    with pytest.raises(ConfigError, match="max_failures"):
+    with pytest.raises(ConfigError, match="must be a count"):
         FailureLimit.parse(bad)
 
 
