@@ -156,6 +156,8 @@ def _run(args: argparse.Namespace) -> int:
         metrics_file=settings.metrics_file,
     )
     stopper = Stopper(settings.grace, settings.time_allowed(started_at))
+    if settings.deadline is not None:
+        _say_deadline(settings.deadline, started_at)
     code, status, error = _harvest(args, settings, stats, progress, stopper)
     if code == EXIT_USAGE and not stats.job:
         # Refused before the job was opened: an earlier run's summary and metrics stay as they
@@ -224,6 +226,18 @@ def _harvest(
         return EXIT_DEADLINE, "deadline", error
     allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
     return (EXIT_OK if stats.job.get("failed", 0) <= allowed else EXIT_FAILURES), "completed", None
+
+
+def _say_deadline(deadline: datetime, now: datetime) -> None:
+    """The deadline as the run will keep it: a time of day already past today is tomorrow's."""
+    local_now = now.astimezone(deadline.tzinfo)
+    day = "tomorrow, " if deadline.date() > local_now.date() else ""
+    log.info(
+        "deadline: %s%s (in %.0f min); the run stops cleanly there, exit 5",
+        day,
+        deadline.isoformat(timespec="minutes"),
+        (deadline - now).total_seconds() / 60,
+    )
 
 
 _SIGNAL_CODES = (EXIT_SIGNAL_BASE + signal.SIGINT, EXIT_SIGNAL_BASE + signal.SIGTERM)

@@ -70,6 +70,7 @@ async def harvest(
     window = settings.window.at(now) if settings.window is not None else None
     paths = _output_paths(settings, window)
     check_files(_files(settings, paths, settings.input))
+    stats.files = {name: str(path) for name, path in paths.items()}
     feed: RecordFeed | None = None
     try:
         if window is not None:
@@ -182,8 +183,15 @@ async def retry_failed(
         if f"{name}_path" in identity
     }
     check_files(_files(settings, paths, None))
+    stats.files = {name: str(path) for name, path in paths.items()}
     skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
     async with open_sink(paths, identity, settings, stats, clock) as sink:
+        if not sink.meta["completed"]:
+            log.info(
+                "this job is not finished (%d calls done so far): retrying the failures listed "
+                "until now; `harvester run` with the job's flags goes on with the rest",
+                sink.meta["totals"]["calls"],
+            )
         # One line per failed call first, with every call the ledger holds as failed.
         await sink.compact_failures()
         wanted = _worth_retrying(await sink.committed_failures(), skip)

@@ -35,6 +35,7 @@ class RunStats:
     statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
     completed: bool = False  # every input record has an outcome
     job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters
+    files: dict[str, str] = field(default_factory=dict)  # the job's files: events, failures, ...
 
     def count_failure(self, code: str) -> None:
         self.failed += 1
@@ -42,7 +43,7 @@ class RunStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
-        counters = {k: v for k, v in asdict(self).items() if k not in ("job", "completed")}
+        counters = {k: v for k, v in asdict(self).items() if k not in ("job", "completed", "files")}
         counters["statuses"] = {str(status): n for status, n in sorted(self.statuses.items())}
         return {**counters, "unfinished": self.calls - self.ok - self.failed}
 
@@ -72,9 +73,24 @@ def summary_document(
         "this_run": {**stats.as_dict(), "elapsed_s": round(elapsed, 3)},
         "started_at": started_at.isoformat(timespec="seconds"),
         "input": settings.input,
-        "output": str(settings.output),
-        "failures_file": str(settings.failures_path) if settings.output is not None else None,
+        "window": _window(settings),
+        "shard": str(settings.shard) if settings.shard is not None else None,
+        "output": stats.files.get("events", str(settings.output)),
+        "failures_file": stats.files.get("failures", _failures_path(settings)),
+        "calls_output": stats.files.get("calls"),
     }
+
+
+def _window(settings: Settings) -> dict[str, str | None] | None:
+    window = settings.window
+    if window is None:
+        return None
+    until = None if window.open_end else window.until.isoformat()
+    return {"since": window.since.isoformat(), "until": until, "tz": settings.tz}
+
+
+def _failures_path(settings: Settings) -> str | None:
+    return str(settings.failures_path) if settings.output is not None else None
 
 
 def summary_line(summary: dict[str, Any]) -> str:

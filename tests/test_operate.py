@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -173,3 +173,58 @@ def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
+
+
+def test_a_deadline_already_past_today_is_said_to_be_tomorrows(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "calls.txt").write_text(
+        "\n".join(Path(sim_process["IDS_FILE"]).read_text().split()[:3])
+    )
+    now = datetime.now(UTC)
+    if (now - timedelta(minutes=2)).date() != now.date():
+        pytest.skip("two minutes ago was yesterday: that time of day is later today")
+    past = (now - timedelta(minutes=2)).strftime("%H:%M")
+    done = run_harvester(
+        sim_process,
+        "run",
+        "-i",
+        str(tmp_path / "calls.txt"),
+        "-o",
+        str(tmp_path / "e.ndjson"),
+        "--no-progress",
+        "--deadline",
+        past,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"deadline: tomorrow, " in done.stderr
+
+
+def test_the_summary_names_the_files_and_window_it_harvested(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    done = run_harvester(
+        sim_process,
+        "run",
+        "--since",
+        "2026-11-25",
+        "--until",
+        "2026-11-25T00:00:01",
+        "--shard",
+        "1/2",
+        "-o",
+        str(tmp_path / "e-{date}-{shard}.ndjson"),
+        "--summary",
+        str(tmp_path / "s-{date}-{shard}.json"),
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads((tmp_path / "s-2026-11-25-1.json").read_bytes())
+    assert summary["output"] == str(tmp_path / "e-2026-11-25-1.ndjson")
+    assert summary["failures_file"] == str(tmp_path / "e-2026-11-25-1.failures.ndjson")
+    assert summary["window"] == {
+        "since": "2026-11-25T00:00:00+00:00",
+        "until": "2026-11-25T00:00:01+00:00",
+        "tz": "UTC",
+    }
+    assert summary["shard"] == "1/2"
