@@ -32,13 +32,30 @@ async def harvest(
     **options: Any,
 ) -> RunStats:
     """Harvest as ``harvester run`` would (resuming, exactly once); returns the counters, the
-    whole job's in ``.job``. Set ``stop`` to stop cleanly (what is done is committed)."""
+    whole job's in ``.job``, with ``status`` (completed or stopped) and, once completed,
+    ``exit_code`` as the command's: 0, or 1 when more calls failed than ``max_failures``
+    allows. Set ``stop`` to stop cleanly (what is done is committed)."""
     settings = load_settings(options, os.environ, Path(config) if config is not None else None)
-    return await job.harvest(settings, fresh=fresh, stop=stop)
+    stats = await job.harvest(settings, fresh=fresh, stop=stop)
+    if stats.completed:
+        allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
+        stats.status = "completed"
+        stats.exit_code = 0 if stats.job.get("failed", 0) <= allowed else 1
+    else:
+        stats.status = "stopped"  # resumable: call again with the same options
+    return stats
 
 
 def harvest_sync(
     *, config: str | Path | None = None, fresh: bool = False, **options: Any
 ) -> RunStats:
-    """``harvest`` for code that is not async (an Airflow task, a notebook cell, a script)."""
-    return asyncio.run(harvest(config=config, fresh=fresh, **options))
+    """``harvest`` for code that is not async (an Airflow task, a script). Inside a running
+    event loop (a notebook, an async framework), ``await harvest(...)`` instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(harvest(config=config, fresh=fresh, **options))
+    raise RuntimeError(
+        "harvest_sync cannot run inside a running event loop (a notebook, an async framework): "
+        "use `await harvester.harvest(...)` there"
+    )

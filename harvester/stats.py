@@ -13,6 +13,8 @@ import orjson
 
 from harvester.config import Settings
 
+_NOT_COUNTERS = ("job", "completed", "files", "status", "exit_code")
+
 
 @dataclass(slots=True)
 class RunStats:
@@ -36,6 +38,8 @@ class RunStats:
     completed: bool = False  # every input record has an outcome
     job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters
     files: dict[str, str] = field(default_factory=dict)  # the job's files: events, failures, ...
+    status: str = ""  # how the run ended, for library callers: completed or stopped
+    exit_code: int | None = None  # what `harvester run` would have exited with, once completed
 
     def count_failure(self, code: str) -> None:
         self.failed += 1
@@ -43,7 +47,11 @@ class RunStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
-        counters = {k: v for k, v in asdict(self).items() if k not in ("job", "completed", "files")}
+        counters = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("job", "completed", "files", "status", "exit_code")
+        }
         counters["statuses"] = {str(status): n for status, n in sorted(self.statuses.items())}
         return {**counters, "unfinished": self.calls - self.ok - self.failed}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -92,9 +93,20 @@ def test_the_library_runs_the_same_job(
     )
 
     assert stats.completed and stats.job["ok"] == len(ids)
+    assert (stats.status, stats.exit_code) == ("completed", 0)
     assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
     with pytest.raises(ConfigError, match="unknown setting"):
         harvest_sync(input="x", output="y", colour="blue")
+
+    (tmp_path / "more.txt").write_text("\n".join([*ids, "c-nosuchcall"]))
+    more: dict[str, Any] = {"input": str(tmp_path / "more.txt"), "output": tmp_path / "m.ndjson"}
+    assert harvest_sync(**more).exit_code == 1, "a failed call, none allowed"
+    assert harvest_sync(**more, max_failures=1, fresh=True).exit_code == 0
+
+
+async def test_harvest_sync_inside_a_running_loop_says_what_to_do_instead() -> None:
+    with pytest.raises(RuntimeError, match=r"await harvester.harvest"):
+        harvest_sync(input="x", output="y")
 
 
 NOW = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
