@@ -7,9 +7,12 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harvester.options import path
+
+if TYPE_CHECKING:  # the simulator (aiohttp's server) is imported only to serve
+    from harvester.sim import SimConfig
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -26,13 +29,18 @@ def add_sim_command(commands: Any) -> None:
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=_port, default=0, help="port (default 0: a free one)")
-    sim.add_argument("--calls", type=int, default=1000, help="calls in the registry (default 1000)")
+    sim.add_argument(
+        "--calls", type=_count, default=1000, help="calls in the registry (default 1000)"
+    )
     sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
     sim.add_argument(
-        "--rate-limit", type=int, default=0, help="requests per window, then 429 (default 0: none)"
+        "--rate-limit",
+        type=_count,
+        default=0,
+        help="requests per window, then 429 (default 0: none)",
     )
     sim.add_argument(
-        "--window", type=float, default=1.0, help="rate-limit window in seconds (default 1)"
+        "--window", type=_positive, default=1.0, help="rate-limit window in seconds (default 1)"
     )
     sim.add_argument(
         "--limit-kind",
@@ -41,7 +49,7 @@ def add_sim_command(commands: Any) -> None:
         help="fixed windows (Catapult's), a sliding window, or a token bucket (default fixed)",
     )
     sim.add_argument(
-        "--burst", type=int, default=0, help="a token bucket's size (default: --rate-limit)"
+        "--burst", type=_count, default=0, help="a token bucket's size (default: --rate-limit)"
     )
     sim.add_argument(
         "--limit-schedule",
@@ -49,13 +57,13 @@ def add_sim_command(commands: Any) -> None:
         default="",
         help="from T seconds after the first request on, the limit is N (e.g. 10:200,30:50)",
     )
-    sim.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    sim.add_argument("--latency", type=_seconds, default=0.0, help="seconds before each answer")
     sim.add_argument(
-        "--events-page-size", type=int, default=0, help="page events with Link headers"
+        "--events-page-size", type=_count, default=0, help="page events with Link headers"
     )
     sim.add_argument("--open-world", action="store_true", help="every well-formed call id exists")
     sim.add_argument(
-        "--days", type=float, default=3.0, help="the calls start over the days before today (3)"
+        "--days", type=_positive, default=3.0, help="the calls start over the days before today (3)"
     )
     sim.add_argument(
         "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
@@ -73,7 +81,7 @@ def add_sim_command(commands: Any) -> None:
     )
     sim.add_argument(
         "--max-faults-per-call",
-        type=int,
+        type=_count,
         default=2,
         help="faults a call sees in a row at most (default 2)",
     )
@@ -85,7 +93,7 @@ def add_sim_command(commands: Any) -> None:
     )
     sim.add_argument(
         "--fault-reset",
-        type=float,
+        type=_seconds,
         default=0.5,
         help="seconds ahead an injected 429 announces its reset (default 0.5)",
     )
@@ -95,47 +103,10 @@ def add_sim_command(commands: Any) -> None:
 
 def serve_sim(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; the exit code."""
-    from harvester.sim import FAULT_KINDS, SimConfig, Simulator
+    from harvester.sim import Simulator
 
-    faults: dict[str, float] = {}
-    for spec in args.fault:
-        kind, _, probability = spec.partition("=")
-        if kind not in FAULT_KINDS:
-            log.error("error: unknown fault %r; kinds: %s", kind, " ".join(FAULT_KINDS))
-            return EXIT_USAGE
-        try:
-            faults[kind] = float(probability or "0.1")
-        except ValueError:
-            log.error("error: --fault %s: the probability must be a number", spec)
-            return EXIT_USAGE
-    config = SimConfig(
-        calls=args.calls,
-        seed=args.seed,
-        rate_limit=args.rate_limit,
-        window=args.window,
-        latency=args.latency,
-        events_page_size=args.events_page_size,
-        days=args.days,
-        list_cursor=args.list_cursor,
-        faults_on_list=args.faults_on_list,
-        open_world=args.open_world,
-        faults=faults,
-        max_faults_per_call=args.max_faults_per_call,
-        limit_kind=args.limit_kind,
-        burst=args.burst,
-        fault_reset=args.fault_reset,
-    )
-    try:
-        config.limit_schedule = {
-            float(when): int(limit)
-            for when, _, limit in (part.partition(":") for part in args.limit_schedule.split(","))
-            if when
-        }
-        if args.faults_between:
-            start, _, end = args.faults_between.partition(":")
-            config.faults_from, config.faults_until = float(start), float(end or "inf")
-    except ValueError:
-        log.error("error: --limit-schedule takes T:N,... and --faults-between START:END")
+    config = _config(args)
+    if config is None:
         return EXIT_USAGE
     simulator = Simulator(config)
 
@@ -173,6 +144,56 @@ def serve_sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _config(args: argparse.Namespace) -> SimConfig | None:
+    """The simulator's configuration from the flags; None (after saying why) when they do
+    not make one."""
+    from harvester.sim import FAULT_KINDS, SimConfig
+
+    faults: dict[str, float] = {}
+    for spec in args.fault:
+        kind, _, probability = spec.partition("=")
+        if kind not in FAULT_KINDS:
+            log.error("error: unknown fault %r; kinds: %s", kind, " ".join(FAULT_KINDS))
+            return None
+        try:
+            faults[kind] = float(probability or "0.1")
+            if not 0 <= faults[kind] <= 1:
+                raise ValueError
+        except ValueError:
+            log.error("error: --fault %s: the probability must be a number from 0 to 1", spec)
+            return None
+    config = SimConfig(
+        calls=args.calls,
+        seed=args.seed,
+        rate_limit=args.rate_limit,
+        window=args.window,
+        latency=args.latency,
+        events_page_size=args.events_page_size,
+        days=args.days,
+        list_cursor=args.list_cursor,
+        faults_on_list=args.faults_on_list,
+        open_world=args.open_world,
+        faults=faults,
+        max_faults_per_call=args.max_faults_per_call,
+        limit_kind=args.limit_kind,
+        burst=args.burst,
+        fault_reset=args.fault_reset,
+    )
+    try:
+        config.limit_schedule = {
+            float(when): int(limit)
+            for when, _, limit in (part.partition(":") for part in args.limit_schedule.split(","))
+            if when
+        }
+        if args.faults_between:
+            start, _, end = args.faults_between.partition(":")
+            config.faults_from, config.faults_until = float(start), float(end or "inf")
+    except ValueError:
+        log.error("error: --limit-schedule takes T:N,... and --faults-between START:END")
+        return None
+    return config
+
+
 def _port(text: str) -> int:
     """A TCP port for argparse: 0 (any free one) to 65535."""
     try:
@@ -182,3 +203,33 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535; 0: a free one)")
     return port
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """Seconds, 0 or more, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A number above 0, for argparse."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value

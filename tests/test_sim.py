@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harvester.job import harvest
 from harvester.sim import Simulator
 
@@ -14,6 +16,7 @@ from .conftest import (
     make_settings,
     output_of,
     read_ndjson,
+    run_harvester,
     write_calls,
 )
 
@@ -71,3 +74,19 @@ async def test_a_limit_schedule_and_a_fault_span_play_out_in_time(
     early = [t for t in times if t - start < 3]
     assert max(sum(1 for u in early if int(u) == int(t)) for t in early) <= 2
     assert len(times) == len(ids), "after 3 s the limit is 1000: the rest in no time"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fault", "503=2"], b"the probability must be a number from 0 to 1"),
+        (["--fault", "teapot=0.1"], b"unknown fault"),
+        (["--calls", "-5"], b"'-5' is not a whole number"),
+        (["--window", "0"], b"'0' must be more than 0"),
+        (["--latency", "-1"], b"'-1' is not a number of seconds"),
+        (["--rate-limit", "many"], b"'many' is not a whole number"),
+    ],
+)
+def test_the_simulator_refuses_nonsense(flags: list[str], message: bytes) -> None:
+    done = run_harvester({}, "sim", *flags, timeout=20)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
