@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings.deadline is not None:
         _say_deadline(settings.deadline, started_at)
     code, status, error = _harvest(args, settings, stats, progress, stopper)
-    if code == EXIT_USAGE and not stats.job:
+    if code in (EXIT_USAGE, EXIT_OUTPUT) and not stats.job:
         # Refused before the job was opened: an earlier run's summary and metrics stay as they
         # were, for whoever reads them.
         log.error("error: %s", error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,6 +58,25 @@ def check_files(files: dict[str, Path]) -> None:
                     f"{other} and {flag} name the same file ({path}): writing one would destroy "
                     "the other. Give each a file of its own"
                 )
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Refuse, before the first request, a file that could not be written at the end: its
+    folder (or the nearest one that exists, where it would be made) must take a new file."""
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{flag} {path}: {folder} is not a folder, so nothing can be made in it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".harvester-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"{flag} {path} cannot be written ({folder}: {exc.strerror}): fix the permissions or "
+            "choose another path; nothing was fetched"
+        ) from None
 
 
 def cut_short(path: Path, size: int) -> bool:

@@ -22,7 +22,7 @@ from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
 from harvester.config import Settings
 from harvester.errors import ConfigError
-from harvester.files import check_files
+from harvester.files import check_files, check_writable
 from harvester.ids import is_call_id
 from harvester.journal import Verdict
 from harvester.ledger import stored_identity
@@ -69,7 +69,7 @@ async def harvest(
     now = datetime.fromtimestamp(clock.time(), UTC)
     window = settings.window.at(now) if settings.window is not None else None
     paths = _output_paths(settings, window)
-    check_files(_files(settings, paths, settings.input))
+    _check_paths(settings, paths, settings.input)
     stats.files = {name: str(path) for name, path in paths.items()}
     feed: RecordFeed | None = None
     try:
@@ -182,7 +182,7 @@ async def retry_failed(
         for name in ("events", "failures", "calls")
         if f"{name}_path" in identity
     }
-    check_files(_files(settings, paths, None))
+    _check_paths(settings, paths, None)
     stats.files = {name: str(path) for name, path in paths.items()}
     skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
     async with open_sink(paths, identity, settings, stats, clock) as sink:
@@ -224,6 +224,15 @@ async def ping(settings: Settings, clock: Clock | None = None) -> float:
         started = clock.monotonic()
         await client.calls_page(client.calls_url(1))
         return clock.monotonic() - started
+
+
+def _check_paths(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> None:
+    """Every path the run will read or write, checked before the first request."""
+    files = _files(settings, paths, input_spec)
+    check_files(files)
+    for flag in ("--summary", "--metrics-file"):  # written at the end, or now and then
+        if flag in files:
+            check_writable(flag, files[flag])
 
 
 def _files(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> dict[str, Path]:

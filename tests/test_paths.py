@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, OutputError
 from harvester.job import harvest, retry_failed
 from harvester.journal import Journal
 from harvester.sim import Simulator
@@ -211,3 +211,17 @@ async def test_a_job_begun_through_a_symlink_by_an_earlier_version_resumes(
     stats = await harvest(settings, clock=clock)
 
     assert stats.completed and sim.requests == [], "the job was found complete, not refused"
+
+
+@pytest.mark.parametrize("key", ["summary", "metrics_file"])
+async def test_a_summary_or_metrics_file_that_cannot_be_written_stops_the_run_before_it_starts(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, key: str
+) -> None:
+    write_calls(tmp_path, sim.call_ids()[:3])
+    (tmp_path / "a-file").write_text("not a folder\n")
+    settings = make_settings(sim, tmp_path, **{key: str(tmp_path / "a-file" / "s.json")})
+
+    with pytest.raises(OutputError, match="is not a folder"):
+        await harvest(settings, clock=clock)
+
+    assert sim.requests == []
