@@ -23,6 +23,8 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from harvester import __version__, logs
 from harvester.config import CONFIG_KEYS, Settings, load_settings
 from harvester.errors import (
@@ -36,10 +38,11 @@ from harvester.errors import (
 )
 from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
-from harvester.options import CHECK, RETRY, RUN, add_options
+from harvester.options import CHECK, RETRY, RUN, add_options, path
 from harvester.progress import Progress, count_records
 from harvester.sim_command import add_sim_command, serve_sim
 from harvester.stats import RunStats, summary_document, summary_line, write_json_atomically
+from harvester.status import job_status, status_lines
 from harvester.stopper import EXIT_SIGNAL_BASE, Stopper
 
 EXIT_OK = 0
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_sim(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "status":
+        return _status(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -133,6 +138,15 @@ def _parser() -> argparse.ArgumentParser:
         "error.",
     )
     add_options(check, CHECK)
+    status = commands.add_parser(
+        "status",
+        help="where a job stands, without running it",
+        description="Read the state beside --output and say what the job harvests, how far it "
+        "got (calls done, failed by code), how its last run ended, and whether a harvester is "
+        "running it now. Changes nothing. Exit 0, or 2 when there is no job there.",
+    )
+    status.add_argument("--output", "-o", metavar="PATH", type=path, required=True)
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_sim_command(commands)
     return parser
 
@@ -284,6 +298,22 @@ async def _supervised(
 
 async def _count(progress: Progress, input_spec: str) -> None:
     progress.total = await asyncio.to_thread(count_records, input_spec)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        status = job_status(args.output)
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return EXIT_USAGE
+    if args.json:
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print("\n".join(status_lines(status)))
+    return EXIT_OK
 
 
 # -- check -----------------------------------------------------------------------------------

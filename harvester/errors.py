@@ -80,3 +80,17 @@ class FatalApiError(ApiError):
 class ApiUnavailable(FatalApiError):
     """The API cannot be reached or keeps failing for calls that work: the run stops, and the
     calls it could not do are left for the next run (not listed as failed)."""
+
+
+def status_of(error: BaseException) -> str:
+    """How a run that raised ``error`` ended, as the summary and ``harvester status`` say."""
+    for kind, status in (
+        (ApiUnavailable, "api-unavailable"),
+        (FatalApiError, "aborted"),
+        (OutputError, "output-error"),
+        (ConfigError, "usage-error"),
+        (InputError, "usage-error"),
+    ):
+        if isinstance(error, kind):
+            return status
+    return "crashed"

@@ -102,7 +102,8 @@ async def harvest(
                 return stats
             if sink.meta["invocations"] > 1:
                 log.info("resuming: %d calls were done earlier", sink.meta["totals"]["calls"])
-            await _run(settings, stats, clock, stop, sink, feed, window)
+            async with sink.recording("run", stop):
+                await _run(settings, stats, clock, stop, sink, feed, window)
     finally:
         if feed is not None:
             feed.close()
@@ -192,24 +193,37 @@ async def retry_failed(
                 "until now; `harvester run` with the job's flags goes on with the rest",
                 sink.meta["totals"]["calls"],
             )
-        # One line per failed call first, with every call the ledger holds as failed.
-        await sink.compact_failures()
-        wanted = _worth_retrying(await sink.committed_failures(), skip)
-        again = await sink.retake(wanted)
-        stats.job = sink.snapshot()
-        try:
-            if again:
-                limiter = RateLimiter(settings.rate, clock)
-                async with CallEventsClient(settings, limiter, stats, clock) as client:
-                    retrier = Retrier(settings, stats, clock)
-                    pool = Pool(settings, stats, client, retrier, sink, clock, claim=_retaken)
-                    await pool.run(_one_batch(again), stop)
-        finally:
-            # However the run ended (an outage, a 401, a signal): one line per call still
-            # failing. (A kill -9 here is mended by the next open of the journal.)
-            await sink.compact_failures()
-        stats.completed = not stop.is_set()
+        async with sink.recording("retry-failed", stop):
+            await _retry(settings, stats, clock, stop, sink, skip)
     return stats
+
+
+async def _retry(
+    settings: Settings,
+    stats: RunStats,
+    clock: Clock,
+    stop: asyncio.Event,
+    sink: Sink,
+    skip: frozenset[str],
+) -> None:
+    """Take the failures worth it on again, and leave the failures file one line a call."""
+    # One line per failed call first, with every call the ledger holds as failed.
+    await sink.compact_failures()
+    wanted = _worth_retrying(await sink.committed_failures(), skip)
+    again = await sink.retake(wanted)
+    stats.job = sink.snapshot()
+    try:
+        if again:
+            limiter = RateLimiter(settings.rate, clock)
+            async with CallEventsClient(settings, limiter, stats, clock) as client:
+                retrier = Retrier(settings, stats, clock)
+                pool = Pool(settings, stats, client, retrier, sink, clock, claim=_retaken)
+                await pool.run(_one_batch(again), stop)
+    finally:
+        # However the run ended (an outage, a 401, a signal): one line per call still
+        # failing. (A kill -9 here is mended by the next open of the journal.)
+        await sink.compact_failures()
+    stats.completed = not stop.is_set()
 
 
 async def ping(settings: Settings, clock: Clock | None = None) -> float:

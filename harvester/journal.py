@@ -317,6 +317,16 @@ class Journal:
                 "Free some space, then run the same command again"
             ) from None
 
+    def note_run(self, **fields: Any) -> None:
+        """Record how this invocation stands (``started_at``, ``command``, ``status``...), for
+        ``harvester status``."""
+        self.meta["last_run"] = {**self.meta.get("last_run", {}), **fields}
+        try:
+            with self._db:
+                self._write_meta()
+        except sqlite3.Error as exc:
+            raise OutputError(f"cannot write the ledger: {exc}") from None
+
     def mark_completed(self) -> None:
         """Record that every input record has reached an outcome."""
         self.meta["completed"] = True

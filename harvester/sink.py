@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from harvester.clock import Clock
 from harvester.config import Settings
+from harvester.errors import OutputError, status_of
 from harvester.journal import Batch, Journal, Verdict
 from harvester.ledger import FAILED, OK
 from harvester.listing import ListingPlace
@@ -117,6 +119,30 @@ class Sink:
         await self._on_disk(self._journal.compact_failures)
         self._stats.job = self._journal.snapshot()
 
+    @contextlib.asynccontextmanager
+    async def recording(self, command: str, stop: asyncio.Event) -> AsyncIterator[None]:
+        """Record in the ledger when this run began and how it ended (``harvester status``)."""
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        await self._on_disk(
+            self._journal.note_run,
+            command=command,
+            started_at=started_at,
+            status="running",
+            ended_at=None,
+        )
+        status = "stopped"
+        try:
+            yield
+            status = "completed" if not stop.is_set() else "stopped"
+        except Exception as exc:
+            status = status_of(exc)
+            raise
+        finally:
+            if status != "output-error":  # the disk refused already
+                ended_at = datetime.now(UTC).isoformat(timespec="seconds")
+                with contextlib.suppress(OutputError):
+                    await self._on_disk(self._journal.note_run, status=status, ended_at=ended_at)
+
     async def mark_completed(self) -> None:
         """Record that every input record has reached an outcome."""
         await self._on_disk(self._journal.mark_completed)
@@ -198,5 +224,5 @@ class Sink:
             if place is not None:
                 place.committed(key for key, _, _ in batch.rows)
 
-    async def _on_disk(self, function: Callable[..., T], *args: Any) -> T:
-        return await on_thread(self._disk, function, *args)
+    async def _on_disk(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await on_thread(self._disk, function, *args, **kwargs)

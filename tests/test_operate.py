@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -240,3 +241,43 @@ def test_the_summary_names_the_files_and_window_it_harvested(
         "tz": "UTC",
     }
     assert summary["shard"] == "1/2"
+
+
+def test_status_says_where_a_job_stands_and_changes_nothing(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join([*ids, "c-nosuchcall"]))
+    out = tmp_path / "e.ndjson"
+    assert run_harvester(sim_process, "status", "-o", str(out)).returncode == 2, "no job yet"
+    run = ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(out), "--no-progress"]
+    assert run_harvester(sim_process, *run).returncode == 1
+    state = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "e.ndjson.state").iterdir())
+
+    done = run_harvester(sim_process, "status", "-o", str(out), "--json")
+
+    assert done.returncode == 0, done.stderr
+    status = orjson.loads(done.stdout)
+    assert (status["calls"], status["ok"], status["failed"]) == (len(ids) + 1, len(ids), 1)
+    assert status["failures_by_code"] == {"call-not-found": 1} and status["completed"]
+    assert status["last_run"]["status"] == "completed" and status["last_run"]["ended_at"]
+    assert status["running_pid"] is None
+    text = run_harvester(sim_process, "status", "-o", str(out)).stdout
+    assert b"completed" in text and b"running:   no" in text
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "e.ndjson.state").iterdir())
+    assert after == state, "status changed nothing"
+
+
+def test_status_names_the_harvester_running_the_job(tmp_path: Path) -> None:
+    from harvester.journal import Journal
+
+    out = tmp_path / "e.ndjson"
+    journal = Journal.open({"events": out, "failures": tmp_path / "f.ndjson"}, {"input": "x"})
+    journal.note_run(command="run", started_at="2026-11-27T01:00:00+00:00", status="running")
+    try:
+        done = run_harvester({}, "status", "-o", str(out), "--json")
+        assert orjson.loads(done.stdout)["running_pid"] == os.getpid()
+    finally:
+        journal.close()
+    text = run_harvester({}, "status", "-o", str(out)).stdout
+    assert b"no end recorded" in text and b"running:   no" in text

@@ -1,0 +1,98 @@
+"""``harvester status``: where a job stands, read from its ledger without running it and
+without changing anything (the ledger is opened read-only; the lock is looked at, not taken)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from harvester.errors import ConfigError
+from harvester.ledger import load_meta, state_dir
+
+
+def job_status(output: Path) -> dict[str, Any]:
+    """The job writing ``output``: what it harvests, how far it got, its last run, and whether
+    a harvester is running it now. ``ConfigError`` when there is no job there."""
+    state = state_dir(output)
+    ledger = state / "ledger.sqlite"
+    if not ledger.is_file():
+        raise ConfigError(f"{output} has no harvester state beside it ({state}): no job there")
+    running_pid = lock_holder(state / "lock")
+    # Read-only. With no write-ahead log beside it (nobody writing, nothing left to fold in),
+    # the ledger is read as immutable, so that not even SQLite's shared-memory file is made.
+    wal = ledger.with_name(ledger.name + "-wal")
+    still = "" if running_pid or wal.exists() else "&immutable=1"
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{ledger.as_uri()}?mode=ro{still}", uri=True)
+        ) as db:
+            meta = load_meta(db, ledger)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"the ledger {ledger} cannot be read ({exc})") from None
+    if not meta:
+        raise ConfigError(f"{output}: its job was begun but nothing was recorded yet")
+    identity, totals = meta["identity"], meta["totals"]
+    return {
+        "output": identity.get("events_path", str(output)),
+        "failures_file": identity.get("failures_path"),
+        "input": identity.get("input"),
+        "window": identity.get("window"),
+        "shard": identity.get("shard"),
+        "user_id": identity.get("user_id"),
+        **{key: totals[key] for key in ("calls", "ok", "failed", "events", "requests")},
+        "failures_by_code": meta["failure_codes"],
+        "completed": meta["completed"],
+        "invocations": meta["invocations"],
+        "elapsed_s": round(meta["elapsed_s"], 3),
+        "last_run": meta.get("last_run"),
+        "running_pid": running_pid,
+    }
+
+
+def lock_holder(lock: Path) -> int | None:
+    """The pid of the harvester holding ``lock`` now, or None when nobody does."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            # A shared lock is refused while the runner holds its exclusive one; taken, it is
+            # let go at once, and a runner starting meanwhile waits for nothing: it tries again.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = file.read().decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """``status`` for a person."""
+    source = status["input"] if status["input"] is not None else f"window {status['window']}"
+    lines = [
+        f"job:       {status['output']} (from {source}"
+        + (f", shard {status['shard']})" if status["shard"] else ")"),
+        f"progress:  {status['calls']} calls done: {status['ok']} ok, {status['failed']} failed; "
+        f"{status['events']} events; {'completed' if status['completed'] else 'not finished'}",
+    ]
+    if status["failures_by_code"]:
+        codes = ", ".join(f"{code} {n}" for code, n in sorted(status["failures_by_code"].items()))
+        lines.append(f"failures:  {codes} (in {status['failures_file']})")
+    last = status["last_run"] or {}
+    pid = status["running_pid"]
+    if last:
+        ended = f", ended {last['ended_at']}" if last.get("ended_at") else ""
+        how = last.get("status")
+        if how == "running" and not pid:
+            how = "no end recorded (killed, or the machine went down): the same command resumes"
+        lines.append(
+            f"last run:  {last.get('command', 'run')} started {last.get('started_at')}: "
+            f"{how}{ended} ({status['invocations']} runs in all)"
+        )
+    lines.append(f"running:   {'yes, pid ' + str(pid) if pid else 'no'}")
+    return lines
