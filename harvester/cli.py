@@ -4,7 +4,8 @@ Exit codes of ``harvester run``:
   0 every call harvested; 1 finished, some calls in the failures file;
   2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS);
   4 an output file could not be written; 5 stopped at --deadline / --max-duration (resumable);
-  6 the API is unreachable or down (resumable: nothing is lost); 70 an internal error (a bug);
+  6 the API is unreachable or down (resumable: nothing is lost); 7 nothing to harvest, with
+  --fail-on-empty; 70 an internal error (a bug);
   130 / 143 stopped by SIGINT / SIGTERM (resumable).
 """
 
@@ -52,6 +53,7 @@ EXIT_FATAL_API = 3
 EXIT_OUTPUT = 4
 EXIT_DEADLINE = 5
 EXIT_UNAVAILABLE = 6
+EXIT_EMPTY = 7
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 
 log = logging.getLogger("harvester")
@@ -114,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
         "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
         "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
-        "later); 70 internal error; 130/143 stopped by SIGINT/SIGTERM (resumable).",
+        "later); 7 the input or window holds no call (with --fail-on-empty); 70 internal error; "
+        "130/143 stopped by SIGINT/SIGTERM (resumable).",
     )
     add_options(run, RUN)
     again = commands.add_parser(
@@ -238,6 +241,11 @@ def _harvest(
     if stopper.deadline_reached:
         error = "stopped at the deadline; run the same command again to resume"
         return EXIT_DEADLINE, "deadline", error
+    if stats.completed and not stats.job.get("calls"):
+        source = f"the call list {settings.input}" if settings.input else "the window"
+        if settings.fail_on_empty:
+            return EXIT_EMPTY, "empty", f"{source} holds no call at all (--fail-on-empty)"
+        log.warning("nothing to harvest: %s holds no call at all", source)
     allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
     return (EXIT_OK if stats.job.get("failed", 0) <= allowed else EXIT_FAILURES), "completed", None
 

@@ -108,6 +108,7 @@ class Settings:
     log_every: float = 30.0
     metrics_file: Path | None = None
     max_failures: FailureLimit = FailureLimit()
+    fail_on_empty: bool = False
     max_duration: float | None = None  # seconds
     deadline: datetime | None = None  # the moment; a time of day is the next one after load
     window: Window | None = None

@@ -168,6 +168,13 @@ OPTIONS = (
         metavar="N|P%",
     ),
     Option(
+        ("--fail-on-empty",),
+        "exit 7 when the call list or the window holds no call at all (default: exit 0, "
+        "and say so)",
+        (RUN,),
+        extra=_ON,
+    ),
+    Option(
         ("--max-duration",),
         "stop cleanly after this long (90s, 15m, 5h): commit, exit 5; the next run resumes",
         metavar="DURATION",

@@ -281,3 +281,25 @@ def test_status_names_the_harvester_running_the_job(tmp_path: Path) -> None:
         journal.close()
     text = run_harvester({}, "status", "-o", str(out)).stdout
     assert b"no end recorded" in text and b"running:   no" in text
+
+
+@pytest.mark.parametrize(("flag", "code"), [([], 0), (["--fail-on-empty"], 7)])
+def test_an_empty_call_list_is_said_plainly_and_can_fail_the_job(
+    sim_process: dict[str, str], tmp_path: Path, flag: list[str], code: int
+) -> None:
+    (tmp_path / "calls.txt").write_text("")
+    done = run_harvester(
+        sim_process,
+        "run",
+        "-i",
+        str(tmp_path / "calls.txt"),
+        "-o",
+        str(tmp_path / "e.ndjson"),
+        "--no-progress",
+        "--summary",
+        str(tmp_path / "s.json"),
+        *flag,
+    )
+    assert done.returncode == code, done.stderr
+    assert b"holds no call at all" in done.stderr
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["exit_code"] == code
