@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         help="harvest again the calls of an output's failures file that are worth it",
         description="Harvest again the calls listed in the failures file of --output (not "
         "unknown calls, unless --include-not-found), append their events to the same output "
-        "exactly once, and leave in the failures file only what still fails.",
+        "exactly once, and leave in the failures file only what still fails. An --output "
+        "holding {date} or {shard} takes the run's --yesterday/--since and --shard to fill "
+        "them.",
         epilog="Exit codes as for run.",
     )
     add_options(again, RETRY)

@@ -296,6 +296,8 @@ class Journal:
         totals["events"] += batch.event_count
         for key in RUN_KEYS:
             totals[key] = self._before[key] + run_totals[key]
+        # Every pass over the input meets its duplicates again: the most one pass met.
+        totals["duplicates"] = max(totals.get("duplicates", 0), run_totals.get("duplicates", 0))
         codes = Counter(meta["failure_codes"])
         codes.update(batch.failure_codes)
         meta["failure_codes"] = dict(codes)

@@ -187,20 +187,20 @@ OPTIONS = (
     Option(
         ("--shard",),
         "take only shard K of N (0 <= K < N) of the calls, by a stable hash of the id",
-        (RUN,),
+        _JOBS,
         metavar="K/N",
     ),
     # Nightly mode.
-    Option(("--yesterday",), "the previous day in --tz", (RUN,), group=NIGHTLY, extra=_ON),
+    Option(("--yesterday",), "the previous day in --tz", _JOBS, group=NIGHTLY, extra=_ON),
     Option(
         ("--since",),
         "window start, inclusive (ISO 8601; no zone: --tz)",
-        (RUN,),
+        _JOBS,
         metavar="TIME",
         group=NIGHTLY,
     ),
     Option(
-        ("--until",), "window end, exclusive (default: now)", (RUN,), metavar="TIME", group=NIGHTLY
+        ("--until",), "window end, exclusive (default: now)", _JOBS, metavar="TIME", group=NIGHTLY
     ),
     Option(
         ("--tz",),

@@ -214,6 +214,7 @@ class Sink:
                 "requests": stats.requests,
                 "retries": stats.retries,
                 "rate_limited": stats.rate_limited,
+                "duplicates": stats.duplicates,
             }
             elapsed = self._clock.monotonic() - self._started
             try:

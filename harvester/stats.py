@@ -74,7 +74,7 @@ def summary_document(
         "status": status,
         "exit_code": code,
         **{key: job.get(key, 0) for key in _JOB_KEYS},
-        "duplicates": stats.duplicates,
+        "duplicates": max(job.get("duplicates", 0), stats.duplicates),
         "failures_by_code": job.get("failures_by_code", {}),
         "elapsed_s": job.get("elapsed_s", round(elapsed, 3)),
         "invocations": job.get("invocations", 0),

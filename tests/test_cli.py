@@ -410,3 +410,13 @@ def test_refused_credentials_from_a_config_file_point_at_the_file(
         assert done.returncode == 3, done.stderr
         assert f"api_secret (in {config})".encode() in done.stderr
         assert b"CATAPULT_API_SECRET" not in done.stderr
+
+
+def test_retry_failed_takes_a_templated_output_as_run_did(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    out = str(tmp_path / "e-{date}-{shard}.ndjson")
+    window = ["--yesterday", "--shard", "0/2"]
+    assert run_harvester(sim_process, "run", *window, "-o", out, "--no-progress").returncode == 0
+    done = run_harvester(sim_process, "retry-failed", *window, "-o", out, "--no-progress")
+    assert done.returncode == 0, done.stderr

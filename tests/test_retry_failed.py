@@ -288,3 +288,16 @@ async def test_a_failures_file_damaged_in_place_is_mended_by_one_retry_failed(
         [*UNKNOWN, "c-bad/id"]
     )
     assert stats.job["ok"] == len(ids)
+
+
+async def test_the_jobs_duplicates_are_remembered_after_retry_failed(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()[:10]
+    (tmp_path / "calls.txt").write_text("\n".join([*ids, *ids[:3], UNKNOWN[0]]))
+    first = await harvest(make_settings(sim, tmp_path), clock=clock)
+    assert first.job["duplicates"] == 3
+
+    again = await retry_failed(make_settings(sim, tmp_path), clock=clock, include_not_found=True)
+
+    assert again.duplicates == 0 and again.job["duplicates"] == 3
