@@ -28,6 +28,7 @@ import orjson
 
 from harvester import __version__, logs
 from harvester.config import CONFIG_KEYS, Settings, load_settings
+from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
     ApiUnavailable,
@@ -337,7 +338,8 @@ def _check(args: argparse.Namespace) -> int:
     for name in CONFIG_KEYS:
         value = getattr(settings, name)
         if value is not None:
-            print(f"  {name} = {value}")  # Secret prints as ***
+            shown = redact_url(value) if name in ("base_url", "proxy") else value
+            print(f"  {name} = {shown}")  # Secret prints as ***
     try:
         elapsed = asyncio.run(ping(settings))
     except FatalApiError as exc:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import logging
 import math
 import re
+import urllib.request
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +27,8 @@ from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, T
 from harvester.ids import is_call_id
 from harvester.limiter import RateLimiter
 from harvester.stats import RunStats
+
+log = logging.getLogger("harvester")
 
 Event = dict[str, Any]
 
@@ -82,8 +86,12 @@ class CallEventsClient:
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
+        proxy = self._settings.proxy or proxy_from_environment(self._base)
+        if proxy is not None:
+            log.info("requests go through the proxy %s", redact_url(proxy))
         self._session = aiohttp.ClientSession(
             headers=headers,
+            proxy=proxy,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._settings.timeout),
             raise_for_status=False,
@@ -279,6 +287,21 @@ class CallEventsClient:
         if delay is None:
             return None
         return self._clock.monotonic() + delay
+
+
+def proxy_from_environment(url: URL) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, either
+    case), or None when there is none or ``NO_PROXY`` names its host. Read once, here: aiohttp's
+    own ``trust_env`` would look for a ``.netrc`` on a thread at every request."""
+    proxies = urllib.request.getproxies_environment()
+    host = (url.host or "").lower()
+    for entry in proxies.get("no", "").split(","):
+        name = entry.strip().lower().lstrip(".")
+        if name.count(":") == 1:  # host:port (an IPv6 address holds more than one colon)
+            name = name.split(":")[0]
+        if name == "*" or (name and (host == name or host.endswith("." + name))):
+            return None
+    return proxies.get(url.scheme)
 
 
 def rate_limit_delay(headers: Any, now: float) -> float | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from harvester.credentials import Secret, check_base_url
+from harvester.credentials import Secret, check_base_url, check_proxy
 from harvester.credentials import redact_url as redact_url
 from harvester.errors import ConfigError
 from harvester.ids import is_user_id
@@ -113,6 +113,7 @@ class Settings:
     deadline: datetime | None = None  # the moment; a time of day is the next one after load
     window: Window | None = None
     credentials_from: str = "CATAPULT_API_TOKEN and CATAPULT_API_SECRET"
+    proxy: str | None = None
 
     def time_allowed(self, now: datetime) -> float | None:
         """Seconds a run starting ``now`` may take: the sooner of --max-duration and
@@ -224,6 +225,8 @@ def _validate(values: dict[str, Any], names: dict[str, str], now: datetime) -> S
     settings = Settings(**kwargs)
     _check_credentials(settings)
     _named(names.get("base_url", "base_url"), check_base_url, settings.base_url)
+    if settings.proxy is not None:
+        _named(names.get("proxy", "proxy"), check_proxy, settings.proxy)
     for key, (low, high) in _RANGES.items():
         _check_range(names.get(key, key), getattr(settings, key), low, high)
     if settings.log_format not in ("text", "json"):

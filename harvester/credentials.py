@@ -67,6 +67,20 @@ def check_base_url(url: str) -> None:
         )
 
 
+def check_proxy(url: str) -> None:
+    """Refuse a proxy URL aiohttp could not use (it may hold the proxy's own credentials)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parses the port, or raises)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{redact_url(url)!r} must look like http://proxy.example.com:3128 (credentials, "
+            "if the proxy needs them, as http://user:password@proxy...)"
+        )
+
+
 def redact_url(text: str) -> str:
     """``text``, a URL or what was meant as one, fit to print: whatever stands before its last
     ``@`` (credentials, however the URL is mistyped) and any query or fragment become ``***``."""

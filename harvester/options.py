@@ -101,6 +101,13 @@ OPTIONS = (
         metavar="URL",
     ),
     Option(("--user-id",), "Catapult user id, u-... (env CATAPULT_USER_ID)", _ALL, metavar="ID"),
+    Option(
+        ("--proxy",),
+        "send requests through this HTTP proxy (default: HTTPS_PROXY / HTTP_PROXY from the "
+        "environment, but for hosts in NO_PROXY)",
+        _ALL,
+        metavar="URL",
+    ),
     Option(("--concurrency",), "requests in flight at most (default 8)", metavar="N", type=int),
     Option(
         ("--rate",),
