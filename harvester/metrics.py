@@ -16,7 +16,7 @@ def render(stats: RunStats, run_seconds: float, last_success: float | None) -> s
     def metric(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP {name} {text}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+        lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
 
     metric(
         "harvester_calls",
@@ -79,3 +79,11 @@ def render(stats: RunStats, run_seconds: float, last_success: float | None) -> s
 def write(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically."""
     write_atomically(path, text.encode())
+
+
+def _number(value: float) -> str:
+    """A sample's value exactly: whole numbers as integers, others in full (``repr``), as the
+    Prometheus text format takes them (``%g`` would round 1795770000 to 1.79577e+09)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))

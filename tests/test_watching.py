@@ -124,3 +124,21 @@ def test_the_bar_knows_a_files_size(tmp_path: Path) -> None:
     assert count_records(str(tmp_path / "a.txt")) == 3
     assert count_records(str(tmp_path / "b.csv")) == 2
     assert count_records("-") is None
+
+
+def test_metrics_are_exact_however_large() -> None:
+    from harvester import metrics
+
+    stats = RunStats(calls=1_234_567, ok=1_234_566, failed=1, events=98_765_432)
+    stats.job = {"calls": 1_234_567, "ok": 1_234_566, "failed": 1, "events": 98_765_432}
+    now = 1_795_774_416.123
+    text = metrics.render(stats, 12.5, now)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("harvester_calls", (("outcome", "ok"),))] == 1_234_566
+    assert samples[("harvester_events", ())] == 98_765_432
+    assert abs(samples[("harvester_last_success_timestamp_seconds", ())] - now) < 0.001
+    assert "e+" not in text, "no rounded exponent forms"
