@@ -145,3 +145,45 @@ def test_calls_from_a_slow_pipe_are_harvested_as_they_come(
     assert process.stderr is not None
     process.stderr.close()
     assert {e["callId"] for e in read_ndjson(output)} == {"c-first", "c-second"}
+
+
+def test_a_stdin_that_never_ends_still_stops_on_sigterm_at_once(
+    open_world: dict[str, str], tmp_path: Path
+) -> None:
+    summary = tmp_path / "summary.json"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "harvester", "run", "-i", "-", "--summary", str(summary)),
+            *("-o", str(tmp_path / "out.ndjson"), "--commit-interval", "0.2"),
+        ],
+        env=open_world,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(b"c-first\n")
+    process.stdin.flush()
+    output = tmp_path / "out.ndjson"
+    deadline = time.monotonic() + 20
+    while not (output.exists() and output.stat().st_size > 0):
+        assert time.monotonic() < deadline, "the first call never came through"
+        time.sleep(0.05)
+
+    # The input thread is blocked in a read that will never return; stdin stays open.
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    try:
+        code = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    waited = time.monotonic() - started
+
+    process.stdin.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert code == 143, stderr
+    assert waited < 5, f"{waited:.1f} s to stop"
+    assert orjson.loads(summary.read_bytes())["status"] == "stopped"
