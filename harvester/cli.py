@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from harvester import __version__, logs
 from harvester.config import (
     Settings,
@@ -41,10 +43,11 @@ from harvester.errors import (
     OutputError,
     TransientError,
 )
+from harvester.files import replace_file
 from harvester.logs import event
 from harvester.pool import harvest, ping, retry_failed
 from harvester.progress import Progress, count_records
-from harvester.stats import RunStats, write_json_atomically
+from harvester.stats import RunStats
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -493,6 +496,8 @@ def _run(args: argparse.Namespace) -> int:
         return code
     elapsed = time.monotonic() - started
     progress.finish(stats.completed)
+    if settings.metrics_file is not None:
+        asyncio.run(progress.write_metrics())
     if error is not None:
         planned = code in (EXIT_DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
         level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
@@ -506,7 +511,8 @@ def _run(args: argparse.Namespace) -> int:
         event(logging.INFO, "summary", "%s", _summary_line(summary), **fields)
     if settings.summary is not None:
         try:
-            write_json_atomically(settings.summary, summary)
+            document = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+            asyncio.run(replace_file(settings.summary, document))
         except OSError as exc:
             log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
             return code or EXIT_OUTPUT

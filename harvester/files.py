@@ -1,15 +1,24 @@
-"""File I/O off the event loop: a thread for reads that may never return.
+"""File I/O off the event loop, through aiofiles: a thread for reads that may never return, and
+files that readers must only ever see whole (the summary, the metrics file).
 
 The journal writes its own files on its own disk thread; nothing here is part of a commit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+
+import aiofiles
+import aiofiles.os
+import aiofiles.tempfile
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -56,3 +65,48 @@ class DaemonExecutor(Executor):
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+
+
+async def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers see the old file or the whole new one, never a
+    part, and the new one is on disk when this returns.
+
+    The data goes to a temporary file in the same folder, is fsynced, renamed over ``path``, and
+    the folder is fsynced so that the rename survives a crash. Whatever fails (or a
+    cancellation), ``path`` is left as it was and the temporary file is removed.
+    """
+    await aiofiles.os.makedirs(path.parent, exist_ok=True)
+    temporary: str | None = None
+    try:
+        async with aiofiles.tempfile.NamedTemporaryFile(
+            "wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as file:
+            temporary = str(file.name)
+            await _fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide it from a collector
+            await file.write(data)
+            await file.flush()
+            await _fsync(file.fileno())
+        await aiofiles.os.replace(temporary, path)
+        temporary = None
+        await _fsync_folder(path.parent)
+    finally:
+        if temporary is not None:
+            await asyncio.shield(_remove_quietly(temporary))
+
+
+_fchmod = aiofiles.os.wrap(os.fchmod)
+_fsync = aiofiles.os.wrap(os.fsync)
+
+
+@aiofiles.os.wrap
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):  # already gone, or the folder went: nothing more to do
+        await aiofiles.os.remove(path)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from harvester import metrics
+from harvester.files import replace_file
 from harvester.logs import event
 from harvester.source import is_stream
 from harvester.stats import RunStats
@@ -68,25 +69,26 @@ class Progress:
                 self._log_line()
             if self._metrics_file is not None and since_metrics >= METRICS_INTERVAL:
                 since_metrics = 0.0
-                self.write_metrics()
+                await self.write_metrics()
 
     def finish(self, completed: bool) -> None:
-        """The last bar and metrics; ``completed`` marks a run that finished its job."""
+        """The last bar; ``completed`` marks a run that finished its job (for the metrics
+        written after it)."""
         if self._bar is not None:
             self._draw()
             self._bar.close()
         if completed:
             self._last_success = time.time()
-        if self._metrics_file is not None:
-            self.write_metrics()
 
-    def write_metrics(self) -> None:
-        assert self._metrics_file is not None
+    async def write_metrics(self) -> None:
+        """Replace the metrics file (if any) with the counters as they are; a failure is only
+        a warning."""
+        if self._metrics_file is None:
+            return
         elapsed = time.monotonic() - self._started
+        text = metrics.render(self._stats, elapsed, self._last_success)
         try:
-            metrics.write(
-                self._metrics_file, metrics.render(self._stats, elapsed, self._last_success)
-            )
+            await replace_file(self._metrics_file, text.encode())
         except OSError as exc:
             event(
                 logging.WARNING,
