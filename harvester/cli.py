@@ -43,7 +43,7 @@ from harvester.errors import (
     OutputError,
     TransientError,
 )
-from harvester.files import replace_file
+from harvester.files import DaemonExecutor, replace_file
 from harvester.logs import event
 from harvester.pool import harvest, ping, retry_failed
 from harvester.progress import Progress, count_records
@@ -649,7 +649,14 @@ async def _supervised(
 
 
 async def _count(progress: Progress, input_spec: str) -> None:
-    progress.total = await asyncio.to_thread(count_records, input_spec)
+    # On a daemon thread, not the default executor, which asyncio.run joins at exit: a run that
+    # ends or is stopped before the count of a big (gzip) file does must not wait for it.
+    counter = DaemonExecutor("harvester-count")
+    try:
+        loop = asyncio.get_running_loop()
+        progress.total = await loop.run_in_executor(counter, count_records, input_spec)
+    finally:
+        counter.shutdown()
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

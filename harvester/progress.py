@@ -10,7 +10,9 @@ import asyncio
 import gzip
 import logging
 import math
+import os
 import re
+import stat
 import time
 import zlib
 from pathlib import Path
@@ -152,13 +154,16 @@ def count_records(spec: str | None) -> int | None:
     """About how many records a call list holds (its lines), for the bar; None when unknown.
 
     Only a regular file is counted: a stream (stdin, a pipe, a FIFO) can be read only once, and
-    that once is the harvest's.
+    that once is the harvest's. The file is opened without waiting and looked at before it is
+    read, so a FIFO put in its place after ``is_stream`` looked is neither waited for nor read.
     """
     if spec is None or is_stream(spec):
         return None
     path = Path(spec)
     try:
-        with path.open("rb") as raw:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as raw:
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                return None
             stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
             raw.seek(0)
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))

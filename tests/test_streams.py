@@ -3,6 +3,8 @@ once, as it comes; the event loop never blocks on it, and a signal still stops t
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +16,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+
+from harvester import cli
+from harvester.progress import Progress, count_records
+from harvester.stats import RunStats
 
 from .conftest import canonical, expected_events, read_ndjson, simulator_process
 
@@ -187,3 +193,58 @@ def test_a_stdin_that_never_ends_still_stops_on_sigterm_at_once(
     assert code == 143, stderr
     assert waited < 5, f"{waited:.1f} s to stop"
     assert orjson.loads(summary.read_bytes())["status"] == "stopped"
+
+
+def test_counting_for_the_progress_total_never_opens_a_fifo_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    # As if the file became a FIFO between is_stream's look and the count's open.
+    monkeypatch.setattr("harvester.progress.is_stream", lambda spec: False)
+    counts: list[int | None] = []
+    counting = threading.Thread(target=lambda: counts.append(count_records(str(fifo))))
+    counting.daemon = True  # if it is stuck in open(), the test still ends
+    counting.start()
+    counting.join(5)
+    assert not counting.is_alive() and counts == [None]
+
+
+def test_the_progress_total_is_counted_only_with_progress_on(
+    sim_process: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()[:3]
+    (tmp_path / "calls.txt").write_text("\n".join(ids) + "\n")
+    for name in ("CATAPULT_BASE_URL", "CATAPULT_USER_ID", "CATAPULT_API_TOKEN"):
+        monkeypatch.setenv(name, sim_process[name])
+    monkeypatch.setenv("CATAPULT_API_SECRET", sim_process["CATAPULT_API_SECRET"])
+    monkeypatch.setattr("harvester.logs.configure", lambda *args: None)  # pytest's logging stays
+    counted: list[str | None] = []
+
+    def count(spec: str | None) -> int:
+        counted.append(spec)
+        return 3
+
+    monkeypatch.setattr(cli, "count_records", count)
+    run = ["run", "-i", str(tmp_path / "calls.txt"), "--log-every", "60"]
+
+    assert cli.main([*run, "-o", str(tmp_path / "a.ndjson"), "--no-progress"]) == 0
+    assert counted == []  # no second pass over the input when nobody shows a total
+    assert cli.main([*run, "-o", str(tmp_path / "b.ndjson")]) == 0
+    assert counted == [str(tmp_path / "calls.txt")]
+
+
+def test_a_long_count_does_not_hold_the_end_of_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = threading.Event()
+    monkeypatch.setattr(cli, "count_records", lambda spec: released.wait(30) and None)
+    progress = Progress(RunStats(), io.StringIO(), show=True, log_every=60, metrics_file=None)
+    timer = threading.Timer(3.0, released.set)  # a count of a big gzip file, say
+    timer.start()
+    try:
+        started = time.monotonic()
+        cli._run_async(cli._supervised(asyncio.sleep(0.1), progress, cli._Stopper(1.0), "a.gz"))
+        took = time.monotonic() - started
+    finally:
+        released.set()
+        timer.cancel()
+    assert took < 2, f"the run's end waited {took:.1f} s for the count"
