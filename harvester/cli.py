@@ -38,12 +38,13 @@ from harvester.errors import (
     OutputError,
     TransientError,
 )
+from harvester.files import DaemonExecutor, replace_file
 from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
 from harvester.options import CHECK, RETRY, RUN, add_options, path
 from harvester.progress import Progress, count_records
 from harvester.sim_command import add_sim_command, serve_sim
-from harvester.stats import RunStats, summary_document, summary_line, write_json_atomically
+from harvester.stats import RunStats, summary_document, summary_line
 from harvester.status import job_status, status_lines
 from harvester.stopper import EXIT_SIGNAL_BASE, Stopper
 
@@ -186,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         return code
     elapsed = time.monotonic() - started
     progress.finish(stats.completed)
+    if settings.metrics_file is not None:
+        asyncio.run(progress.write_metrics())
     if error is not None:
         planned = code in (EXIT_DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
         level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
@@ -198,7 +201,8 @@ def _run(args: argparse.Namespace) -> int:
         event(logging.INFO, "summary", "%s", summary_line(summary), **fields)
     if settings.summary is not None:
         try:
-            write_json_atomically(settings.summary, summary)
+            document = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+            asyncio.run(replace_file(settings.summary, document))
         except OSError as exc:
             log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
             return code or EXIT_OUTPUT
@@ -308,7 +312,14 @@ async def _supervised(
 
 
 async def _count(progress: Progress, input_spec: str) -> None:
-    progress.total = await asyncio.to_thread(count_records, input_spec)
+    # On a daemon thread, not the default executor, which asyncio.run joins at exit: a run that
+    # ends or is stopped before the count of a big (gzip) file does must not wait for it.
+    counter = DaemonExecutor("harvester-count")
+    try:
+        loop = asyncio.get_running_loop()
+        progress.total = await loop.run_in_executor(counter, count_records, input_spec)
+    finally:
+        counter.shutdown()
 
 
 # -- status ----------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """``--metrics-file``: the run's counters in Prometheus text format, for node_exporter's
-textfile collector; written atomically (a reader never sees half a file)."""
+textfile collector; written atomically by ``Progress`` (``files.replace_file``: a reader never
+sees half a file)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from harvester.stats import RunStats, write_atomically
+from harvester.stats import RunStats
 
 
 def render(stats: RunStats, run_seconds: float, last_success: float | None) -> str:
@@ -74,11 +73,6 @@ def render(stats: RunStats, run_seconds: float, last_success: float | None) -> s
             [("", round(last_success, 3))],
         )
     return "\n".join(lines) + "\n"
-
-
-def write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically."""
-    write_atomically(path, text.encode())
 
 
 def _number(value: float) -> str:

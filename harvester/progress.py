@@ -10,7 +10,9 @@ import asyncio
 import gzip
 import logging
 import math
+import os
 import re
+import stat
 import time
 import zlib
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from harvester import metrics
+from harvester.files import replace_file
 from harvester.logs import event
 from harvester.source import is_stream
 from harvester.stats import RunStats
@@ -68,25 +71,26 @@ class Progress:
                 self._log_line()
             if self._metrics_file is not None and since_metrics >= METRICS_INTERVAL:
                 since_metrics = 0.0
-                self.write_metrics()
+                await self.write_metrics()
 
     def finish(self, completed: bool) -> None:
-        """The last bar and metrics; ``completed`` marks a run that finished its job."""
+        """The last bar; ``completed`` marks a run that finished its job (for the metrics
+        written after it)."""
         if self._bar is not None:
             self.draw()
             self._bar.close()
         if completed:
             self._last_success = time.time()
-        if self._metrics_file is not None:
-            self.write_metrics()
 
-    def write_metrics(self) -> None:
-        assert self._metrics_file is not None
+    async def write_metrics(self) -> None:
+        """Replace the metrics file (if any) with the counters as they are; a failure is only
+        a warning."""
+        if self._metrics_file is None:
+            return
         elapsed = time.monotonic() - self._started
+        text = metrics.render(self._stats, elapsed, self._last_success)
         try:
-            metrics.write(
-                self._metrics_file, metrics.render(self._stats, elapsed, self._last_success)
-            )
+            await replace_file(self._metrics_file, text.encode())
         except OSError as exc:
             event(
                 logging.WARNING,
@@ -151,13 +155,16 @@ def count_records(spec: str | None) -> int | None:
     """About how many records a call list holds (its lines), for the bar; None when unknown.
 
     Only a regular file is counted: a stream (stdin, a pipe, a FIFO) can be read only once, and
-    that once is the harvest's.
+    that once is the harvest's. The file is opened without waiting and looked at before it is
+    read, so a FIFO put in its place after ``is_stream`` looked is neither waited for nor read.
     """
     if spec is None or is_stream(spec):
         return None
     path = Path(spec)
     try:
-        with path.open("rb") as raw:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as raw:
+            if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+                return None
             stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
             raw.seek(0)
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))

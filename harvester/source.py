@@ -6,41 +6,52 @@ Formats, chosen by extension and, where that says nothing, by content:
   surrounding spaces tolerated;
 - ``.csv`` with a header naming a ``callId`` or ``id`` column;
 - ``.ndjson`` / ``.jsonl``: one object a line with ``callId`` or ``id``;
-- any of these gzip-compressed (recognised by its magic bytes, ``.gz`` or not).
+- any of these gzip-compressed (recognised by its magic bytes, ``.gz`` or not), in one member
+  or several.
 
 A record that holds no id at all (a broken JSON line, an empty CSV cell, an overlong line)
 becomes an ``InvalidRecord`` so the run can list it in the failures file rather than lose it.
 Each id comes with its input line, which tells a re-read record from a duplicate on resume.
 Whether an id is well-formed is the pool's business, not the reader's.
+
+The file is read in large chunks through aiofiles (``ChunkReader``), gunzipped, cut into lines
+and parsed in the event loop a batch at a time (``RecordFeed``): no thread hop per line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
-import gzip
 import hashlib
 import io
 import os
 import stat
 import sys
-import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
+from aiofiles.threadpool import wrap
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from harvester.errors import InputError
+from harvester.files import DaemonExecutor
 
 MAX_LINE = 64 * 1024
+# What a read asks for, and the most plain bytes handed out at once: what the event loop
+# inflates, cuts into lines and holds as line objects in one go (about 2,000 lines, under a
+# millisecond). Larger reads cost as much CPU a line and more memory (bench/input.py).
+CHUNK = 64 * 1024
 ID_FIELDS = ("callId", "id")
 _GZIP_MAGIC = b"\x1f\x8b"
-# What a damaged (truncated, corrupt) gzip input raises while it is read.
+_BOM = b"\xef\xbb\xbf"
+_TOO_LONG = f"line longer than {MAX_LINE} bytes"
+# What a damaged (truncated, corrupt) input raises while it is read.
 _CORRUPT = (OSError, EOFError, zlib.error)
 # What to do then: a repaired file is another file to the ledger.
 _AFTER_DAMAGE = (
@@ -72,159 +83,226 @@ class InvalidRecord:
 Record = tuple[int, str] | InvalidRecord
 
 
-class CallList:
-    """An open call list: iterate it for records. Opening checks what can be checked up front
-    (the file exists, the CSV header names an id column), so a bad file fails before any fetch.
+class ChunkReader:
+    """A call list's bytes, gunzipped when they are gzip, at most ``CHUNK`` of them at a time.
+
+    Every blocking call (open, read, close) runs on a daemon thread of the reader's own
+    (``DaemonExecutor``), reads through aiofiles: a FIFO that waits for its writer in ``open``,
+    a slow pipe or a stdin that never ends may block that thread as long as they like, never
+    the event loop (signals are still heard) nor the process's exit. A read returns what the
+    file has, up to ``CHUNK``: a pipe's lines come on as they are written. ``close`` closes the
+    file on that thread, once a read still in flight has returned.
     """
 
     def __init__(self, spec: str) -> None:
         self.name = "stdin" if spec == "-" else spec
-        self.stream = is_stream(spec)  # read once, as it comes: stdin, a pipe, a FIFO
-        self._text: io.TextIOWrapper | None = None
-        self._raw = self._open(spec)
-        try:
-            self._records = self._parse(spec)
-        except BaseException:
-            self.close()
-            raise
+        self._spec = spec
+        self._executor = DaemonExecutor("harvester-input")
+        self._raw: io.FileIO | None = None  # set and closed on the executor's thread only
+        self._file: AsyncFileIO | None = None
+        self._started = False  # gzip or not is told by the first bytes
+        self._gunzip: _Gunzip | None = None
+        self._eof = False
+        self._closed = False
 
-    def __iter__(self) -> Iterator[Record]:
-        return self._records
+    async def open(self) -> None:
+        """Open the file (a FIFO: wait for its writer); ``InputError`` if it cannot be."""
+        loop = asyncio.get_running_loop()
+        raw = await loop.run_in_executor(self._executor, self._open_on_thread)
+        self._file = wrap(raw, loop=loop, executor=self._executor)
+
+    async def read(self) -> bytes:
+        """The next plain bytes, at most ``CHUNK``; b"" at the end. Raises ``OSError``,
+        ``EOFError`` or ``zlib.error`` for input that cannot be read or gunzipped."""
+        if not self._started:
+            self._started = True
+            head = b""
+            while len(head) < len(_GZIP_MAGIC) and (more := await self._read_raw()):
+                head += more
+            if not head.startswith(_GZIP_MAGIC):
+                return head
+            self._gunzip = _Gunzip()
+            self._gunzip.feed(head)
+        if self._gunzip is None:
+            return await self._read_raw()
+        while not (plain := self._gunzip.inflate(CHUNK)):
+            data = await self._read_raw()
+            if not data:
+                self._gunzip.end()
+                return b""
+            self._gunzip.feed(data)
+        return plain
+
+    async def identify(self) -> dict[str, Any]:
+        """``identify`` of the file, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, identify, self._spec)
 
     def close(self) -> None:
-        """Close the file (for stdin, harvester's own descriptor of it)."""
-        if self._text is not None:
-            self._text.detach()
-            self._text = None
-        self._raw.close()
+        """Close the file: at once, or when the read in flight returns (maybe never)."""
+        if not self._closed:
+            self._closed = True
+            self._executor.submit(self._close_on_thread)
+            self._executor.shutdown(wait=False)
 
-    def __enter__(self) -> CallList:
-        return self
+    async def _read_raw(self) -> bytes:
+        if self._eof:
+            return b""
+        assert self._file is not None
+        data = await self._file.read(CHUNK)
+        self._eof = not data
+        return data
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _open_on_thread(self) -> io.FileIO:
+        self._raw = _open_input(self._spec)
+        return self._raw
 
-    def _open(self, spec: str) -> BinaryIO:
-        if spec == "-":
-            if sys.stdin is None:
-                raise InputError("stdin is closed: pipe the call list in, or give its path")
-            # A descriptor of our own, not sys.stdin: a read that blocks holds only our buffer's
-            # lock, never the one the interpreter takes to close sys.stdin at exit.
-            try:
-                return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read stdin: {exc}") from None
-        path = Path(spec)
+    def _close_on_thread(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+
+
+def _open_input(spec: str) -> io.FileIO:
+    if spec == "-":
+        if sys.stdin is None:
+            raise InputError("stdin is closed: pipe the call list in, or give its path")
+        # A descriptor of our own, not sys.stdin: a read that blocks holds nothing the
+        # interpreter needs to close sys.stdin at exit.
         try:
-            if path.is_dir():
-                raise InputError(f"input {spec} is a directory; give a call list file")
-            return path.open("rb")
-        except FileNotFoundError:
-            raise InputError(f"input file {spec} does not exist") from None
-        except OSError as exc:
-            raise InputError(f"cannot open input file {spec}: {exc.strerror}") from None
+            return io.FileIO(os.dup(sys.stdin.fileno()), "r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read stdin: {exc}") from exc
+    path = Path(spec)
+    try:
+        if path.is_dir():
+            raise InputError(f"input {spec} is a directory; give a call list file")
+        return io.FileIO(path, "r")
+    except FileNotFoundError as exc:
+        raise InputError(f"input file {spec} does not exist") from exc
+    except OSError as exc:
+        raise InputError(f"cannot open input file {spec}: {exc.strerror}") from exc
 
-    def _parse(self, spec: str) -> Iterator[Record]:
-        stream: Any = self._raw
-        if not hasattr(stream, "peek"):
-            stream = io.BufferedReader(stream)
-        try:
-            compressed = stream.peek(2)[:2] == _GZIP_MAGIC
-        except OSError as exc:
-            raise InputError(f"cannot read input {self.name}: {exc}") from None
-        if compressed:
-            stream = gzip.GzipFile(fileobj=stream, mode="rb")
-        name = spec.lower().removesuffix(".gz")
-        if name.endswith(".csv"):
-            kind = "csv"
-        elif name.endswith((".ndjson", ".jsonl")):
-            kind = "ndjson"
-        elif name.endswith(".txt"):
-            kind = "text"
+
+class _Gunzip:
+    """gzip members one after another, as ``gzip -d`` reads them (zero padding between them
+    allowed), inflated at most ``limit`` bytes a step: a megabyte of input can hold a gigabyte.
+    """
+
+    def __init__(self) -> None:
+        self._member = zlib.decompressobj(wbits=31)
+        self._input = b""  # given, not yet inflated
+        self._full = False  # the last step stopped at its limit: zlib may hold more output
+        self._between = False  # after a member's end: padding, another member, or the end
+
+    def feed(self, data: bytes) -> None:
+        self._input = self._input + data if self._input else data
+
+    def inflate(self, limit: int) -> bytes:
+        """Up to ``limit`` plain bytes from what was fed; b"" when more input is needed."""
+        while self._input or self._full:
+            if self._between:
+                rest = self._input.lstrip(b"\0")
+                if _GZIP_MAGIC.startswith(rest):  # nothing yet, or half a magic number
+                    self._input = rest
+                    return b""
+                if not rest.startswith(_GZIP_MAGIC):
+                    raise zlib.error("not a gzip member after the end of the previous one")
+                self._member, self._input = zlib.decompressobj(wbits=31), rest
+                self._between = False
+            plain = self._member.decompress(self._input, limit)
+            self._full = len(plain) == limit
+            if self._member.eof:
+                self._input, self._between, self._full = self._member.unused_data, True, False
+            else:
+                self._input = self._member.unconsumed_tail
+            if plain:
+                return plain
+        return b""
+
+    def end(self) -> None:
+        """The input is over: raise if it stopped inside a member."""
+        if not self._between or self._input:
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+
+class _Lines:
+    """Whole lines from pieces of input, in order; ``taken`` counts the lines handed out.
+
+    A piece may end inside a line, or inside a UTF-8 sequence (which no line end splits):
+    the rest waits for the next piece. Text and NDJSON lines end at ``\\n`` and lose their
+    end; CSV lines (``universal``) end at ``\\n``, ``\\r\\n`` or ``\\r`` and keep it, as the
+    csv module wants them. A line of more than ``MAX_LINE`` bytes is kept only that far (and
+    a byte): long enough to be told too long.
+    """
+
+    def __init__(self, universal: bool) -> None:
+        self._universal = universal
+        self._lines: list[bytes] = []
+        self._at = 0
+        self._rest = b""
+        self.taken = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self._at == len(self._lines)
+
+    def feed(self, data: bytes) -> None:
+        """Cut ``data`` into lines; only once the lines before are all taken."""
+        assert self.exhausted
+        self._lines = []  # free before the next are made
+        if self._universal:
+            lines = (self._rest + data).splitlines(keepends=True)
+            # A line without its end, or one ending at \r, which a \n may still follow.
+            self._rest = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
         else:
-            kind = self._sniff(stream)
-        try:
-            if kind == "csv":
-                self._text = io.TextIOWrapper(
-                    stream,
-                    encoding="utf-8-sig",
-                    errors="replace",
-                    newline="",
-                )
-                return _csv_records(self._text, self.name)
-            if kind == "ndjson":
-                return _ndjson_records(stream)
-            return _text_records(stream)
-        except _CORRUPT as exc:
-            raise InputError(f"cannot read input {self.name}: {exc}") from None
+            lines = data.split(b"\n")
+            if self._rest:
+                lines[0] = self._rest + lines[0]
+            self._rest = lines.pop()
+        if len(self._rest) > MAX_LINE:
+            self._rest = self._rest[:MAX_LINE] + self._rest[-1:]  # its last byte may be \r
+        self._lines, self._at = lines, 0
 
-    def _sniff(self, stream: Any) -> str:
-        """Guess the format from the first line with something on it (stdin, unknown suffix)."""
-        try:
-            head: bytes = stream.peek(MAX_LINE)[:MAX_LINE]
-        except _CORRUPT as exc:
-            raise InputError(f"cannot read input {self.name}: {exc}") from None
-        for raw in head.removeprefix(b"\xef\xbb\xbf").splitlines():
-            line = raw.strip()
-            if not line or line.startswith(b"#"):
-                continue
-            if line.startswith(b"{"):
-                return "ndjson"
-            cells = [c.strip().strip('"') for c in line.decode("utf-8", "replace").split(",")]
-            if len(cells) > 1 and any(c in ID_FIELDS for c in cells):
-                return "csv"
-            return "text"
-        return "text"
+    def end(self) -> None:
+        """The input is over: the last line may have had no end."""
+        assert self.exhausted
+        self._lines, self._at, self._rest = ([self._rest] if self._rest else []), 0, b""
+
+    def take(self, most: int) -> list[bytes]:
+        lines = self._lines[self._at : self._at + most]
+        if lines and self.taken == 0:
+            lines[0] = lines[0].removeprefix(_BOM)
+        self._at += len(lines)
+        self.taken += len(lines)
+        return lines
 
 
-def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, line without its end) for each line; None for a line over MAX_LINE."""
-    number = 0
-    while True:
-        try:
-            raw = stream.readline(MAX_LINE + 1)
-        except _CORRUPT as exc:
-            raise InputError(
-                f"the input is damaged after line {number} ({exc}); what came before it is "
-                f"harvested. {_AFTER_DAMAGE}"
-            ) from None
-        if not raw:
-            return
+def _text_records(lines: list[bytes], number: int, out: list[Record]) -> None:
+    """Records of ``lines`` into ``out``; ``number`` is that of the line before them."""
+    for raw in lines:
         number += 1
-        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            while raw and not raw.endswith(b"\n"):  # skip the rest of the overlong line
-                raw = stream.readline(MAX_LINE)
-            yield number, None
-            continue
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        yield number, raw.rstrip(b"\r\n")
-
-
-def _text_records(stream: BinaryIO) -> Iterator[Record]:
-    for number, raw in _lines(stream):
-        if raw is None:
-            yield InvalidRecord(number, f"line longer than {MAX_LINE} bytes")
+        if len(raw) > MAX_LINE:
+            out.append(InvalidRecord(number, _TOO_LONG))
             continue
         line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        yield number, line.decode("utf-8", "replace")
+        if line and not line.startswith(b"#"):
+            out.append((number, line.decode("utf-8", "replace")))
 
 
-def _ndjson_records(stream: BinaryIO) -> Iterator[Record]:
-    for number, raw in _lines(stream):
-        if raw is None:
-            yield InvalidRecord(number, f"line longer than {MAX_LINE} bytes")
+def _ndjson_records(lines: list[bytes], number: int, out: list[Record]) -> None:
+    for raw in lines:
+        number += 1
+        if len(raw) > MAX_LINE:
+            out.append(InvalidRecord(number, _TOO_LONG))
             continue
         if not raw.strip():
             continue
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            yield InvalidRecord(number, "not a JSON object")
+            out.append(InvalidRecord(number, "not a JSON object"))
             continue
-        yield _id_of(obj, number)
+        out.append(_id_of(obj, number))
 
 
 def _id_of(obj: object, number: int) -> Record:
@@ -237,153 +315,238 @@ def _id_of(obj: object, number: int) -> Record:
     return InvalidRecord(number, "no callId or id field")
 
 
-def _csv_records(text: io.TextIOWrapper, name: str) -> Iterator[Record]:
-    reader = csv.reader(text)
-    try:
-        # The header is the first row that is neither blank nor a # comment.
-        header = next(
-            (row for row in reader if row and row[0].strip() and not row[0].startswith("#")),
-            None,
-        )
-    except csv.Error as exc:
-        raise InputError(f"input {name}: the CSV header cannot be parsed: {exc}") from None
-    except _CORRUPT as exc:
-        raise InputError(f"cannot read input {name}: {exc}") from None
-    if header is None:
-        return iter(())
-    columns = [c.strip() for c in header]
-    for key in ID_FIELDS:
-        if key in columns:
-            return _csv_rows(reader, columns.index(key))
-    raise InputError(
-        f"input {name}: the CSV header has no callId or id column (found: {', '.join(columns)})"
-    )
+class _CsvRows:
+    """CSV rows from lines that come a chunk at a time.
 
+    ``csv.reader`` pulls lines from this object. A row that runs past the lines given so far (a
+    quoted field with a line break in it) is put back and read again, whole, once more lines
+    are in: the reader keeps nothing between rows. A row's number is that of its last line, as
+    ``csv.reader.line_num`` counts.
+    """
 
-def _csv_rows(reader: Any, column: int) -> Iterator[Record]:
-    while True:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._row: list[tuple[int, bytes]] = []  # the lines of the row being read
+        self._cut = False  # the lines ran out inside a row
+        self._line = 0
+        self._reported = 0  # the last overlong line reported, so that a row read again is not
+        self._overlong: list[Record] = []
+        self._reader = csv.reader(self)
+        self.column: int | None = None  # of the ids, once the header is read
+
+    def push(self, first: int, lines: list[bytes]) -> None:
+        self._pending.extend(zip(count(first), lines, strict=False))
+
+    def header(self, final: bool) -> bool:
+        """Look for the header (the first row neither blank nor a # comment) in the lines so
+        far; True once it is read, or the input ended without one."""
+        while self._pending:
+            row = self._next_row(final)
+            self._overlong.clear()
+            if row is None:
+                return False
+            if isinstance(row, csv.Error):
+                raise InputError(f"input {self._name}: the CSV header cannot be parsed: {row}")
+            if row and row[0].strip() and not row[0].startswith("#"):
+                columns = [c.strip() for c in row]
+                for key in ID_FIELDS:
+                    if key in columns:
+                        self.column = columns.index(key)
+                        return True
+                raise InputError(
+                    f"input {self._name}: the CSV header has no callId or id column "
+                    f"(found: {', '.join(columns)})"
+                )
+        return final
+
+    def records(self, out: list[Record], size: int, final: bool) -> None:
+        """Records from the lines so far, until ``out`` holds ``size``; ``final``: no more
+        lines will come."""
+        column = self.column
+        while len(out) < size and self._pending and column is not None:
+            row = self._next_row(final)
+            out.extend(self._overlong)
+            self._overlong.clear()
+            if row is None:
+                return
+            number = self._line
+            if isinstance(row, csv.Error):
+                out.append(InvalidRecord(number, f"CSV row cannot be parsed: {row}"))
+                continue
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            value = row[column].strip() if column < len(row) else ""
+            out.append((number, value) if value else InvalidRecord(number, "empty call id cell"))
+
+    def _next_row(self, final: bool) -> list[str] | csv.Error | None:
+        """The next row (or its error); None if the lines so far end inside it."""
+        self._row, self._cut = [], False
         try:
-            row = next(reader)
+            row: list[str] | csv.Error | None = next(self._reader)
         except StopIteration:
-            return
+            row = None
         except csv.Error as exc:
-            yield InvalidRecord(reader.line_num, f"CSV row cannot be parsed: {exc}")
-            continue
-        except _CORRUPT as exc:
-            raise InputError(
-                f"the input is damaged after line {reader.line_num} ({exc}); what came before "
-                f"it is harvested. {_AFTER_DAMAGE}"
-            ) from None
-        row_number = reader.line_num
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        value = row[column].strip() if column < len(row) else ""
-        yield (row_number, value) if value else InvalidRecord(row_number, "empty call id cell")
+            row = exc
+        if self._cut and not final:
+            self._pending.extendleft(reversed(self._row))
+            self._reader = csv.reader(self)
+            return None
+        return row
+
+    def __iter__(self) -> _CsvRows:
+        return self
+
+    def __next__(self) -> str:
+        if not self._pending:
+            self._cut = bool(self._row)
+            raise StopIteration
+        number, raw = line = self._pending.popleft()
+        self._row.append(line)
+        self._line = number
+        if len(raw) > MAX_LINE:
+            if number > self._reported:
+                self._reported = number
+                self._overlong.append(InvalidRecord(number, _TOO_LONG))
+            return "\n"
+        return raw.decode("utf-8", "replace")
 
 
 class RecordFeed:
-    """The call list, opened and read on a daemon thread of its own into a bounded buffer.
+    """The call list's records, read as a stream (``ChunkReader``) and parsed in the event
+    loop a batch at a time.
 
-    The event loop takes what is there (``batch``): records from a slow pipe flow to the
-    workers one by one as they come, a file's in large batches, and the buffer never holds more
-    than ``high`` records. A pipe, a FIFO that waits for its writer in ``open``, or a terminal
-    may block the thread for as long as they like: never the event loop (signals are still
-    heard), and never the process's exit (an executor's thread is joined at exit, forever on a
-    stdin that never ends). The file is touched by that thread only, closed there too.
-
-    The buffer is a deque, whose appends and pops are atomic: the lock is taken only to wake a
-    side that waits (each sets its flag, then looks again, so no wake-up is missed).
+    ``batch`` parses what has been read and reads on only when that is used up: a slow pipe's
+    records reach the workers as they come, a file's in full batches. Memory holds the lines of
+    one chunk at most. Reading, like opening, happens off the event loop on a daemon thread, so
+    a FIFO without a writer or a stdin that never ends holds neither the loop nor the exit.
     """
 
-    def __init__(self, spec: str, high: int = 4096) -> None:
+    def __init__(self, spec: str) -> None:
         self._spec = spec
-        self._high = high
-        self._loop = asyncio.get_running_loop()
-        self._opened: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._ready = asyncio.Event()
-        self._lock = threading.Condition(threading.Lock())
-        self._buffer: deque[Record] = deque()
-        self._waiting = False  # the loop waits for a record
-        self._full = False  # the thread waits for room
-        self._end: BaseException | bool = False  # True at the end; an error if reading failed
+        self._input = ChunkReader(spec)
+        self._opening: asyncio.Task[dict[str, Any]] | None = None
+        self._lines = _Lines(universal=False)
+        self._parse: Callable[[list[bytes], int, list[Record]], None] = _text_records
+        self._csv: _CsvRows | None = None
+        self._ended = False  # the input is read to its end
         self._closed = False
-        threading.Thread(target=self._read, name="harvester-input", daemon=True).start()
 
     async def opened(self) -> dict[str, Any]:
-        """Wait until the call list is open; its identity (see ``identify``)."""
-        return await self._opened
+        """Wait until the call list is open, its format known (and a CSV header read); its
+        identity (see ``identify``)."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        return await self._opening
 
     async def batch(self, size: int) -> list[Record]:
         """Up to ``size`` records, waiting for one at least; [] at the end of the list."""
-        buffer = self._buffer
-        while True:
-            if buffer:
-                records = [buffer.popleft() for _ in range(min(size, len(buffer)))]
-                if self._full:
-                    with self._lock:
-                        self._lock.notify()
-                return records
-            with self._lock:
-                self._waiting = True
-                self._ready.clear()
-                if buffer or self._end is not False:
-                    self._waiting = False
-            if self._waiting:
-                await self._ready.wait()
-            elif not buffer:
-                if isinstance(self._end, BaseException):
-                    raise self._end
-                return []
+        await self.opened()
+        records: list[Record] = []
+        while not self._closed:
+            self._take(size, records)
+            if records or self._ended:
+                break
+            await self._read_more(opening=False)
+        return records
 
     def close(self) -> None:
-        """Stop reading; the thread closes the file (at once, or when its read returns)."""
-        with self._lock:
-            self._closed = True
-            self._lock.notify()
+        """Stop reading; the file is closed on the reader's thread (at once, or when its read
+        returns)."""
+        self._closed = True
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        self._input.close()
 
-    def _read(self) -> None:
-        calls: CallList | None = None
-        buffer, high = self._buffer, self._high
+    async def _open(self) -> dict[str, Any]:
+        await self._input.open()
+        # Before the first read: its megabyte and the first chunk are not held at once.
+        identity = await self._input.identify()
+        name = self._spec.lower().removesuffix(".gz")
+        # The first bytes, read now (a pipe: waited for) so that a file that cannot be read
+        # fails before any fetch; when the name does not tell the format, on to a line that
+        # does, MAX_LINE bytes, or the end.
+        head = await self._read(opening=True)
+        if name.endswith(".csv"):
+            kind = "csv"
+        elif name.endswith((".ndjson", ".jsonl")):
+            kind = "ndjson"
+        elif name.endswith(".txt"):
+            kind = "text"
+        else:
+            while len(head) < MAX_LINE and _sniff(head, whole=False) is None:
+                more = await self._read(opening=True)
+                if not more:
+                    break
+                head += more
+            kind = _sniff(head[:MAX_LINE], whole=True) or "text"
+        if kind == "csv":
+            self._lines = _Lines(universal=True)
+            self._csv = _CsvRows(self._input.name)
+        elif kind == "ndjson":
+            self._parse = _ndjson_records
+        if head:
+            self._lines.feed(head)
+        if self._csv is not None:
+            while True:
+                first = self._lines.taken + 1
+                self._csv.push(first, self._lines.take(sys.maxsize))
+                if self._csv.header(final=self._ended):
+                    break
+                await self._read_more(opening=True)
+        return identity
+
+    def _take(self, size: int, records: list[Record]) -> None:
+        """Parse the lines read so far into ``records``, up to ``size`` of them."""
+        while len(records) < size:
+            first = self._lines.taken + 1
+            lines = self._lines.take(size - len(records))
+            if self._csv is not None:
+                self._csv.push(first, lines)
+                self._csv.records(records, size, final=self._ended and self._lines.exhausted)
+            elif lines:
+                self._parse(lines, first - 1, records)
+            if not lines:
+                return
+
+    async def _read_more(self, opening: bool) -> None:
+        """Read on, once the lines so far are all taken."""
+        data = await self._read(opening)
+        if data:
+            self._lines.feed(data)
+        else:
+            self._lines.end()
+            self._ended = True
+
+    async def _read(self, opening: bool) -> bytes:
         try:
-            calls = CallList(self._spec)
-            self._post(_resolve, self._opened, identify(self._spec))
-            for record in calls:
-                buffer.append(record)
-                if self._waiting:
-                    self._wake()
-                if len(buffer) >= high and not self._room():
-                    return
-            self._finish(True)
-        except Exception as exc:
-            if not self._opened.done():
-                self._post(_fail, self._opened, exc)
-            self._finish(exc)
-        finally:
-            if calls is not None:
-                calls.close()
+            return await self._input.read()
+        except _CORRUPT as exc:
+            if opening:
+                raise InputError(f"cannot read input {self._input.name}: {exc}") from exc
+            raise InputError(
+                f"the input is damaged after line {self._lines.taken} ({exc}); what came before "
+                f"it is harvested. {_AFTER_DAMAGE}"
+            ) from exc
 
-    def _room(self) -> bool:
-        """Wait until the loop has taken records; False when the feed was closed meanwhile."""
-        with self._lock:
-            self._full = True
-            while len(self._buffer) >= self._high and not self._closed:
-                self._lock.wait()
-            self._full = False
-            return not self._closed
 
-    def _finish(self, end: BaseException | bool) -> None:
-        self._end = end
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._lock:
-            if self._waiting:
-                self._waiting = False
-                self._post(self._ready.set)
-
-    def _post(self, function: Callable[..., object], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            self._loop.call_soon_threadsafe(function, *args)
+def _sniff(head: bytes, whole: bool) -> str | None:
+    """The format the first line with something on it says; None if there is none yet (the
+    last line of ``head`` counts only if ``whole``)."""
+    lines = head.removeprefix(_BOM).splitlines(keepends=True)
+    if lines and not whole and not lines[-1].endswith((b"\n", b"\r")):
+        lines.pop()
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        if line.startswith(b"{"):
+            return "ndjson"
+        cells = [c.strip().strip('"') for c in line.decode("utf-8", "replace").split(",")]
+        if len(cells) > 1 and any(c in ID_FIELDS for c in cells):
+            return "csv"
+        return "text"
+    return None
 
 
 def identify(spec: str) -> dict[str, Any]:
@@ -402,13 +565,3 @@ def identify(spec: str) -> dict[str, Any]:
     except OSError:
         return {"input": str(path)}  # the reader reports the problem in its own words
     return {"input": str(path), "size": size, "head_sha256": hashlib.sha256(head).hexdigest()}
-
-
-def _resolve(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from harvester.config import Settings
 
@@ -115,31 +110,3 @@ def summary_line(summary: dict[str, Any]) -> str:
     if summary["failed"]:
         line += f". Failed calls are listed in {summary['failures_file']}"
     return line
-
-
-def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` as JSON, atomically (see ``write_atomically``)."""
-    write_atomically(
-        path, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    )
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,62 +1,118 @@
-"""Reading call lists: every format, compressed or not, damaged lines kept as invalid records."""
+"""Reading call lists: every format, compressed or not, damaged lines kept as invalid records;
+read in chunks that may end anywhere, a line or a character cut in two."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import os
+import threading
+import zlib
 from pathlib import Path
 
 import pytest
 
+from harvester import source
 from harvester.errors import InputError
-from harvester.source import MAX_LINE, CallList, InvalidRecord, Record
+from harvester.source import MAX_LINE, InvalidRecord, Record, RecordFeed
 
 
-def read(path: Path) -> list[str | InvalidRecord]:
+async def read_lines(spec: Path | str, size: int = 1024) -> list[Record]:
+    """Every record of the call list, batch after batch, as the pool takes them."""
+    feed = RecordFeed(str(spec))
+    try:
+        await feed.opened()
+        records: list[Record] = []
+        while batch := await feed.batch(size):
+            assert len(batch) <= size
+            records.extend(batch)
+        return records
+    finally:
+        feed.close()
+
+
+async def read(spec: Path | str) -> list[str | InvalidRecord]:
     """The ids read, in order, and the invalid records where they stand."""
-    with CallList(str(path)) as calls:
-        return [r if isinstance(r, InvalidRecord) else r[1] for r in calls]
+    return [r if isinstance(r, InvalidRecord) else r[1] for r in await read_lines(spec)]
 
 
-def read_lines(path: Path) -> list[Record]:
-    with CallList(str(path)) as calls:
-        return list(calls)
+@pytest.fixture(params=[1, 7, source.CHUNK], ids=["1-byte-chunks", "7-byte-chunks", "64KiB"])
+def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Reads of this many bytes: every line end, character and gzip header cut somewhere."""
+    size: int = request.param
+    monkeypatch.setattr(source, "CHUNK", size)
+    return size
 
 
-def test_text_with_bom_crlf_comments_blanks_and_spaces(tmp_path: Path) -> None:
+async def test_text_with_bom_crlf_comments_blanks_and_spaces(tmp_path: Path, chunk: int) -> None:
     path = tmp_path / "calls.txt"
     path.write_bytes(
         b"\xef\xbb\xbfc-first\r\n# a comment\r\n\r\n   c-second  \r\n"
         b"\tc-third\n  # indented\nc-last"
     )
-    assert read_lines(path) == [(1, "c-first"), (4, "c-second"), (5, "c-third"), (7, "c-last")]
+    expected = [(1, "c-first"), (4, "c-second"), (5, "c-third"), (7, "c-last")]
+    assert await read_lines(path) == expected
 
 
-def test_csv_with_a_callid_column(tmp_path: Path) -> None:
+async def test_a_chunk_ends_inside_a_line_and_inside_a_character(
+    tmp_path: Path, chunk: int
+) -> None:
+    ids = ["c-café", "c-日本語", "c-\U0001f4de-call", "c-plain"]
+    path = tmp_path / "calls.txt"
+    path.write_bytes("\r\n".join(ids).encode())  # CRLF, and no end on the last line
+    assert await read(path) == ids
+    ndjson = tmp_path / "calls.ndjson"
+    ndjson.write_bytes("".join(f'{{"callId": "{i}"}}\r\n' for i in ids).encode())
+    assert await read(ndjson) == ids
+
+
+async def test_batches_are_cut_anywhere_and_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "calls.txt"
+    path.write_text(
+        "".join(f"c-{i}\n" if i % 5 else "# every fifth a comment\n" for i in range(3000))
+    )
+    records = await read_lines(path, size=7)
+    assert records == [(i + 1, f"c-{i}") for i in range(3000) if i % 5]
+
+
+async def test_csv_with_a_callid_column(tmp_path: Path, chunk: int) -> None:
     path = tmp_path / "calls.csv"
     path.write_text('startTime,callId,to\r\n2026-11-25,c-one,+1\r\n2026-11-25,"c-two",+2\r\n\r\n')
-    assert read(path) == ["c-one", "c-two"]
+    assert await read(path) == ["c-one", "c-two"]
 
 
-def test_csv_with_an_id_column_and_an_empty_cell(tmp_path: Path) -> None:
+async def test_csv_with_an_id_column_and_an_empty_cell(tmp_path: Path, chunk: int) -> None:
     path = tmp_path / "calls.csv"
     path.write_text("id,state\nc-one,completed\n,completed\nc-three\n")
-    assert read(path) == ["c-one", InvalidRecord(3, "empty call id cell"), "c-three"]
+    assert await read(path) == ["c-one", InvalidRecord(3, "empty call id cell"), "c-three"]
 
 
-def test_csv_without_an_id_column_fails_before_anything_else(tmp_path: Path) -> None:
+async def test_a_quoted_csv_field_over_several_lines_and_chunks(tmp_path: Path, chunk: int) -> None:
+    path = tmp_path / "calls.csv"
+    path.write_bytes(
+        b'# export\ncallId,note\nc-one,"a note\r\nover three\nlines"\nc-two,x\r"c-three",\n'
+    )
+    # A row's number is its last line's, CR alone ending a line too (as the csv module counts).
+    expected = [(5, "c-one"), (6, "c-two"), (7, "c-three")]
+    assert await read_lines(path) == expected
+
+
+async def test_csv_without_an_id_column_fails_before_anything_else(tmp_path: Path) -> None:
     path = tmp_path / "calls.csv"
     path.write_text("call,state\nc-one,completed\n")
+    feed = RecordFeed(str(path))
     with pytest.raises(InputError, match="no callId or id column"):
-        CallList(str(path))
+        await feed.opened()
+    feed.close()
 
 
 @pytest.mark.parametrize("suffix", [".ndjson", ".jsonl"])
-def test_ndjson_objects_with_callid_or_id(tmp_path: Path, suffix: str) -> None:
+async def test_ndjson_objects_with_callid_or_id(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"calls{suffix}"
     path.write_text(
         '{"callId": "c-one", "x": 1}\n\n{"id": "c-two"}\nnot json\n[1]\n{"other": "c-x"}\n'
     )
-    assert read(path) == [
+    assert await read(path) == [
         "c-one",
         "c-two",
         InvalidRecord(4, "not a JSON object"),
@@ -74,10 +130,64 @@ def test_ndjson_objects_with_callid_or_id(tmp_path: Path, suffix: str) -> None:
         ("calls.list", b"c-one\nc-two\n"),  # gzip found by its magic bytes, whatever the name
     ],
 )
-def test_gzip_compressed_inputs(tmp_path: Path, name: str, content: bytes) -> None:
+async def test_gzip_compressed_inputs(
+    tmp_path: Path, name: str, content: bytes, chunk: int
+) -> None:
     path = tmp_path / name
     path.write_bytes(gzip.compress(content))
-    assert read(path) == ["c-one", "c-two"]
+    assert await read(path) == ["c-one", "c-two"]
+
+
+async def test_gzip_members_one_after_another(tmp_path: Path, chunk: int) -> None:
+    path = tmp_path / "calls.gz"
+    # As `cat a.gz b.gz` makes them, a line cut between two members, and zero padding (tar).
+    path.write_bytes(
+        gzip.compress(b"c-one\nc-t") + gzip.compress(b"wo\n") + b"\0" * 9 + gzip.compress(b"c-3")
+    )
+    assert await read_lines(path) == [(1, "c-one"), (2, "c-two"), (3, "c-3")]
+
+
+@pytest.mark.parametrize("feed", [16, 1 << 20])
+def test_a_small_gzip_inflates_a_bounded_piece_at_a_time(feed: int) -> None:
+    # Long runs (long back-references), 4.5 MB in a few KB.
+    plain = b"".join(b"c-" + b"7" * (i * 37 % 3000) + b"\n" for i in range(3000))
+    packed = gzip.compress(plain)
+    gunzip, unbounded = source._Gunzip(), zlib.decompressobj(wbits=31)
+    pieces, available = [], 0
+    for start in range(0, len(packed), feed):
+        gunzip.feed(packed[start : start + feed])
+        while piece := gunzip.inflate(1000):
+            pieces.append(piece)
+        # All that this much input can give, though zlib may have taken the input to the last
+        # byte and still hold output: a gzip pipe's lines must not wait for more input.
+        available += len(unbounded.decompress(packed[start : start + feed]))
+        assert sum(map(len, pieces)) == available
+    gunzip.end()  # the member ended: no error
+    assert max(len(p) for p in pieces) == 1000
+    assert b"".join(pieces) == plain
+
+
+def test_a_line_without_end_is_held_only_as_far_as_needed() -> None:
+    lines = source._Lines(universal=False)
+    for _ in range(100):
+        lines.feed(b"x" * 100_000)  # 10 MB, no line end yet
+        assert lines.take(10) == []
+    lines.feed(b"\nc-next\n")
+    overlong, after = lines.take(10)
+    assert MAX_LINE < len(overlong) <= MAX_LINE + 1 and after == b"c-next"
+
+
+async def test_empty_inputs_hold_no_record(tmp_path: Path) -> None:
+    for name, content in [
+        ("empty.txt", b""),
+        ("empty", b""),
+        ("empty.csv", b""),
+        ("blank.ndjson", b"\n\r\n  \n"),
+        ("empty.txt.gz", gzip.compress(b"")),
+        ("header-only.csv.gz", gzip.compress(b"callId\n")),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        assert await read(tmp_path / name) == [], name
 
 
 @pytest.mark.parametrize(
@@ -88,52 +198,151 @@ def test_gzip_compressed_inputs(tmp_path: Path, name: str, content: bytes) -> No
         (b"c-one\nc-two\n", ["c-one", "c-two"]),
     ],
 )
-def test_format_is_sniffed_when_the_name_says_nothing(
-    tmp_path: Path, content: bytes, expected: list[str]
+async def test_format_is_sniffed_when_the_name_says_nothing(
+    tmp_path: Path, content: bytes, expected: list[str], chunk: int
 ) -> None:
     path = tmp_path / "calls"
     path.write_bytes(content)
-    assert read(path) == expected
+    assert await read(path) == expected
 
 
-def test_an_overlong_line_is_one_invalid_record_and_reading_goes_on(tmp_path: Path) -> None:
+async def test_an_overlong_line_is_one_invalid_record_and_reading_goes_on(
+    tmp_path: Path, chunk: int
+) -> None:
+    if chunk == 1:
+        pytest.skip("200,000 one-byte reads say nothing more than seven-byte ones")
     path = tmp_path / "calls.txt"
-    path.write_bytes(b"c-one\n" + b"x" * (3 * MAX_LINE) + b"\nc-two\n")
-    assert read(path) == ["c-one", InvalidRecord(2, f"line longer than {MAX_LINE} bytes"), "c-two"]
+    path.write_bytes(b"c-one\n" + b"x" * (3 * MAX_LINE) + b"\nc-two\n" + b"y" * (MAX_LINE + 1))
+    assert await read(path) == [
+        "c-one",
+        InvalidRecord(2, f"line longer than {MAX_LINE} bytes"),
+        "c-two",
+        InvalidRecord(4, f"line longer than {MAX_LINE} bytes"),
+    ]
 
 
-def test_invalid_utf8_is_kept_visible_not_dropped(tmp_path: Path) -> None:
+async def test_invalid_utf8_is_kept_visible_not_dropped(tmp_path: Path) -> None:
     path = tmp_path / "calls.txt"
     path.write_bytes(b"c-\xff\xfe\nc-two\n")
-    assert read(path) == ["c-\ufffd\ufffd", "c-two"]
+    assert await read(path) == ["c-\ufffd\ufffd", "c-two"]
 
 
-def test_a_missing_file_says_so(tmp_path: Path) -> None:
+async def test_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"input file .*nope\.txt does not exist"):
-        CallList(str(tmp_path / "nope.txt"))
+        await read(tmp_path / "nope.txt")
 
 
-def test_a_directory_is_refused(tmp_path: Path) -> None:
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a directory"):
-        CallList(str(tmp_path))
+        await read(tmp_path)
 
 
-def test_a_truncated_gzip_file_is_an_input_error(tmp_path: Path) -> None:
+async def test_a_truncated_gzip_file_gives_what_came_before_then_an_input_error(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "calls.txt.gz"
     content = "".join(f"c-{i * 7919 % 100_003}\n" for i in range(50_000)).encode()
-    path.write_bytes(gzip.compress(content)[:5000])
-    with pytest.raises(InputError, match="damaged after line"), CallList(str(path)) as calls:
-        list(calls)
+    cut = gzip.compress(content)[:5000]
+    path.write_bytes(cut)
+    whole_lines = zlib.decompressobj(31).decompress(cut).split(b"\n")[:-1]
+    assert len(whole_lines) > 100
+
+    records: list[Record] = []
+
+    async def harvest() -> None:
+        feed = RecordFeed(str(path))
+        try:
+            await feed.opened()
+            while batch := await feed.batch(1024):
+                records.extend(batch)
+        finally:
+            feed.close()
+
+    with pytest.raises(InputError, match=f"damaged after line {len(whole_lines)} ") as error:
+        await harvest()
+
+    assert records == [(n, line.decode()) for n, line in enumerate(whole_lines, 1)]
+    assert "\n" not in str(error.value)
 
 
-def test_a_big_file_is_read_as_a_stream(tmp_path: Path) -> None:
+async def test_a_big_file_is_read_as_a_stream(tmp_path: Path) -> None:
     path = tmp_path / "calls.txt"
     with path.open("w") as f:
         for i in range(200_000):
             f.write(f"c-{i:020d}\n")
-    with CallList(str(path)) as calls:
-        records = iter(calls)
-        assert next(records) == (1, "c-00000000000000000000")
-        # Only a read buffer has been consumed, not the file.
-        assert calls._raw.tell() < 1024 * 1024
-        assert sum(1 for _ in records) == 199_999
+    feed = RecordFeed(str(path))
+    try:
+        await feed.opened()
+        first = await feed.batch(1024)
+        assert first[0] == (1, "c-00000000000000000000")
+        # One chunk has been read, not the file.
+        raw = feed._input._raw
+        assert raw is not None and raw.tell() <= source.CHUNK < path.stat().st_size
+        count = len(first)
+        while batch := await feed.batch(1024):
+            count += len(batch)
+        assert count == 200_000
+    finally:
+        feed.close()
+
+
+async def test_a_pipe_gives_its_lines_as_they_are_written(chunk: int) -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"c-first\nc-sec")
+    feed = RecordFeed(f"/dev/fd/{read_end}")
+    try:
+        await feed.opened()
+        # The writer is still there: the first line comes now, not at the end of the list.
+        assert await asyncio.wait_for(feed.batch(1024), 5) == [(1, "c-first")]
+        os.write(write_end, b"ond\n")
+        assert await asyncio.wait_for(feed.batch(1024), 5) == [(2, "c-second")]
+        os.close(write_end)
+        assert await feed.batch(1024) == []
+    finally:
+        feed.close()
+        os.close(read_end)
+
+
+async def test_a_fifo_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    feed = RecordFeed(str(fifo))
+    opening = asyncio.ensure_future(feed.opened())
+    ticks = 0
+    for _ in range(20):  # the loop runs on while open() waits for a writer
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks == 20 and not opening.done()
+
+    writer = threading.Thread(target=fifo.write_bytes, args=(b"c-one\nc-two\n",))
+    writer.start()
+    try:
+        assert await asyncio.wait_for(opening, 5) == {"input": "-"}
+        records: list[Record] = []
+        while batch := await asyncio.wait_for(feed.batch(1024), 5):
+            records.extend(batch)
+        assert records == [(1, "c-one"), (2, "c-two")]
+    finally:
+        feed.close()
+        writer.join()
+
+
+async def test_closing_a_feed_that_waits_on_a_fifo_leaves_no_thread_to_wait_for(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    feed = RecordFeed(str(fifo))
+    opening = asyncio.ensure_future(feed.opened())
+    await asyncio.sleep(0.05)
+    feed.close()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    blocked = [t for t in threading.enumerate() if t.name == "harvester-input" and t.is_alive()]
+    # Still in open() for good, and a daemon: the interpreter's exit does not join it.
+    assert blocked and all(t.daemon for t in blocked)
+    with fifo.open("wb"):  # let it go: open() returns, the file is closed on its thread
+        pass
+    for thread in blocked:
+        thread.join(5)
+    assert not any(t.is_alive() for t in blocked)

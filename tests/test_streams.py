@@ -15,6 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harvester import cli
+from harvester.progress import count_records
+
 from .conftest import canonical, expected_events, read_ndjson, simulator_process
 
 IDS = [f"c-stream{i:05d}" for i in range(1000)]
@@ -90,6 +93,23 @@ def test_a_named_fifo_gives_every_call(open_world: dict[str, str], tmp_path: Pat
     assert_every_call_once(tmp_path)
 
 
+def waiting_for_a_writer(process: subprocess.Popen[bytes]) -> None:
+    """Until a thread of ``process`` waits in a FIFO's open() (Linux names that wait in
+    /proc; where it does not, a few seconds)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        waits = [
+            task.joinpath("wchan").read_text(errors="replace")
+            for task in Path(f"/proc/{process.pid}/task").glob("*")
+        ]
+        if "wait_for_partner" in waits:
+            return
+        if waits and all(wait == "0" for wait in waits) and time.monotonic() > deadline - 17:
+            break  # the kernel does not say: give it time
+        time.sleep(0.02)
+    time.sleep(2.0)
+
+
 def test_a_fifo_nobody_writes_to_still_stops_on_sigterm_and_resumes_later(
     open_world: dict[str, str], tmp_path: Path
 ) -> None:
@@ -103,7 +123,7 @@ def test_a_fifo_nobody_writes_to_still_stops_on_sigterm_and_resumes_later(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    time.sleep(1.0)  # waiting in open() for a writer
+    waiting_for_a_writer(process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=10)
 
@@ -145,3 +165,114 @@ def test_calls_from_a_slow_pipe_are_harvested_as_they_come(
     assert process.stderr is not None
     process.stderr.close()
     assert {e["callId"] for e in read_ndjson(output)} == {"c-first", "c-second"}
+
+
+def test_a_stdin_that_never_ends_still_stops_on_sigterm_at_once(
+    open_world: dict[str, str], tmp_path: Path
+) -> None:
+    summary = tmp_path / "summary.json"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "harvester", "run", "-i", "-", "--summary", str(summary)),
+            *("-o", str(tmp_path / "out.ndjson"), "--commit-interval", "0.2"),
+        ],
+        env=open_world,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(b"c-first\n")
+    process.stdin.flush()
+    output = tmp_path / "out.ndjson"
+    deadline = time.monotonic() + 20
+    while not (output.exists() and output.stat().st_size > 0):
+        assert time.monotonic() < deadline, "the first call never came through"
+        time.sleep(0.05)
+
+    # The input thread is blocked in a read that will never return; stdin stays open.
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    try:
+        code = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    waited = time.monotonic() - started
+
+    process.stdin.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert code == 143, stderr
+    assert waited < 5, f"{waited:.1f} s to stop"
+    assert orjson.loads(summary.read_bytes())["status"] == "stopped"
+
+
+def test_counting_for_the_progress_total_never_opens_a_fifo_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    # As if the file became a FIFO between is_stream's look and the count's open.
+    monkeypatch.setattr("harvester.progress.is_stream", lambda spec: False)
+    counts: list[int | None] = []
+    counting = threading.Thread(target=lambda: counts.append(count_records(str(fifo))))
+    counting.daemon = True  # if it is stuck in open(), the test still ends
+    counting.start()
+    counting.join(5)
+    assert not counting.is_alive() and counts == [None]
+
+
+def test_the_progress_total_is_counted_only_with_progress_on(
+    sim_process: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()[:3]
+    (tmp_path / "calls.txt").write_text("\n".join(ids) + "\n")
+    for name in ("CATAPULT_BASE_URL", "CATAPULT_USER_ID", "CATAPULT_API_TOKEN"):
+        monkeypatch.setenv(name, sim_process[name])
+    monkeypatch.setenv("CATAPULT_API_SECRET", sim_process["CATAPULT_API_SECRET"])
+    monkeypatch.setattr("harvester.logs.configure", lambda *args: None)  # pytest's logging stays
+    counted: list[str | None] = []
+
+    def count(spec: str | None) -> int:
+        counted.append(spec)
+        return 3
+
+    monkeypatch.setattr(cli, "count_records", count)
+    run = ["run", "-i", str(tmp_path / "calls.txt"), "--log-every", "60"]
+
+    assert cli.main([*run, "-o", str(tmp_path / "a.ndjson"), "--no-progress"]) == 0
+    assert counted == []  # no second pass over the input when nobody shows a total
+    assert cli.main([*run, "-o", str(tmp_path / "b.ndjson")]) == 0
+    assert counted == [str(tmp_path / "calls.txt")]
+
+
+def test_a_long_count_does_not_hold_the_end_of_a_run(
+    sim_process: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "CATAPULT_BASE_URL",
+        "CATAPULT_USER_ID",
+        "CATAPULT_API_TOKEN",
+        "CATAPULT_API_SECRET",
+    ):
+        monkeypatch.setenv(name, sim_process[name])
+    (tmp_path / "calls.txt").write_text(
+        "\n".join(Path(sim_process["IDS_FILE"]).read_text().split()[:3])
+    )
+    released = threading.Event()
+    monkeypatch.setattr(cli, "count_records", lambda spec: released.wait(30) and None)
+    timer = threading.Timer(5.0, released.set)  # a count of a big gzip file, say
+    timer.start()
+    try:
+        started = time.monotonic()
+        code = cli.main(
+            ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(tmp_path / "e.ndjson")]
+        )
+        took = time.monotonic() - started
+    finally:
+        released.set()
+        timer.cancel()
+    assert code == 0
+    assert took < 4, f"the run's end waited {took:.1f} s for the count"
