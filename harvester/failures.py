@@ -35,7 +35,11 @@ def read_committed(path: Path, size: int) -> list[bytes]:
     """The lines of the failures file's first ``size`` bytes, the part the ledger vouches for.
     Raises one of ``files.DAMAGED`` when they cannot be read back whole."""
     with path.open("rb") as f:
-        data = f.read(size)
+        return committed_lines(f.read(size), size, path)
+
+
+def committed_lines(data: bytes, size: int, path: Path) -> list[bytes]:
+    """The lines of ``data``, the first ``size`` bytes read of the failures file ``path``."""
     if len(data) < size:
         raise EOFError(f"{len(data)} bytes, {size} committed")
     if path.suffix == ".gz":

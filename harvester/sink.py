@@ -16,9 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiofiles
+
+from harvester import failures
 from harvester.clock import Clock
 from harvester.config import Settings
 from harvester.errors import OutputError, status_of
+from harvester.files import DAMAGED
 from harvester.journal import Batch, Journal, Verdict
 from harvester.ledger import FAILED, OK
 from harvester.listing import ListingPlace
@@ -111,8 +115,17 @@ class Sink:
         return await self._on_disk(self._journal.retake, keys)
 
     async def committed_failures(self) -> list[bytes]:
-        """See ``Journal.committed_failures``."""
-        return await self._on_disk(self._journal.committed_failures)
+        """The failures file's lines that the ledger vouches for, read through aiofiles (no
+        commit is under way meanwhile); a damaged file is rebuilt on the disk thread first (see
+        ``Journal.committed_failures``)."""
+        path = self._journal.paths["failures"]
+        size = self._journal.meta["sizes"]["failures"]
+        try:
+            async with aiofiles.open(path, "rb") as file:
+                data = await file.read(size)
+            return failures.committed_lines(data, size, path)
+        except DAMAGED:
+            return await self._on_disk(self._journal.committed_failures)
 
     async def compact_failures(self) -> None:
         """See ``Journal.compact_failures``."""
