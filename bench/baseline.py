@@ -4,7 +4,8 @@ N workers take ids from a list, GET the events, parse them with orjson, add call
 the lines to one file. No retries, no limiter, no validation: the least work the job needs.
 
     python bench/baseline.py BASE_URL USER_ID IDS_FILE OUTPUT CONCURRENCY
-Prints one JSON line: calls, events, seconds, cpu_s.
+Runs on uvloop where it installs (see eventloop.py). Prints one JSON line: calls, events,
+seconds, cpu_s, loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 
 import aiohttp
+import eventloop
 import orjson
 
 
@@ -50,11 +52,17 @@ async def main(base: str, user: str, ids_file: str, output: str, concurrency: in
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     print(
         orjson.dumps(
-            {"calls": len(ids), "events": events, "seconds": seconds, "cpu_s": cpu_s}
+            {
+                "calls": len(ids),
+                "events": events,
+                "seconds": seconds,
+                "cpu_s": cpu_s,
+                "loop": eventloop.NAME,
+            }
         ).decode()
     )
 
 
 if __name__ == "__main__":
     base, user, ids_file, output, concurrency = sys.argv[1:6]
-    asyncio.run(main(base, user, ids_file, output, int(concurrency)))
+    eventloop.run(main(base, user, ids_file, output, int(concurrency)))

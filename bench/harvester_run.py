@@ -1,16 +1,17 @@
 """harvester on the same job as bench/baseline.py, through its library entry point.
 
     python bench/harvester_run.py BASE_URL USER_ID IDS_FILE OUTPUT CONCURRENCY
-Prints one JSON line: calls, events, seconds, cpu_s.
+Runs on uvloop where it installs (see eventloop.py). Prints one JSON line: calls, events,
+seconds, cpu_s, loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 
+import eventloop
 import orjson
 
 from harvester.config import load_settings
@@ -30,12 +31,18 @@ def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> 
         os.environ,
     )
     started, cpu = time.perf_counter(), time.process_time()
-    stats = asyncio.run(harvest(settings, fresh=True))
+    stats = eventloop.run(harvest(settings, fresh=True))
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     assert stats.failed == 0, stats
     print(
         orjson.dumps(
-            {"calls": stats.calls, "events": stats.events, "seconds": seconds, "cpu_s": cpu_s}
+            {
+                "calls": stats.calls,
+                "events": stats.events,
+                "seconds": seconds,
+                "cpu_s": cpu_s,
+                "loop": eventloop.NAME,
+            }
         ).decode()
     )
 

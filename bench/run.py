@@ -2,8 +2,9 @@
 
 Starts the simulator (open world, no latency, no limit) in its own process, then runs the
 baseline loop and harvester on the same call list, alternately, ROUNDS times each, each in its
-own process so CPU time is its own. Prints calls/s, client CPU microseconds per call, and the
-ratios harvester / baseline (best round of each).
+own process so CPU time is its own; all three on uvloop where it installs (``eventloop``).
+Prints calls/s, client CPU microseconds per call, and the ratios harvester / baseline (best
+round of each).
 
     python bench/run.py [CALLS] [CONCURRENCY]
 """
@@ -53,7 +54,11 @@ def report(results: dict[str, list[dict[str, Any]]], calls: int, concurrency: in
         name: max(runs, key=lambda r: r["calls"] / r["seconds"]) for name, runs in results.items()
     }
     leanest = {name: min(r["cpu_s"] for r in runs) for name, runs in results.items()}
-    print(f"{calls} calls, concurrency {concurrency}, simulator on loopback, best of {ROUNDS}")
+    loops = "/".join(sorted({run["loop"] for runs in results.values() for run in runs}))
+    print(
+        f"{calls} calls, concurrency {concurrency}, simulator on loopback, {loops}, "
+        f"best of {ROUNDS}"
+    )
     print(f"{'client':<10} {'calls/s':>9} {'CPU us/call':>12}")
     for name in results:
         rate = best[name]["calls"] / best[name]["seconds"]

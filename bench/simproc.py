@@ -1,4 +1,4 @@
-"""The simulator in a process of its own, for the benchmarks."""
+"""The simulator in a process of its own, on the benchmarks' event loop (``eventloop``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from eventloop import HARVESTER_ON_LOOP
+
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
 
 
@@ -21,7 +23,7 @@ def running_simulator(*options: str) -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory() as folder:
         ready = Path(folder) / "url"
         server = subprocess.Popen(
-            [sys.executable, "-m", "harvester", "sim", *options, "--ready-file", str(ready)],
+            [sys.executable, "-c", HARVESTER_ON_LOOP, "sim", *options, "--ready-file", str(ready)],
             stderr=subprocess.DEVNULL,
         )
         try:

@@ -285,12 +285,23 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 
 
 def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` on uvloop where it is installed (a default dependency where it
+    builds), else on asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
         asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
+        return
+    # libuv aborts the process (an assertion, exit 134) when it closes one of its own files
+    # that took the number of a closed stdin, stdout or stderr: asyncio's loop has no such
+    # rule, and the run then says what is wrong as usual (a closed stdin with -i -, say).
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            asyncio.run(coroutine)
+            return
+    uvloop.run(coroutine)
 
 
 async def _supervised(

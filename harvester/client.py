@@ -196,7 +196,7 @@ class CallEventsClient:
                         body = await self._read_body(response, length, budget)
                     events = _parse_events(body, response.content_type)
                     return events, self._next_link(response), len(body)
-                raise self._error(status, await _read_error_body(response), response)
+                raise self._error_pausing_on_429(status, await _read_error_body(response), response)
         except ApiError:
             raise
         except TimeoutError:
@@ -268,7 +268,11 @@ class CallEventsClient:
             raise CallFailed(200, "bad-next-link", "the next link carries credentials of its own")
         return target
 
-    def _error(self, status: int, body: bytes, response: aiohttp.ClientResponse) -> ApiError:
+    def _error_pausing_on_429(
+        self, status: int, body: bytes, response: aiohttp.ClientResponse
+    ) -> ApiError:
+        """The error a non-200 answer means. A 429 also pauses the whole pool (the limiter)
+        until the reset it announces, and is counted."""
         code, message = _error_fields(status, body, response)
         if status == 429:
             self._stats.rate_limited += 1

@@ -5,12 +5,18 @@
 - A 429 waits until the announced reset (the client has already paused the whole pool until
   then) and does not count against ``max_attempts``; only ``max_rate_limited`` 429s in a row for
   one call give up on it.
-- Anything else (404, other 4xx, 401/403) is not retried.
+- Anything else (404, other 4xx, 401/403) is not retried; nor is ``CancelledError``, which is no
+  ``Exception``.
+
+The policy is tenacity's ``retry``, ``stop`` and ``wait``, built from the small policies below
+once per ``Retrier``. They read the call's ``Tally``, which tenacity's ``before`` and ``after``
+hooks keep: ``attempts`` is tenacity's own attempt number, so the two never disagree.
 
 tenacity keeps per-iteration state on its retrying object (thread-local, so shared by every
-coroutine of a thread), so each call that needs a retry gets its own ``AsyncRetrying``; the
-policies read the call's tally from the attempt's arguments. The first attempt runs without
-tenacity: setting it up costs more than a whole successful call's own work.
+coroutine of a thread), so each call that needs a retry gets its own ``AsyncRetrying``. Setting
+one up costs more than a whole successful call's own work, so the first attempt runs before
+it: whatever that attempt raises, tenacity takes as the outcome of its attempt 1, and judges it
+by the same policy as every later one.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from harvester.clock import Clock
 from harvester.config import Settings
@@ -36,14 +44,18 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 BACKOFF_JITTER = 0.5
 
+# Retry only what is known to be transient (a 429 is: a RateLimited is a TransientError).
+RETRY_TRANSIENT = retry_if_exception_type(TransientError)
+
 
 @dataclass(slots=True)
 class Tally:
     """How one call's attempts went so far."""
 
-    attempts: int = 0
-    transient: int = 0
-    rate_limited: int = 0
+    target: str  # what the attempts ask for (a call id, a page's URL), for the log
+    attempts: int = 0  # made so far, 429s included: tenacity's attempt number
+    failures: int = 0  # transient failures but 429s: these count against max_attempts
+    rate_limited: int = 0  # 429s since the last other failure
 
 
 def backoff(failures: int) -> float:
@@ -52,15 +64,88 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_MAX, exponential) + random.uniform(0, BACKOFF_JITTER))
 
 
+class _Retrying(AsyncRetrying):
+    """tenacity's retrying object for one call, and the call's tally that the policies read."""
+
+    def __init__(self, tally: Tally, **policy: Any) -> None:
+        super().__init__(**policy)
+        self.tally = tally
+
+
+def tally_of(state: RetryCallState) -> Tally:
+    """The tally of the call that ``state`` is about."""
+    retrying = state.retry_object
+    assert isinstance(retrying, _Retrying), "a Retrier's policy runs under its own retrying"
+    return retrying.tally
+
+
+def _failure(state: RetryCallState) -> BaseException | None:
+    assert state.outcome is not None, "policies run on an attempt's outcome"
+    return state.outcome.exception()
+
+
+class stop_after_failures(stop_base):  # named as tenacity names its own policies
+    """Stop once ``max_attempts`` attempts failed; a 429 is no failed attempt."""
+
+    def __init__(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+
+    def __call__(self, state: RetryCallState) -> bool:
+        rate_limited = isinstance(_failure(state), RateLimited)
+        return not rate_limited and tally_of(state).failures >= self.max_attempts
+
+
+class stop_after_rate_limits(stop_base):
+    """Stop at the ``max_rate_limited``-th 429 in a row."""
+
+    def __init__(self, max_rate_limited: int) -> None:
+        self.max_rate_limited = max_rate_limited
+
+    def __call__(self, state: RetryCallState) -> bool:
+        rate_limited = isinstance(_failure(state), RateLimited)
+        return rate_limited and tally_of(state).rate_limited >= self.max_rate_limited
+
+
+class wait_backoff(wait_base):
+    """``backoff`` over the failures in a row of the kind that just came: 429s, or the rest."""
+
+    def __call__(self, state: RetryCallState) -> float:
+        tally = tally_of(state)
+        rate_limited = isinstance(_failure(state), RateLimited)
+        return backoff(tally.rate_limited if rate_limited else tally.failures)
+
+
+class wait_for_reset(wait_base):
+    """Until the reset a 429 announced (on ``clock``); ``otherwise`` when none was announced."""
+
+    def __init__(self, clock: Clock, otherwise: wait_base) -> None:
+        self.clock = clock
+        self.otherwise = otherwise
+
+    def __call__(self, state: RetryCallState) -> float:
+        error = _failure(state)
+        if isinstance(error, RateLimited) and error.retry_at is not None:
+            return max(0.0, error.retry_at - self.clock.monotonic())
+        return self.otherwise(state)
+
+
 class Retrier:
     """Runs one API operation (a call's events, a page of the call list) under the policy."""
 
     def __init__(self, settings: Settings, stats: RunStats, clock: Clock) -> None:
         self._stats = stats
-        self._clock = clock
-        self._max_attempts = settings.max_attempts
-        self._max_rate_limited = settings.max_rate_limited
-        self._retry = retry_if_exception_type(TransientError)
+        self._policy: dict[str, Any] = {
+            "retry": RETRY_TRANSIENT,
+            "stop": (
+                stop_after_failures(settings.max_attempts)
+                | stop_after_rate_limits(settings.max_rate_limited)
+            ),
+            "wait": wait_for_reset(clock, otherwise=wait_backoff()),
+            "before": self._begin_attempt,
+            "after": _count_failure,
+            "sleep": clock.sleep,
+            "reraise": True,
+        }
 
     async def run(self, operation: Callable[[A], Awaitable[R]], argument: A) -> R:
         """``await operation(argument)``, retried as the module docstring says.
@@ -68,69 +153,54 @@ class Retrier:
         Raises the last ``ApiError`` when it cannot succeed, its ``attempts`` attribute set.
         ``FatalApiError`` is raised at once.
         """
-        tally = Tally()
         try:
-            # Most operations succeed at once: that path stays free of tenacity's set-up.
-            try:
-                return await self._attempt(operation, argument, tally)
-            except TransientError as first:
-                if self._gives_up(tally, first):
-                    raise
-                await self._clock.sleep(self._delay(tally, first))
-            retrying = AsyncRetrying(
-                sleep=self._clock.sleep,
-                stop=lambda state: self._gives_up(state.args[2], _error_of(state)),
-                wait=lambda state: self._delay(state.args[2], _error_of(state)),
-                retry=self._retry,
-                reraise=True,
-            )
-            result: R = await retrying(self._attempt, operation, argument, tally)
+            return await operation(argument)
+        except Exception as error:  # tenacity judges it, as attempt 1
+            first = error
+        return await self._retry(operation, argument, first)
+
+    async def _retry(
+        self, operation: Callable[[A], Awaitable[R]], argument: A, first: Exception
+    ) -> R:
+        """Attempts 2 and on, under tenacity; ``first`` is what attempt 1 raised."""
+        retrying = _Retrying(Tally(str(argument)), **self._policy)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number == 1:
+                        raise first
+                    result = await operation(argument)
         except ApiError as exc:
-            exc.attempts = tally.attempts
+            exc.attempts = retrying.tally.attempts
             raise
         return result
 
-    async def _attempt(
-        self, operation: Callable[[A], Awaitable[R]], argument: A, tally: Tally
-    ) -> R:
-        tally.attempts += 1
-        if tally.attempts > 1:
+    def _begin_attempt(self, state: RetryCallState) -> None:
+        tally_of(state).attempts = state.attempt_number
+        if state.attempt_number > 1:
             self._stats.retries += 1
-        try:
-            return await operation(argument)
-        except RateLimited:
-            tally.rate_limited += 1
-            raise
-        except TransientError as exc:
-            tally.transient += 1
-            tally.rate_limited = 0
-            event(
-                logging.DEBUG,
-                "retry",
-                "%s: %s (attempt %d)",
-                argument,
-                exc,
-                tally.attempts,
-                target=str(argument),
-                code=exc.code,
-                status=exc.status,
-                attempt=tally.attempts,
-            )
-            raise
-
-    def _gives_up(self, tally: Tally, error: BaseException | None) -> bool:
-        if isinstance(error, RateLimited):
-            return tally.rate_limited >= self._max_rate_limited
-        return tally.transient >= self._max_attempts
-
-    def _delay(self, tally: Tally, error: BaseException | None) -> float:
-        if isinstance(error, RateLimited):
-            if error.retry_at is not None:
-                return max(0.0, error.retry_at - self._clock.monotonic())
-            return backoff(tally.rate_limited)
-        return backoff(tally.transient)
 
 
-def _error_of(state: RetryCallState) -> BaseException | None:
-    assert state.outcome is not None
-    return state.outcome.exception()
+def _count_failure(state: RetryCallState) -> None:
+    """tenacity's ``after`` hook: a transient failure (a 429 or another) is in the tally before
+    ``stop`` and ``wait`` read it."""
+    tally = tally_of(state)
+    error = _failure(state)
+    if isinstance(error, RateLimited):
+        tally.rate_limited += 1
+        return
+    assert isinstance(error, TransientError), "tenacity retries nothing else"
+    tally.failures += 1
+    tally.rate_limited = 0
+    event(
+        logging.DEBUG,
+        "retry",
+        "%s: %s (attempt %d)",
+        tally.target,
+        error,
+        state.attempt_number,
+        target=tally.target,
+        code=error.code,
+        status=error.status,
+        attempt=state.attempt_number,
+    )
