@@ -50,8 +50,7 @@ class Scripted:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server: Any = site._server
-        self.base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
