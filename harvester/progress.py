@@ -114,8 +114,9 @@ class Progress:
                 smoothing=0.05,
                 leave=True,
             )
-        bar.total = max(self.total or 0, s.calls) or None
-        bar.n = s.ok + s.failed
+        done = _handled(s)
+        bar.total = max(self.total or 0, done) or None
+        bar.n = done
         bar.set_postfix(
             events=s.events, retries=s.retries, r429=s.rate_limited, failed=s.failed, refresh=False
         )
@@ -124,16 +125,18 @@ class Progress:
     def _log_line(self) -> None:
         s = self._stats
         elapsed = time.monotonic() - self._started
-        done = s.ok + s.failed
-        rate = done / elapsed if elapsed > 0 else 0.0
-        total = max(self.total or 0, s.calls)
+        done = _handled(s)
+        rate = (s.ok + s.failed) / elapsed if elapsed > 0 else 0.0  # this run's own pace
+        total = max(self.total or 0, done)
         eta = (total - done) / rate if rate > 0 and total > done else None
         event(
             logging.INFO,
             "progress",
-            "progress: %d/%d calls (%.1f/s%s), %d events, %d retries, %d 429s, %d failed",
+            "progress: %d/%d records (%d done earlier) (%.1f calls/s%s), %d events, %d retries, "
+            "%d 429s, %d failed",
             done,
             total,
+            s.skipped,
             rate,
             f", ETA {eta:.0f} s" if eta is not None else "",
             s.events,
@@ -149,6 +152,12 @@ class Progress:
             failed=s.failed,
             elapsed_s=round(elapsed, 1),
         )
+
+
+def _handled(stats: RunStats) -> int:
+    """Records of the call list dealt with so far, as the total counts them (its lines): the
+    calls this run finished, and those done by earlier runs, doubled, or another shard's."""
+    return stats.ok + stats.failed + stats.skipped + stats.duplicates + stats.other_shard
 
 
 def count_records(spec: str | None) -> int | None:
@@ -167,7 +176,11 @@ def count_records(spec: str | None) -> int | None:
                 return None
             stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
             raw.seek(0)
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+            lines, last = 0, b"\n"
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+            lines += last != b"\n"  # a last line without its newline is a line too
     except (OSError, EOFError, zlib.error):
         return None
     return max(lines - (1 if path.name.lower().removesuffix(".gz").endswith(".csv") else 0), 0)

@@ -45,7 +45,8 @@ def test_off_a_terminal_a_progress_line_comes_every_log_every_seconds(
     assert done.returncode == 1, done.stderr
     assert len(lines) >= 3
     assert lines[-1].startswith(b"harvester: progress: ")
-    assert b"/41 calls (" in lines[-1] and b"events" in lines[-1] and b"429s" in lines[-1]
+    assert b"/41 records (0 done earlier) (" in lines[-1]
+    assert b"events" in lines[-1] and b"429s" in lines[-1]
 
 
 def test_json_logs_are_json_with_events_and_never_a_secret(
@@ -122,6 +123,8 @@ def test_the_bar_knows_a_files_size(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("c-1\nc-2\nc-3\n")
     (tmp_path / "b.csv").write_text("callId\nc-1\nc-2\n")
     assert count_records(str(tmp_path / "a.txt")) == 3
+    (tmp_path / "c.txt").write_text("c-1\nc-2")  # no newline at the end
+    assert count_records(str(tmp_path / "c.txt")) == 2
     assert count_records(str(tmp_path / "b.csv")) == 2
     assert count_records("-") is None
 
@@ -142,3 +145,16 @@ def test_metrics_are_exact_however_large() -> None:
     assert samples[("harvester_events", ())] == 98_765_432
     assert abs(samples[("harvester_last_success_timestamp_seconds", ())] - now) < 0.001
     assert "e+" not in text, "no rounded exponent forms"
+
+
+def test_after_a_resume_the_bar_counts_earlier_work_in_both_numbers() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    stats = RunStats(calls=10, ok=9, failed=1, skipped=96_600, duplicates=3)
+    progress = Progress(stats, stream, show=True, log_every=30, metrics_file=None, total=100_000)
+    progress.draw()
+    progress.finish(completed=False)
+    assert "96613/100000" in stream.getvalue()
