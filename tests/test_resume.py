@@ -142,7 +142,7 @@ def test_kill_9_at_random_moments_then_resume_gives_every_event_exactly_once(
     ids = call_list(faulty_sim, tmp_path)
     rng = random.Random(int(os.environ.get("KILL_SEED", "11")))
     kills = 0
-    for _ in range(30):
+    for _ in range(8):
         opened = invocations(tmp_path)
         process = start(
             faulty_sim,
@@ -455,7 +455,7 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
     day = (today - timedelta(days=1)).date().isoformat()
     rng = random.Random(5)
     kills = 0
-    for _ in range(20):
+    for _ in range(8):
         process = start_harvester(faulty_sim, *args, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.35, 0.8))
         if process.poll() is not None:

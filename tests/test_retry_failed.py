@@ -250,7 +250,7 @@ def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
     (tmp_path / "slow").mkdir()
     with simulator_process(tmp_path / "slow", "--calls", "120", "--latency", "0.05") as env:
         rng = random.Random(4)
-        for _ in range(4):
+        for _ in range(3):
             again = start_harvester(
                 env, "retry-failed", *common, "--concurrency", "2", stderr=subprocess.DEVNULL
             )
