@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/ratelimit.py 15
 	$(PY) bench/ratelaw.py 30
 	$(PY) bench/memory.py 3000 300000 10000000
+	$(PY) bench/input.py 10000000
 	$(PY) bench/ledger.py 200000 1000
 
 clean:
