@@ -79,6 +79,8 @@ class Settings:
     make."""
 
     input: str | None = None
+    input_format: str | None = None  # text, csv or ndjson; None: as the content says
+    id_column: str | None = None  # the CSV column or NDJSON field of the ids
     output: Path | None = None
     failures: Path | None = None
     summary: Path | None = None
@@ -229,6 +231,11 @@ def _validate(values: dict[str, Any], names: dict[str, str], now: datetime) -> S
         _named(names.get("proxy", "proxy"), check_proxy, settings.proxy)
     for key, (low, high) in _RANGES.items():
         _check_range(names.get(key, key), getattr(settings, key), low, high)
+    if settings.input_format not in (None, "text", "csv", "ndjson"):
+        name = names.get("input_format", "input_format")
+        raise ConfigError(f"{name} must be text, csv or ndjson, not {settings.input_format!r}")
+    if settings.id_column is not None and not settings.id_column.strip():
+        raise ConfigError(f"{names.get('id_column', 'id_column')} is empty")
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
     window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)

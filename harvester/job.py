@@ -78,7 +78,7 @@ async def harvest(
         else:
             assert settings.input is not None
             # Opening a FIFO waits for its writer: meanwhile a signal must still be heard.
-            feed = RecordFeed(settings.input)
+            feed = RecordFeed(settings.input, settings.input_format, settings.id_column)
             opened = await _unless_stopped(stop, feed.opened())
             if opened is None:
                 return stats

@@ -66,6 +66,18 @@ OPTIONS = (
         metavar="PATH",
     ),
     Option(
+        ("--input-format",),
+        "the call list's format, when its content may mislead (default: as its first line says)",
+        (RUN,),
+        extra={"choices": ("text", "csv", "ndjson")},
+    ),
+    Option(
+        ("--id-column",),
+        "the CSV column or NDJSON field holding the call ids (default: callId or id, any case)",
+        (RUN,),
+        metavar="NAME",
+    ),
+    Option(
         ("--output", "-o"),
         "NDJSON file of events, one a line, each with callId (retry-failed: the output of an "
         "earlier run)",

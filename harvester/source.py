@@ -1,18 +1,21 @@
 """Where call ids come from: a call list file (or stdin), read as a stream.
 
-Formats, chosen by extension and, where that says nothing, by content:
+Formats, as ``--input-format`` says, or else as the content says (its first line with
+something on it; the file's name only where the content cannot tell):
 
 - plain text: one id a line; blank lines and ``#`` comments skipped; CRLF, a UTF-8 BOM and
   surrounding spaces tolerated;
-- ``.csv`` with a header naming a ``callId`` or ``id`` column;
-- ``.ndjson`` / ``.jsonl``: one object a line with ``callId`` or ``id``;
+- CSV with a header naming a ``callId`` or ``id`` column (or ``--id-column``), in any case;
+- NDJSON: one object a line with ``callId`` or ``id`` (or ``--id-column``);
 - any of these gzip-compressed (recognised by its magic bytes, ``.gz`` or not), in one member
   or several.
 
 A record that holds no id at all (a broken JSON line, an empty CSV cell, an overlong line)
 becomes an ``InvalidRecord`` so the run can list it in the failures file rather than lose it.
 Each id comes with its input line, which tells a re-read record from a duplicate on resume.
-Whether an id is well-formed is the pool's business, not the reader's.
+Whether an id is well-formed is the pool's business, not the reader's; but when most of the
+first records hold no call id at all, the list is not what it seems (a CSV read as text, say),
+and it is refused before any of it is used.
 
 The file is read in large chunks through aiofiles (``ChunkReader``), gunzipped, cut into lines
 and parsed in the event loop a batch at a time (``RecordFeed``): no thread hop per line.
@@ -41,6 +44,7 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from harvester.errors import InputError
 from harvester.files import DaemonExecutor
+from harvester.ids import is_call_id
 
 MAX_LINE = 64 * 1024
 # What a read asks for, and the most plain bytes handed out at once: what the event loop
@@ -48,6 +52,10 @@ MAX_LINE = 64 * 1024
 # millisecond). Larger reads cost as much CPU a line and more memory (bench/input.py).
 CHUNK = 64 * 1024
 ID_FIELDS = ("callId", "id")
+FORMATS = ("text", "csv", "ndjson")
+# A list is refused when more than this share of its first CHECKED records (and at least
+# CHECKED_AT_LEAST of them) hold no call id.
+CHECKED, CHECKED_AT_LEAST, NOT_IDS_SHARE = 100, 10, 0.5
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _TOO_LONG = f"line longer than {MAX_LINE} bytes"
@@ -289,30 +297,39 @@ def _text_records(lines: list[bytes], number: int, out: list[Record]) -> None:
             out.append((number, line.decode("utf-8", "replace")))
 
 
-def _ndjson_records(lines: list[bytes], number: int, out: list[Record]) -> None:
-    for raw in lines:
-        number += 1
-        if len(raw) > MAX_LINE:
-            out.append(InvalidRecord(number, _TOO_LONG))
-            continue
-        if not raw.strip():
-            continue
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            out.append(InvalidRecord(number, "not a JSON object"))
-            continue
-        out.append(_id_of(obj, number))
+def _ndjson_records(fields: tuple[str, ...]) -> Callable[[list[bytes], int, list[Record]], None]:
+    """A parser of NDJSON lines whose id is in the first of ``fields`` an object has."""
+
+    def parse(lines: list[bytes], number: int, out: list[Record]) -> None:
+        for raw in lines:
+            number += 1
+            if len(raw) > MAX_LINE:
+                out.append(InvalidRecord(number, _TOO_LONG))
+                continue
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                out.append(InvalidRecord(number, f"not valid JSON ({str(exc)[:80]})"))
+                continue
+            out.append(_id_of(obj, number, fields))
+
+    return parse
 
 
-def _id_of(obj: object, number: int) -> Record:
+def _id_of(obj: object, number: int, fields: tuple[str, ...]) -> Record:
     if not isinstance(obj, dict):
-        return InvalidRecord(number, "not a JSON object")
-    for key in ID_FIELDS:
-        value = obj.get(key)
+        return InvalidRecord(number, f"not a JSON object but {type(obj).__name__}")
+    for key in fields:
+        if key not in obj:
+            continue
+        value = obj[key]
         if isinstance(value, str) and value.strip():
             return number, value.strip()
-    return InvalidRecord(number, "no callId or id field")
+        shown = orjson.dumps(value)[:40].decode(errors="replace")
+        return InvalidRecord(number, f"{key} is not a call id string: {shown}")
+    return InvalidRecord(number, f"no {' or '.join(fields)} field")
 
 
 class _CsvRows:
@@ -324,8 +341,9 @@ class _CsvRows:
     ``csv.reader.line_num`` counts.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fields: tuple[str, ...]) -> None:
         self._name = name
+        self._fields = fields
         self._pending: deque[tuple[int, bytes]] = deque()
         self._row: list[tuple[int, bytes]] = []  # the lines of the row being read
         self._cut = False  # the lines ran out inside a row
@@ -349,14 +367,15 @@ class _CsvRows:
             if isinstance(row, csv.Error):
                 raise InputError(f"input {self._name}: the CSV header cannot be parsed: {row}")
             if row and row[0].strip() and not row[0].startswith("#"):
-                columns = [c.strip() for c in row]
-                for key in ID_FIELDS:
-                    if key in columns:
-                        self.column = columns.index(key)
+                columns = [c.strip().removeprefix("\ufeff").lower() for c in row]
+                for key in self._fields:
+                    if key.lower() in columns:
+                        self.column = columns.index(key.lower())
                         return True
                 raise InputError(
-                    f"input {self._name}: the CSV header has no callId or id column "
-                    f"(found: {', '.join(columns)})"
+                    f"input {self._name}: the CSV header has no {' or '.join(self._fields)} "
+                    f"column (found: {', '.join(c.strip() for c in row)}); name the column "
+                    "with --id-column"
                 )
         return final
 
@@ -422,8 +441,11 @@ class RecordFeed:
     a FIFO without a writer or a stdin that never ends holds neither the loop nor the exit.
     """
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, form: str | None = None, id_column: str | None = None) -> None:
         self._spec = spec
+        self._form = form
+        self._fields = (id_column,) if id_column else ID_FIELDS
+        self._checked = False  # the first records were looked at (see the module docstring)
         self._input = ChunkReader(spec)
         self._opening: asyncio.Task[dict[str, Any]] | None = None
         self._lines = _Lines(universal=False)
@@ -448,7 +470,24 @@ class RecordFeed:
             if records or self._ended:
                 break
             await self._read_more(opening=False)
+        if not self._checked:
+            self._checked = True
+            self._check(records[:CHECKED])
         return records
+
+    def _check(self, first: list[Record]) -> None:
+        """Refuse a list whose first records mostly hold no call id: it is not what it seems."""
+        bad = [r for r in first if isinstance(r, InvalidRecord) or not is_call_id(r[1])]
+        if len(first) < CHECKED_AT_LEAST or len(bad) <= NOT_IDS_SHARE * len(first):
+            return
+        example = bad[0]
+        shown = example.reason if isinstance(example, InvalidRecord) else repr(example[1][:60])
+        raise InputError(
+            f"{len(bad)} of the first {len(first)} records of {self._input.name} are not call "
+            f"ids (line {example[0] if isinstance(example, tuple) else example.line}: "
+            f"{shown}): is it another format? Say which with --input-format text|csv|ndjson, "
+            "and the id's column or field with --id-column. Nothing was fetched"
+        )
 
     def close(self) -> None:
         """Stop reading; the file is closed on the reader's thread (at once, or when its read
@@ -467,24 +506,21 @@ class RecordFeed:
         # fails before any fetch; when the name does not tell the format, on to a line that
         # does, MAX_LINE bytes, or the end.
         head = await self._read(opening=True)
-        if name.endswith(".csv"):
-            kind = "csv"
-        elif name.endswith((".ndjson", ".jsonl")):
-            kind = "ndjson"
-        elif name.endswith(".txt"):
-            kind = "text"
-        else:
-            while len(head) < MAX_LINE and _sniff(head, whole=False) is None:
+        kind = self._form
+        if kind is None:
+            while len(head) < MAX_LINE and _sniff(head, False, self._fields) is None:
                 more = await self._read(opening=True)
                 if not more:
                     break
                 head += more
-            kind = _sniff(head[:MAX_LINE], whole=True) or "text"
+            hint = "csv" if name.endswith(".csv") else None
+            hint = "ndjson" if name.endswith((".ndjson", ".jsonl")) else hint
+            kind = _sniff(head[:MAX_LINE], True, self._fields, hint) or hint or "text"
         if kind == "csv":
             self._lines = _Lines(universal=True)
-            self._csv = _CsvRows(self._input.name)
+            self._csv = _CsvRows(self._input.name, self._fields)
         elif kind == "ndjson":
-            self._parse = _ndjson_records
+            self._parse = _ndjson_records(self._fields)
         if head:
             self._lines.feed(head)
         if self._csv is not None:
@@ -530,20 +566,25 @@ class RecordFeed:
             ) from exc
 
 
-def _sniff(head: bytes, whole: bool) -> str | None:
+def _sniff(
+    head: bytes, whole: bool, fields: tuple[str, ...], hint: str | None = None
+) -> str | None:
     """The format the first line with something on it says; None if there is none yet (the
-    last line of ``head`` counts only if ``whole``)."""
+    last line of ``head`` counts only if ``whole``). A first line that names an id column is a
+    CSV header; several cells make a CSV where the name says so too."""
     lines = head.removeprefix(_BOM).splitlines(keepends=True)
     if lines and not whole and not lines[-1].endswith((b"\n", b"\r")):
         lines.pop()
+    names = {field.lower() for field in fields}
     for raw in lines:
         line = raw.strip()
         if not line or line.startswith(b"#"):
             continue
         if line.startswith(b"{"):
             return "ndjson"
-        cells = [c.strip().strip('"') for c in line.decode("utf-8", "replace").split(",")]
-        if len(cells) > 1 and any(c in ID_FIELDS for c in cells):
+        text = line.decode("utf-8", "replace")
+        cells = [c.strip().strip('"').lower() for c in text.split(",")]
+        if any(c in names for c in cells) or (hint == "csv" and len(cells) > 1):
             return "csv"
         return "text"
     return None

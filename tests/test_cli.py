@@ -420,3 +420,21 @@ def test_retry_failed_takes_a_templated_output_as_run_did(
     assert run_harvester(sim_process, "run", *window, "-o", out, "--no-progress").returncode == 0
     done = run_harvester(sim_process, "retry-failed", *window, "-o", out, "--no-progress")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_list_read_in_the_wrong_format_stops_before_anything_is_committed(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = registry(sim_process)[:20]
+    (tmp_path / "calls.txt").write_text("callId,note\n" + "".join(f"{i},x\n" for i in ids))
+    out = tmp_path / "e.ndjson"
+    wrong = ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(out), "--no-progress"]
+
+    done = run_harvester(sim_process, *wrong, "--input-format", "text")
+
+    assert done.returncode == 2, done.stderr
+    assert b"are not call ids" in done.stderr and b"--input-format" in done.stderr
+    assert out.read_bytes() == b"" and (tmp_path / "e.failures.ndjson").read_bytes() == b""
+    right = run_harvester(sim_process, *wrong)  # as the content says: a CSV
+    assert right.returncode == 0, right.stderr
+    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))

@@ -9,6 +9,7 @@ import os
 import threading
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,9 @@ from harvester.errors import InputError
 from harvester.source import MAX_LINE, InvalidRecord, Record, RecordFeed
 
 
-async def read_lines(spec: Path | str, size: int = 1024) -> list[Record]:
+async def read_lines(spec: Path | str, size: int = 1024, **options: Any) -> list[Record]:
     """Every record of the call list, batch after batch, as the pool takes them."""
-    feed = RecordFeed(str(spec))
+    feed = RecordFeed(str(spec), **options)
     try:
         await feed.opened()
         records: list[Record] = []
@@ -31,9 +32,10 @@ async def read_lines(spec: Path | str, size: int = 1024) -> list[Record]:
         feed.close()
 
 
-async def read(spec: Path | str) -> list[str | InvalidRecord]:
+async def read(spec: Path | str, **options: Any) -> list[str | InvalidRecord]:
     """The ids read, in order, and the invalid records where they stand."""
-    return [r if isinstance(r, InvalidRecord) else r[1] for r in await read_lines(spec)]
+    records = await read_lines(spec, **options)
+    return [r if isinstance(r, InvalidRecord) else r[1] for r in records]
 
 
 @pytest.fixture(params=[1, 7, source.CHUNK], ids=["1-byte-chunks", "7-byte-chunks", "64KiB"])
@@ -110,14 +112,17 @@ async def test_csv_without_an_id_column_fails_before_anything_else(tmp_path: Pat
 async def test_ndjson_objects_with_callid_or_id(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"calls{suffix}"
     path.write_text(
-        '{"callId": "c-one", "x": 1}\n\n{"id": "c-two"}\nnot json\n[1]\n{"other": "c-x"}\n'
+        '{"callId": "c-one", "x": 1}\n\n{"id": "c-two"}\n{not json\n[1]\n{"other": "c-x"}\n'
+        '{"callId": 123}\n'
     )
-    assert await read(path) == [
-        "c-one",
-        "c-two",
-        InvalidRecord(4, "not a JSON object"),
-        InvalidRecord(5, "not a JSON object"),
+    records = await read(path)
+    assert records[:2] == ["c-one", "c-two"]
+    assert isinstance(records[2], InvalidRecord) and records[2].line == 4
+    assert records[2].reason.startswith("not valid JSON (")
+    assert records[3:] == [
+        InvalidRecord(5, "not a JSON object but list"),
         InvalidRecord(6, "no callId or id field"),
+        InvalidRecord(7, "callId is not a call id string: 123"),
     ]
 
 
@@ -346,3 +351,32 @@ async def test_closing_a_feed_that_waits_on_a_fifo_leaves_no_thread_to_wait_for(
     for thread in blocked:
         thread.join(5)
     assert not any(t.is_alive() for t in blocked)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "flags"),
+    [
+        ("calls.txt", "callId,note\nc-one,x\nc-two,y\n", {}),  # a CSV named .txt
+        ("calls.txt", '{"callId":"c-one"}\n{"callId":"c-two"}\n', {}),  # NDJSON named .txt
+        ("calls.csv", "CallID\nc-one\nc-two\n", {}),  # one column, header in another case
+        ("calls", "note,call_id\nx,c-one\ny,c-two\n", {"id_column": "call_id"}),
+        ("calls.dat", "call_ref,x\nc-one,1\nc-two,2\n", {"form": "csv", "id_column": "CALL_REF"}),
+        ("calls.csv", "c-one\nc-two\n", {"form": "text"}),
+        ("x.ndjson", '{"ref":"c-one"}\n{"ref":"c-two"}\n', {"id_column": "ref"}),
+    ],
+)
+async def test_the_format_is_what_the_content_or_the_flags_say(
+    tmp_path: Path, name: str, content: str, flags: dict[str, str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    assert await read(path, **flags) == ["c-one", "c-two"]
+
+
+async def test_a_list_whose_first_records_are_mostly_not_ids_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "calls.txt"
+    path.write_text("".join(f"{n};c-{n:04d};note\n" for n in range(50)))
+    with pytest.raises(InputError, match=r"50 of the first 50 records .* --input-format"):
+        await read(path)
+    path.write_text("".join(f"c-{n:04d}\n" for n in range(45)) + "bad one\n" * 5)
+    assert len(await read(path)) == 50, "a few bad lines among ids are the pool's business"
