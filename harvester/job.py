@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from harvester.listing import ListingPlace, Page, list_window
 from harvester.pool import Pool, SourceBatch
 from harvester.retry import Retrier
 from harvester.sink import Sink, open_sink
-from harvester.source import RecordFeed, is_stream
+from harvester.source import RecordFeed, grew_from, is_stream
 from harvester.stats import RunStats
 from harvester.window import Window
 
@@ -89,7 +90,11 @@ async def harvest(
             "user_id": settings.user_id,
             **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
         }
-        async with open_sink(paths, identity, settings, stats, clock, fresh=fresh) as sink:
+        # A call list that grew at its end is the same job, going on (see ``grew_from``).
+        grew = partial(grew_from, settings.input) if settings.input is not None else None
+        async with open_sink(
+            paths, identity, settings, stats, clock, fresh=fresh, grew=grew
+        ) as sink:
             stats.job = sink.snapshot()
             # A stream cannot be fingerprinted up front, and an open window grows with time:
             # read them through; what is done is skipped.

@@ -22,7 +22,7 @@ import enum
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -88,6 +88,17 @@ class Batch:
         return len(self.events) + len(self.failures) + len(self.calls)
 
 
+def _grown(
+    meta: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
+) -> bool:
+    """True when ``identity`` differs from the job's only by a call list that grew at its end."""
+    before = meta["identity"]
+    same = {"size", "head_sha256"}
+    others = (set(before) | set(identity)) - same
+    changed = any(before.get(key) != identity.get(key) for key in others)
+    return not changed and before != identity and grew(before)
+
+
 class Journal:
     """The output files and the ledger of one output path. Open with ``Journal.open``."""
 
@@ -116,7 +127,12 @@ class Journal:
 
     @classmethod
     def open(
-        cls, paths: dict[str, Path], identity: dict[str, Any], *, fresh: bool = False
+        cls,
+        paths: dict[str, Path],
+        identity: dict[str, Any],
+        *,
+        fresh: bool = False,
+        grew: Callable[[dict[str, Any]], bool] | None = None,
     ) -> Journal:
         """Take the lock, check the state belongs to this run, and cut the files back to their
         committed sizes. ``fresh`` discards earlier progress instead.
@@ -144,6 +160,14 @@ class Journal:
             meta = load_meta(connection, ledger)
             if not meta:  # a new ledger, or one that never got as far as its first record
                 check_no_data(paths.values())
+            if meta and grew is not None and _grown(meta, identity, grew):
+                log.info(
+                    "the call list grew since the last run (%s -> %s bytes, what it held "
+                    "unchanged): going on with its new calls",
+                    meta["identity"].get("size"),
+                    identity.get("size"),
+                )
+                meta["identity"], meta["completed"] = identity, False
             check_identity(meta, identity, directory)
             if meta and set(meta["sizes"]) != set(paths):
                 raise damaged(ledger)

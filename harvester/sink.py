@@ -46,11 +46,12 @@ async def open_sink(
     clock: Clock,
     *,
     fresh: bool = False,
+    grew: Callable[[dict[str, Any]], bool] | None = None,
 ) -> AsyncIterator[Sink]:
     """The sink of the job writing ``paths``: its journal opened (see ``Journal.open``) on a
     disk thread of its own, and closed on the way out."""
     with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
-        journal = await on_thread(disk, Journal.open, paths, identity, fresh=fresh)
+        journal = await on_thread(disk, Journal.open, paths, identity, fresh=fresh, grew=grew)
         try:
             yield Sink(journal, disk, settings, stats, clock)
         finally:

@@ -52,6 +52,8 @@ MAX_LINE = 64 * 1024
 # millisecond). Larger reads cost as much CPU a line and more memory (bench/input.py).
 CHUNK = 64 * 1024
 ID_FIELDS = ("callId", "id")
+# A call list is known by its path, its size and a digest of this many of its first bytes.
+HEAD_BYTES = 1024 * 1024
 FORMATS = ("text", "csv", "ndjson")
 # A list is refused when more than this share of its first CHECKED records (and at least
 # CHECKED_AT_LEAST of them) hold no call id.
@@ -601,8 +603,25 @@ def identify(spec: str) -> dict[str, Any]:
     path = Path(spec).resolve()
     try:
         with path.open("rb") as f:
-            head = f.read(1024 * 1024)
+            head = f.read(HEAD_BYTES)
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return {"input": str(path)}  # the reader reports the problem in its own words
     return {"input": str(path), "size": size, "head_sha256": hashlib.sha256(head).hexdigest()}
+
+
+def grew_from(spec: str, before: dict[str, Any]) -> bool:
+    """True when the call list at ``spec`` is the one ``before`` identified, grown at its end:
+    longer now, and its first bytes (those ``before`` fingerprinted) the same."""
+    size = before.get("size")
+    if is_stream(spec) or not isinstance(size, int):
+        return False
+    path = Path(spec).resolve()
+    try:
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size <= size:
+                return False
+            head = f.read(min(size, HEAD_BYTES))
+    except OSError:
+        return False
+    return hashlib.sha256(head).hexdigest() == before.get("head_sha256")

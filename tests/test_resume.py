@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester.errors import OutputError
+from harvester.errors import ConfigError, OutputError
 from harvester.job import harvest
 from harvester.sim import SimConfig, Simulator
 
@@ -484,3 +484,23 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
         (tmp_path / "out" / f"calls-{day}.ndjson.gz").read_bytes()
     ).splitlines()
     assert sorted(orjson.loads(x)["id"] for x in listed) == sorted(ids)
+
+
+async def test_a_call_list_grown_at_its_end_is_the_same_job_going_on(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    calls = write_calls(tmp_path, ids[:10])
+    settings = make_settings(sim, tmp_path)
+    assert (await harvest(settings, clock=clock)).completed
+    with calls.open("a") as more:  # a backfill list, appended to
+        more.write("".join(f"{i}\n" for i in ids[10:15]))
+    sim.log.clear()
+
+    again = await harvest(settings, clock=clock)
+
+    assert again.completed and again.ok == 5 and len(sim.requests) == 5
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids[:15]))
+    calls.write_text(calls.read_text().replace(ids[0], ids[20]) + f"{ids[21]}\n")
+    with pytest.raises(ConfigError, match="belongs to another run"):
+        await harvest(settings, clock=clock)  # what it held changed: not the same list
