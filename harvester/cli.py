@@ -192,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
     if error is not None:
         planned = code in (EXIT_DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
         level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
-        event(level, "error", "%s%s", prefix, error, exit_code=code, status=status)
+        name = "stopped" if planned else "error"
+        event(level, name, "%s%s", prefix, error, exit_code=code, status=status)
     summary = summary_document(settings, stats, status, code, started_at, elapsed)
     if error is not None:
         summary["error"] = error
