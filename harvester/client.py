@@ -107,8 +107,8 @@ class CallEventsClient:
         """The events URL of ``call_id``; raises ValueError for an id that is not safe."""
         if not is_call_id(call_id):
             raise ValueError(f"unsafe call id {call_id!r}")
-        path = f"{self._prefix}/calls/{quote(call_id, safe='')}/events"
-        return self._base.with_path(path, encoded=True)
+        # A call id is letters, digits and hyphens (is_call_id): nothing in it to quote.
+        return self._base.with_path(f"{self._prefix}/calls/{call_id}/events", encoded=True)
 
     def calls_url(self, page_size: int) -> URL:
         """The first page of the call list, newest first."""
@@ -194,8 +194,7 @@ class CallEventsClient:
                         body = await response.read()  # the usual case: known, allowed length
                     else:
                         body = await self._read_body(response, length, budget)
-                    events = _parse_events(body, response.content_type)
-                    return events, self._next_link(response), len(body)
+                    return _parse_events(body, response), self._next_link(response), len(body)
                 raise self._error_pausing_on_429(status, await _read_error_body(response), response)
         except ApiError:
             raise
@@ -340,17 +339,19 @@ class _CountingConnector(aiohttp.TCPConnector):
         super().__init__(**options)
         self._stats = stats
 
-    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 (aiohttp's)
+    def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        # aiohttp's coroutine itself, not one more wrapped around it: this is every request.
         self._stats.requests += 1
-        return await super().connect(req, traces, timeout)
+        return super().connect(req, traces, timeout)
 
 
-def _parse_events(body: bytes, content_type: str) -> list[Event]:
+def _parse_events(body: bytes, response: aiohttp.ClientResponse) -> list[Event]:
     try:
         events = orjson.loads(body)
     except orjson.JSONDecodeError:
+        content_type = clip(response.content_type, 60)
         raise TransientError(
-            200, "invalid-body", f"answer is not JSON ({clip(content_type, 60)}, {len(body)} bytes)"
+            200, "invalid-body", f"answer is not JSON ({content_type}, {len(body)} bytes)"
         ) from None
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise TransientError(200, "invalid-body", "answer is not a JSON array of event objects")

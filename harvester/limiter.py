@@ -202,10 +202,14 @@ class RateLimiter:
         clock = self._clock
         while True:
             now = clock.monotonic()
+            slot = self._next_slot
+            if slot < now:
+                slot = now
             resume = self._paused_until
             if resume > now:
                 resume += random.uniform(0, PAUSE_SPREAD)
-            slot = max(now, self._next_slot, resume)
+                if resume > slot:
+                    slot = resume
             self._next_slot = slot + self._interval
             if slot <= now + EARLY:
                 return now
@@ -217,19 +221,26 @@ class RateLimiter:
 
     def answered(self, sent_at: float) -> None:
         """A request got an answer that was not a 429."""
+        # Every answer comes here: plain arithmetic on locals, and no call but to close a
+        # bucket, a bin or change the rate (the same law as _count and _set_rate spell out).
         now = self._clock.monotonic()
+        window = self._window
         answers = self._answers
-        if answers and now < answers[-1][0] + self._window / BUCKETS:
-            answers[-1][1] += 1
+        if answers and now < (bucket := answers[-1])[0] + window / BUCKETS:
+            bucket[1] += 1
         else:
             answers.append([now, 1])
-            while answers[0][0] < now - HORIZON * self._window:
+            while answers[0][0] < now - HORIZON * window:
                 answers.popleft()
-        sample = max(now - sent_at, 1e-4)
-        trip = self._round_trip = (
-            sample if self._round_trip is None else 0.9 * self._round_trip + 0.1 * sample
-        )
-        self._count(False, now)
+        sample = now - sent_at
+        if sample < 1e-4:
+            sample = 1e-4
+        trip = self._round_trip
+        trip = self._round_trip = sample if trip is None else 0.9 * trip + 0.1 * sample
+        self._outcomes.append((now, False))  # _count(False, now)
+        self._requests += 1
+        if now >= self._bin_start + window:
+            self._close_bin(now)
         self._bin_served += 1
         trial = self._trial
         if trial is not None and self._requests - trial.requests >= trial.length:
@@ -240,10 +251,12 @@ class RateLimiter:
         if self._ramping:
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now
-            grown = self._rate * 2 ** min(doublings, 10.0)
-            # At once to what keeps a few requests on the wire: fast on a fast network, and
-            # on a slow one still no flood when the first 429 comes back.
-            self._set_rate(max(grown, ON_THE_WIRE / trip))
+            rate = self._rate
+            if rate < self._ceiling:  # at the ceiling, growing changes nothing
+                grown = rate * 2 ** min(doublings, 10.0)
+                # At once to what keeps a few requests on the wire: fast on a fast network,
+                # and on a slow one still no flood when the first 429 comes back.
+                self._set_rate(grown if grown > ON_THE_WIRE / trip else ON_THE_WIRE / trip)
 
     def rate_limited(self, retry_at: float | None) -> None:
         """A 429: hold the pool until ``retry_at`` (monotonic; None if the API did not say) and
@@ -518,11 +531,11 @@ class RateLimiter:
 
     def _set_rate(self, rate: float) -> None:
         before = self._rate
-        self._rate = min(max(rate, 0.01), self._ceiling)
-        self._interval = 1.0 / self._rate
+        self._rate = rate = min(max(rate, 0.01), self._ceiling)
+        self._interval = 1.0 / rate
         # Slower: turns given out were too early. Much faster: they were too late, and what
         # the new pace does would not show for a while (the climb would outrun the pace).
-        if self._rate < before or self._rate > REDEAL * before:
+        if rate < before or rate > REDEAL * before:
             self._void_turns()
 
     def _void_turns(self) -> None:
