@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from harvester.chunks import grew_from, is_stream
 from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
 from harvester.config import Settings
@@ -32,7 +33,7 @@ from harvester.listing import ListingPlace, Page, list_window
 from harvester.pool import Pool, SourceBatch
 from harvester.retry import Retrier
 from harvester.sink import Sink, open_sink
-from harvester.source import RecordFeed, grew_from, is_stream
+from harvester.source import RecordFeed
 from harvester.stats import RunStats
 from harvester.window import Window
 

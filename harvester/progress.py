@@ -21,9 +21,9 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from harvester import metrics
+from harvester.chunks import is_stream
 from harvester.files import replace_file
 from harvester.logs import event
-from harvester.source import is_stream
 from harvester.stats import RunStats
 
 TERMINAL_INTERVAL = 0.5
