@@ -88,6 +88,29 @@ class Batch:
         return len(self.events) + len(self.failures) + len(self.calls)
 
 
+def _open_files(
+    paths: dict[str, Path], meta: dict[str, Any], connection: sqlite3.Connection, state: Path
+) -> dict[str, BinaryIO]:
+    """Each output file opened for appending after its committed size (a lost or damaged
+    failures file rebuilt from the ledger first), a new ``.gz`` one valid gzip from the start."""
+    failures_path = paths["failures"]
+    if cut_short(failures_path, meta["sizes"]["failures"]):
+        log.warning(
+            "%s is missing or shorter than committed: rebuilt it from the ledger, one line per "
+            "failed call (their reasons are lost; retry-failed takes them on)",
+            failures_path,
+        )
+        failures.swap(connection, meta, failures_path, failures.ledger_lines(connection))
+    files = {name: open_at(path, meta["sizes"][name]) for name, path in paths.items()}
+    for name, path in paths.items():
+        if path.suffix == ".gz" and meta["sizes"][name] == 0:
+            meta["sizes"][name] = append(files[name], EMPTY_GZIP, path, compress=False)
+    # New files survive a power loss only once their folder's entries are on disk too.
+    for folder in {*(path.parent for path in paths.values()), state}:
+        fsync_directory(folder)
+    return files
+
+
 def _grown(
     meta: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
 ) -> bool:
@@ -184,21 +207,7 @@ class Journal:
                     "elapsed_s": 0.0,
                 }
             meta["invocations"] += 1
-            failures_path = paths["failures"]
-            if cut_short(failures_path, meta["sizes"]["failures"]):
-                log.warning(
-                    "%s is missing or shorter than committed: rebuilt it from the ledger, one "
-                    "line per failed call (their reasons are lost; retry-failed takes them on)",
-                    failures_path,
-                )
-                failures.swap(connection, meta, failures_path, failures.ledger_lines(connection))
-            files = {name: open_at(path, meta["sizes"][name]) for name, path in paths.items()}
-            for name, path in paths.items():
-                if path.suffix == ".gz" and meta["sizes"][name] == 0:
-                    meta["sizes"][name] = append(files[name], EMPTY_GZIP, path, compress=False)
-            # New files survive a power loss only once their folder's entries are on disk too.
-            for folder in {*(path.parent for path in paths.values()), directory}:
-                fsync_directory(folder)
+            files = _open_files(paths, meta, connection, directory)
             journal = cls(paths, connection, lock, files, meta)
             # Durable before any data is written: from now on, data without a ledger entry is
             # ours, uncommitted, and is cut back on the next open.
