@@ -321,6 +321,7 @@ async def _supervised(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        stopper.hold()
 
 
 async def _count(progress: Progress, input_spec: str) -> None:

@@ -74,3 +74,21 @@ async def sleep_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
         raise
     finally:
         alarm_task.cancel()
+
+
+async def sleep_unless(clock: Clock, seconds: float, event: asyncio.Event | None) -> bool:
+    """Sleep ``seconds`` on ``clock``, but wake as soon as ``event`` is set; True when the whole
+    sleep was slept."""
+    if event is None:
+        await clock.sleep(seconds)
+        return True
+    if event.is_set():
+        return False
+    sleeping = asyncio.ensure_future(clock.sleep(seconds))
+    waking = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([sleeping, waking], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeping.cancel()
+        waking.cancel()
+    return not event.is_set()

@@ -5,6 +5,7 @@
     HarvesterError
     ├── ConfigError        bad settings or flags: exit 2, nothing fetched
     ├── InputError         the call list cannot be read: exit 2
+    ├── Stopping           the run is stopping: a request not yet sent is not sent
     ├── OutputError        an output file cannot be written (disk full, permissions): exit 4
     └── ApiError           one answer (or non-answer) of the API, with status/code/message
         ├── TransientError     worth another attempt: 5xx, resets, timeouts, garbled bodies
@@ -30,6 +31,11 @@ class HarvesterError(Exception):
 
 class ConfigError(HarvesterError):
     """The settings are invalid; the message says how to fix them."""
+
+
+class Stopping(HarvesterError):
+    """The run is stopping (a signal, the deadline) and this request was not sent yet: its
+    call is left for the next run, not failed."""
 
 
 class InputError(HarvesterError):

@@ -143,9 +143,9 @@ async def _run(
     window: Window | None,
 ) -> None:
     """Every call of ``feed``, or of the window's call list, through the pool into ``sink``."""
-    limiter = RateLimiter(settings.rate, clock)
+    limiter = RateLimiter(settings.rate, clock, stop)
     async with CallEventsClient(settings, limiter, stats, clock) as client:
-        retrier = Retrier(settings, stats, clock)
+        retrier = Retrier(settings, stats, clock, stop)
         if feed is not None:
             batches = _file_batches(feed)
         else:
@@ -220,9 +220,9 @@ async def _retry(
     stats.job = sink.snapshot()
     try:
         if again:
-            limiter = RateLimiter(settings.rate, clock)
+            limiter = RateLimiter(settings.rate, clock, stop)
             async with CallEventsClient(settings, limiter, stats, clock) as client:
-                retrier = Retrier(settings, stats, clock)
+                retrier = Retrier(settings, stats, clock, stop)
                 pool = Pool(settings, stats, client, retrier, sink, clock, claim=_retaken)
                 await pool.run(_one_batch(again), stop)
     finally:

@@ -49,11 +49,13 @@ measurements (steps 1 and 2); the law of steps 3 to 6, and its numbers, in
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import deque
 
-from harvester.clock import Clock
+from harvester.clock import Clock, sleep_unless
+from harvester.errors import Stopping
 from harvester.ratelaw import PROBE_STEP, SAFETY, SHARE_OF, RateLaw
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
@@ -88,8 +90,9 @@ PAUSED_SHARE = 0.15
 class RateLimiter(RateLaw):
     """Pacing, pool-wide pauses and the learned rate, on an injectable clock."""
 
-    def __init__(self, rate: float, clock: Clock) -> None:
+    def __init__(self, rate: float, clock: Clock, stop: asyncio.Event | None = None) -> None:
         self._clock = clock
+        self._stop = stop  # once set, no turn is given: requests not yet sent are not sent
         now = clock.monotonic()
         self._ceiling = rate * SAFETY if rate > 0 else MAX_RATE
         self._rate = self._ceiling if rate > 0 else INITIAL_RATE
@@ -137,9 +140,13 @@ class RateLimiter(RateLaw):
         return self._rate
 
     async def acquire(self) -> float:
-        """Wait for this request's turn; returns the time it was given (monotonic)."""
+        """Wait for this request's turn; returns the time it was given (monotonic). Raises
+        ``Stopping`` once the run is stopping, at once, however long the turn would be."""
         clock = self._clock
+        stop = self._stop
         while True:
+            if stop is not None and stop.is_set():
+                raise Stopping("the run is stopping: not sent")
             now = clock.monotonic()
             slot = self._next_slot
             if slot < now:
@@ -153,7 +160,8 @@ class RateLimiter(RateLaw):
             if slot <= now + EARLY:
                 return now
             plan = self._plan
-            await clock.sleep(slot - now)
+            if not await sleep_unless(clock, slot - now, stop):
+                raise Stopping("the run is stopping: not sent")
             # A pause or a new rate announced while we slept: take a turn again under it.
             if plan == self._plan:
                 return clock.monotonic()

@@ -33,6 +33,7 @@ from harvester.errors import (
     InputError,
     OutputError,
     RateLimited,
+    Stopping,
     TransientError,
 )
 from harvester.ids import is_call_id
@@ -249,6 +250,8 @@ class Pool:
                 message = f"an event cannot be written as JSON: {clip(str(exc))}"
                 await self._fail(call.failure("malformed-answer", message, 200, 1))
                 continue
+            except Stopping:
+                return  # not sent: the call is left for the next run
             except HarvesterError:
                 raise
             except Exception as exc:  # what nobody foresaw fails this call, never the run

@@ -21,6 +21,7 @@ by the same policy as every later one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -31,9 +32,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from harvester.clock import Clock
+from harvester.clock import Clock, sleep_unless
 from harvester.config import Settings
-from harvester.errors import ApiError, RateLimited, TransientError
+from harvester.errors import ApiError, RateLimited, Stopping, TransientError
 from harvester.logs import event
 from harvester.stats import RunStats
 
@@ -132,8 +133,16 @@ class wait_for_reset(wait_base):
 class Retrier:
     """Runs one API operation (a call's events, a page of the call list) under the policy."""
 
-    def __init__(self, settings: Settings, stats: RunStats, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: RunStats,
+        clock: Clock,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         self._stats = stats
+        self._stop = stop
+        self._clock = clock
         self._policy: dict[str, Any] = {
             "retry": RETRY_TRANSIENT,
             "stop": (
@@ -143,9 +152,14 @@ class Retrier:
             "wait": wait_for_reset(clock, otherwise=wait_backoff()),
             "before": self._begin_attempt,
             "after": _count_failure,
-            "sleep": clock.sleep,
+            "sleep": self._sleep,
             "reraise": True,
         }
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait before the next attempt; once the run is stopping, there is none."""
+        if not await sleep_unless(self._clock, seconds, self._stop):
+            raise Stopping("the run is stopping: not tried again")
 
     async def run(self, operation: Callable[[A], Awaitable[R]], argument: A) -> R:
         """``await operation(argument)``, retried as the module docstring says.

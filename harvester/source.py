@@ -37,7 +37,6 @@ import orjson
 
 from harvester.chunks import BOM, MAX_LINE, ChunkReader, Lines
 from harvester.errors import InputError
-from harvester.ids import is_call_id
 
 ID_FIELDS = ("callId", "id")
 FORMATS = ("text", "csv", "ndjson")
@@ -258,7 +257,9 @@ class RecordFeed:
 
     def _check(self, first: list[Record]) -> None:
         """Refuse a list whose first records mostly hold no call id: it is not what it seems."""
-        bad = [r for r in first if isinstance(r, InvalidRecord) or not is_call_id(r[1])]
+        # Only what does not even try to be a call id: a hostile or mistyped id ("c-../x")
+        # is the pool's to list as invalid, one of a list of ids.
+        bad = [r for r in first if isinstance(r, InvalidRecord) or not _looks_like_id(r[1])]
         if len(first) < CHECKED_AT_LEAST or len(bad) <= NOT_IDS_SHARE * len(first):
             return
         example = bad[0]
@@ -345,6 +346,12 @@ class RecordFeed:
                 f"the input is damaged after line {self._lines.taken} ({exc}); what came before "
                 f"it is harvested. {_AFTER_DAMAGE}"
             ) from exc
+
+
+def _looks_like_id(text: str) -> bool:
+    """An attempt at a call id, however bad: ``c-`` and one token (a row of a CSV read as
+    text holds a separator too)."""
+    return text[:2].lower() == "c-" and not any(mark in text for mark in ',;\t "{}')
 
 
 def _sniff(

@@ -81,3 +81,21 @@ class Stopper:
             self._grace,
         )
         self.event.set()
+
+    def hold(self) -> None:
+        """Once the run is over, before its loop closes (which would leave SIGINT and SIGTERM
+        to Python's defaults while the summary is written): a signal now is one too many,
+        whatever came before. It exits at once; what was done is committed."""
+        loop = asyncio.get_running_loop()
+
+        def exit_now(signum: int, _frame: object) -> None:
+            again = self._monotonic() - self._signalled_at < SAME_SIGNAL_SECONDS
+            if signum == self.signal and again:
+                return  # the same request, delivered twice
+            sys.stderr.write("\nharvester: signal: stopping now (resumable)\n")
+            sys.stderr.flush()
+            self._exit_now(EXIT_SIGNAL_BASE + signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, exit_now)

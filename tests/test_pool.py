@@ -322,3 +322,28 @@ async def test_calls_still_in_flight_when_the_grace_period_ends_are_abandoned_an
 
     assert again.completed and again.ok == len(ids)
     assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
+async def test_calls_waiting_for_their_turn_are_dropped_at_once_when_the_run_stops(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    # One request every 5 s, and a long grace: only calls on the wire may use it.
+    settings = make_settings(sim, tmp_path, concurrency=4, rate=0.2, grace=30)
+    stop = asyncio.Event()
+    stats = RunStats()
+    run = asyncio.create_task(harvest(settings, stop=stop, stats=stats))  # the real clock
+    while not sim.log:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the first call is answered; the next ones wait for a turn
+
+    started = time.monotonic()
+    stop.set()
+    await run
+
+    assert time.monotonic() - started < 2, "no grace for calls that were not sent"
+    assert len(sim.requests) == 1 == stats.ok and stats.failed == 0
+    again = await harvest(make_settings(sim, tmp_path))
+    assert again.completed
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
