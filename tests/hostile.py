@@ -15,6 +15,7 @@ import struct
 import sys
 import zlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,30 @@ def poison_id(kind: str, number: int = 0) -> str:
     return f"c-poison-{kind}-{number}"
 
 
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port, for the block; yields its base URL."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,  # a client that hangs up ends an endless answer
+        shutdown_timeout=0.5,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 class Hostile:
     """The hostile API; ``requests`` counts requests by call id (and ``"list"``)."""
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
-        self._runner: web.AppRunner | None = None
+        self._stack = contextlib.AsyncExitStack()
         self.base_url = ""
 
     def app(self) -> web.Application:
@@ -92,22 +111,11 @@ class Hostile:
         return app
 
     async def __aenter__(self) -> Hostile:
-        self._runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,  # a client that hangs up ends its endless answer
-            shutdown_timeout=0.5,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.base_url = await self._stack.enter_async_context(serving(self.app()))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stack.aclose()
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         self.requests["list"] += 1

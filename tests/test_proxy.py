@@ -25,6 +25,7 @@ from .conftest import (
     run_harvester,
     write_calls,
 )
+from .hostile import serving
 
 
 class ForwardProxy:
@@ -52,14 +53,9 @@ async def proxy() -> AsyncIterator[ForwardProxy]:
     forward = ForwardProxy()
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", forward.relay)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    forward.url = f"http://127.0.0.1:{port}"
-    yield forward
-    await runner.cleanup()
+    async with serving(app) as url:
+        forward.url = url
+        yield forward
 
 
 async def test_every_request_goes_through_the_proxy_given(

@@ -24,6 +24,7 @@ from harvester.sim import call_id_for, events_for
 from harvester.stats import RunStats
 
 from .conftest import FakeClock, make_settings
+from .hostile import serving
 
 CALL = call_id_for(3, 0)
 RESET = 2.0  # seconds ahead that a scripted 429 announces its reset
@@ -39,23 +40,16 @@ class Scripted:
         self.script = script
         self.requests: Counter[str] = Counter()
         self.base_url = ""
-        self._runner: web.AppRunner | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Scripted:
         app = web.Application()
         app.router.add_get("/v1/users/{user}/calls/{call}/events", self._events)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, handler_cancellation=True
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.base_url = await self._stack.enter_async_context(serving(app))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stack.aclose()
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         call_id = request.match_info["call"]
