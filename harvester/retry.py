@@ -54,7 +54,7 @@ class Tally:
 
     target: str  # what the attempts ask for (a call id, a page's URL), for the log
     attempts: int = 0  # made so far, 429s included: tenacity's attempt number
-    failures: int = 0  # transient failures but 429s: these count against max_attempts
+    failures: int = 0  # transient failures other than 429s: against max_attempts
     rate_limited: int = 0  # 429s since the last other failure
 
 
@@ -134,18 +134,13 @@ class Retrier:
 
     def __init__(self, settings: Settings, stats: RunStats, clock: Clock) -> None:
         self._stats = stats
-        self._policy: dict[str, Any] = {
-            "retry": RETRY_TRANSIENT,
-            "stop": (
-                stop_after_failures(settings.max_attempts)
-                | stop_after_rate_limits(settings.max_rate_limited)
-            ),
-            "wait": wait_for_reset(clock, otherwise=wait_backoff()),
-            "before": self._begin_attempt,
-            "after": _count_failure,
-            "sleep": clock.sleep,
-            "reraise": True,
-        }
+        self._clock = clock
+        # The policy, once: what is retried, when to stop, how long to wait in between.
+        self._retry = RETRY_TRANSIENT
+        self._stop = stop_after_failures(settings.max_attempts) | stop_after_rate_limits(
+            settings.max_rate_limited
+        )
+        self._wait = wait_for_reset(clock, otherwise=wait_backoff())
 
     async def run(self, operation: Callable[[A], Awaitable[R]], argument: A) -> R:
         """``await operation(argument)``, retried as the module docstring says.
@@ -157,13 +152,22 @@ class Retrier:
             return await operation(argument)
         except Exception as error:  # tenacity judges it, as attempt 1
             first = error
-        return await self._retry(operation, argument, first)
+        return await self._after_first_failure(operation, argument, first)
 
-    async def _retry(
+    async def _after_first_failure(
         self, operation: Callable[[A], Awaitable[R]], argument: A, first: Exception
     ) -> R:
         """Attempts 2 and on, under tenacity; ``first`` is what attempt 1 raised."""
-        retrying = _Retrying(Tally(str(argument)), **self._policy)
+        retrying = _Retrying(
+            Tally(str(argument)),
+            retry=self._retry,
+            stop=self._stop,
+            wait=self._wait,
+            before=self._begin_attempt,
+            after=_count_failure,
+            sleep=self._clock.sleep,
+            reraise=True,
+        )
         try:
             async for attempt in retrying:
                 with attempt:
