@@ -55,7 +55,7 @@ class Tally:
 
     target: str  # what the attempts ask for (a call id, a page's URL), for the log
     attempts: int = 0  # made so far, 429s included: tenacity's attempt number
-    failures: int = 0  # transient failures but 429s: these count against max_attempts
+    failures: int = 0  # transient failures other than 429s: against max_attempts
     rate_limited: int = 0  # 429s since the last other failure
 
 
@@ -141,20 +141,14 @@ class Retrier:
         stop: asyncio.Event | None = None,
     ) -> None:
         self._stats = stats
-        self._stop = stop
         self._clock = clock
-        self._policy: dict[str, Any] = {
-            "retry": RETRY_TRANSIENT,
-            "stop": (
-                stop_after_failures(settings.max_attempts)
-                | stop_after_rate_limits(settings.max_rate_limited)
-            ),
-            "wait": wait_for_reset(clock, otherwise=wait_backoff()),
-            "before": self._begin_attempt,
-            "after": _count_failure,
-            "sleep": self._sleep,
-            "reraise": True,
-        }
+        self._stop = stop  # once set, no call is tried again (see ``_sleep``)
+        # The policy, once: what is retried, when to give up, how long to wait in between.
+        self._retry = RETRY_TRANSIENT
+        self._give_up = stop_after_failures(settings.max_attempts) | stop_after_rate_limits(
+            settings.max_rate_limited
+        )
+        self._wait = wait_for_reset(clock, otherwise=wait_backoff())
 
     async def _sleep(self, seconds: float) -> None:
         """Wait before the next attempt; once the run is stopping, there is none."""
@@ -171,13 +165,22 @@ class Retrier:
             return await operation(argument)
         except Exception as error:  # tenacity judges it, as attempt 1
             first = error
-        return await self._retry(operation, argument, first)
+        return await self._after_first_failure(operation, argument, first)
 
-    async def _retry(
+    async def _after_first_failure(
         self, operation: Callable[[A], Awaitable[R]], argument: A, first: Exception
     ) -> R:
         """Attempts 2 and on, under tenacity; ``first`` is what attempt 1 raised."""
-        retrying = _Retrying(Tally(str(argument)), **self._policy)
+        retrying = _Retrying(
+            Tally(str(argument)),
+            retry=self._retry,
+            stop=self._give_up,
+            wait=self._wait,
+            before=self._begin_attempt,
+            after=_count_failure,
+            sleep=self._sleep,
+            reraise=True,
+        )
         try:
             async for attempt in retrying:
                 with attempt:
