@@ -347,3 +347,25 @@ async def test_calls_waiting_for_their_turn_are_dropped_at_once_when_the_run_sto
     again = await harvest(make_settings(sim, tmp_path))
     assert again.completed
     assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
+async def test_calls_waiting_to_be_tried_again_are_dropped_at_once_when_the_run_stops(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()[:4]
+    write_calls(tmp_path, ids)
+    sim.config.faults, sim.config.max_faults_per_call = {"503": 1.0}, 100  # always, for now
+    settings = make_settings(sim, tmp_path, concurrency=4, max_attempts=10, grace=30)
+    stop = asyncio.Event()
+    stats = RunStats()
+    run = asyncio.create_task(harvest(settings, stop=stop, stats=stats))  # backoffs: real time
+    while len(sim.log) < 4:
+        await asyncio.sleep(0.01)
+
+    started = time.monotonic()
+    stop.set()
+    await run
+
+    assert time.monotonic() - started < 1, "no waiting out a backoff once stopping"
+    assert (stats.ok, stats.failed) == (0, 0), "not failed: left for the next run"
+    assert settings.failures_path.read_bytes() == b""
