@@ -12,7 +12,6 @@ import email.utils
 import logging
 import math
 import re
-import urllib.request
 from typing import Any
 from urllib.parse import quote
 
@@ -86,7 +85,7 @@ class CallEventsClient:
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
-        proxy = self._settings.proxy or proxy_from_environment(self._base)
+        proxy = self._settings.proxy  # given, or found in the environment (see config)
         if proxy is not None:
             log.info("requests go through the proxy %s", redact_url(proxy))
         self._session = aiohttp.ClientSession(
@@ -280,6 +279,13 @@ class CallEventsClient:
             return RateLimited(status, code, message, retry_at)
         if status in (401, 403):
             return FatalApiError(status, code, message)
+        if status == 407:  # our proxy's answer, not the API's: the same for every call
+            return FatalApiError(
+                status,
+                "proxy-refused",
+                "the proxy asks for credentials it was not given, or refused them (407): "
+                "check --proxy or HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)",
+            )
         if status in (408, 425) or status >= 500:
             return TransientError(status, code, message)
         return CallFailed(status, code, message)
@@ -290,21 +296,6 @@ class CallEventsClient:
         if delay is None:
             return None
         return self._clock.monotonic() + delay
-
-
-def proxy_from_environment(url: URL) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, either
-    case), or None when there is none or ``NO_PROXY`` names its host. Read once, here: aiohttp's
-    own ``trust_env`` would look for a ``.netrc`` on a thread at every request."""
-    proxies = urllib.request.getproxies_environment()
-    host = (url.host or "").lower()
-    for entry in proxies.get("no", "").split(","):
-        name = entry.strip().lower().lstrip(".")
-        if name.count(":") == 1:  # host:port (an IPv6 address holds more than one colon)
-            name = name.split(":")[0]
-        if name == "*" or (name and (host == name or host.endswith("." + name))):
-            return None
-    return proxies.get(url.scheme)
 
 
 def rate_limit_delay(headers: Any, now: float) -> float | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from harvester.credentials import Secret, check_base_url, check_proxy
+from harvester.credentials import Secret, check_base_url, check_proxy, proxy_from_environment
 from harvester.credentials import redact_url as redact_url
 from harvester.errors import ConfigError
 from harvester.ids import is_user_id
@@ -185,7 +185,7 @@ def load_settings(
     elif any(key in given for key in _WINDOW_KEYS):
         merged.pop("input", None)
     merged.update(given)
-    return _validate(merged, names, now or datetime.now(UTC))
+    return _validate(merged, names, environ, now or datetime.now(UTC))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -221,14 +221,19 @@ def _readable_by_others(path: Path) -> bool:
         return False
 
 
-def _validate(values: dict[str, Any], names: dict[str, str], now: datetime) -> Settings:
+def _validate(
+    values: dict[str, Any], names: dict[str, str], environ: Mapping[str, str], now: datetime
+) -> Settings:
     kwargs = {key: _coerce(key, value, names.get(key, key)) for key, value in values.items()}
     deadline = kwargs.pop("deadline", None)
     settings = Settings(**kwargs)
     _check_credentials(settings)
     _named(names.get("base_url", "base_url"), check_base_url, settings.base_url)
-    if settings.proxy is not None:
-        _named(names.get("proxy", "proxy"), check_proxy, settings.proxy)
+    proxy = settings.proxy
+    if proxy is None and (found := proxy_from_environment(settings.base_url, environ)):
+        names["proxy"], proxy = found
+    if proxy is not None:
+        _named(names.get("proxy", "proxy"), check_proxy, proxy)
     for key, (low, high) in _RANGES.items():
         _check_range(names.get(key, key), getattr(settings, key), low, high)
     if settings.input_format not in (None, "text", "csv", "ndjson"):
@@ -251,7 +256,11 @@ def _validate(values: dict[str, Any], names: dict[str, str], now: datetime) -> S
     credentials_from = " and ".join(names.get(key, key) for key in _SECRETS)
     return _render_paths(
         dataclasses.replace(
-            settings, window=window, deadline=deadline, credentials_from=credentials_from
+            settings,
+            window=window,
+            deadline=deadline,
+            credentials_from=credentials_from,
+            proxy=proxy,
         )
     )
 

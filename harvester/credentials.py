@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from harvester.errors import ConfigError
@@ -81,16 +82,43 @@ def check_proxy(url: str) -> None:
         )
 
 
+def proxy_from_environment(url: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` or ``HTTP_PROXY`` by its
+    scheme, either case) and the variable that names it; None when there is none or
+    ``NO_PROXY`` names its host (or ``*``)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if is_loopback(host):
+        return None  # this machine itself (the simulator) is never reached through a proxy
+    bypass = _variable(environ, "no_proxy")
+    for entry in (bypass[1] if bypass else "").split(","):
+        name = entry.strip().lower().lstrip(".")
+        if name.count(":") == 1:  # host:port (an IPv6 address holds more than one colon)
+            name = name.split(":")[0]
+        if name == "*" or (name and (host == name or host.endswith("." + name))):
+            return None
+    return _variable(environ, f"{parts.scheme}_proxy")
+
+
+def _variable(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    for variable in (name.lower(), name.upper()):
+        if environ.get(variable):
+            return variable, environ[variable]
+    return None
+
+
 def redact_url(text: str) -> str:
     """``text``, a URL or what was meant as one, fit to print: whatever stands before its last
-    ``@`` (credentials, however the URL is mistyped) and any query or fragment become ``***``."""
+    ``@`` (credentials, however the URL is mistyped, and whatever they hold, ``?`` and ``#``
+    too) and any query or fragment after it become ``***``."""
     scheme = _SCHEME.match(text)
     head = scheme.group(0) if scheme else ""
     rest = text[len(head) :]
+    if "@" in rest:
+        rest = rest.rsplit("@", 1)[1]
+        head += "***@"
     query = min((rest.index(mark) for mark in "?#" if mark in rest), default=len(rest))
     rest, tail = rest[:query], ("?***" if query < len(rest) else "")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
     return head + rest + tail
 
 

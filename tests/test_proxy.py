@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from yarl import URL
 
-from harvester.client import proxy_from_environment
+from harvester.credentials import proxy_from_environment
+from harvester.errors import FatalApiError
 from harvester.job import harvest
 from harvester.sim import Simulator
 
@@ -71,21 +71,15 @@ async def test_every_request_goes_through_the_proxy_given(
     assert len(proxy.seen) == len(ids) == len(sim.requests)
 
 
-def test_the_environment_names_the_proxy_but_for_hosts_in_no_proxy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    api = URL("https://api.catapult.inetwork.com")
-    assert proxy_from_environment(api) is None
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
-    assert proxy_from_environment(api) == "http://proxy.corp:3128"
-    assert proxy_from_environment(URL("http://127.0.0.1:8080")) is None, "http, not https"
+def test_the_environment_names_the_proxy_but_for_hosts_in_no_proxy() -> None:
+    api = "https://api.catapult.inetwork.com"
+    assert proxy_from_environment(api, {}) is None
+    environ = {"HTTPS_PROXY": "http://proxy.corp:3128"}
+    assert proxy_from_environment(api, environ) == ("HTTPS_PROXY", "http://proxy.corp:3128")
+    assert proxy_from_environment("http://127.0.0.1:8080", environ) is None, "http, not https"
     for bypass in ("inetwork.com", ".inetwork.com", "api.catapult.inetwork.com:443", "*"):
-        monkeypatch.setenv("NO_PROXY", f"localhost,{bypass}")
-        assert proxy_from_environment(api) is None, bypass
-    monkeypatch.setenv("NO_PROXY", "example.com")
-    assert proxy_from_environment(api) == "http://proxy.corp:3128"
+        assert proxy_from_environment(api, {**environ, "NO_PROXY": f"localhost,{bypass}"}) is None
+    assert proxy_from_environment(api, {**environ, "no_proxy": "example.com"}) is not None
 
 
 def test_the_proxys_credentials_are_never_shown(sim_process: dict[str, str]) -> None:
@@ -98,3 +92,27 @@ def test_the_proxys_credentials_are_never_shown(sim_process: dict[str, str]) -> 
     bad = run_harvester(sim_process, "check", "--proxy", f"socks5://x:{secret}@h")
     assert bad.returncode == 2 and b"--proxy" in bad.stderr
     assert secret.encode() not in bad.stdout + bad.stderr
+    api = "https://api.example.com"  # not loopback: the environment's proxy applies
+    for broken in (f"http://bob:{secret}@127.0.0.1:99999", f"bob:{secret}@127.0.0.1:1"):
+        env = {**sim_process, "CATAPULT_BASE_URL": api, "HTTPS_PROXY": broken}
+        done = run_harvester(env, "check")
+        assert done.returncode == 2 and b"HTTPS_PROXY" in done.stderr, done.stderr
+        assert secret.encode() not in done.stdout + done.stderr
+    hashed = run_harvester(sim_process, "check", "--proxy", "http://bob:s3cr#etpw@127.0.0.1:1")
+    assert b"s3cr" not in hashed.stdout + hashed.stderr
+
+
+async def test_a_proxy_refusing_us_stops_the_run_like_refused_credentials(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=407, headers={"Proxy-Authenticate": "Basic"})
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", refuse)
+    write_calls(tmp_path, sim.call_ids()[:10])
+    async with serving(app) as url:
+        settings = make_settings(sim, tmp_path, proxy=url)
+        with pytest.raises(FatalApiError, match="407"):
+            await harvest(settings, clock=clock)
+    assert settings.failures_path.read_bytes() == b"", "not the calls' failure"
