@@ -225,7 +225,7 @@ class RecordFeed:
         self._spec = spec
         self._form = form
         self._fields = (id_column,) if id_column else ID_FIELDS
-        self._checked = False  # the first records were looked at (see the module docstring)
+        self._first: list[Record] = []  # read and looked at when opening; handed out first
         self._input = ChunkReader(spec)
         self._opening: asyncio.Task[dict[str, Any]] | None = None
         self._lines = Lines(universal=False)
@@ -244,15 +244,13 @@ class RecordFeed:
     async def batch(self, size: int) -> list[Record]:
         """Up to ``size`` records, waiting for one at least; [] at the end of the list."""
         await self.opened()
-        records: list[Record] = []
-        while not self._closed:
+        records = self._first[:size]  # those looked at when it opened, first
+        del self._first[:size]
+        while not self._closed and not self._first:
             self._take(size, records)
             if records or self._ended:
                 break
             await self._read_more(opening=False)
-        if not self._checked:
-            self._checked = True
-            self._check(records[:CHECKED])
         return records
 
     def _check(self, first: list[Record]) -> None:
@@ -312,6 +310,9 @@ class RecordFeed:
                 if self._csv.header(final=self._ended):
                     break
                 await self._read_more(opening=True)
+        # The first records already read are looked at before anything is done with any.
+        self._take(CHECKED, self._first)
+        self._check(self._first)
         return identity
 
     def _take(self, size: int, records: list[Record]) -> None:

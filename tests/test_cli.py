@@ -434,7 +434,26 @@ def test_a_list_read_in_the_wrong_format_stops_before_anything_is_committed(
 
     assert done.returncode == 2, done.stderr
     assert b"are not call ids" in done.stderr and b"--input-format" in done.stderr
-    assert out.read_bytes() == b"" and (tmp_path / "e.failures.ndjson").read_bytes() == b""
+    assert not out.exists() and not (tmp_path / "e.failures.ndjson").exists()
     right = run_harvester(sim_process, *wrong)  # as the content says: a CSV
     assert right.returncode == 0, right.stderr
     assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+
+
+def test_a_refused_call_list_writes_nothing_and_the_fixed_one_runs(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = registry(sim_process)[:12]
+    calls = tmp_path / "semi.csv"
+    calls.write_text("callId;note\n" + "".join(f"{i};x\n" for i in ids))  # not a CSV of ours
+    (tmp_path / "keep.json").write_text("earlier\n")
+    out = tmp_path / "m.ndjson"
+    args = ["run", "-i", str(calls), "-o", str(out), "--summary", str(tmp_path / "keep.json")]
+
+    refused = run_harvester(sim_process, *args, "--no-progress")
+
+    assert refused.returncode == 2 and b"are not call ids" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json", "semi.csv"]
+    assert (tmp_path / "keep.json").read_text() == "earlier\n"
+    calls.write_text(calls.read_text().replace(";", ","))
+    assert run_harvester(sim_process, *args, "--no-progress").returncode == 0
