@@ -260,7 +260,9 @@ def identify(spec: str) -> dict[str, Any]:
 
 def grew_from(spec: str, before: dict[str, Any]) -> bool:
     """True when the call list at ``spec`` is the one ``before`` identified, grown at its end:
-    longer now, and its first bytes (those ``before`` fingerprinted) the same."""
+    longer now, its first bytes (those ``before`` fingerprinted) the same, and the old end a
+    line's end (lines appended, not a last line changed). Bytes past the first MiB of what it
+    held are not compared: the same fingerprint as any re-run's."""
     size = before.get("size")
     if is_stream(spec) or not isinstance(size, int):
         return False
@@ -270,6 +272,8 @@ def grew_from(spec: str, before: dict[str, Any]) -> bool:
             if os.fstat(f.fileno()).st_size <= size:
                 return False
             head = f.read(min(size, HEAD_BYTES))
+            f.seek(size - 1)
+            ended = f.read(1) == b"\n"  # else its last line was cut short, and goes on now
     except OSError:
         return False
-    return hashlib.sha256(head).hexdigest() == before.get("head_sha256")
+    return ended and hashlib.sha256(head).hexdigest() == before.get("head_sha256")

@@ -85,8 +85,11 @@ async def harvest(
             if opened is None:
                 return stats
             source = opened
+        # How the list is read is part of the job (given only: older jobs have neither).
+        reading = {"input_format": settings.input_format, "id_column": settings.id_column}
         identity = {
             **source,
+            **{key: value for key, value in reading.items() if value is not None},
             "shard": str(settings.shard) if settings.shard else None,
             "user_id": settings.user_id,
             **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},

@@ -507,3 +507,28 @@ async def test_a_call_list_grown_at_its_end_is_the_same_job_going_on(
     calls.write_text(calls.read_text().replace(ids[0], ids[20]) + f"{ids[21]}\n")
     with pytest.raises(ConfigError, match="belongs to another run"):
         await harvest(settings, clock=clock)  # what it held changed: not the same list
+
+
+async def test_a_last_line_without_its_newline_that_goes_on_is_not_growth(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    calls = tmp_path / "calls.txt"
+    calls.write_text("\n".join(ids[:5]))  # no newline at the end
+    settings = make_settings(sim, tmp_path)
+    await harvest(settings, clock=clock)
+    calls.write_text(calls.read_text() + "x\n" + ids[5] + "\n")  # its last id changed
+    with pytest.raises(ConfigError, match="belongs to another run"):
+        await harvest(settings, clock=clock)
+
+
+async def test_reading_the_list_another_way_is_another_job(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls.csv"
+    calls.write_text("callId,otherId\n" + "".join(f"{i},{i}\n" for i in sim.call_ids()[:5]))
+    await harvest(make_settings(sim, tmp_path, input=str(calls)), clock=clock)
+    with pytest.raises(ConfigError, match="id_column"):
+        await harvest(
+            make_settings(sim, tmp_path, input=str(calls), id_column="otherId"), clock=clock
+        )
