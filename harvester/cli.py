@@ -260,6 +260,9 @@ def _harvest(
 
 def _say_deadline(deadline: datetime, now: datetime) -> None:
     """The deadline as the run will keep it: a time of day already past today is tomorrow's."""
+    if deadline <= now:
+        log.info("deadline %s has passed: the run stops at once", deadline.isoformat())
+        return
     local_now = now.astimezone(deadline.tzinfo)
     day = "tomorrow, " if deadline.date() > local_now.date() else ""
     log.info(
@@ -344,10 +347,16 @@ def _status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("error: %s", exc)
         return EXIT_USAGE
-    if args.json:
-        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print("\n".join(status_lines(status)))
+    text = (
+        orjson.dumps(status, option=orjson.OPT_INDENT_2).decode()
+        if args.json
+        else "\n".join(status_lines(status))
+    )
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # | head: whoever reads has read enough; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 

@@ -73,7 +73,8 @@ OPTIONS = (
     ),
     Option(
         ("--id-column",),
-        "the CSV column or NDJSON field holding the call ids (default: callId or id, any case)",
+        "the CSV column or NDJSON field holding the call ids (default: callId or id; a CSV "
+        "header's in any case)",
         (RUN,),
         metavar="NAME",
     ),

@@ -54,15 +54,30 @@ def job_status(output: Path) -> dict[str, Any]:
 
 
 def lock_holder(lock: Path) -> int | None:
-    """The pid of the harvester holding ``lock`` now, or None when nobody does."""
+    """The pid of the harvester holding ``lock`` now, or None when nobody does. Linux lists
+    the locks held in /proc/locks: looked up there, the lock is not even touched (a runner
+    starting meanwhile is never refused for it); elsewhere, a shared lock is tried and let go."""
     try:
-        fd = os.open(lock, os.O_RDONLY)
+        info = lock.stat()
     except FileNotFoundError:
         return None
+    try:
+        listed = Path("/proc/locks").read_text()
+    except OSError:
+        return _probe(lock)
+    key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in listed.splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"
+        if "FLOCK" in fields and "->" not in fields and key in fields:
+            pid = fields[fields.index(key) - 1]
+            return int(pid) if pid.isdigit() else -1
+    return None
+
+
+def _probe(lock: Path) -> int | None:
+    fd = os.open(lock, os.O_RDONLY)
     with os.fdopen(fd, "rb") as file:
         try:
-            # A shared lock is refused while the runner holds its exclusive one; taken, it is
-            # let go at once, and a runner starting meanwhile waits for nothing: it tries again.
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             text = file.read().decode(errors="replace").strip()
@@ -73,7 +88,9 @@ def lock_holder(lock: Path) -> int | None:
 
 def status_lines(status: dict[str, Any]) -> list[str]:
     """``status`` for a person."""
-    source = status["input"] if status["input"] is not None else f"window {status['window']}"
+    window = status["window"] if isinstance(status["window"], dict) else {}
+    span = f"{window.get('since')} to {window.get('until') or 'now'}"
+    source = status["input"] if status["input"] is not None else f"the window {span}"
     lines = [
         f"job:       {status['output']} (from {source}"
         + (f", shard {status['shard']})" if status["shard"] else ")"),
@@ -83,7 +100,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if status["failures_by_code"]:
         codes = ", ".join(f"{code} {n}" for code, n in sorted(status["failures_by_code"].items()))
         lines.append(f"failures:  {codes} (in {status['failures_file']})")
-    last = status["last_run"] or {}
+    last = status["last_run"] if isinstance(status["last_run"], dict) else {}
     pid = status["running_pid"]
     if last:
         ended = f", ended {last['ended_at']}" if last.get("ended_at") else ""
