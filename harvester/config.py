@@ -227,7 +227,7 @@ def _validate(
     kwargs = {key: _coerce(key, value, names.get(key, key)) for key, value in values.items()}
     deadline = kwargs.pop("deadline", None)
     settings = Settings(**kwargs)
-    _check_credentials(settings)
+    _check_credentials(settings, names.get("user_id", "user_id"))
     _named(names.get("base_url", "base_url"), check_base_url, settings.base_url)
     proxy = settings.proxy
     if proxy is None and (found := proxy_from_environment(settings.base_url, environ)):
@@ -281,14 +281,15 @@ _RANGES = {
 }
 
 
-def _check_credentials(settings: Settings) -> None:
+def _check_credentials(settings: Settings, user_id_name: str) -> None:
     if not settings.user_id:
         raise ConfigError(
             "no user id: set CATAPULT_USER_ID, user_id in the config file, or --user-id"
         )
     if not is_user_id(settings.user_id):
         raise ConfigError(
-            f"user id {settings.user_id!r} does not look like a Catapult user id (u-xxxxxxxx)"
+            f"{user_id_name}: {settings.user_id!r} does not look like a Catapult user id "
+            "(u-xxxxxxxx)"
         )
     if not settings.api_token or not settings.api_secret:
         raise ConfigError(

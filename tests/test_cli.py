@@ -129,7 +129,7 @@ def test_empty_input_exits_0(sim_process: dict[str, str], tmp_path: Path) -> Non
         (
             ["--input", "{calls}", "--user-id", "u-x/y"],
             {},
-            b"does not look like a Catapult user id",
+            b"--user-id: 'u-x/y' does not look like a Catapult user id",
         ),
         (["--input", "{calls}"], {"CATAPULT_API_TOKEN": ""}, b"no API credentials"),
         (["--input", "{calls}", "--base-url", "http://example.com"], {}, b"plain http"),
