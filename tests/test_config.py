@@ -189,3 +189,12 @@ def test_a_secret_others_can_read_is_warned_of(
     config.chmod(0o600)
     load_settings({}, ENV, config)
     assert "chmod 600" not in caplog.text
+
+
+def test_numbers_in_the_file_where_text_is_allowed_too(tmp_path: Path) -> None:
+    config = tmp_path / "harvester.toml"
+    config.write_text('max_failures = 5\nmax_duration = 90\nshard = "1/4"\n')
+    settings = load_settings({}, ENV, config)
+    assert settings.max_failures.allowed(1000) == 5
+    assert settings.max_duration == 90
+    assert settings.shard is not None and (settings.shard.index, settings.shard.count) == (1, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import random
 import subprocess
@@ -301,3 +302,25 @@ async def test_the_jobs_duplicates_are_remembered_after_retry_failed(
     again = await retry_failed(make_settings(sim, tmp_path), clock=clock, include_not_found=True)
 
     assert again.duplicates == 0 and again.job["duplicates"] == 3
+
+
+async def test_retry_failed_on_an_unfinished_job_says_that_run_goes_on_with_it(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    write_calls(tmp_path, sim.call_ids())
+    settings = make_settings(sim, tmp_path)
+    sim.config.latency = 0.05
+    stop = asyncio.Event()
+    run = asyncio.create_task(harvest(settings, clock=clock, stop=stop))
+    while len(sim.log) < 8:
+        await asyncio.sleep(0.01)
+    stop.set()  # a job begun, not finished
+    assert not (await run).completed
+    sim.config.latency = 0.0
+    caplog.set_level(logging.INFO, logger="harvester")
+
+    await retry_failed(settings, clock=clock)
+
+    assert "this job is not finished" in caplog.text and "`harvester run`" in caplog.text
