@@ -18,7 +18,15 @@ import pytest
 from harvester import cli
 from harvester.progress import count_records
 
-from .conftest import canonical, expected_events, read_ndjson, simulator_process
+from .conftest import (
+    HARVESTER,
+    canonical,
+    expected_events,
+    read_ndjson,
+    run_harvester,
+    simulator_process,
+    start_harvester,
+)
 
 IDS = [f"c-stream{i:05d}" for i in range(1000)]
 
@@ -30,16 +38,10 @@ def open_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         yield env
 
 
-def run(env: dict[str, str], *args: str, **options: object) -> subprocess.CompletedProcess[bytes]:
-    done: subprocess.CompletedProcess[bytes] = subprocess.run(
-        [sys.executable, "-m", "harvester", "run", *args],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-        **options,  # type: ignore[call-overload]
-    )
-    return done
+def run(
+    env: dict[str, str], *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return run_harvester(env, "run", *args, stdin=stdin)
 
 
 def assert_every_call_once(tmp_path: Path, summary: Path | None = None) -> None:
@@ -76,7 +78,7 @@ def test_dev_stdin_from_a_pipe_gives_every_call(open_world: dict[str, str], tmp_
         "/dev/stdin",
         "-o",
         str(tmp_path / "out.ndjson"),
-        input=("\n".join(IDS) + "\n").encode(),
+        stdin=("\n".join(IDS) + "\n").encode(),
     )
     assert done.returncode == 0, done.stderr
     assert_every_call_once(tmp_path)
@@ -117,12 +119,7 @@ def test_a_fifo_nobody_writes_to_still_stops_on_sigterm_and_resumes_later(
     os.mkfifo(fifo)
     summary = tmp_path / "summary.json"
     args = ["--input", str(fifo), "-o", str(tmp_path / "out.ndjson"), "--summary", str(summary)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harvester", "run", *args],
-        env=open_world,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_harvester(open_world, "run", *args)
     waiting_for_a_writer(process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=10)
@@ -143,7 +140,7 @@ def test_calls_from_a_slow_pipe_are_harvested_as_they_come(
 ) -> None:
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "harvester", "run", "-i", "-"),
+            *(*HARVESTER, "run", "-i", "-"),
             *("-o", str(tmp_path / "out.ndjson"), "--commit-interval", "0.2"),
         ],
         env=open_world,
@@ -173,7 +170,7 @@ def test_a_stdin_that_never_ends_still_stops_on_sigterm_at_once(
     summary = tmp_path / "summary.json"
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "harvester", "run", "-i", "-", "--summary", str(summary)),
+            *(*HARVESTER, "run", "-i", "-", "--summary", str(summary)),
             *("-o", str(tmp_path / "out.ndjson"), "--commit-interval", "0.2"),
         ],
         env=open_world,

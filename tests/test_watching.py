@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -14,26 +13,14 @@ from harvester.progress import Progress, count_records
 from harvester.sim import SIM_SECRET
 from harvester.stats import RunStats
 
+from .conftest import run_harvester
+
 
 def run(env: dict[str, str], folder: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
     ids = Path(env["IDS_FILE"]).read_text().split()
     (folder / "calls.txt").write_text("\n".join([*ids, "c-nosuchcall"]))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harvester",
-            "run",
-            "-i",
-            str(folder / "calls.txt"),
-            "-o",
-            str(folder / "e.ndjson"),
-            *extra,
-        ],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
+    return run_harvester(
+        env, "run", "-i", str(folder / "calls.txt"), "-o", str(folder / "e.ndjson"), *extra
     )
 
 
