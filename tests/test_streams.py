@@ -3,6 +3,7 @@ once, as it comes; the event loop never blocks on it, and a signal still stops t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -100,10 +101,10 @@ def waiting_for_a_writer(process: subprocess.Popen[bytes]) -> None:
     /proc; where it does not, a few seconds)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        waits = [
-            task.joinpath("wchan").read_text(errors="replace")
-            for task in Path(f"/proc/{process.pid}/task").glob("*")
-        ]
+        waits = []
+        for task in Path(f"/proc/{process.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                waits.append(task.joinpath("wchan").read_text(errors="replace"))
         if "wait_for_partner" in waits:
             return
         if waits and all(wait == "0" for wait in waits) and time.monotonic() > deadline - 17:
