@@ -366,6 +366,6 @@ async def test_calls_waiting_to_be_tried_again_are_dropped_at_once_when_the_run_
     stop.set()
     await run
 
-    assert time.monotonic() - started < 1, "no waiting out a backoff once stopping"
+    assert time.monotonic() - started < 2, "no waiting out a backoff once stopping"
     assert (stats.ok, stats.failed) == (0, 0), "not failed: left for the next run"
     assert settings.failures_path.read_bytes() == b""
