@@ -242,7 +242,15 @@ def _validate(
     if settings.id_column is not None and not settings.id_column.strip():
         raise ConfigError(f"{names.get('id_column', 'id_column')} is empty")
     if settings.log_format not in ("text", "json"):
-        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
+        name = names.get("log_format", "log_format")
+        raise ConfigError(f"{name} must be text or json, not {settings.log_format!r}")
+    try:
+        ZoneInfo(settings.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{names.get('tz', 'tz')}: unknown time zone {settings.tz!r} (use a name like UTC or "
+            "Europe/Berlin)"
+        ) from None
     window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)
     if window is not None and settings.input is not None:
         raise ConfigError(

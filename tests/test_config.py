@@ -198,3 +198,12 @@ def test_numbers_in_the_file_where_text_is_allowed_too(tmp_path: Path) -> None:
     assert settings.max_failures.allowed(1000) == 5
     assert settings.max_duration == 90
     assert settings.shard is not None and (settings.shard.index, settings.shard.count) == (1, 4)
+
+
+def test_a_time_zone_that_is_not_one_is_named_as_given(tmp_path: Path) -> None:
+    config = tmp_path / "harvester.toml"
+    config.write_text('tz = "Mars/Olympus"\n')
+    with pytest.raises(ConfigError, match=r"tz \(in .*harvester.toml\): unknown time zone"):
+        load_settings({}, ENV, config)
+    with pytest.raises(ConfigError, match=r"^--tz: unknown time zone"):
+        load_settings({"tz": "Mars/Olympus"}, ENV, as_flags=True)
