@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,14 @@ from harvester.errors import ConfigError
 from harvester.sim import SIM_SECRET
 
 from .conftest import canonical, expected_events, read_ndjson, run_harvester
+
+
+def run_list(
+    env: dict[str, str], tmp_path: Path, *extra: str
+) -> subprocess.CompletedProcess[bytes]:
+    """``harvester run`` of ``tmp_path/calls.txt`` into ``tmp_path/e.ndjson``, no progress."""
+    calls, out = str(tmp_path / "calls.txt"), str(tmp_path / "e.ndjson")
+    return run_harvester(env, "run", "-i", calls, "-o", out, "--no-progress", *extra)
 
 
 def test_check_passes_and_shows_the_settings_without_secrets(sim_process: dict[str, str]) -> None:
@@ -61,17 +70,7 @@ def test_max_failures_decides_the_exit_code(
 ) -> None:
     ids = Path(sim_process["IDS_FILE"]).read_text().split()
     (tmp_path / "calls.txt").write_text("\n".join([*ids, "c-nosuchcall"]))
-    done = run_harvester(
-        sim_process,
-        "run",
-        "-i",
-        str(tmp_path / "calls.txt"),
-        "-o",
-        str(tmp_path / "e.ndjson"),
-        "--no-progress",
-        "--max-failures",
-        allowed,
-    )
+    done = run_list(sim_process, tmp_path, "--max-failures", allowed)
     assert done.returncode == code, done.stderr
     assert len(read_ndjson(tmp_path / "e.failures.ndjson")) == 1
 
@@ -155,14 +154,9 @@ def test_bad_failure_allowances(bad: str) -> None:
 def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path: Path) -> None:
     ids = Path(sim_process["IDS_FILE"]).read_text().split()
     (tmp_path / "calls.txt").write_text("\n".join(ids))
-    done = run_harvester(
+    done = run_list(
         sim_process,
-        "run",
-        "-i",
-        str(tmp_path / "calls.txt"),
-        "-o",
-        str(tmp_path / "e.ndjson"),
-        "--no-progress",
+        tmp_path,
         "--max-duration",
         "0.001",
         "--rate",
@@ -175,15 +169,7 @@ def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path
     assert report["status"] == "deadline"
     assert report["calls"] < len(ids)
 
-    done = run_harvester(
-        sim_process,
-        "run",
-        "-i",
-        str(tmp_path / "calls.txt"),
-        "-o",
-        str(tmp_path / "e.ndjson"),
-        "--no-progress",
-    )
+    done = run_list(sim_process, tmp_path)
     assert done.returncode == 0, done.stderr
     assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
 
@@ -198,17 +184,7 @@ def test_a_deadline_already_past_today_is_said_to_be_tomorrows(
     if (now - timedelta(minutes=2)).date() != now.date():
         pytest.skip("two minutes ago was yesterday: that time of day is later today")
     past = (now - timedelta(minutes=2)).strftime("%H:%M")
-    done = run_harvester(
-        sim_process,
-        "run",
-        "-i",
-        str(tmp_path / "calls.txt"),
-        "-o",
-        str(tmp_path / "e.ndjson"),
-        "--no-progress",
-        "--deadline",
-        past,
-    )
+    done = run_list(sim_process, tmp_path, "--deadline", past)
     assert done.returncode == 0, done.stderr
     assert b"deadline: tomorrow, " in done.stderr
 
@@ -288,18 +264,7 @@ def test_an_empty_call_list_is_said_plainly_and_can_fail_the_job(
     sim_process: dict[str, str], tmp_path: Path, flag: list[str], code: int
 ) -> None:
     (tmp_path / "calls.txt").write_text("")
-    done = run_harvester(
-        sim_process,
-        "run",
-        "-i",
-        str(tmp_path / "calls.txt"),
-        "-o",
-        str(tmp_path / "e.ndjson"),
-        "--no-progress",
-        "--summary",
-        str(tmp_path / "s.json"),
-        *flag,
-    )
+    done = run_list(sim_process, tmp_path, "--summary", str(tmp_path / "s.json"), *flag)
     assert done.returncode == code, done.stderr
     assert b"holds no call at all" in done.stderr
     assert orjson.loads((tmp_path / "s.json").read_bytes())["exit_code"] == code
