@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from harvester.credentials import Secret, check_base_url, check_proxy, proxy_from_environment
 from harvester.credentials import redact_url as redact_url
@@ -21,7 +21,7 @@ from harvester.errors import ConfigError
 from harvester.ids import is_user_id
 from harvester.options import flag_of
 from harvester.shard import Shard
-from harvester.window import Window, parse_window
+from harvester.window import Window, parse_window, parse_zone
 
 log = logging.getLogger("harvester")
 
@@ -244,23 +244,15 @@ def _validate(
     if settings.log_format not in ("text", "json"):
         name = names.get("log_format", "log_format")
         raise ConfigError(f"{name} must be text or json, not {settings.log_format!r}")
-    try:
-        ZoneInfo(settings.tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"{names.get('tz', 'tz')}: unknown time zone {settings.tz!r} (use a name like UTC or "
-            "Europe/Berlin)"
-        ) from None
-    window = parse_window(settings.since, settings.until, settings.yesterday, settings.tz, now)
+    zone = _named(names.get("tz", "tz"), parse_zone, settings.tz)
+    window = parse_window(settings.since, settings.until, settings.yesterday, zone, now)
     if window is not None and settings.input is not None:
         raise ConfigError(
             "give either a call list (--input PATH, - for stdin) or a window of the API's call "
             "list (--yesterday, or --since/--until), not both"
         )
     if deadline is not None:
-        deadline = _named(
-            names.get("deadline", "deadline"), parse_deadline, deadline, now, settings.tz
-        )
+        deadline = _named(names.get("deadline", "deadline"), parse_deadline, deadline, now, zone)
     credentials_from = " and ".join(names.get(key, key) for key in _SECRETS)
     return _render_paths(
         dataclasses.replace(
@@ -320,13 +312,9 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-def parse_deadline(value: object, now: datetime, zone_name: str) -> datetime:
+def parse_deadline(value: object, now: datetime, zone: ZoneInfo) -> datetime:
     """``--deadline``: a time of day (``06:00``: the next one after ``now``, in the ``tz``
     zone) or an ISO 8601 date and time (a zone-less one in ``tz``)."""
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"unknown time zone {zone_name!r}") from None
     try:
         if isinstance(value, datetime):
             moment = value

@@ -30,16 +30,20 @@ class Window:
         return {"since": self.since.isoformat(), "until": until}
 
 
-def parse_window(
-    since: str | None, until: str | None, yesterday: bool, zone_name: str, now: datetime
-) -> Window | None:
-    """The window the flags ask for, or None when they ask for none."""
+def parse_zone(name: str) -> ZoneInfo:
+    """The time zone ``name`` names (``UTC``, ``Europe/Berlin``)."""
     try:
-        zone = ZoneInfo(zone_name)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"unknown time zone {zone_name!r} (use a name like UTC or Europe/Berlin)"
+            f"unknown time zone {name!r} (use a name like UTC or Europe/Berlin)"
         ) from None
+
+
+def parse_window(
+    since: str | None, until: str | None, yesterday: bool, zone: ZoneInfo, now: datetime
+) -> Window | None:
+    """The window the flags ask for, or None when they ask for none."""
     if yesterday:
         if since or until:
             raise ConfigError("give either --yesterday or --since/--until, not both")

@@ -8,6 +8,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -122,7 +123,8 @@ NOW = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
     ],
 )
 def test_deadlines(deadline: str, zone: str, seconds: float) -> None:
-    assert (parse_deadline(deadline, NOW, zone) - NOW).total_seconds() == seconds
+    moment = parse_deadline(deadline, NOW, ZoneInfo(zone))
+    assert (moment - NOW).total_seconds() == seconds
 
 
 @pytest.mark.parametrize(
