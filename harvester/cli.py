@@ -31,12 +31,10 @@ from harvester.config import CONFIG_KEYS, Settings, load_settings
 from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
-    ApiUnavailable,
     ConfigError,
     FatalApiError,
-    InputError,
-    OutputError,
     TransientError,
+    status_of,
 )
 from harvester.files import DaemonExecutor, replace_file
 from harvester.job import harvest, ping, retry_failed
@@ -227,21 +225,15 @@ def _harvest(
     try:
         spec = settings.input if args.command == RUN and settings.progress else None
         _run_async(_supervised(work, progress, stopper, spec))
-    except (InputError, ConfigError) as exc:
-        return EXIT_USAGE, "usage-error", str(exc)
-    except ApiUnavailable as exc:
-        return EXIT_UNAVAILABLE, "api-unavailable", str(exc)
-    except FatalApiError as exc:
+    except Exception as exc:
+        status = status_of(exc)  # the same words as the ledger's record of the run
         error = str(exc)
-        if exc.status in (401, 403):
+        if status == "crashed":  # a bug: say so plainly, keep the traceback for the report
+            log.error("internal error, please report it with this log", exc_info=exc)
+            error = f"internal error: {type(exc).__name__}: {exc}; run the same command to resume"
+        elif isinstance(exc, FatalApiError) and exc.status in (401, 403):
             error += f" (check {settings.credentials_from}, and the user id)"
-        return EXIT_FATAL_API, "aborted", error
-    except OutputError as exc:
-        return EXIT_OUTPUT, "output-error", str(exc)
-    except Exception as exc:  # a bug: say so plainly, keep the traceback for the report
-        log.error("internal error, please report it with this log", exc_info=exc)
-        error = f"internal error: {type(exc).__name__}: {exc}; run the same command to resume"
-        return EXIT_INTERNAL, "crashed", error
+        return _EXIT_OF[status], status, error
     if stopper.signal is not None:
         name = signal.Signals(stopper.signal).name
         error = f"stopped by {name}; run the same command again to resume"
@@ -272,6 +264,15 @@ def _say_deadline(deadline: datetime, now: datetime) -> None:
         (deadline - now).total_seconds() / 60,
     )
 
+
+# The exit code of each way a run can fail (``errors.status_of``).
+_EXIT_OF = {
+    "usage-error": EXIT_USAGE,
+    "api-unavailable": EXIT_UNAVAILABLE,
+    "aborted": EXIT_FATAL_API,
+    "output-error": EXIT_OUTPUT,
+    "crashed": EXIT_INTERNAL,
+}
 
 _SIGNAL_CODES = (EXIT_SIGNAL_BASE + signal.SIGINT, EXIT_SIGNAL_BASE + signal.SIGTERM)
 
