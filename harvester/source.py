@@ -39,7 +39,6 @@ from harvester.chunks import BOM, MAX_LINE, ChunkReader, Lines
 from harvester.errors import InputError
 
 ID_FIELDS = ("callId", "id")
-FORMATS = ("text", "csv", "ndjson")
 # A list is refused when more than this share of its first CHECKED records (and at least
 # CHECKED_AT_LEAST of them) hold no call id.
 CHECKED, CHECKED_AT_LEAST, NOT_IDS_SHARE = 100, 10, 0.5
