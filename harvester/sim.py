@@ -268,7 +268,7 @@ class Simulator:
     ) -> str:
         """Serve on ``host:port`` (0: a free port), over TLS if given; returns the base URL."""
         self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.1
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)

@@ -5,22 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import io
+import logging
 import os
+import queue
+import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+from unittest import mock
 
 import orjson
 import pytest
 
+from harvester import cli
 from harvester.clock import sleep_timeout
 from harvester.config import Settings, load_settings
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (seconds of real time: processes, kills, signals) run first, each
+    given to whichever worker is free, so that the workers end together instead of one
+    finishing a long test alone at the end (with ``--maxschedchunk``, in pyproject.toml)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 class FakeClock:
@@ -115,24 +131,169 @@ HARVESTER = (sys.executable, "-m", "harvester")
 
 
 def run_harvester(
-    env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 60
+    env: dict[str, str],
+    *args: str,
+    stdin: bytes | None = None,
+    timeout: float = 60,
+    process: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """``harvester ARGS`` as a process of its own, to its end, with its output captured."""
-    return subprocess.run(
-        [*HARVESTER, *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
+    """``harvester ARGS`` to its end, with its output captured: in this process, through the
+    command's own ``main`` (as fast as a call), or, with ``stdin`` or ``process``, as a process of
+    its own (what signals, standard streams and exit-at-once need)."""
+    if stdin is not None or process:
+        return subprocess.run(
+            [*HARVESTER, *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    return _run_in_process(env, list(args))
+
+
+def _run_in_process(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """``cli.main(args)`` with ``env`` as the environment, its stdout and stderr captured, and
+    everything it sets for the process (log handlers, signal handlers) put back afterwards."""
+    log = logging.getLogger("harvester")
+    saved_log = (log.handlers[:], log.level, log.propagate)
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with (
+            mock.patch.dict(os.environ, env, clear=True),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            try:
+                code = cli.main(args)
+            except SystemExit as exit_:  # argparse's usage errors, --help, --version
+                code = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        log.handlers[:], log.level, log.propagate = saved_log
+        for signum, handler in saved_signals.items():
+            signal.signal(signum, handler)
+    return subprocess.CompletedProcess(
+        [*HARVESTER, *args], code, stdout.getvalue().encode(), stderr.getvalue().encode()
     )
 
 
-def start_harvester(
-    env: dict[str, str], *args: str, stderr: Any = subprocess.PIPE
-) -> subprocess.Popen[bytes]:
-    """``harvester ARGS`` started as a process of its own (its stdout discarded)."""
-    return subprocess.Popen([*HARVESTER, *args], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+def start_harvester(env: dict[str, str], *args: str, stderr: bool = True) -> Forked:
+    """``harvester ARGS`` started as a process of its own (no stdin, its stdout discarded, its
+    stderr kept unless ``stderr`` is false), forked from one that has harvester imported: see
+    ``tests/zygote.py``. What a test that kills or signals a harvester needs, in milliseconds.
+    (A test that measures the process's memory, or wraps it in another command, starts
+    ``HARVESTER`` itself.)"""
+    global _zygote
+    if _zygote is None or _zygote.process.poll() is not None:
+        _zygote = _Zygote()
+    return _zygote.start(env, list(args), stderr)
+
+
+class _Zygote:
+    """The worker's ``tests.zygote`` process, and what it says of the processes it forked."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+        )
+        self._started: queue.Queue[int] = queue.Queue()
+        self._exits: dict[int, int] = {}
+        self._ended = threading.Condition()
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def start(self, env: dict[str, str], args: list[str], keep_stderr: bool) -> Forked:
+        stderr = Path(tempfile.mkstemp(prefix="harvester-stderr-")[1]) if keep_stderr else None
+        request = {"args": args, "env": env, "stderr": str(stderr) if stderr else None}
+        assert self.process.stdin is not None
+        self.process.stdin.write(orjson.dumps(request) + b"\n")
+        self.process.stdin.flush()
+        return Forked(self, self._started.get(timeout=30), stderr)
+
+    def wait(self, pid: int, timeout: float | None) -> int | None:
+        with self._ended:
+            self._ended.wait_for(lambda: pid in self._exits, timeout)
+            return self._exits.get(pid)
+
+    def _listen(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            answer = orjson.loads(line)
+            if "started" in answer:
+                self._started.put(answer["started"])
+            else:
+                with self._ended:
+                    self._exits[answer["exited"]] = answer["code"]
+                    self._ended.notify_all()
+
+
+_zygote: _Zygote | None = None
+
+
+class Forked:
+    """A forked harvester, as much of ``subprocess.Popen`` as the tests use."""
+
+    def __init__(self, zygote: _Zygote, pid: int, stderr: Path | None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._zygote = zygote
+        self._stderr = stderr
+
+    def poll(self) -> int | None:
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._zygote.wait(self.pid, timeout)
+            if self.returncode is None and timeout:
+                raise subprocess.TimeoutExpired(HARVESTER, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[None, bytes]:
+        """Wait for the end; its stderr (``b""`` when it was discarded)."""
+        self.wait(timeout)
+        if self._stderr is None:
+            return None, b""
+        try:
+            return None, self._stderr.read_bytes()
+        finally:
+            self._stderr.unlink(missing_ok=True)
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended just now
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+def invocations(output: Path) -> int:
+    """How many runs have opened the job of ``output``, as its ledger says (0 before the first
+    has)."""
+    ledger = output.with_name(output.name + ".state") / "ledger.sqlite"
+    if not ledger.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(ledger)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+    except sqlite3.Error:  # not made yet
+        return 0
+    return 0 if row is None else int(orjson.loads(row[0])["invocations"])
+
+
+def opened(process: Forked, output: Path, before: int = 0) -> None:
+    """Wait until ``process`` has opened the job of ``output`` (a kill or signal before then
+    would meet a Python still starting, not harvester)."""
+    while invocations(output) == before:
+        assert process.poll() is None, "the run ended before it opened its job"
+        time.sleep(0.01)
 
 
 def output_of(settings: Settings) -> Path:
@@ -165,31 +326,18 @@ def simulator_process(folder: Path, *options: str) -> Iterator[dict[str, str]]:
     """``harvester sim`` as its own process; yields the environment that points at it, plus
     ``IDS_FILE``, the registry's call ids."""
     ready = folder / "url"
-    log = folder / "sim.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harvester",
-                "sim",
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-                "--ids-file",
-                str(folder / "ids.txt"),
-                *options,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    process = start_harvester(
+        dict(os.environ),
+        "sim",
+        *("--port", "0", "--ready-file", str(ready), "--ids-file", str(folder / "ids.txt")),
+        *options,
+    )
     deadline = time.monotonic() + 30
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"simulator did not start: {log.read_text()}")
-        time.sleep(0.02)
+            raise RuntimeError(f"simulator did not start: {process.communicate(10)[1]!r}")
+        time.sleep(0.01)
     try:
         yield {
             **os.environ,
@@ -201,7 +349,7 @@ def simulator_process(folder: Path, *options: str) -> Iterator[dict[str, str]]:
         }
     finally:
         process.terminate()
-        process.wait(10)
+        process.communicate(10)
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,9 @@ ANCHOR = datetime(2026, 11, 26, tzinfo=UTC)
 
 @pytest.fixture
 async def registry(clock: FakeClock) -> AsyncIterator[Simulator]:
-    """3,000 calls over the three days before 2026-11-26; it is 06:00 UTC that day."""
+    """1,500 calls over the three days before 2026-11-26; it is 06:00 UTC that day."""
     clock.now = NOW.timestamp()
-    config = SimConfig(calls=3000, days=3, anchor=ANCHOR)
+    config = SimConfig(calls=1500, days=3, anchor=ANCHOR)
     async with Simulator(config, clock=clock) as simulator:
         yield simulator
 
@@ -48,7 +48,7 @@ async def test_the_window_is_exact_at_both_edges_and_listing_stops_early(
     registry.config.list_cursor = cursor
     records = registry.call_records()
     # The window's edges fall exactly on two calls' start times.
-    since_call, until_call = records[1700], records[700]
+    since_call, until_call = records[1000], records[700]
     since, until = start_time(since_call), start_time(until_call)
     assert since is not None and until is not None
     settings = window_settings(
@@ -65,12 +65,12 @@ async def test_the_window_is_exact_at_both_edges_and_listing_stops_early(
     ids = [r["id"] for r in expected]
     assert since_call["id"] in ids, "since is inclusive"
     assert until_call["id"] not in ids, "until is exclusive"
-    assert len(ids) == 1000
+    assert len(ids) == 300
     assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
     assert canonical(read_ndjson(tmp_path / "out" / "calls.ndjson")) == canonical(expected)
-    # Pages of 100, newest first: the first call before `since` is number 1701, on page 18.
-    assert len(list_requests(registry)) == 18 < 30
-    assert stats.listed == 1800
+    # Pages of 100, newest first: the first call before `since` is number 1001, on page 11.
+    assert len(list_requests(registry)) == 11 < 30
+    assert stats.listed == 1100
     if cursor:
         assert all("page=" not in path for path in list_requests(registry))
 
@@ -104,7 +104,7 @@ async def test_yesterday_is_the_previous_day_in_the_time_zone(
 async def test_shards_are_disjoint_and_together_the_whole(
     registry: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
-    flags = {"since": "2026-11-25T00:00:00Z", "until": "2026-11-25T12:00:00Z"}
+    flags = {"since": "2026-11-25T00:00:00Z", "until": "2026-11-25T06:00:00Z"}
     whole = window_settings(registry, tmp_path, output=tmp_path / "whole.ndjson", **flags)
     await harvest(whole, clock=clock)
     shards = []
@@ -161,7 +161,7 @@ async def test_gzip_output_holds_exactly_the_plain_events(
     )
     # One gzip member per commit: more than one, each complete.
     assert (tmp_path / "packed.ndjson.gz").read_bytes().count(b"\x1f\x8b\x08") > 1
-    assert len(gzip.decompress((tmp_path / "calls.ndjson.gz").read_bytes()).splitlines()) == 250
+    assert len(gzip.decompress((tmp_path / "calls.ndjson.gz").read_bytes()).splitlines()) == 125
 
 
 async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
@@ -169,7 +169,7 @@ async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
 ) -> None:
     import asyncio
 
-    flags = {"since": "2026-11-24T00:00:00Z", "until": "2026-11-26T00:00:00Z", "commit_calls": 20}
+    flags = {"since": "2026-11-25T00:00:00Z", "until": "2026-11-26T00:00:00Z", "commit_calls": 20}
     settings = window_settings(registry, tmp_path, grace=1.0, **flags)
     stop = asyncio.Event()
     stats_holder: list[Any] = []
@@ -180,7 +180,7 @@ async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
         stats = RunStats()
         stats_holder.append(stats)
         task = asyncio.create_task(harvest(settings, clock=clock, stats=stats, stop=stop))
-        while stats.job.get("calls", 0) < 1000:
+        while stats.job.get("calls", 0) < 250:
             await asyncio.sleep(0.01)
         stop.set()
         await task
@@ -193,12 +193,12 @@ async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
 
     resumed_from = list_requests(registry)[0]
     assert "page=0" not in resumed_from and "page=" in resumed_from
-    assert first_run_lists + len(list_requests(registry)) < 2 * 21
-    ids = [r["id"] for r in registry.calls_between(datetime(2026, 11, 24, tzinfo=UTC), ANCHOR)]
+    assert first_run_lists + len(list_requests(registry)) < 2 * 6  # 6 pages in all
+    ids = [r["id"] for r in registry.calls_between(datetime(2026, 11, 25, tzinfo=UTC), ANCHOR)]
     output = read_ndjson(settings.output)
     assert len(output) == len({orjson.dumps(e) for e in output})
     assert canonical(output) == canonical(expected_events(ids))
-    assert stats.job["calls"] == len(ids) == 2000
+    assert stats.job["calls"] == len(ids) == 500
 
 
 @pytest.mark.parametrize("kind", ["503", "reset", "truncate", "html", "429"])
@@ -207,13 +207,12 @@ async def test_listing_retries_like_everything_else_and_events_start_before_it_e
 ) -> None:
     registry.config.faults = {kind: 0.4}
     registry.config.faults_on_list = True
-    settings = window_settings(
-        registry, tmp_path, since="2026-11-25T00:00:00Z", until="2026-11-26T00:00:00Z"
-    )
+    since, until = datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 25, 12, tzinfo=UTC)
+    settings = window_settings(registry, tmp_path, since=since.isoformat(), until=until.isoformat())
 
     stats = await harvest(settings, clock=clock)
 
-    ids = [r["id"] for r in registry.calls_between(datetime(2026, 11, 25, tzinfo=UTC), ANCHOR)]
+    ids = [r["id"] for r in registry.calls_between(since, until)]
     assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
     assert stats.failed == 0
     pages = list_requests(registry)

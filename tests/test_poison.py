@@ -21,13 +21,14 @@ from harvester.job import harvest
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 
 from .conftest import (
+    HARVESTER,
     FakeClock,
     canonical,
     expected_events,
     make_settings,
     output_of,
     read_ndjson,
-    start_harvester,
+    run_harvester,
 )
 from .hostile import POISONS, Hostile, expected_code, poison_id
 
@@ -50,6 +51,7 @@ async def api() -> AsyncIterator[Hostile]:
         yield server
 
 
+@pytest.mark.slow
 async def test_poison_answers_fail_their_own_call_and_never_the_run(
     api: Hostile, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -126,7 +128,9 @@ def run_measured(env: dict[str, str], *args: str) -> tuple[int, bytes, float]:
     while it runs (wait4's ru_maxrss would count this process's peak too: Linux carries it
     into a child across fork and exec)."""
     with tempfile.TemporaryFile() as stderr:
-        process = start_harvester(env, *args, stderr=stderr)
+        process = subprocess.Popen(
+            [*HARVESTER, *args], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
         peak = 0
         while process.poll() is None:
             with contextlib.suppress(OSError):  # gone, or a zombie without memory
@@ -139,6 +143,7 @@ def run_measured(env: dict[str, str], *args: str) -> tuple[int, bytes, float]:
         return process.returncode, stderr.read(), peak / 1024
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_whatever_the_server_sends(
     hostile_process: dict[str, str], tmp_path: Path
 ) -> None:
@@ -165,8 +170,8 @@ def test_memory_stays_bounded_whatever_the_server_sends(
     )
     assert len(stderr) < 10_000, "nothing the server sent was copied into the log in bulk"
     # The re-run finishes: nothing left to do.
-    code, stderr, _ = run_measured(hostile_process, *args)
-    assert code == 1 and b"completed earlier" in stderr, stderr
+    again = run_harvester(hostile_process, *args)
+    assert again.returncode == 1 and b"completed earlier" in again.stderr, again.stderr
     assert orjson.loads(out.read_bytes().splitlines()[0])["callId"] in GOOD
 
 

@@ -169,10 +169,11 @@ def test_rate_limit_delay_reads_every_header_form(
         assert result == pytest.approx(delay)
 
 
+@pytest.mark.slow
 async def test_a_429_pauses_every_worker_not_just_the_one_that_got_it(tmp_path: Path) -> None:
     # Real time: the point is what the other workers do while one waits. One call in ~20 is
-    # answered 429 with a reset 0.5 s ahead; every other request would succeed at once.
-    config = SimConfig(calls=60, faults={"429": 0.05}, max_faults_per_call=1)
+    # answered 429 with a reset 0.25 s ahead; every other request would succeed at once.
+    config = SimConfig(calls=60, faults={"429": 0.05}, max_faults_per_call=1, fault_reset=0.25)
     async with Simulator(config) as simulator:
         write_calls(tmp_path, simulator.call_ids())
         settings = make_settings(simulator, tmp_path, concurrency=4)
@@ -183,7 +184,7 @@ async def test_a_429_pauses_every_worker_not_just_the_one_that_got_it(tmp_path: 
     assert stats.rate_limited >= 1
     for index, exchange in enumerate(simulator.log):
         if exchange.status == 429:
-            reset = exchange.time + 0.5
+            reset = exchange.time + config.fault_reset
             early = [e for e in simulator.log[index + 1 :] if e.time < reset - 0.01]
             # Only the requests already on the wire when the 429 came back.
             assert len(early) <= settings.concurrency - 1, early

@@ -27,9 +27,12 @@ from harvester.sim import SimConfig, Simulator
 from .conftest import (
     HARVESTER,
     FakeClock,
+    Forked,
     canonical,
     expected_events,
+    invocations,
     make_settings,
+    opened,
     output_of,
     read_ndjson,
     run_harvester,
@@ -55,26 +58,10 @@ def committed_bytes(folder: Path, day: str, name: str) -> bytes:
     return path.read_bytes()[: orjson.loads(row[0])["sizes"][name]]
 
 
-def invocations(folder: Path) -> int:
-    """How many runs have opened the job of ``start_args(folder)``, as its ledger says."""
-    ledger = folder / "out" / "events.ndjson.state" / "ledger.sqlite"
-    if not ledger.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(ledger)) as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
-    except sqlite3.Error:  # not made yet
-        return 0
-    return 0 if row is None else int(orjson.loads(row[0])["invocations"])
-
-
-def underway(process: subprocess.Popen[bytes], folder: Path) -> None:
-    """Wait until ``process`` has opened its job and worked a moment (a signal before then
-    would meet a Python still starting, not harvester)."""
-    while invocations(folder) == 0:
-        assert process.poll() is None, "the run ended before it was underway"
-        time.sleep(0.01)
-    time.sleep(0.3)
+def underway(process: Forked, folder: Path) -> None:
+    """Wait until ``process`` has opened its job and worked a moment."""
+    opened(process, folder / "out" / "events.ndjson")
+    time.sleep(0.15)
 
 
 def start_args(folder: Path) -> list[str]:
@@ -85,14 +72,15 @@ def start_args(folder: Path) -> list[str]:
     ]
 
 
-def start(env: dict[str, str], folder: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start(env: dict[str, str], folder: Path, *extra: str) -> Forked:
     return start_harvester(env, *start_args(folder), *extra)
 
 
 def finish(env: dict[str, str], folder: Path, *extra: str) -> tuple[int, bytes]:
-    process = start(env, folder, *extra)
-    _, stderr = process.communicate(timeout=120)
-    return process.returncode, stderr
+    """The run of ``start_args(folder)`` to its end (in this process: what a resume needs is the
+    state on disk, not a process), wide enough that the faulty simulator's retries overlap."""
+    done = run_harvester(env, *start_args(folder), "--concurrency", "64", *extra)
+    return done.returncode, done.stderr
 
 
 def call_list(env: dict[str, str], folder: Path, calls: int | None = None) -> list[str]:
@@ -136,6 +124,7 @@ def faulty_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         yield env
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_gives_every_event_exactly_once(
     faulty_sim: dict[str, str], tmp_path: Path
 ) -> None:
@@ -143,7 +132,7 @@ def test_kill_9_at_random_moments_then_resume_gives_every_event_exactly_once(
     rng = random.Random(int(os.environ.get("KILL_SEED", "11")))
     kills = 0
     for _ in range(8):
-        opened = invocations(tmp_path)
+        before = invocations(tmp_path / "out" / "events.ndjson")
         process = start(
             faulty_sim,
             tmp_path,
@@ -155,9 +144,11 @@ def test_kill_9_at_random_moments_then_resume_gives_every_event_exactly_once(
             "6",
         )
         # Killed once it has opened the job, however slowly the machine starts a process.
-        while invocations(tmp_path) == opened and process.poll() is None:
+        while invocations(tmp_path / "out" / "events.ndjson") == before:
+            if process.poll() is not None:
+                break
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.4))
         if process.poll() is not None:
             process.communicate()
             break
@@ -175,6 +166,7 @@ def test_kill_9_at_random_moments_then_resume_gives_every_event_exactly_once(
     assert report["invocations"] >= kills + 1, "every killed run had opened the job"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_gracefully_and_the_next_run_completes(
     faulty_sim: dict[str, str], tmp_path: Path, signum: int, code: int
@@ -198,6 +190,7 @@ def test_a_signal_stops_gracefully_and_the_next_run_completes(
     assert_exactly_once(tmp_path, ids)
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_and_stays_resumable(
     faulty_sim: dict[str, str], tmp_path: Path
 ) -> None:
@@ -218,6 +211,7 @@ def test_a_second_signal_exits_at_once_and_stays_resumable(
     assert_exactly_once(tmp_path, ids)
 
 
+@pytest.mark.slow
 def test_gnu_timeout_signalling_the_process_and_its_group_is_one_graceful_stop(
     faulty_sim: dict[str, str], tmp_path: Path
 ) -> None:
@@ -226,7 +220,7 @@ def test_gnu_timeout_signalling_the_process_and_its_group_is_one_graceful_stop(
     # makes the run last longer than that, however slowly the machine starts it.
     args = [*start_args(tmp_path), "--grace", "5", "--rate", "20"]
     process = subprocess.Popen(
-        ["timeout", "--preserve-status", "3", *HARVESTER, *args],
+        ["timeout", "--preserve-status", "2", *HARVESTER, *args],
         env=faulty_sim,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -429,6 +423,7 @@ def test_a_corrupt_ledger_is_a_clear_error(sim_process: dict[str, str], tmp_path
     assert b"--fresh" in stderr
 
 
+@pytest.mark.slow
 def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_once(
     faulty_sim: dict[str, str], tmp_path: Path
 ) -> None:
@@ -458,9 +453,11 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
     day = (today - timedelta(days=1)).date().isoformat()
     rng = random.Random(5)
     kills = 0
-    for _ in range(8):
-        process = start_harvester(faulty_sim, *args, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.35, 0.8))
+    for _ in range(5):
+        before = invocations(tmp_path / "out" / f"events-{day}.ndjson.gz")
+        process = start_harvester(faulty_sim, *args, stderr=False)
+        opened(process, tmp_path / "out" / f"events-{day}.ndjson.gz", before)
+        time.sleep(rng.uniform(0.0, 0.4))
         if process.poll() is not None:
             break
         process.kill()
@@ -474,7 +471,7 @@ def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_o
             lines = text.splitlines()
             assert all(isinstance(orjson.loads(line), dict) for line in lines)
             assert len(lines) == len(set(lines))
-    done = run_harvester(faulty_sim, *args, timeout=120)
+    done = run_harvester(faulty_sim, *args, "--concurrency", "32")
 
     assert done.returncode == 0, done.stderr
     assert kills >= 3

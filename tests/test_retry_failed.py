@@ -22,7 +22,9 @@ from .conftest import (
     FakeClock,
     canonical,
     expected_events,
+    invocations,
     make_settings,
+    opened,
     output_of,
     read_ndjson,
     run_harvester,
@@ -106,8 +108,8 @@ async def test_nothing_to_retry_without_state(
         await retry_failed(make_settings(sim, tmp_path), clock=clock)
 
 
-def test_the_command(tmp_path: Path) -> None:
-
+@pytest.mark.slow
+def test_the_command(sim_process: dict[str, str], tmp_path: Path) -> None:
     from .conftest import simulator_process
 
     with simulator_process(
@@ -128,12 +130,9 @@ def test_the_command(tmp_path: Path) -> None:
             "--no-progress",
         )
         assert first.returncode == 1, first.stderr
-    # A well-behaved simulator this time, on another port: the same registry.
-    (tmp_path / "again").mkdir()
-    with simulator_process(tmp_path / "again", "--calls", "30") as env:
-        again = run_harvester(
-            env, "retry-failed", "-o", str(out), "--no-progress", "--summary", str(tmp_path / "s")
-        )
+    # A well-behaved simulator this time, on another port: the same registry (and ten more).
+    summary = str(tmp_path / "s")
+    again = run_harvester(sim_process, "retry-failed", "-o", str(out), "--summary", summary)
     assert again.returncode == 1, again.stderr  # the unknown call still fails
     assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
     assert [f["callId"] for f in read_ndjson(out.with_name("e.failures.ndjson"))] == [UNKNOWN[0]]
@@ -233,6 +232,7 @@ def read_gzip(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
 
 
+@pytest.mark.slow
 def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
     tmp_path: Path,
 ) -> None:
@@ -252,10 +252,12 @@ def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
     with simulator_process(tmp_path / "slow", "--calls", "120", "--latency", "0.05") as env:
         rng = random.Random(4)
         for _ in range(3):
+            before = invocations(out)
             again = start_harvester(
-                env, "retry-failed", *common, "--concurrency", "2", stderr=subprocess.DEVNULL
+                env, "retry-failed", *common, "--concurrency", "2", stderr=False
             )
-            time.sleep(rng.uniform(0.8, 1.2))
+            opened(again, out, before)
+            time.sleep(rng.uniform(0.1, 0.5))
             again.kill()
             again.wait()
             mended = run_harvester(env, *run)

@@ -21,6 +21,7 @@ from harvester.progress import count_records
 
 from .conftest import (
     HARVESTER,
+    Forked,
     canonical,
     expected_events,
     read_ndjson,
@@ -54,6 +55,7 @@ def assert_every_call_once(tmp_path: Path, summary: Path | None = None) -> None:
         assert (report["status"], report["ok"], report["failed"]) == ("completed", 1000, 0)
 
 
+@pytest.mark.slow
 def test_process_substitution_gives_every_call(open_world: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "ids.txt").write_text("\n".join(IDS) + "\n")
     summary = tmp_path / "summary.json"
@@ -72,6 +74,7 @@ def test_process_substitution_gives_every_call(open_world: dict[str, str], tmp_p
     assert_every_call_once(tmp_path, summary)
 
 
+@pytest.mark.slow
 def test_dev_stdin_from_a_pipe_gives_every_call(open_world: dict[str, str], tmp_path: Path) -> None:
     done = run(
         open_world,
@@ -96,7 +99,7 @@ def test_a_named_fifo_gives_every_call(open_world: dict[str, str], tmp_path: Pat
     assert_every_call_once(tmp_path)
 
 
-def waiting_for_a_writer(process: subprocess.Popen[bytes]) -> None:
+def waiting_for_a_writer(process: Forked) -> None:
     """Until a thread of ``process`` waits in a FIFO's open() (Linux names that wait in
     /proc; where it does not, a few seconds)."""
     deadline = time.monotonic() + 20
@@ -113,6 +116,7 @@ def waiting_for_a_writer(process: subprocess.Popen[bytes]) -> None:
     time.sleep(2.0)
 
 
+@pytest.mark.slow
 def test_a_fifo_nobody_writes_to_still_stops_on_sigterm_and_resumes_later(
     open_world: dict[str, str], tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester.progress import Progress, count_records
@@ -24,10 +25,11 @@ def run(env: dict[str, str], folder: Path, *extra: str) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_off_a_terminal_a_progress_line_comes_every_log_every_seconds(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:
-    done = run(sim_process, tmp_path, "--rate", "25", "--log-every", "0.3")
+    done = run(sim_process, tmp_path, "--rate", "40", "--log-every", "0.2")
     lines = [line for line in done.stderr.splitlines() if b"progress:" in line]
     assert done.returncode == 1, done.stderr
     assert len(lines) >= 3
@@ -36,6 +38,7 @@ def test_off_a_terminal_a_progress_line_comes_every_log_every_seconds(
     assert b"events" in lines[-1] and b"429s" in lines[-1]
 
 
+@pytest.mark.slow
 def test_json_logs_are_json_with_events_and_never_a_secret(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:
@@ -43,9 +46,9 @@ def test_json_logs_are_json_with_events_and_never_a_secret(
         sim_process,
         tmp_path,
         "--rate",
-        "25",
+        "40",
         "--log-every",
-        "0.3",
+        "0.2",
         "--log-format",
         "json",
         "--verbose",
