@@ -1,15 +1,13 @@
 """Time, injectable: everything that waits or reads the time takes a ``Clock``.
 
-Tests pass a clock whose ``sleep`` advances time instantly, so backoff, rate limits and the
-grace period are exercised in milliseconds.
+Tests pass a clock whose ``sleep`` advances time instantly, so backoff, rate limits, the grace
+period and the commit interval are exercised in milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -49,31 +47,6 @@ class SystemClock:
 
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
         return asyncio.timeout(seconds)
-
-
-@contextlib.asynccontextmanager
-async def sleep_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
-    """``Clock.timeout`` for a clock that has only ``sleep``: an alarm task sleeps ``seconds``
-    on it, then cancels the block (as ``asyncio.timeout`` does, and with its ``uncancel``)."""
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    async def alarm() -> None:
-        nonlocal expired
-        await clock.sleep(seconds)
-        expired = True
-        task.cancel()
-
-    alarm_task = asyncio.create_task(alarm())
-    try:
-        yield
-    except asyncio.CancelledError:
-        if expired and task.uncancel() == 0:
-            raise TimeoutError from None
-        raise
-    finally:
-        alarm_task.cancel()
 
 
 async def sleep_unless(clock: Clock, seconds: float, event: asyncio.Event | None) -> bool:

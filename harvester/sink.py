@@ -197,14 +197,11 @@ class Sink:
     # -- committing ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit whenever a batch is full or ``commit_seconds`` have passed, until ``finish``.
-
-        The interval is the event loop's real time, not the clock's: on a test's clock, whose
-        sleeps pass at once, a commit timer would make the simulated time race ahead of the
-        backoffs and rate limits it is there to measure."""
+        """Commit whenever a batch is full or ``commit_seconds`` have passed on the clock, until
+        ``finish``."""
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._seconds):
+                async with self._clock.timeout(self._seconds):
                     await self._due.wait()
             await self.commit()
         # What arrived while the last commit was under way.

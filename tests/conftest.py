@@ -16,8 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +26,6 @@ import orjson
 import pytest
 
 from harvester import cli
-from harvester.clock import sleep_timeout
 from harvester.config import Settings, load_settings
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
 
@@ -45,6 +43,12 @@ class FakeClock:
     Sleepers wake one at a time in order of their wake-up time, the clock jumping to each; the
     next wakes only after the previous one has run, so what a task reads from the clock when it
     wakes is the time it asked for.
+
+    Only sleepers move time. A ``timeout`` goes off once time has passed it, but does not make
+    time pass by itself: a commit timer beside a run must not jump the clock ahead of the
+    backoffs and rate limits under test each time every worker waits for an answer. A test that
+    waits for something else than this clock (an answer that never comes, say) lets time pass
+    with a sleep of its own.
     """
 
     def __init__(self) -> None:
@@ -52,6 +56,8 @@ class FakeClock:
         self.offset = 1_000_000.0  # monotonic = wall - offset
         self.sleeps: list[float] = []
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._alarms: list[tuple[float, int]] = []  # timeouts: when, and which
+        self._rings: dict[int, Callable[[], None]] = {}
         self._sequence = 0
         self._advance_pending = False
 
@@ -72,8 +78,34 @@ class FakeClock:
             loop.call_soon(self._advance)
         await woken
 
-    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
-        return sleep_timeout(self, seconds)
+    @contextlib.asynccontextmanager
+    async def timeout(self, seconds: float) -> AsyncIterator[None]:
+        """``asyncio.timeout`` on this clock (with its ``uncancel``), gone off once a sleeper
+        has moved the clock past it."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def ring() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        alarm = self._sequence
+        self._sequence += 1
+        if seconds <= 0:
+            asyncio.get_running_loop().call_soon(ring)
+        else:
+            heapq.heappush(self._alarms, (self.now + seconds, alarm))
+            self._rings[alarm] = ring
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._rings.pop(alarm, None)
 
     def _advance(self) -> None:
         self._advance_pending = False
@@ -83,6 +115,10 @@ class FakeClock:
                 self.now = max(self.now, when)
                 woken.set_result(None)
                 break
+        while self._alarms and self._alarms[0][0] <= self.now:
+            ring = self._rings.pop(heapq.heappop(self._alarms)[1], None)
+            if ring is not None:  # None: its block ended before
+                ring()
         if self._waiters:
             # Scheduled after the woken task's own step, which set_result just queued.
             self._advance_pending = True

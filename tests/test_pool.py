@@ -13,6 +13,7 @@ import pytest
 
 from harvester.errors import FatalApiError
 from harvester.job import harvest
+from harvester.journal import Batch, Journal
 from harvester.sim import FAULT_KINDS, Simulator
 from harvester.stats import RunStats
 
@@ -310,7 +311,8 @@ async def test_calls_still_in_flight_when_the_grace_period_ends_are_abandoned_an
 
     started = time.monotonic()
     stop.set()
-    await run  # the 30 s of grace pass on the test's clock, at once
+    await clock.sleep(31)  # the 30 s of grace pass on the test's clock, at once
+    await run
 
     assert time.monotonic() - started < 5
     assert "grace period over: abandoning 4 calls in flight" in caplog.text
@@ -369,3 +371,34 @@ async def test_calls_waiting_to_be_tried_again_are_dropped_at_once_when_the_run_
     assert time.monotonic() - started < 2, "no waiting out a backoff once stopping"
     assert (stats.ok, stats.failed) == (0, 0), "not failed: left for the next run"
     assert settings.failures_path.read_bytes() == b""
+
+
+async def test_a_batch_that_never_fills_is_committed_by_the_interval_on_the_clock(
+    sim: Simulator, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = sim.call_ids()[:30]
+    write_calls(tmp_path, ids)
+    # One request a second on the test's clock, one at a time, and a batch that never fills:
+    # only the 5 s interval commits before the end, on the clock, in no real time. (On this
+    # clock, time runs on while the disk commits, so how late a commit is says nothing.)
+    settings = make_settings(
+        sim, tmp_path, rate=1.0, concurrency=1, commit_calls=1000, commit_seconds=5.0
+    )
+    commits: list[tuple[float, int]] = []
+    commit = Journal.commit
+
+    def counted(journal: Journal, batch: Batch, totals: dict[str, int], elapsed: float) -> None:
+        if len(batch):
+            commits.append((clock.monotonic(), len(batch)))
+        commit(journal, batch, totals, elapsed)
+
+    monkeypatch.setattr(Journal, "commit", counted)
+    began, real_began = clock.monotonic(), time.monotonic()
+
+    stats = await harvest(settings, clock=clock)
+
+    assert stats.ok == len(ids) and time.monotonic() - real_began < 5
+    assert clock.monotonic() - began > 28, "thirty requests a second apart"
+    assert len(commits) >= 2, "outcomes were committed before the end of the run"
+    assert commits[0][0] - began >= 5, "not before the interval: the batch never fills"
+    assert sum(calls for _, calls in commits) == len(ids)
