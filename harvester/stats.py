@@ -73,6 +73,7 @@ def summary_document(
         "failures_by_code": job.get("failures_by_code", {}),
         "elapsed_s": job.get("elapsed_s", round(elapsed, 3)),
         "invocations": job.get("invocations", 0),
+        "job_completed": bool(job.get("completed", False)),
         "this_run": {**stats.as_dict(), "elapsed_s": round(elapsed, 3)},
         "started_at": started_at.isoformat(timespec="seconds"),
         "input": settings.input,

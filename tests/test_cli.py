@@ -50,6 +50,7 @@ def test_a_clean_run_exits_0_with_exact_output_and_a_summary(
     assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
     report = orjson.loads(summary.read_bytes())
     assert report["status"] == "completed" and report["exit_code"] == 0
+    assert report["job_completed"] is True
     assert (report["calls"], report["ok"], report["failed"]) == (len(ids), len(ids), 0)
     assert report["this_run"]["unfinished"] == 0
     assert report["invocations"] == 1

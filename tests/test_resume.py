@@ -182,7 +182,7 @@ def test_a_signal_stops_gracefully_and_the_next_run_completes(
     assert time.monotonic() - started < 5
     assert b"finishing calls in flight" in stderr
     report = orjson.loads((tmp_path / "summary.json").read_bytes())
-    assert report["status"] == "stopped"
+    assert report["status"] == "stopped" and report["job_completed"] is False
     assert b"grace period over" not in stderr, "calls on the wire were finished within grace"
     assert 0 < report["calls"] < len(ids)
 

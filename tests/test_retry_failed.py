@@ -8,6 +8,7 @@ import random
 import subprocess
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from harvester.errors import ConfigError
 from harvester.job import harvest, retry_failed
 from harvester.sim import Simulator
+from harvester.stats import summary_document
 
 from .conftest import (
     FakeClock,
@@ -323,6 +325,8 @@ async def test_retry_failed_on_an_unfinished_job_says_that_run_goes_on_with_it(
     sim.config.latency = 0.0
     caplog.set_level(logging.INFO, logger="harvester")
 
-    await retry_failed(settings, clock=clock)
+    stats = await retry_failed(settings, clock=clock)
 
     assert "this job is not finished" in caplog.text and "`harvester run`" in caplog.text
+    summary = summary_document(settings, stats, "completed", 0, datetime.now(UTC), 0.1)
+    assert summary["job_completed"] is False, "its own work completed; the job's did not"
