@@ -22,12 +22,13 @@ import sys
 import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from harvester import __version__, logs
-from harvester.config import CONFIG_KEYS, Settings, load_settings
+from harvester.config import CONFIG_KEYS, Settings, load_settings, render_path
 from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
@@ -39,12 +40,14 @@ from harvester.errors import (
 from harvester.files import DaemonExecutor, replace_file
 from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
-from harvester.options import CHECK, RETRY, RUN, add_options, path
+from harvester.options import CHECK, RETRY, RUN, STATUS, add_options, path
 from harvester.progress import Progress, count_records
+from harvester.shard import Shard
 from harvester.sim_command import add_sim_command, serve_sim
 from harvester.stats import RunStats, summary_document, summary_line
 from harvester.status import job_status, status_lines
 from harvester.stopper import EXIT_SIGNAL_BASE, Stopper
+from harvester.window import parse_window, parse_zone
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -144,14 +147,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_options(check, CHECK)
     status = commands.add_parser(
-        "status",
+        STATUS,
         help="where a job stands, without running it",
         description="Read the state beside --output and say what the job harvests, how far it "
         "got (calls done, failed by code), how its last run ended, and whether a harvester is "
-        "running it now. Changes nothing. Exit 0, or 2 when there is no job there.",
+        "running it now. Changes nothing. Exit 0, or 2 when there is no job there. An --output "
+        "holding {date} or {shard} takes the run's --yesterday/--since, --tz and --shard to "
+        "fill them.",
     )
-    status.add_argument("--output", "-o", metavar="PATH", type=path, required=True)
+    status.add_argument(
+        "--output", "-o", metavar="PATH", type=path, required=True, help="the job's output"
+    )
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_options(status, STATUS)
     add_sim_command(commands)
     return parser
 
@@ -344,7 +352,7 @@ async def _count(progress: Progress, input_spec: str) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        status = job_status(args.output)
+        status = job_status(_job_output(args))
     except ConfigError as exc:
         log.error("error: %s", exc)
         return EXIT_USAGE
@@ -359,6 +367,15 @@ def _status(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # | head: whoever reads has read enough; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
+
+
+def _job_output(args: argparse.Namespace) -> Path:
+    """``--output`` with ``{date}`` and ``{shard}`` filled from the window and shard flags, as
+    the run that wrote it filled them."""
+    zone = parse_zone(args.tz or "UTC")
+    window = parse_window(args.since, args.until, args.yesterday, zone, datetime.now(UTC))
+    shard = Shard.parse(args.shard) if args.shard else None
+    return render_path("--output", args.output, window, shard)
 
 
 # -- check -----------------------------------------------------------------------------------

@@ -341,25 +341,29 @@ def _next_time_of_day(clock_time: time, now: datetime, zone: ZoneInfo) -> dateti
 
 def _render_paths(settings: Settings) -> Settings:
     """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths."""
-    window, shard = settings.window, settings.shard
-    values: dict[str, Any] = {}
-    for key in _PATHS:
-        path = getattr(settings, key)
-        if path is None:
-            continue
-        text = str(path)
-        if "{date}" in text:
-            if window is None:
-                raise ConfigError(
-                    f"{key} {text} holds {{date}}, which needs a window (--yesterday or --since)"
-                )
-            text = text.replace("{date}", window.day.isoformat())
-        if "{shard}" in text:
-            if shard is None:
-                raise ConfigError(f"{key} {text} holds {{shard}}, which needs --shard K/N")
-            text = text.replace("{shard}", str(shard.index))
-        values[key] = Path(text)
+    values: dict[str, Any] = {
+        key: render_path(key, path, settings.window, settings.shard)
+        for key in _PATHS
+        if (path := getattr(settings, key)) is not None
+    }
     return dataclasses.replace(settings, **values)
+
+
+def render_path(name: str, path: Path, window: Window | None, shard: Shard | None) -> Path:
+    """``path`` with ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) filled;
+    ``name`` is the setting's, for the error when the window or the shard is missing."""
+    text = str(path)
+    if "{date}" in text:
+        if window is None:
+            raise ConfigError(
+                f"{name} {text} holds {{date}}, which needs a window (--yesterday or --since)"
+            )
+        text = text.replace("{date}", window.day.isoformat())
+    if "{shard}" in text:
+        if shard is None:
+            raise ConfigError(f"{name} {text} holds {{shard}}, which needs --shard K/N")
+        text = text.replace("{shard}", str(shard.index))
+    return Path(text)
 
 
 # The type each setting holds, None aside: the real types, not their names.

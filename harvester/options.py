@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RUN, RETRY, CHECK = "run", "retry-failed", "check"
+RUN, RETRY, CHECK, STATUS = "run", "retry-failed", "check", "status"
 _JOBS = (RUN, RETRY)
 _ALL = (RUN, RETRY, CHECK)
+_TEMPLATES = (RUN, RETRY, STATUS)  # what fills {date} and {shard} in a path
 
 
 def path(text: str) -> Path:
@@ -207,24 +208,29 @@ OPTIONS = (
     Option(
         ("--shard",),
         "take only shard K of N (0 <= K < N) of the calls, by a stable hash of the id",
-        _JOBS,
+        _TEMPLATES,
         metavar="K/N",
     ),
     # Nightly mode.
-    Option(("--yesterday",), "the previous day in --tz", _JOBS, group=NIGHTLY, extra=_ON),
+    Option(("--yesterday",), "the previous day in --tz", _TEMPLATES, group=NIGHTLY, extra=_ON),
     Option(
         ("--since",),
         "window start, inclusive (ISO 8601; no zone: --tz)",
-        _JOBS,
+        _TEMPLATES,
         metavar="TIME",
         group=NIGHTLY,
     ),
     Option(
-        ("--until",), "window end, exclusive (default: now)", _JOBS, metavar="TIME", group=NIGHTLY
+        ("--until",),
+        "window end, exclusive (default: now)",
+        _TEMPLATES,
+        metavar="TIME",
+        group=NIGHTLY,
     ),
     Option(
         ("--tz",),
         "time zone of --yesterday, --deadline and of zone-less times (default UTC)",
+        (*_JOBS, STATUS),
         metavar="ZONE",
         group=NIGHTLY,
     ),

@@ -246,6 +246,24 @@ def test_status_says_where_a_job_stands_and_changes_nothing(
     assert after == state, "status changed nothing"
 
 
+def test_status_fills_a_templated_output_as_the_nightly_run_did(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    out = str(tmp_path / "e-{date}-{shard}.ndjson")
+    nightly = ["--yesterday", "--tz", "America/New_York", "--shard", "1/2"]
+    assert run_harvester(sim_process, "run", *nightly, "-o", out, "--no-progress").returncode == 0
+
+    done = run_harvester({}, "status", "-o", out, *nightly, "--json")
+
+    assert done.returncode == 0, done.stderr
+    status = orjson.loads(done.stdout)
+    assert status["shard"] == "1/2" and status["completed"]
+    day = datetime.now(ZoneInfo("America/New_York")).date() - timedelta(days=1)
+    assert status["output"] == str(tmp_path / f"e-{day.isoformat()}-1.ndjson")
+    missing = run_harvester({}, "status", "-o", out, "--yesterday")
+    assert missing.returncode == 2 and b"needs --shard" in missing.stderr
+
+
 def test_status_names_the_harvester_running_the_job(tmp_path: Path) -> None:
     from harvester.journal import Journal
 
