@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harvester`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
-    # Errors in the settings are logged as the command line asked, before they are loaded.
-    logs.configure(getattr(args, "log_format", None) or "text", getattr(args, "verbose", False))
+    # Errors in the settings are logged as asked, before they are loaded.
+    logs.configure(_log_format(args), getattr(args, "verbose", False))
     if args.command in ("run", "retry-failed"):
         _steady_memory()
         return _run(args)
@@ -79,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
+
+
+def _log_format(args: argparse.Namespace) -> str:
+    """The log format asked for: the flag's, else the config file's (looked up alone first, so
+    that what is wrong in that very file is said in it), else text. A config file that is not
+    a regular file (a pipe) is read once, by the settings, and not looked into here."""
+    given: str | None = getattr(args, "log_format", None)
+    config: Path | None = getattr(args, "config", None)
+    if given is None and config is not None and config.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            found = tomllib.loads(config.read_text()).get("log_format")
+            given = found if found in ("text", "json") else None
+    return given or "text"
 
 
 def _steady_memory() -> None:

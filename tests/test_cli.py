@@ -15,7 +15,7 @@ import pytest
 
 from harvester.sim import SIM_SECRET
 
-from .conftest import canonical, expected_events, read_ndjson, run_harvester
+from .conftest import HARVESTER, canonical, expected_events, read_ndjson, run_harvester
 
 
 def registry(env: dict[str, str]) -> list[str]:
@@ -392,6 +392,32 @@ def test_a_settings_error_is_logged_as_json_when_json_was_asked_for(tmp_path: Pa
     [line] = done.stderr.splitlines()
     record = orjson.loads(line)
     assert record["level"] == "error" and "no user id" in record["message"]
+
+
+def test_what_is_wrong_in_a_config_file_is_said_as_that_file_asks(tmp_path: Path) -> None:
+    config = tmp_path / "h.toml"
+    config.write_text('log_format = "json"\nconcurrency = "many"\napi_secret = "s3cret"\n')
+    config.chmod(0o644)  # a secret others can read: a warning, in JSON too
+    args = ["run", "-i", "x.txt", "-o", str(tmp_path / "o"), "--config", str(config)]
+    done = run_harvester({}, *args)
+    assert done.returncode == 2
+    warning, error = (orjson.loads(line) for line in done.stderr.splitlines())
+    assert warning["level"] == "warning" and "chmod 600" in warning["message"]
+    assert error["level"] == "error" and "concurrency (in " in error["message"]
+    assert b"s3cret" not in done.stderr
+
+
+def test_a_config_file_from_a_pipe_is_read_once(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "calls.txt").write_text("\n".join(registry(sim_process)[:3]))
+    script = (
+        f"{' '.join(HARVESTER)} run -i {tmp_path / 'calls.txt'} -o {tmp_path / 'o.ndjson'} "
+        "--config <(printf 'log_format = \"json\"\\nconcurrency = 2\\n')"
+    )
+    done = subprocess.run(["bash", "-c", script], env=sim_process, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert all(orjson.loads(line)["level"] for line in done.stderr.splitlines()), "JSON lines"
 
 
 def test_refused_credentials_from_a_config_file_point_at_the_file(
