@@ -105,10 +105,12 @@ async def harvest(
             growing = (
                 is_stream(settings.input) if settings.input else bool(window and window.open_end)
             )
-            if sink.meta["completed"] and not growing:
-                log.info("this job was completed earlier; nothing to do (--fresh starts over)")
-                stats.completed = True
-                return stats
+            if sink.meta["completed"]:
+                if not growing:
+                    log.info("this job was completed earlier; nothing to do (--fresh starts over)")
+                    stats.completed = True
+                    return stats
+                await sink.reopen()
             if sink.meta["invocations"] > 1:
                 log.info("resuming: %d calls were done earlier", sink.meta["totals"]["calls"])
             async with sink.recording("run", stop):

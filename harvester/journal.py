@@ -362,9 +362,10 @@ class Journal:
         except sqlite3.Error as exc:
             raise OutputError(f"cannot write the ledger: {exc}") from None
 
-    def mark_completed(self) -> None:
-        """Record that every input record has reached an outcome."""
-        self.meta["completed"] = True
+    def mark_completed(self, completed: bool = True) -> None:
+        """Record that every input record has reached an outcome (or, ``completed`` false, that
+        a run is reading the input through again and may find more)."""
+        self.meta["completed"] = completed
         try:
             with self._db:
                 self._write_meta()

@@ -168,6 +168,8 @@ class Pool:
             await self._take_on_all(batches)
         except InputError as exc:
             self._input_error = exc  # raised once the calls read before it are done
+        except Stopping:
+            return  # a list page not asked for: the next run reads on from the last place
         for _ in range(self._settings.concurrency):
             await self._queue.put(None)
 

@@ -157,6 +157,12 @@ class Sink:
                 with contextlib.suppress(OutputError):
                     await self._on_disk(self._journal.note_run, status=status, ended_at=ended_at)
 
+    async def reopen(self) -> None:
+        """A completed job whose input is read through again (a stream, an open window): not
+        completed until this run is."""
+        await self._on_disk(self._journal.mark_completed, False)
+        self._stats.job = self._journal.snapshot()
+
     async def mark_completed(self) -> None:
         """Record that every input record has reached an outcome."""
         await self._on_disk(self._journal.mark_completed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from harvester.errors import ConfigError, FatalApiError
 from harvester.job import harvest
 from harvester.listing import start_time
 from harvester.sim import SimConfig, Simulator
+from harvester.status import job_status
 
 from .conftest import FakeClock, canonical, expected_events, make_settings, read_ndjson
 
@@ -167,8 +169,6 @@ async def test_gzip_output_holds_exactly_the_plain_events(
 async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
     registry: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
-    import asyncio
-
     flags = {"since": "2026-11-25T00:00:00Z", "until": "2026-11-26T00:00:00Z", "commit_calls": 20}
     settings = window_settings(registry, tmp_path, grace=1.0, **flags)
     stop = asyncio.Event()
@@ -281,3 +281,30 @@ async def test_window_and_shard_mistakes_are_explained(
     with pytest.raises(ConfigError, match=message):
         await run()
     assert registry.log == []
+
+
+async def test_a_completed_open_window_run_again_is_not_completed_until_that_run_is(
+    registry: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    settings = window_settings(registry, tmp_path, since="2026-11-25T12:00:00Z")
+    assert (await harvest(settings, clock=clock)).job["completed"]
+    stop = asyncio.Event()
+    stop.set()  # stopped at once: the newer calls of the window are not taken on
+
+    stats = await harvest(settings, clock=clock, stop=stop)
+
+    assert not stats.completed and stats.job["completed"] is False
+    assert settings.output is not None and job_status(settings.output)["completed"] is False
+
+
+async def test_a_stop_before_a_list_page_is_asked_for_is_a_stop_not_a_crash(
+    registry: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    settings = window_settings(registry, tmp_path, yesterday=True)
+    stop = asyncio.Event()
+    stop.set()  # SIGTERM while the lister waits for its turn, say: the page is not asked for
+
+    stats = await harvest(settings, clock=clock, stop=stop)
+
+    assert not stats.completed and list_requests(registry) == []
+    assert (await harvest(settings, clock=clock)).completed, "the next run goes on"
