@@ -30,6 +30,12 @@ from harvester.config import Settings, load_settings
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
 
 
+def pytest_sessionfinish() -> None:
+    """The zygote of ``start_harvester`` ends with the session, and is waited for."""
+    if _zygote is not None:
+        _zygote.close()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` (seconds of real time: processes, kills, signals) run first, each
     given to whichever worker is free, so that the workers end together instead of one
@@ -93,8 +99,9 @@ class FakeClock:
 
         alarm = self._sequence
         self._sequence += 1
-        if seconds <= 0:
-            asyncio.get_running_loop().call_soon(ring)
+        now: asyncio.Handle | None = None
+        if seconds <= 0:  # gone off already, as asyncio's would be at its next step
+            now = asyncio.get_running_loop().call_soon(ring)
         else:
             heapq.heappush(self._alarms, (self.now + seconds, alarm))
             self._rings[alarm] = ring
@@ -106,21 +113,29 @@ class FakeClock:
             raise
         finally:
             self._rings.pop(alarm, None)
+            if now is not None:
+                now.cancel()
 
     def _advance(self) -> None:
+        """The next event: the earliest sleeper wakes, unless a timeout falls due before it,
+        which then goes off first, at its own time."""
         self._advance_pending = False
-        while self._waiters:
+        while self._waiters and self._waiters[0][2].cancelled():
+            heapq.heappop(self._waiters)
+        while self._alarms and self._alarms[0][1] not in self._rings:  # its block ended
+            heapq.heappop(self._alarms)
+        if not self._waiters:
+            return
+        if self._alarms and self._alarms[0][0] <= self._waiters[0][0]:
+            when, alarm = heapq.heappop(self._alarms)
+            self.now = max(self.now, when)
+            self._rings.pop(alarm)()
+        else:
             when, _, woken = heapq.heappop(self._waiters)
-            if not woken.cancelled():
-                self.now = max(self.now, when)
-                woken.set_result(None)
-                break
-        while self._alarms and self._alarms[0][0] <= self.now:
-            ring = self._rings.pop(heapq.heappop(self._alarms)[1], None)
-            if ring is not None:  # None: its block ended before
-                ring()
+            self.now = max(self.now, when)
+            woken.set_result(None)
         if self._waiters:
-            # Scheduled after the woken task's own step, which set_result just queued.
+            # Scheduled after the woken task's own step, which was just queued.
             self._advance_pending = True
             asyncio.get_running_loop().call_soon(self._advance)
 
@@ -175,7 +190,8 @@ def run_harvester(
 ) -> subprocess.CompletedProcess[bytes]:
     """``harvester ARGS`` to its end, with its output captured: in this process, through the
     command's own ``main`` (as fast as a call), or, with ``stdin`` or ``process``, as a process of
-    its own (what signals, standard streams and exit-at-once need)."""
+    its own (what signals, standard streams and exit-at-once need). ``timeout`` bounds a process;
+    in this process, pytest-timeout does."""
     if stdin is not None or process:
         return subprocess.run(
             [*HARVESTER, *args],
@@ -189,12 +205,18 @@ def run_harvester(
 
 
 def _run_in_process(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[bytes]:
-    """``cli.main(args)`` with ``env`` as the environment, its stdout and stderr captured, and
-    everything it sets for the process (log handlers, signal handlers) put back afterwards."""
-    log = logging.getLogger("harvester")
-    saved_log = (log.handlers[:], log.level, log.propagate)
+    """``cli.main(args)`` with ``env`` as the environment and its stdout and stderr captured:
+    stderr also gets what a process would print there of the rest of the log (aiohttp's,
+    asyncio's "Exception in callback", a warning), which would otherwise go to pytest. What it
+    sets for the process (log handlers and levels, signal handlers) is put back afterwards."""
+    loggers = [logging.getLogger(name) for name in ("harvester", "aiohttp")]
+    saved_logs = [(each.handlers[:], each.level, each.propagate) for each in loggers]
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     stdout, stderr = io.StringIO(), io.StringIO()
+    last_resort = logging.StreamHandler(stderr)  # as Python's own, with no handler configured
+    last_resort.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(last_resort)
     try:
         with (
             mock.patch.dict(os.environ, env, clear=True),
@@ -206,7 +228,9 @@ def _run_in_process(env: dict[str, str], args: list[str]) -> subprocess.Complete
             except SystemExit as exit_:  # argparse's usage errors, --help, --version
                 code = exit_.code if isinstance(exit_.code, int) else 2
     finally:
-        log.handlers[:], log.level, log.propagate = saved_log
+        root.removeHandler(last_resort)
+        for each, (handlers, level, propagate) in zip(loggers, saved_logs, strict=True):
+            each.handlers[:], each.level, each.propagate = handlers, level, propagate
         for signum, handler in saved_signals.items():
             signal.signal(signum, handler)
     return subprocess.CompletedProcess(
@@ -238,21 +262,46 @@ class _Zygote:
         )
         self._started: queue.Queue[int] = queue.Queue()
         self._exits: dict[int, int] = {}
+        self._gone = False
         self._ended = threading.Condition()
         threading.Thread(target=self._listen, daemon=True).start()
 
     def start(self, env: dict[str, str], args: list[str], keep_stderr: bool) -> Forked:
-        stderr = Path(tempfile.mkstemp(prefix="harvester-stderr-")[1]) if keep_stderr else None
+        stderr = None
+        if keep_stderr:
+            fd, name = tempfile.mkstemp(prefix="harvester-stderr-")
+            os.close(fd)
+            stderr = Path(name)
         request = {"args": args, "env": env, "stderr": str(stderr) if stderr else None}
         assert self.process.stdin is not None
         self.process.stdin.write(orjson.dumps(request) + b"\n")
         self.process.stdin.flush()
-        return Forked(self, self._started.get(timeout=30), stderr)
+        try:
+            return Forked(self, self._started.get(timeout=30), stderr)
+        except queue.Empty:
+            self.process.kill()  # whatever it says next would be taken for the next start's
+            raise RuntimeError("the test zygote did not fork a harvester within 30 s") from None
 
     def wait(self, pid: int, timeout: float | None) -> int | None:
+        """``pid``'s exit code once it has ended (told once), None if not within ``timeout``."""
         with self._ended:
-            self._ended.wait_for(lambda: pid in self._exits, timeout)
-            return self._exits.get(pid)
+            self._ended.wait_for(lambda: pid in self._exits or self._gone, timeout)
+            if pid in self._exits:
+                return self._exits.pop(pid)
+            if self._gone:
+                raise RuntimeError(f"the test zygote died; harvester {pid} is unaccounted for")
+            return None
+
+    def close(self) -> None:
+        """End the zygote (it ends what it forked that still runs) and wait for it."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def _listen(self) -> None:
         assert self.process.stdout is not None
@@ -264,6 +313,9 @@ class _Zygote:
                 with self._ended:
                     self._exits[answer["exited"]] = answer["code"]
                     self._ended.notify_all()
+        with self._ended:
+            self._gone = True
+            self._ended.notify_all()
 
 
 _zygote: _Zygote | None = None

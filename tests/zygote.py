@@ -4,7 +4,8 @@ A test that kills or signals a harvester needs a process of its own, but startin
 importing aiohttp and the rest costs half a second each time, most of such a test's time. This
 process pays it once: it imports harvester, then forks one ``harvester ARGS`` per request. The
 child runs ``cli.main`` as ``python -m harvester`` does, in a process of its own, with its own
-pid, environment, signals and exit code; only the imports were done before the fork.
+pid, environment, signals and exit code; only the imports were done before the fork (and so
+the interpreter's own settings, ``PYTHON*`` variables among them, are the zygote's).
 
 Requests come on stdin, a JSON line each: ``{"args": [...], "env": {...}, "stderr": PATH}``
 (``stderr`` may be null: discarded). Answers go to stdout, a JSON line each: ``{"started": PID}``
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import sys
 from typing import Any
 
@@ -32,7 +34,10 @@ def main() -> None:
         readable, _, _ = select.select([0], [], [], 0.005 if running else None)
         if readable:
             chunk = os.read(0, 1 << 16)
-            if not chunk:
+            if not chunk:  # the test session is over: so is whatever it left running
+                for pid in running:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
                 return
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
@@ -57,6 +62,7 @@ def _harvester(request: dict[str, Any]) -> None:
     os.dup2(null, 0)  # the request pipe, and the answer pipe below, are the zygote's alone
     os.dup2(null, 1)
     os.dup2(err, 2)
+    os.closerange(3, 1 << 16)  # nothing else of the zygote's is the child's
     os.environ.clear()
     os.environ.update(request["env"])
     sys.exit(cli.main(request["args"]))
