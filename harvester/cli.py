@@ -20,7 +20,6 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import orjson
 
 from harvester import __version__, logs
-from harvester.config import CONFIG_KEYS, Settings, load_settings, render_path
+from harvester.config import CONFIG_KEYS, Settings, load_settings, read_config, render_path
 from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
@@ -88,10 +87,11 @@ def _log_format(args: argparse.Namespace) -> str:
     a regular file (a pipe) is read once, by the settings, and not looked into here."""
     given: str | None = getattr(args, "log_format", None)
     config: Path | None = getattr(args, "config", None)
-    if given is None and config is not None and config.is_file():
-        with contextlib.suppress(OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            found = tomllib.loads(config.read_text()).get("log_format")
-            given = found if found in ("text", "json") else None
+    if given is None and config is not None:
+        with contextlib.suppress(Exception):  # whatever is wrong, the settings will say it
+            if config.is_file():
+                found = read_config(config).get("log_format")
+                given = found if found in ("text", "json") else None
     return given or "text"
 
 
@@ -386,7 +386,7 @@ def _status(args: argparse.Namespace) -> int:
 def _job_output(args: argparse.Namespace) -> Path:
     """``--output`` with ``{date}`` and ``{shard}`` filled from the window and shard flags, as
     the run that wrote it filled them."""
-    zone = parse_zone(args.tz or "UTC")
+    zone = parse_zone(args.tz if args.tz is not None else "UTC")
     window = parse_window(args.since, args.until, args.yesterday, zone, datetime.now(UTC))
     shard = Shard.parse(args.shard) if args.shard else None
     return render_path("--output", args.output, window, shard)

@@ -5,7 +5,10 @@ validated object. Every error message says how to fix the problem.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
+import stat
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -190,13 +193,17 @@ def load_settings(
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        data = read_config(path)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (check --config)") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text, as TOML must be ({exc.reason} at byte "
+            f"{exc.start})"
+        ) from None
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     if any(data.get(key) for key in _SECRETS) and _readable_by_others(path):
         log.warning(
@@ -212,6 +219,22 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"known keys are listed in config.example.toml"
         )
     return data
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path`` (a file, or a pipe such as ``<(...)``, read once): at most
+    ``CONFIG_BYTES``, UTF-8. Raises what reading, decoding or parsing it raises; a device or a
+    longer file is an ``OSError`` of its own."""
+    with path.open("rb") as file:
+        if not stat.S_ISREG(mode := os.fstat(file.fileno()).st_mode) and not stat.S_ISFIFO(mode):
+            raise OSError(errno.EINVAL, "not a file (a device or a socket?)")
+        raw = file.read(CONFIG_BYTES + 1)
+    if len(raw) > CONFIG_BYTES:
+        raise OSError(errno.EFBIG, f"longer than {CONFIG_BYTES // 1024} KiB: not a config file")
+    return tomllib.loads(raw.decode("utf-8"))
+
+
+CONFIG_BYTES = 1024 * 1024
 
 
 def _readable_by_others(path: Path) -> bool:

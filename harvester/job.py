@@ -100,11 +100,12 @@ async def harvest(
             paths, identity, settings, stats, clock, fresh=fresh, grew=grew
         ) as sink:
             stats.job = sink.snapshot()
-            # A stream cannot be fingerprinted up front, and an open window grows with time:
-            # read them through; what is done is skipped.
-            growing = (
-                is_stream(settings.input) if settings.input else bool(window and window.open_end)
-            )
+            # A stream cannot be fingerprinted up front, and a window whose end is not past yet
+            # grows with time: read them through; what is done is skipped.
+            if settings.input is not None:
+                growing = is_stream(settings.input)
+            else:
+                growing = window is not None and window.growing(now)
             if sink.meta["completed"]:
                 if not growing:
                     log.info("this job was completed earlier; nothing to do (--fresh starts over)")

@@ -24,6 +24,11 @@ class Window:
         """The window of a run starting ``now``: an open end is ``now``."""
         return dataclasses.replace(self, until=now) if self.open_end else self
 
+    def growing(self, now: datetime) -> bool:
+        """True when calls may still come into the window after ``now`` (an open end, or an
+        end still to come): a run later may find more."""
+        return self.open_end or self.until > now
+
     def identity(self) -> dict[str, str | None]:
         """What makes a re-run the same job: an open end stays open as time passes."""
         until = None if self.open_end else self.until.isoformat()

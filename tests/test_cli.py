@@ -407,6 +407,33 @@ def test_what_is_wrong_in_a_config_file_is_said_as_that_file_asks(tmp_path: Path
     assert b"s3cret" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"# caf\xe9\nconcurrency = 2\n", b"is not UTF-8 text"),
+        (b"concurrency = " + b"9" * 5000 + b"\n", b"is not valid TOML"),
+        (b"a = " + b"[" * 5000 + b"\n", b"is not valid TOML"),
+        (b"# " + b"x" * (1 << 21) + b"\n", b"longer than 1024 KiB"),
+        (None, b"not a file"),  # /dev/zero: endless
+        (b"", b"File name too long"),  # a name the system refuses
+    ],
+    ids=["latin-1", "huge-int", "deep", "huge", "device", "long-name"],
+)
+def test_a_config_file_that_is_no_config_is_a_one_line_error(
+    tmp_path: Path, content: bytes | None, message: bytes
+) -> None:
+    config = Path("/dev/zero") if content is None else tmp_path / "c.toml"
+    if message == b"File name too long":
+        config = tmp_path / ("c" * 300 + ".toml")
+    elif content is not None:
+        config.write_bytes(content)
+    args = ["run", "-i", "x.txt", "-o", str(tmp_path / "o"), "--config", str(config)]
+    done = run_harvester({}, *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and b"Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
 def test_a_config_file_from_a_pipe_is_read_once(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:

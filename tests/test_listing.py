@@ -241,6 +241,24 @@ async def test_an_open_window_resumes_and_picks_up_newer_calls(
     assert stats.skipped == len(first)
 
 
+async def test_a_window_whose_end_is_still_to_come_is_listed_again_by_a_later_run(
+    registry: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    since, until = datetime(2026, 11, 25, 12, tzinfo=UTC), ANCHOR + timedelta(hours=12)
+    settings = window_settings(registry, tmp_path, since=since.isoformat(), until=until.isoformat())
+    assert (await harvest(settings, clock=clock)).completed  # at 06:00, half-way through
+    registry.log.clear()
+
+    again = await harvest(settings, clock=clock)  # calls may have come in meanwhile
+
+    assert again.completed and list_requests(registry), "listed again, not done for good"
+    assert again.skipped == len(registry.calls_between(since, until)) and again.calls == 0
+    clock.now = until.timestamp() + 60  # the window is over: once complete, complete for good
+    await harvest(settings, clock=clock)
+    registry.log.clear()
+    assert (await harvest(settings, clock=clock)).completed and registry.log == []
+
+
 async def test_a_list_that_cannot_be_read_aborts_the_run(
     registry: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
