@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import math
 import random
@@ -127,6 +128,11 @@ def call_id_for(seed: int, index: int) -> str:
 
 def events_for(call_id: str) -> list[dict[str, Any]]:
     """The events of a call: the same for the same id, every time, in every process."""
+    return [dict(event) for event in _events(call_id)]
+
+
+@functools.lru_cache(maxsize=4096)  # made once per call: the answer, and a test's check
+def _events(call_id: str) -> tuple[dict[str, Any], ...]:
     rng = random.Random(hashlib.sha256(call_id.encode()).digest())
     start = _EPOCH - timedelta(seconds=rng.randrange(3 * 86400))
     count = rng.randrange(2, 12)
@@ -150,14 +156,29 @@ def events_for(call_id: str) -> list[dict[str, Any]]:
             event["data"] = data
         events.append(event)
     rng.shuffle(events)  # the API does not promise time order
-    return events
+    return tuple(events)
 
 
 def _call_record(config: SimConfig, index: int, call_id: str, base: str) -> dict[str, Any]:
-    rng = random.Random(f"{config.seed}:{call_id}")
-    span = config.days * 86400
+    key = (config.seed, config.days, config.calls, config.anchor, config.user_id)
+    return dict(_record(*key, index, call_id, base))
+
+
+@functools.lru_cache(maxsize=4096)
+def _record(
+    seed: int,
+    days: float,
+    calls: int,
+    anchor: datetime,
+    user_id: str,
+    index: int,
+    call_id: str,
+    base: str,
+) -> dict[str, Any]:
+    rng = random.Random(f"{seed}:{call_id}")
+    span = days * 86400
     # Newest first: index 0 is the most recent call.
-    start = config.anchor - timedelta(seconds=span * (index + 0.5) / max(config.calls, 1))
+    start = anchor - timedelta(seconds=span * (index + 0.5) / max(calls, 1))
     duration = rng.randrange(0, 900)
     state = rng.choice(("completed", "completed", "completed", "rejected", "error"))
     record: dict[str, Any] = {
@@ -167,7 +188,7 @@ def _call_record(config: SimConfig, index: int, call_id: str, base: str) -> dict
         "to": f"+1704{rng.randrange(10**6, 10**7)}",
         "state": state,
         "startTime": _iso(start),
-        "events": f"{base}/v1/users/{config.user_id}/calls/{call_id}/events",
+        "events": f"{base}/v1/users/{user_id}/calls/{call_id}/events",
     }
     if state == "completed":
         record["activeTime"] = _iso(start + timedelta(seconds=3))
