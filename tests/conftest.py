@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from harvester import cli
-from harvester.config import Settings, load_settings
+from harvester.config import ENVIRONMENT, Settings, load_settings
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
 
 
@@ -360,6 +360,13 @@ class Forked:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+
+def point_at(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment pointed at the simulator of ``env`` (``simulator_process``'s),
+    for the library or ``cli.main`` called directly."""
+    for name in ENVIRONMENT:
+        monkeypatch.setenv(name, env[name])
 
 
 def invocations(output: Path) -> int:

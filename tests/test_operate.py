@@ -18,7 +18,7 @@ from harvester.config import FailureLimit, parse_deadline, parse_duration
 from harvester.errors import ConfigError
 from harvester.sim import SIM_SECRET
 
-from .conftest import canonical, expected_events, read_ndjson, run_harvester
+from .conftest import canonical, expected_events, point_at, read_ndjson, run_harvester
 
 
 def run_list(
@@ -79,13 +79,7 @@ def test_max_failures_decides_the_exit_code(
 def test_the_library_runs_the_same_job(
     sim_process: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in (
-        "CATAPULT_BASE_URL",
-        "CATAPULT_USER_ID",
-        "CATAPULT_API_TOKEN",
-        "CATAPULT_API_SECRET",
-    ):
-        monkeypatch.setenv(name, sim_process[name])
+    point_at(sim_process, monkeypatch)
     ids = Path(sim_process["IDS_FILE"]).read_text().split()
     (tmp_path / "calls.txt").write_text("\n".join(ids))
 

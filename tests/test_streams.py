@@ -24,6 +24,7 @@ from .conftest import (
     Forked,
     canonical,
     expected_events,
+    point_at,
     read_ndjson,
     run_harvester,
     simulator_process,
@@ -99,6 +100,14 @@ def test_a_named_fifo_gives_every_call(open_world: dict[str, str], tmp_path: Pat
     assert_every_call_once(tmp_path)
 
 
+def until_written(output: Path, never: str) -> None:
+    """Wait until something is committed to ``output``; fail saying ``never`` after 20 s."""
+    deadline = time.monotonic() + 20
+    while not (output.exists() and output.stat().st_size > 0):
+        assert time.monotonic() < deadline, never
+        time.sleep(0.05)
+
+
 def waiting_for_a_writer(process: Forked) -> None:
     """Until a thread of ``process`` waits in a FIFO's open() (Linux names that wait in
     /proc; where it does not, a few seconds)."""
@@ -157,11 +166,8 @@ def test_calls_from_a_slow_pipe_are_harvested_as_they_come(
     process.stdin.write(b"c-first\nc-second\n")
     process.stdin.flush()
     output = tmp_path / "out.ndjson"
-    deadline = time.monotonic() + 20
     # Committed while the pipe is still open and the list unfinished.
-    while not (output.exists() and output.stat().st_size > 0):
-        assert time.monotonic() < deadline, "two calls waiting on a half-empty batch"
-        time.sleep(0.1)
+    until_written(output, "two calls waiting on a half-empty batch")
     process.stdin.close()
     assert process.wait(timeout=20) == 0
     assert process.stderr is not None
@@ -187,10 +193,7 @@ def test_a_stdin_that_never_ends_still_stops_on_sigterm_at_once(
     process.stdin.write(b"c-first\n")
     process.stdin.flush()
     output = tmp_path / "out.ndjson"
-    deadline = time.monotonic() + 20
-    while not (output.exists() and output.stat().st_size > 0):
-        assert time.monotonic() < deadline, "the first call never came through"
-        time.sleep(0.05)
+    until_written(output, "the first call never came through")
 
     # The input thread is blocked in a read that will never return; stdin stays open.
     process.send_signal(signal.SIGTERM)
@@ -253,13 +256,7 @@ def test_the_progress_total_is_counted_only_with_progress_on(
 def test_a_long_count_does_not_hold_the_end_of_a_run(
     sim_process: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in (
-        "CATAPULT_BASE_URL",
-        "CATAPULT_USER_ID",
-        "CATAPULT_API_TOKEN",
-        "CATAPULT_API_SECRET",
-    ):
-        monkeypatch.setenv(name, sim_process[name])
+    point_at(sim_process, monkeypatch)
     (tmp_path / "calls.txt").write_text(
         "\n".join(Path(sim_process["IDS_FILE"]).read_text().split()[:3])
     )
