@@ -29,7 +29,7 @@ import orjson
 
 from harvester import __version__, logs
 from harvester.config import CONFIG_KEYS, Settings, load_settings, read_config, render_path
-from harvester.credentials import redact_url
+from harvester.credentials import redact_url, redact_urls_in
 from harvester.errors import (
     ApiError,
     ConfigError,
@@ -252,7 +252,8 @@ def _harvest(
         error = str(exc)
         if status == "crashed":  # a bug: say so plainly, keep the traceback for the report
             log.error("internal error, please report it with this log", exc_info=exc)
-            error = f"internal error: {type(exc).__name__}: {exc}; run the same command to resume"
+            what = redact_urls_in(f"{type(exc).__name__}: {exc}")
+            error = f"internal error: {what}; run the same command to resume"
         elif isinstance(exc, FatalApiError) and exc.status in (401, 403):
             error += f" (check {settings.credentials_from}, and the user id)"
         return _EXIT_OF[status], status, error
@@ -420,6 +421,9 @@ def _check(args: argparse.Namespace) -> int:
             log.error("error: %s", exc)
         return EXIT_FATAL_API
     except TransientError as exc:
+        if exc.code.startswith("proxy-"):  # the proxy's fault, not the API's
+            log.error("error: %s", exc.message)
+            return EXIT_UNAVAILABLE
         log.error(
             "error: the API at %s cannot be reached or is down: %s. Check the base URL and the "
             "network, or try again later",

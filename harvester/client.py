@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import errno
+import http
 import logging
 import math
+import os
 import re
 from typing import Any
 from urllib.parse import quote
@@ -197,28 +200,88 @@ class CallEventsClient:
                 raise self._error_pausing_on_429(status, await _read_error_body(response), response)
         except ApiError:
             raise
-        except TimeoutError:
-            raise TransientError(
+        except Exception as exc:  # aiohttp's, the socket's: said in our words, never theirs
+            mapped = self._in_our_words(exc)
+            if mapped is None:
+                raise  # neither the network's nor the answer's: a bug, which the pool names
+            raise mapped from exc
+
+    def _in_our_words(self, exc: Exception) -> ApiError | None:
+        """The error an exception met while asking means, in our own words. Never the
+        exception's own text: aiohttp's carries the URL it was at, and through a proxy that
+        is the proxy's URL, with its user and password."""
+        if isinstance(exc, TimeoutError):
+            return TransientError(
                 None, "timeout", f"no complete answer within {self._settings.timeout:g} s"
-            ) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise TransientError(None, "truncated-body", _describe(exc)) from None
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
-            raise FatalApiError(
-                None, "tls-error", f"TLS verification of {self._origin} failed: {_describe(exc)}"
-            ) from None
-        except aiohttp.InvalidURL as exc:
-            raise CallFailed(None, "malformed-answer", _describe(exc)) from None
-        except aiohttp.ClientResponseError as exc:
+            )
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            return self._proxy_refused(exc.status)
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return TransientError(
+                None,
+                "proxy-unreachable",
+                f"cannot connect to the proxy {exc.host}:{exc.port} ({_os_reason(exc)}): check "
+                "--proxy or HTTPS_PROXY/HTTP_PROXY",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            return self._tls_refused(str(reason))
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return self._tls_refused(_tls_reason(exc))
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return TransientError(None, "connection-error", f"cannot resolve {exc.host}")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return TransientError(
+                None,
+                "connection-error",
+                f"cannot connect to {exc.host}:{exc.port} ({_os_reason(exc)})",
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return TransientError(
+                None, "connection-error", "the server closed the connection before answering"
+            )
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return TransientError(
+                None, "truncated-body", "the answer's body ended early or could not be decoded"
+            )
+        if isinstance(exc, aiohttp.InvalidURL):
+            return CallFailed(None, "malformed-answer", "the answer leads to a URL that is not one")
+        if isinstance(exc, aiohttp.ClientResponseError):
             # The answer's head could not be parsed (oversized or garbled headers, not HTTP).
-            raise TransientError(None, "malformed-answer", _describe(exc)) from None
-        except aiohttp.ClientError as exc:
-            raise TransientError(None, "connection-error", _describe(exc)) from None
-        except (ConnectionError, OSError) as exc:
-            raise TransientError(None, "connection-error", _describe(exc)) from None
-        except (ValueError, LookupError, UnicodeError) as exc:
+            return TransientError(
+                None,
+                "malformed-answer",
+                "the answer's head cannot be read (oversized or garbled headers, or not HTTP)",
+            )
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return TransientError(None, "connection-error", f"connection lost ({_os_reason(exc)})")
+        if isinstance(exc, ValueError | LookupError | UnicodeError):
             # Something in the answer that aiohttp or yarl cannot take: it fails this call only.
-            raise CallFailed(None, "malformed-answer", _describe(exc)) from None
+            return CallFailed(
+                None, "malformed-answer", f"the answer holds what cannot be read ({_kind(exc)})"
+            )
+        return None
+
+    def _proxy_refused(self, status: int) -> ApiError:
+        """The proxy answered our CONNECT with ``status`` instead of a tunnel to the API."""
+        proxy = redact_url(self._settings.proxy or "the proxy")
+        if status == 407:
+            return FatalApiError(
+                status,
+                "proxy-refused",
+                f"the proxy {proxy} refused our credentials (407): check the user and password "
+                "in --proxy or HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)",
+            )
+        return TransientError(
+            None,
+            "proxy-error",
+            f"the proxy {proxy} refused the tunnel to {self._origin} ({status} {_phrase(status)})",
+        )
+
+    def _tls_refused(self, reason: str) -> FatalApiError:
+        return FatalApiError(
+            None, "tls-error", f"TLS verification of {self._origin} failed: {clip(reason, 120)}"
+        )
 
     async def _read_body(
         self, response: aiohttp.ClientResponse, length: int | None, limit: int
@@ -257,7 +320,7 @@ class CallEventsClient:
             foreign = target.origin() != self._origin
         except (ValueError, TypeError, LookupError) as exc:
             raise CallFailed(
-                200, "bad-next-link", f"the next link cannot be used: {_describe(exc)}"
+                200, "bad-next-link", f"the next link cannot be used ({_kind(exc)})"
             ) from None
         if foreign:
             # Following it would send our credentials to another host.
@@ -280,12 +343,7 @@ class CallEventsClient:
         if status in (401, 403):
             return FatalApiError(status, code, message)
         if status == 407:  # our proxy's answer, not the API's: the same for every call
-            return FatalApiError(
-                status,
-                "proxy-refused",
-                "the proxy asks for credentials it was not given, or refused them (407): "
-                "check --proxy or HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)",
-            )
+            return self._proxy_refused(407)
         if status in (408, 425) or status >= 500:
             return TransientError(status, code, message)
         return CallFailed(status, code, message)
@@ -404,6 +462,29 @@ def _retry_after_seconds(value: str, now: float) -> float | None:
         return None
 
 
-def _describe(exc: BaseException) -> str:
-    """A short, credential-free description of an aiohttp error."""
-    return clip(str(exc) or type(exc).__name__)
+def _os_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the system's words for its error number (never an
+    exception's text)."""
+    number = getattr(exc, "errno", None)
+    if isinstance(number, int) and number in errno.errorcode:
+        return os.strerror(number).lower()
+    return _kind(exc)
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
+    """Why TLS failed, as OpenSSL names it (``WRONG_VERSION_NUMBER``), never a message."""
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    reason = getattr(cause, "reason", None)
+    return reason if isinstance(reason, str) and reason.isprintable() else "handshake failed"
+
+
+def _kind(exc: BaseException) -> str:
+    """What an exception is, by its type's name: its text is not ours to print."""
+    return type(exc).__name__
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "unknown status"

@@ -123,6 +123,15 @@ def redact_url(text: str) -> str:
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with every URL in it fit to print (``redact_url``): for text that is not all
+    ours, such as the description of an error nobody foresaw."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda found: redact_url(found.group(0)), text)
 
 
 def is_loopback(host: str) -> bool:

@@ -2,7 +2,8 @@
 
 A JSON line carries ``time`` (UTC, ISO 8601), ``level``, ``event`` (a stable name such as
 ``progress``, ``retry``, ``call-failed``, ``summary``), ``message`` and the event's fields.
-No credential is ever passed to a log call: settings print secrets as ``***``.
+No credential is ever passed to a log call: settings print secrets as ``***``, errors are said in
+our own words; and whatever a line holds, the credentials of any URL in it are redacted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from harvester.credentials import redact_urls_in
 
 log = logging.getLogger("harvester")
 
@@ -36,7 +39,18 @@ class JsonLines(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        return redact_urls_in(orjson.dumps(line, default=str).decode())
+
+
+class Text(logging.Formatter):
+    """``harvester: message`` for people."""
+
+    def __init__(self) -> None:
+        super().__init__("harvester: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Whatever a line holds (a traceback, an error nobody foresaw), no URL's credentials.
+        return redact_urls_in(super().format(record))
 
 
 def configure(log_format: str = "text", verbose: bool = False) -> None:
@@ -45,7 +59,7 @@ def configure(log_format: str = "text", verbose: bool = False) -> None:
     if log_format == "json":
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(logging.Formatter("harvester: %(message)s"))
+        handler.setFormatter(Text())
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

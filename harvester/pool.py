@@ -25,7 +25,7 @@ import orjson
 from harvester.client import CallEventsClient, clip
 from harvester.clock import Clock
 from harvester.config import Settings
-from harvester.credentials import redact_url
+from harvester.credentials import redact_url, redact_urls_in
 from harvester.errors import (
     CallFailed,
     FatalApiError,
@@ -306,15 +306,16 @@ class Pool:
 
 
 def _unexpected(call: Call, error: Exception) -> Failure:
+    # Not our words, so possibly a library's holding a URL: its credentials are cut out.
+    described = clip(redact_urls_in(f"{type(error).__name__}: {error}"))
     log.warning(
-        "call %s failed: unexpected %s: %s (listed as failed, code unexpected-error; please "
+        "call %s failed: unexpected %s (listed as failed, code unexpected-error; please "
         "report it with this log)",
         call.call_id,
-        type(error).__name__,
-        clip(str(error)),
+        described,
         exc_info=log.isEnabledFor(logging.DEBUG),
     )
-    return call.failure("unexpected-error", clip(f"{type(error).__name__}: {error}"), None, 1)
+    return call.failure("unexpected-error", described, None, 1)
 
 
 def _the_error(error: BaseException) -> BaseException:
