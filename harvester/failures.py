@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from harvester.errors import OutputError
-from harvester.files import fsync_directory
+from harvester.files import fsync_directory, tail_checksum
 from harvester.ids import is_call_id
 from harvester.ledger import FAILED, LINE_KEY, line_key, save_meta
 from harvester.ndjson import failure_line
@@ -81,6 +81,7 @@ def finish_swap(connection: sqlite3.Connection, meta: dict[str, Any], path: Path
     except OSError as exc:
         raise OutputError(f"cannot replace {path}: {exc.strerror}") from None
     meta["sizes"]["failures"] = pending["size"]
+    meta.setdefault("tails", {})["failures"] = pending.get("tail")
     del meta["failures_swap"]
     with connection:
         save_meta(connection, meta)
@@ -98,7 +99,7 @@ def swap(
     (``open`` finishes a swap that a crash interrupted). ``codes``: the failures by code now."""
     tmp = path.with_name(f".{path.name}.swap.tmp")
     try:
-        with tmp.open("wb") as raw:
+        with tmp.open("w+b") as raw:
             if path.suffix == ".gz":
                 with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as packed:
                     packed.writelines(lines)
@@ -107,12 +108,13 @@ def swap(
             raw.flush()
             os.fsync(raw.fileno())
             size = raw.tell()
+            tail = tail_checksum(raw.fileno(), size)
     except OSError as exc:
         raise OutputError(f"cannot write {tmp}: {exc.strerror}") from None
     if codes is not None:
         meta["failure_codes"] = codes
     meta.pop("failures_dirty", None)
-    meta["failures_swap"] = {"tmp": str(tmp), "size": size}
+    meta["failures_swap"] = {"tmp": str(tmp), "size": size, "tail": tail}
     with connection:
         save_meta(connection, meta)
     finish_swap(connection, meta, path)

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any, BinaryIO, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import aiofiles
 import aiofiles.os
@@ -94,16 +94,6 @@ def check_writable(flag: str, path: Path) -> None:
         ) from None
 
 
-def cut_short(path: Path, size: int) -> bool:
-    """True when ``path`` is missing or shorter than its committed ``size``."""
-    try:
-        return path.stat().st_size < size
-    except FileNotFoundError:
-        return size > 0
-    except OSError as exc:
-        raise OutputError(f"cannot open {path}: {exc.strerror}") from None
-
-
 def check_no_data(paths: Iterable[Path]) -> None:
     """Refuse files that hold data no ledger vouches for: starting over would cut them."""
     for path in paths:
@@ -130,44 +120,134 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def open_at(path: Path, size: int) -> BinaryIO:
-    """Open ``path`` for appending after its first ``size`` bytes, dropping anything past them."""
+def differs(path: Path, size: int, checksum: int | None) -> str | None:
+    """Why ``path`` is not the file whose first ``size`` bytes the ledger vouches for (shorter,
+    missing, or ending them in other bytes than ``checksum`` says), or None when it is."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        file = os.fdopen(fd, "r+b")
-        actual = os.fstat(fd).st_size
-        if actual < size:
-            file.close()
-            raise ConfigError(
-                f"{path} is shorter ({actual} bytes) than its ledger says ({size}): something "
-                "else changed it, and the events it held are gone. Restore it from a backup, or "
-                "use --fresh to start over (every call is fetched again)"
-            )
-        if actual > size:
-            file.truncate(size)
-            os.fsync(fd)
-        file.seek(size)
-        return file
+        with path.open("rb") as file:
+            actual = os.fstat(file.fileno()).st_size
+            if actual < size:
+                return f"it is shorter ({actual} bytes) than its ledger says ({size})"
+            if checksum is not None and tail_checksum(file.fileno(), size) != checksum:
+                return (
+                    "its committed part does not end in the bytes harvester wrote (another file "
+                    "was put in its place, or something else wrote into it)"
+                )
+    except FileNotFoundError:
+        return "it is missing" if size > 0 else None
     except OSError as exc:
         raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+    return None
 
 
-def append(file: BinaryIO, data: bytes | bytearray, path: Path, *, compress: bool = True) -> int:
-    """Append ``data`` durably, as a gzip member of its own for a ``.gz`` path; the new size."""
-    try:
-        if data:
-            if compress and path.suffix == ".gz":
-                data = gzip.compress(data, compresslevel=6, mtime=0)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        return file.tell()
-    except OSError as exc:
+def tail_checksum(fd: int, size: int) -> int:
+    """The checksum the ledger keeps of a file's first ``size`` bytes: of their last ``TAIL``."""
+    return zlib.crc32(_tail_of(fd, size))
+
+
+# Of each output file, the ledger keeps a checksum of the last this many committed bytes:
+# enough to tell the file harvester wrote from another one put in its place.
+TAIL = 4096
+
+
+def _tail_of(fd: int, size: int) -> bytes:
+    start = max(0, size - TAIL)
+    return os.pread(fd, size - start, start)
+
+
+class AppendFile:
+    """An output file that harvester only ever appends to, and that each append first checks is
+    still the file it wrote: the same file (not removed, not replaced) of the size it committed.
+    Whatever else writes, cuts or replaces it while a run goes on stops the run (``OutputError``)
+    before anything more is committed. A ``.gz`` path gets a gzip member per append."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._fd = fd
+        info = os.fstat(fd)
+        self._identity = (info.st_dev, info.st_ino)
+        self._tail = _tail_of(fd, size)
+        self._compress = path.suffix == ".gz"
+
+    @classmethod
+    def open(cls, path: Path, size: int) -> AppendFile:
+        """``path`` opened to append after its first ``size`` bytes, dropping anything past them
+        (no commit vouches for it); made, with its folder, when missing. ``differs`` says
+        whether the file is the one the ledger vouches for: check it first."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            if os.fstat(fd).st_size > size:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            return cls(path, fd, size)
+        except OSError as exc:
+            os.close(fd)
+            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def checksum(self) -> int:
+        """``tail_checksum`` of the committed part as it stands."""
+        return zlib.crc32(self._tail)
+
+    def check(self, size: int | None = None) -> None:
+        """Raise ``OutputError`` unless the file at ``path`` is still the one this writes, of
+        ``size`` bytes (the size it committed, by default)."""
+        expected = self.size if size is None else size
+        try:
+            at_path = os.stat(self.path)
+            mine = os.fstat(self._fd)
+        except FileNotFoundError:
+            self._changed("was removed")
+        except OSError as exc:
+            raise OutputError(f"cannot look at {self.path}: {exc.strerror}") from None
+        if (at_path.st_dev, at_path.st_ino) != self._identity:
+            self._changed("was replaced by another file")
+        if mine.st_size < expected:
+            self._changed(f"was cut to {mine.st_size} bytes (harvester had {expected} in it)")
+        if mine.st_size > expected:
+            self._changed(f"grew by {mine.st_size - expected} bytes that harvester did not write")
+
+    def append(self, data: bytes | bytearray, *, compress: bool = True) -> int:
+        """Append ``data`` durably, as a gzip member of its own for a ``.gz`` path; the new
+        size. The file is checked (``check``) before and after."""
+        self.check()
+        if not data:
+            return self.size
+        if compress and self._compress:
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {self.path}: {exc.strerror}. Nothing past the last commit counts; "
+                "free some space or fix the permissions, then run the same command again"
+            ) from None
+        self.check(self.size + len(data))
+        self.size += len(data)
+        self._tail = (self._tail + data[-TAIL:])[-TAIL:]
+        return self.size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _changed(self, what: str) -> NoReturn:
         raise OutputError(
-            f"cannot write {path}: {exc.strerror}. Nothing past the last commit counts; free "
-            "some space or fix the permissions, then run the same command again"
-        ) from None
+            f"{self.path} {what} while harvester was writing it: something else changed it, and "
+            "what was committed to it may be gone. The run stops here and commits nothing "
+            "more. Restore the file from a backup and run the same command again, or start "
+            "over with --fresh (every call is fetched again)"
+        )
 
 
 # -- files off the event loop ----------------------------------------------------------------

@@ -28,16 +28,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from harvester import failures
-from harvester.errors import OutputError
-from harvester.files import (
-    DAMAGED,
-    EMPTY_GZIP,
-    append,
-    check_no_data,
-    cut_short,
-    fsync_directory,
-    open_at,
-)
+from harvester.errors import ConfigError, OutputError
+from harvester.files import DAMAGED, EMPTY_GZIP, AppendFile, check_no_data, differs, fsync_directory
 from harvester.ledger import (
     FAILED,
     RUN_KEYS,
@@ -90,24 +82,42 @@ class Batch:
 
 def _open_files(
     paths: dict[str, Path], meta: dict[str, Any], connection: sqlite3.Connection, state: Path
-) -> dict[str, BinaryIO]:
+) -> dict[str, AppendFile]:
     """Each output file opened for appending after its committed size (a lost or damaged
-    failures file rebuilt from the ledger first), a new ``.gz`` one valid gzip from the start."""
+    failures file rebuilt from the ledger first), a new ``.gz`` one valid gzip from the start.
+    Raises ``ConfigError`` for an output file that is not the one the ledger vouches for."""
+    sizes, tails = meta["sizes"], meta.setdefault("tails", {})
     failures_path = paths["failures"]
-    if cut_short(failures_path, meta["sizes"]["failures"]):
+    changed = differs(failures_path, sizes["failures"], tails.get("failures"))
+    if changed:
         log.warning(
-            "%s is missing or shorter than committed: rebuilt it from the ledger, one line per "
-            "failed call (their reasons are lost; retry-failed takes them on)",
+            "%s: %s; rebuilt it from the ledger, one line per failed call (their reasons are "
+            "lost; retry-failed takes them on)",
             failures_path,
+            changed,
         )
         failures.swap(connection, meta, failures_path, failures.ledger_lines(connection))
-    files = {name: open_at(path, meta["sizes"][name]) for name, path in paths.items()}
     for name, path in paths.items():
-        if path.suffix == ".gz" and meta["sizes"][name] == 0:
-            meta["sizes"][name] = append(files[name], EMPTY_GZIP, path, compress=False)
-    # New files survive a power loss only once their folder's entries are on disk too.
-    for folder in {*(path.parent for path in paths.values()), state}:
-        fsync_directory(folder)
+        if name != "failures" and (changed := differs(path, sizes[name], tails.get(name))):
+            raise ConfigError(
+                f"{path}: {changed}: what harvester committed to it is not all there. Restore it "
+                "from a backup and run the same command again, or use --fresh to start over "
+                "(every call is fetched again)"
+            )
+    files: dict[str, AppendFile] = {}
+    try:
+        for name, path in paths.items():
+            files[name] = file = AppendFile.open(path, sizes[name])
+            if path.suffix == ".gz" and file.size == 0:
+                sizes[name] = file.append(EMPTY_GZIP, compress=False)
+            tails[name] = file.checksum
+        # New files survive a power loss only once their folder's entries are on disk too.
+        for folder in {*(path.parent for path in paths.values()), state}:
+            fsync_directory(folder)
+    except BaseException:
+        for file in files.values():
+            file.close()
+        raise
     return files
 
 
@@ -130,7 +140,7 @@ class Journal:
         paths: dict[str, Path],
         connection: sqlite3.Connection,
         lock: BinaryIO,
-        files: dict[str, BinaryIO],
+        files: dict[str, AppendFile],
         meta: dict[str, Any],
     ) -> None:
         self.paths = paths
@@ -306,7 +316,7 @@ class Journal:
         path = self.paths["failures"]
         self._files["failures"].close()
         failures.swap(self._db, self.meta, path, lines, codes)
-        self._files["failures"] = open_at(path, self.meta["sizes"]["failures"])
+        self._files["failures"] = AppendFile.open(path, self.meta["sizes"]["failures"])
 
     # -- committing --------------------------------------------------------------------------
 
@@ -315,11 +325,12 @@ class Journal:
 
         ``run_totals`` are this invocation's request counters, added to the job's as of now.
         """
-        sizes = {
-            name: append(file, getattr(batch, name), self.paths[name])
-            for name, file in self._files.items()
-        }
+        files = self._files
+        for file in files.values():  # every one still the file written, before any is touched
+            file.check()
+        sizes = {name: file.append(getattr(batch, name)) for name, file in files.items()}
         meta = self.meta
+        meta["tails"] = {name: file.checksum for name, file in files.items()}
         totals = meta["totals"]
         # A call taken on again (retry-failed) was counted once already, as failed.
         again = sum(key in self._retaken for key, _, _ in batch.rows) if self._retaken else 0

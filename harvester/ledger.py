@@ -167,6 +167,8 @@ def load_meta(connection: sqlite3.Connection, ledger: Path) -> dict[str, Any]:
         and isinstance(meta.get("completed"), bool)
         and _count(meta.get("invocations"))
         and isinstance(meta.get("elapsed_s"), int | float)
+        and isinstance(tails := meta.get("tails", {}), dict)
+        and all(tail is None or _count(tail) for tail in tails.values())
     )
     if not well_formed:
         raise damaged(ledger)

@@ -152,10 +152,9 @@ class Sink:
             status = status_of(exc)
             raise
         finally:
-            if status != "output-error":  # the disk refused already
-                ended_at = datetime.now(UTC).isoformat(timespec="seconds")
-                with contextlib.suppress(OutputError):
-                    await self._on_disk(self._journal.note_run, status=status, ended_at=ended_at)
+            ended_at = datetime.now(UTC).isoformat(timespec="seconds")
+            with contextlib.suppress(OutputError):  # a full disk refuses this too
+                await self._on_disk(self._journal.note_run, status=status, ended_at=ended_at)
 
     async def reopen(self) -> None:
         """A completed job whose input is read through again (a stream, an open window): not

@@ -10,7 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, OutputError
+from harvester.files import differs
 from harvester.ledger import load_meta, state_dir
 
 
@@ -50,7 +51,25 @@ def job_status(output: Path) -> dict[str, Any]:
         "elapsed_s": round(meta["elapsed_s"], 3),
         "last_run": meta.get("last_run"),
         "running_pid": running_pid,
+        "damaged": _damaged(meta),
     }
+
+
+def _damaged(meta: dict[str, Any]) -> dict[str, str]:
+    """The job's files that are not what its ledger vouches for, and why."""
+    found = {}
+    tails = meta.get("tails") or {}
+    for name, size in meta["sizes"].items():
+        path = meta["identity"].get(f"{name}_path")
+        if not isinstance(path, str):
+            continue
+        try:
+            reason = differs(Path(path), size, tails.get(name))
+        except OutputError as exc:
+            reason = str(exc)
+        if reason is not None:
+            found[path] = reason
+    return found
 
 
 def lock_holder(lock: Path) -> int | None:
@@ -112,4 +131,6 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             f"{how}{ended} ({status['invocations']} runs in all)"
         )
     lines.append(f"running:   {'yes, pid ' + str(pid) if pid else 'no'}")
+    for path, reason in status["damaged"].items():
+        lines.append(f"damaged:   {path}: {reason} (the next run refuses it; see the README)")
     return lines

@@ -369,18 +369,29 @@ def point_at(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, env[name])
 
 
-def invocations(output: Path) -> int:
-    """How many runs have opened the job of ``output``, as its ledger says (0 before the first
-    has)."""
+def ledger_state(output: Path) -> dict[str, Any]:
+    """The state the ledger of ``output``'s job holds now ({} before the first run has
+    recorded any), read beside a run that may be writing it."""
     ledger = output.with_name(output.name + ".state") / "ledger.sqlite"
     if not ledger.exists():
-        return 0
+        return {}
     try:
         with contextlib.closing(sqlite3.connect(ledger)) as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
     except sqlite3.Error:  # not made yet
-        return 0
-    return 0 if row is None else int(orjson.loads(row[0])["invocations"])
+        return {}
+    return {} if row is None else dict(orjson.loads(row[0]))
+
+
+def invocations(output: Path) -> int:
+    """How many runs have opened the job of ``output``, as its ledger says (0 before the first
+    has)."""
+    return int(ledger_state(output).get("invocations", 0))
+
+
+def committed(output: Path, name: str = "events") -> int:
+    """How many bytes of the job's file ``name`` its ledger vouches for now."""
+    return int(ledger_state(output).get("sizes", {}).get(name, 0))
 
 
 def opened(process: Forked, output: Path, before: int = 0) -> None:

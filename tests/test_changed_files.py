@@ -1,0 +1,170 @@
+"""Files changed under a running harvester: an output cut, removed, replaced or written into by
+something else stops the run at the next commit (exit 4, naming the file), nothing after it is
+committed, and the next run refuses the job (exit 2, with the remedy) instead of going on."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+from harvester.errors import ConfigError, OutputError
+from harvester.job import harvest
+from harvester.sim import SimConfig, Simulator
+from harvester.status import job_status
+
+from .conftest import (
+    FakeClock,
+    canonical,
+    committed,
+    expected_events,
+    ledger_state,
+    make_settings,
+    output_of,
+    read_ndjson,
+    run_harvester,
+    write_calls,
+)
+
+
+class Meddling(Simulator):
+    """The simulator, but for one thing done to a file of the job writing ``output`` once its
+    ledger vouches for a first batch in it, while the run goes on."""
+
+    def __init__(
+        self, output: Path, victim: str, meddle: Callable[[Path], None], clock: FakeClock
+    ) -> None:
+        super().__init__(SimConfig(calls=60), clock=clock)
+        self.output, self.victim = output, victim
+        self.meddle = meddle
+        self.meddled_at: int | None = None
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        if self.meddled_at is None and committed(self.output, self.victim) > EMPTY_GZIP_SIZE:
+            path = ledger_state(self.output)["identity"][f"{self.victim}_path"]
+            self.meddle(Path(path))
+            self.meddled_at = len(self.log)
+        return await super()._events(request)
+
+
+EMPTY_GZIP_SIZE = len(gzip.compress(b"", mtime=0))  # what a new .gz output holds at once
+
+
+def cut(path: Path) -> None:
+    os.truncate(path, 0)
+
+
+def replace(path: Path) -> None:
+    other = path.with_name("other")
+    other.write_bytes(b"x" * path.stat().st_size)  # the same size, not the same file
+    other.replace(path)
+
+
+def append(path: Path) -> None:
+    with path.open("ab") as file:
+        file.write(b'{"callId":"c-forged","name":"hangup"}\n')
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+MEDDLING: dict[str, tuple[Callable[[Path], None], str, str | None]] = {
+    "cut": (cut, "was cut to 0 bytes", "shorter"),
+    "removed": (remove, "was removed", "missing"),
+    "replaced": (replace, "was replaced by another file", "does not end in the bytes"),
+    "written into": (append, "grew by", None),
+}
+
+
+@pytest.mark.parametrize("how", list(MEDDLING))
+@pytest.mark.parametrize("name", ["events.ndjson", "events.ndjson.gz"])
+async def test_an_output_changed_under_the_run_stops_it_and_the_next_run_refuses(
+    clock: FakeClock, tmp_path: Path, how: str, name: str
+) -> None:
+    meddle, said, refused = MEDDLING[how]
+    output = tmp_path / "out" / name
+    async with Meddling(output, "events", meddle, clock) as api:
+        ids = api.call_ids()
+        write_calls(tmp_path, ids)
+        settings = make_settings(api, tmp_path, output=output, commit_calls=5, concurrency=2)
+
+        with pytest.raises(OutputError, match=said) as caught:
+            await harvest(settings, clock=clock)
+
+        assert api.meddled_at is not None and api.meddled_at < len(ids)
+        assert str(output) in str(caught.value) and "--fresh" in str(caught.value)
+        status = job_status(output)
+        assert status["last_run"]["status"] == "output-error"
+        assert status["calls"] < len(ids), "nothing after the change counts as harvested"
+        assert status["damaged"] or how == "written into", "status says what is wrong"
+        if refused is None:
+            # Bytes past the committed size are no commit's: cut back, and the job goes on.
+            stats = await harvest(settings, clock=clock)
+            assert stats.job["ok"] == len(ids)
+            opened = gzip.open if name.endswith(".gz") else open
+            with opened(output, "rb") as file:
+                events = [orjson.loads(line) for line in file.read().splitlines()]
+            assert canonical(events) == canonical(expected_events(ids))
+            return
+        with pytest.raises(ConfigError, match=refused) as again:
+            await harvest(settings, clock=clock)
+        assert "--fresh" in str(again.value) and str(output) in str(again.value)
+
+
+async def test_a_failures_file_changed_under_the_run_stops_it_and_is_rebuilt_after(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    failures = tmp_path / "out" / "events.failures.ndjson"
+    async with Meddling(tmp_path / "out" / "events.ndjson", "failures", cut, clock) as api:
+        ids = api.call_ids()
+        unknown = [f"c-unknown{i:03d}" for i in range(30)]
+        write_calls(tmp_path, [*ids[:5], *unknown, *ids[5:]])
+        settings = make_settings(api, tmp_path, commit_calls=5, concurrency=2)
+
+        with pytest.raises(OutputError, match="was cut to 0 bytes"):
+            await harvest(settings, clock=clock)
+        stats = await harvest(settings, clock=clock)
+
+    assert (stats.job["ok"], stats.job["failed"]) == (len(ids), len(unknown))
+    assert sorted(f["callId"] for f in read_ndjson(failures)) == sorted(unknown)
+    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+
+
+def test_the_command_says_exit_4_then_2_and_status_tells_what_happened(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids))
+    output = tmp_path / "events.ndjson"
+    args = ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(output), "--no-progress"]
+    args += ["--rate", "40", "--commit-every", "2"]
+
+    def cut_once_committed() -> None:
+        deadline = time.monotonic() + 20
+        while not committed(output):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.truncate(output, 0)
+
+    cutter = threading.Thread(target=cut_once_committed)
+    cutter.start()
+    done = run_harvester(sim_process, *args)
+    cutter.join()
+    again = run_harvester(sim_process, *args)
+    status = run_harvester(sim_process, "status", "-o", str(output))
+
+    assert done.returncode == 4, done.stderr
+    assert b"was cut to 0 bytes" in done.stderr and str(output).encode() in done.stderr
+    assert b"Traceback" not in done.stderr
+    assert again.returncode == 2, again.stderr
+    assert b"shorter" in again.stderr and b"--fresh" in again.stderr
+    assert status.returncode == 0
+    assert b"output-error" in status.stdout and b"shorter" in status.stdout
