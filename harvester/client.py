@@ -15,7 +15,8 @@ import logging
 import math
 import os
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -26,6 +27,7 @@ from harvester import __version__
 from harvester.clock import Clock
 from harvester.config import Settings, redact_url
 from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
+from harvester.exactjson import Inexact, read_array
 from harvester.ids import is_call_id
 from harvester.limiter import RateLimiter
 from harvester.stats import RunStats
@@ -118,7 +120,7 @@ class CallEventsClient:
         query = {"sortOrder": "desc", "size": str(page_size)}
         return self._base.with_path(path, encoded=True).with_query(query)
 
-    async def calls_page(self, url: URL) -> tuple[list[Event], URL | None]:
+    async def calls_page(self, url: URL) -> ListPage:
         """One page of the call list and the next page's URL, exactly as the API linked it."""
         try:
             foreign = url.origin() != self._origin or url.user is not None
@@ -128,8 +130,8 @@ class CallEventsClient:
             raise CallFailed(
                 None, "foreign-url", f"{redact_url(clip(str(url), 100))} is not on {self._origin}"
             )
-        records, url_next, _ = await self._get_page(url, self._max_body)
-        return records, url_next
+        answer = await self._get_page(url, self._max_body)
+        return ListPage(answer.items, answer.next_url, answer.inexact)
 
     async def events(self, call_id: str) -> list[Event]:
         """All events of one call, following ``Link: rel="next"`` pages and joining them.
@@ -137,12 +139,15 @@ class CallEventsClient:
         Whatever the server sends, one call ends, in bounded memory: a next link back to a page
         already read, pages together larger than ``max_body_mb``, more than ``max_events``
         events, ``EMPTY_PAGES`` empty pages in a row that link on, or more than ``MAX_PAGES``
-        pages fail the call.
+        pages fail the call; so does an event that would not be written back as it was sent
+        (``harvester.exactjson``).
         """
         url = self.events_url(call_id)
-        events, url_next, size = await self._get_page(url, self._max_body)
+        answer = await self._get_page(url, self._max_body, call_id)
+        events, url_next = answer.items, answer.next_url
+        _check_exact(answer, 0)
         followed: set[str] | None = None
-        budget, empty = self._max_body - size, 0
+        budget, empty = self._max_body - answer.size, 0
         while url_next is not None:
             if followed is None:
                 followed = {str(url)}
@@ -154,8 +159,10 @@ class CallEventsClient:
             if len(followed) >= MAX_PAGES:
                 raise CallFailed(200, "too-many-pages", f"more than {MAX_PAGES} pages of events")
             followed.add(target)
-            page, url_next, size = await self._get_page(url_next, budget)
-            budget -= size
+            answer = await self._get_page(url_next, budget, call_id)
+            _check_exact(answer, len(events))
+            page, url_next = answer.items, answer.next_url
+            budget -= answer.size
             events.extend(page)
             self._check_event_count(len(events))
             empty = 0 if page else empty + 1
@@ -174,9 +181,9 @@ class CallEventsClient:
                 f"more than {self._max_events} events (max_events; --max-events raises it)",
             )
 
-    async def _get_page(self, url: URL, budget: int) -> tuple[list[Event], URL | None, int]:
-        """One answer: its events, the next page's URL, and its body's size (at most
-        ``budget`` bytes, on the wire and decompressed)."""
+    async def _get_page(self, url: URL, budget: int, call_id: str | None = None) -> _Answer:
+        """One answer (at most ``budget`` bytes, on the wire and decompressed) to a request for
+        ``call_id``'s events, or for a page of the call list."""
         assert self._session is not None, "use CallEventsClient as an async context manager"
         sent_at = await self._limiter.acquire()
         try:
@@ -196,7 +203,8 @@ class CallEventsClient:
                         body = await response.read()  # the usual case: known, allowed length
                     else:
                         body = await self._read_body(response, length, budget)
-                    return _parse_events(body, response), self._next_link(response), len(body)
+                    items, inexact = _parse_events(body, response)
+                    return _Answer(items, self._next_link(response), len(body), inexact)
                 raise self._error_pausing_on_429(status, await _read_error_body(response), response)
         except ApiError:
             raise
@@ -394,17 +402,53 @@ class _CountingConnector(aiohttp.TCPConnector):
         return super().connect(req, traces, timeout)
 
 
-def _parse_events(body: bytes, response: aiohttp.ClientResponse) -> list[Event]:
+class ListPage(NamedTuple):
+    """A page of the call list: its records, the next page's URL, and which records would not be
+    written back as they were sent (None when all would; see ``harvester.exactjson``)."""
+
+    records: list[Event]
+    next_url: URL | None
+    inexact: list[Inexact | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One 200 answer: its events or records, the next page's URL, its body's size, and which
+    of its items would not be written back as sent."""
+
+    items: list[Event]
+    next_url: URL | None
+    size: int
+    inexact: list[Inexact | None] | None
+
+
+def _parse_events(
+    body: bytes, response: aiohttp.ClientResponse
+) -> tuple[list[Event], list[Inexact | None] | None]:
     try:
-        events = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        events, inexact = read_array(body)
+    except ValueError:
         content_type = clip(response.content_type, 60)
         raise TransientError(
             200, "invalid-body", f"answer is not JSON ({content_type}, {len(body)} bytes)"
         ) from None
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise TransientError(200, "invalid-body", "answer is not a JSON array of event objects")
-    return events
+    return events, inexact
+
+
+def _check_exact(answer: _Answer, before: int) -> None:
+    """Fail the call when an event of ``answer`` (after ``before`` events of earlier pages)
+    would not be written back as the API sent it."""
+    if answer.inexact is None:
+        return
+    number, wrong = next((n, v) for n, v in enumerate(answer.inexact, before + 1) if v)
+    raise CallFailed(
+        200,
+        wrong.code,
+        f"event {number} {wrong.detail}: it cannot be written as the API sent it, so the call "
+        "is listed as failed rather than written changed",
+    )
 
 
 def _error_fields(status: int, body: bytes, response: aiohttp.ClientResponse) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from harvester.errors import (
     FatalApiError,
     TransientError,
 )
+from harvester.exactjson import Inexact
 from harvester.retry import Retrier
 from harvester.window import Window
 
@@ -46,10 +47,12 @@ def start_time(call: dict[str, Any]) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class ListedCall:
-    """A call of the API's list: its id, and its record as an NDJSON line (``--calls-output``)."""
+    """A call of the API's list: its id, and its record as an NDJSON line (``--calls-output``);
+    ``inexact`` says why, if so, the record would not be written as the API sent it."""
 
     call_id: str
     record: bytes
+    inexact: Inexact | None = None
 
 
 @dataclass(slots=True)
@@ -80,7 +83,7 @@ async def list_window(
     followed = {str(url)}
     while True:
         try:
-            records, next_url = await retrier.run(client.calls_page, url)
+            records, next_url, inexact = await retrier.run(client.calls_page, url)
         except FatalApiError:
             raise
         except ApiError as exc:
@@ -108,7 +111,7 @@ async def list_window(
         calls: list[ListedCall] = []
         undated = 0
         reached_back = False
-        for call in records:
+        for number, call in enumerate(records):
             moment = start_time(call)
             call_id = call.get("id")
             if moment is None or not isinstance(call_id, str):
@@ -118,9 +121,9 @@ async def list_window(
                 reached_back = True  # newest first: everything after this is older still
                 break
             if moment < window.until:
-                calls.append(
-                    ListedCall(call_id, orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE))
-                )
+                wrong = inexact[number] if inexact is not None else None
+                line = b"" if wrong else orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)
+                calls.append(ListedCall(call_id, line, wrong))
         more = None if reached_back or next_url is None else str(next_url)
         if more is not None and more in followed:
             yield Page(calls, None, len(records), undated)  # this page's calls are good

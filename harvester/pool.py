@@ -109,6 +109,7 @@ class Pool:
         self._url_confirmed = False  # the base URL and user are right: something worked
         self._input_error: InputError | None = None  # the call list broke off here
         self._queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
+        self._keeps_records = settings.calls_output is not None
 
     async def run(self, batches: AsyncGenerator[SourceBatch, None], stop: asyncio.Event) -> bool:
         """Take every call of ``batches`` to an outcome, committed; False when ``stop`` cut it
@@ -208,6 +209,14 @@ class Pool:
             return
         if isinstance(record, ListedCall):
             call = Call(record.call_id, 0, record.record)
+            if record.inexact is not None and self._keeps_records:
+                reason = (
+                    f"its record in the call list {record.inexact.detail}: it cannot be written "
+                    "to --calls-output as the API sent it, so the call is listed as failed"
+                )
+                self._stats.calls += 1
+                await self._fail(call.failure(record.inexact.code, reason, 200))
+                return
         else:
             call = Call(record[1], record[0])
         if is_call_id(call.call_id):

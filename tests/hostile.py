@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import struct
 import sys
 import zlib
@@ -52,6 +53,14 @@ POISONS: dict[str, str | None] = {
     "always-503": "unavailable",
     "deep": "malformed-answer",  # an event nested deeper than JSON can be written back
     "foreign-call-id": None,  # events that name another call (or none): filed under this one
+    # What orjson would read changed (harvester.exactjson): the call fails rather than that.
+    "big-integer": "inexact-number",  # 18446744073709551617, past 64 bits
+    "small-integer": "inexact-number",  # -9223372036854775809
+    "fine-number": "inexact-number",  # 0.1000000000000000000001: more than a double holds
+    "tiny-number": "inexact-number",  # 1.5e-400, which a double holds as 0
+    "huge-number": "inexact-number",  # 1e400, which orjson refuses to read at all
+    "twice-named": "duplicate-key",  # {"name": "create", "name": "answer"}
+    "pretty": None,  # indented, with \u escapes and \/: another spelling of the same events
 }
 
 
@@ -228,8 +237,39 @@ class Hostile:
             event["callId"] = [GOOD_VICTIM, None, 7][number % 3]
         return _json(events)
 
+    async def _big_integer(self, request: web.Request, call_id: str) -> Any:
+        return _with_number(call_id, b"18446744073709551617")
+
+    async def _small_integer(self, request: web.Request, call_id: str) -> Any:
+        return _with_number(call_id, b"-9223372036854775809")
+
+    async def _fine_number(self, request: web.Request, call_id: str) -> Any:
+        return _with_number(call_id, b"0.1000000000000000000001")
+
+    async def _tiny_number(self, request: web.Request, call_id: str) -> Any:
+        return _with_number(call_id, b"1.5e-400")
+
+    async def _huge_number(self, request: web.Request, call_id: str) -> Any:
+        return _with_number(call_id, b"1e400")
+
+    async def _twice_named(self, request: web.Request, call_id: str) -> Any:
+        body = orjson.dumps(events_for(call_id))
+        body = body.replace(b'{"', b'{"name":"create","', 1)
+        return web.Response(body=body, content_type="application/json")
+
+    async def _pretty(self, request: web.Request, call_id: str) -> Any:
+        text = json.dumps(events_for(call_id), indent=2, ensure_ascii=True)
+        body = text.replace("/", "\\/").replace("e", "\\u0065").encode()
+        return web.Response(body=body, content_type="application/json")
+
     async def _always_503(self, request: web.Request, call_id: str) -> Any:
         return _json({"code": "unavailable", "message": "not this one"}, status=503)
+
+
+def _with_number(call_id: str, number: bytes) -> web.Response:
+    """The call's events, the last one holding ``number`` as it is written here."""
+    body = orjson.dumps(events_for(call_id))
+    return web.Response(body=body[:-2] + b',"cost":' + number + b"}]")
 
 
 def _json(body: Any, headers: dict[str, str] | None = None, status: int = 200) -> web.Response:

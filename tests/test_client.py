@@ -167,9 +167,9 @@ async def test_the_call_list_is_read_page_by_page_as_linked(
     sim: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     async with client_of(sim, clock, tmp_path) as api:
-        first, next_url = await api.client.calls_page(api.client.calls_url(20))
+        first, next_url, _ = await api.client.calls_page(api.client.calls_url(20))
         assert next_url is not None
-        second, _ = await api.client.calls_page(next_url)
+        second, _, _ = await api.client.calls_page(next_url)
 
     assert [r["id"] for r in first + second] == sim.call_ids()[:40]
     assert api.stats.requests == len(sim.log) == 2
