@@ -47,8 +47,10 @@ MAX_MESSAGE = 300
 _SAFE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # A reset header further away than this is taken as a clock or unit mistake and capped.
 MAX_RATE_LIMIT_WAIT = 600.0
-# Below this an epoch value in X-RateLimit-Reset is taken as seconds, not milliseconds.
-_EPOCH_SECONDS_BELOW = 100_000_000_000
+# X-RateLimit-Reset from this on is epoch milliseconds (1973 on); from the next on, below it,
+# epoch seconds (2001 to 5138); below both, seconds from now.
+_EPOCH_MILLISECONDS_FROM = 100_000_000_000
+_EPOCH_SECONDS_FROM = 1_000_000_000
 
 
 class CallEventsClient:
@@ -205,7 +207,8 @@ class CallEventsClient:
                         body = await self._read_body(response, length, budget)
                     items, inexact = _parse_events(body, response)
                     return _Answer(items, self._next_link(response), len(body), inexact)
-                raise self._error_pausing_on_429(status, await _read_error_body(response), response)
+                body = await _read_error_body(response)
+                raise self._error_pausing_on_429(status, body, response, call_id)
         except ApiError:
             raise
         except Exception as exc:  # aiohttp's, the socket's: said in our words, never theirs
@@ -338,53 +341,97 @@ class CallEventsClient:
         return target
 
     def _error_pausing_on_429(
-        self, status: int, body: bytes, response: aiohttp.ClientResponse
+        self, status: int, body: bytes, response: aiohttp.ClientResponse, call_id: str | None
     ) -> ApiError:
         """The error a non-200 answer means. A 429 also pauses the whole pool (the limiter)
-        until the reset it announces, and is counted."""
+        until the reset it announces, unless the limiter finds it is ``call_id``'s own; it is
+        counted either way."""
         code, message = _error_fields(status, body, response)
         if status == 429:
-            self._stats.rate_limited += 1
-            retry_at = self._retry_at(response.headers)
-            self._limiter.rate_limited(retry_at)
-            return RateLimited(status, code, message, retry_at)
+            return self._rate_limited(code, message, response.headers, call_id)
         if status in (401, 403):
             return FatalApiError(status, code, message)
         if status == 407:  # our proxy's answer, not the API's: the same for every call
             return self._proxy_refused(407)
         if status in (408, 425) or status >= 500:
             return TransientError(status, code, message)
+        if 300 <= status < 400:
+            return self._redirected(status, response.headers)
         return CallFailed(status, code, message)
 
-    def _retry_at(self, headers: Any) -> float | None:
-        """Monotonic time at which the API allows requests again, from the 429's headers."""
-        delay = rate_limit_delay(headers, self._clock.time())
-        if delay is None:
-            return None
-        return self._clock.monotonic() + delay
+    def _rate_limited(
+        self, code: str, message: str, headers: Any, call_id: str | None
+    ) -> RateLimited:
+        stats, clock = self._stats, self._clock
+        stats.rate_limited += 1
+        delay = rate_limit_delay(headers, clock.time())
+        retry_at = None if delay is None else clock.monotonic() + delay
+        asked = f"call {call_id}" if call_id is not None else "a page of the call list"
+        cause = f"a 429 for {asked} asked for it ({_reset_said(headers, delay)})"
+        own = self._limiter.rate_limited(retry_at, call_id, cause)
+        if not own and delay is not None:
+            stats.paused_until = max(stats.paused_until, clock.time() + delay)
+        return RateLimited(429, code, message, retry_at, own=own)
+
+    def _redirected(self, status: int, headers: Any) -> CallFailed:
+        """A redirect, which harvester does not follow (it would carry the credentials): the
+        base URL most likely wants another scheme or host."""
+        location = headers.get("Location")
+        where = f" to {clip(redact_url(location), 100)}" if isinstance(location, str) else ""
+        return CallFailed(
+            status,
+            "redirected",
+            f"the API answered {status} {_phrase(status)}{where}: the base URL probably wants "
+            "another scheme or host (--base-url, CATAPULT_BASE_URL); harvester does not follow "
+            "redirects, which would carry the credentials elsewhere",
+        )
 
 
 def rate_limit_delay(headers: Any, now: float) -> float | None:
-    """Seconds to wait after a 429, from ``X-RateLimit-Reset`` (epoch ms, or epoch seconds if
-    small) or else ``Retry-After`` (seconds or an HTTP date); None when neither says.
+    """Seconds to wait after a 429, from ``X-RateLimit-Reset`` (epoch milliseconds; epoch
+    seconds; or, below ``_EPOCH_SECONDS_FROM``, seconds from now) or else ``Retry-After``
+    (seconds or an HTTP date), at most ``MAX_RATE_LIMIT_WAIT``.
 
-    Kept within 0 and ``MAX_RATE_LIMIT_WAIT`` whatever the server's clock says.
+    None when neither names a moment still to come: absent, unreadable, zero, or already past
+    (a server clock behind ours). Such a 429 backs off like a failure: it never means "send
+    now".
     """
-    delay: float | None = None
-    reset = headers.get("X-RateLimit-Reset")
-    if reset is not None:
-        try:
-            epoch = float(reset)
-        except ValueError:
-            epoch = math.nan
-        if math.isfinite(epoch):
-            delay = (epoch if epoch >= _EPOCH_SECONDS_BELOW else epoch * 1000) / 1000 - now
-    retry_after = headers.get("Retry-After")
-    if delay is None and retry_after is not None:
-        delay = _retry_after_seconds(retry_after, now)
-    if delay is None:
+    for delay in (
+        _reset_seconds(headers.get("X-RateLimit-Reset"), now),
+        _retry_after_seconds(headers.get("Retry-After"), now),
+    ):
+        if delay is not None and delay > 0:
+            return min(delay, MAX_RATE_LIMIT_WAIT)
+    return None
+
+
+def _reset_seconds(value: object, now: float) -> float | None:
+    if not isinstance(value, str):
         return None
-    return min(max(delay, 0.0), MAX_RATE_LIMIT_WAIT)
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if number >= _EPOCH_MILLISECONDS_FROM:
+        return number / 1000 - now
+    if number >= _EPOCH_SECONDS_FROM:
+        return number - now
+    return number  # seconds from now, as the IETF's RateLimit-Reset counts them
+
+
+def _reset_said(headers: Any, delay: float | None) -> str:
+    """What a 429's headers said of its reset, for the log."""
+    said = [
+        f"{name}: {clip(headers[name], 40)}"
+        for name in ("X-RateLimit-Reset", "Retry-After")
+        if isinstance(headers.get(name), str)
+    ]
+    text = ", ".join(said) or "no reset header"
+    if delay is not None and delay >= MAX_RATE_LIMIT_WAIT:
+        text += f"; waits are capped at {MAX_RATE_LIMIT_WAIT:.0f} s"
+    return text
 
 
 class _CountingConnector(aiohttp.TCPConnector):
@@ -493,7 +540,9 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _retry_after_seconds(value: str, now: float) -> float | None:
+def _retry_after_seconds(value: object, now: float) -> float | None:
+    if not isinstance(value, str):
+        return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit to it
         return float(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -23,8 +24,8 @@ class Clock(Protocol):
         """Seconds on a clock that never goes back."""
         ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait ``seconds`` (from the call, whenever the waiting begins)."""
         ...
 
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:

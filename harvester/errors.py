@@ -66,11 +66,16 @@ class TransientError(ApiError):
 
 
 class RateLimited(TransientError):
-    """429. ``retry_at`` is the monotonic clock time the API allows requests again, if it said."""
+    """429. ``retry_at`` is the monotonic clock time the API allows requests again, if it said;
+    ``own`` says the 429 was judged the call's own, not the account's limit (the pool was not
+    paused for it)."""
 
-    def __init__(self, status: int, code: str, message: str, retry_at: float | None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, retry_at: float | None, *, own: bool = False
+    ) -> None:
         super().__init__(status, code, message)
         self.retry_at = retry_at
+        self.own = own
 
 
 class CallFailed(ApiError):

@@ -151,7 +151,7 @@ async def _run(
     """Every call of ``feed``, or of the window's call list, through the pool into ``sink``."""
     limiter = RateLimiter(settings.rate, clock, stop)
     async with CallEventsClient(settings, limiter, stats, clock) as client:
-        retrier = Retrier(settings, stats, clock, stop)
+        retrier = Retrier(settings, stats, clock, stop, limiter)
         if feed is not None:
             batches = _file_batches(feed)
         else:
@@ -228,7 +228,7 @@ async def _retry(
         if again:
             limiter = RateLimiter(settings.rate, clock, stop)
             async with CallEventsClient(settings, limiter, stats, clock) as client:
-                retrier = Retrier(settings, stats, clock, stop)
+                retrier = Retrier(settings, stats, clock, stop, limiter)
                 pool = Pool(settings, stats, client, retrier, sink, clock, claim=_retaken)
                 await pool.run(_one_batch(again), stop)
     finally:

@@ -50,12 +50,16 @@ measurements (steps 1 and 2); the law of steps 3 to 6, and its numbers, in
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from harvester.clock import Clock, sleep_unless
 from harvester.errors import Stopping
+from harvester.logs import event
 from harvester.ratelaw import PROBE_STEP, SAFETY, SHARE_OF, RateLaw
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
@@ -85,6 +89,29 @@ HORIZON = 3
 LONGEST_WINDOW = 300.0
 # A window in which we waited more than this share of the time gives no sample.
 PAUSED_SHARE = 0.15
+# A reset this far away is learnt from only once a second call meets one (one call's may be its
+# own), and the call refused again right after its pause is refused on its own. Pauses longer
+# than PAUSE_TOLD seconds are logged. Targets followed at most.
+LONG_PAUSE = 30.0
+PAUSE_TOLD = 5.0
+MAX_STREAKS = 1024
+# A call refused again after this many other requests were served since its first 429 in a
+# row, with this share of the others refused at most, is refused on its own (under a limit, a
+# call is refused twice in a row by chance about as often as the share of 429s, squared).
+OWN_SERVED = 10
+OWN_SHARE = 0.1
+
+
+@dataclass(slots=True)
+class _Streak:
+    """A target's 429s in a row: the answers served and the 429s counted when the first came,
+    whether the last that counted for the pool paused it for long, and how many of its own
+    counted since the first."""
+
+    served: int
+    limited: int
+    long: bool
+    counted: int = 0
 
 
 class RateLimiter(RateLaw):
@@ -133,6 +160,10 @@ class RateLimiter(RateLaw):
         self._bin_limited = 0
         self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
         self._clean = deque()  # (bin end, served per second)
+        # Targets whose last 429 counted for the pool, and when the pool was last told to wait.
+        self._streaks: dict[str, _Streak] = {}
+        self._long_from: str | None = None  # the call whose far reset taught nothing yet
+        self._told_until = -math.inf
 
     @property
     def rate(self) -> float:
@@ -205,23 +236,52 @@ class RateLimiter(RateLaw):
                 # and on a slow one still no flood when the first 429 comes back.
                 self._set_rate(grown if grown > ON_THE_WIRE / trip else ON_THE_WIRE / trip)
 
-    def rate_limited(self, retry_at: float | None) -> None:
-        """A 429: hold the pool until ``retry_at`` (monotonic; None if the API did not say) and
-        learn from it what it says of the limit."""
+    @property
+    def paused_until(self) -> float:
+        """Until when (monotonic clock seconds) the pool is paused; in the past when it is not."""
+        return self._paused_until
+
+    def rate_limited(
+        self, retry_at: float | None, target: str | None = None, cause: str = "a 429"
+    ) -> bool:
+        """A 429 for ``target`` (a call id; None for a page of the call list): hold the pool
+        until ``retry_at`` (monotonic; None if the API did not say) and learn from it what it
+        says of the limit. ``cause`` says what asked for the pause, for the log.
+
+        Returns True when the 429 is the target's own, not the account's (see ``_own``):
+        then nothing is learnt from it, and the pool waits for a near reset only (up to
+        ``PAUSE_TOLD`` seconds: when in doubt, every request waits); the target waits alone."""
         now = self._clock.monotonic()
+        if target is not None and self._own(target):
+            if retry_at is not None and retry_at - now <= PAUSE_TOLD:
+                self.pause_until(retry_at)
+            return True
         self._count(True, now)
         self._bin_limited += 1
+        long = retry_at is not None and retry_at - now >= LONG_PAUSE
+        if target is not None:
+            self._in_streak(target, long)
+            if long and self._long_from in (None, target):
+                # A far reset may be one call's own: wait for it, but learn nothing of the limit
+                # from it until another call meets one too.
+                assert retry_at is not None
+                self._long_from = target
+                if retry_at > self._paused_until:
+                    self._pauses.append((now, retry_at))
+                self.pause_until(retry_at, cause)
+                return False
+            self._long_from = None
         if retry_at is None:
             if now - self._last_cut < (self._round_trip or 0.0):
-                return  # answers already in flight at the last cut say nothing new
+                return False  # answers already in flight at the last cut say nothing new
             self._judge(None, now)
-            return
+            return False
         last = self._last_reset
         echo = last is not None and abs(retry_at - last) < SAME_RESET
         sample = None if echo else self._measure(retry_at, now)
         if retry_at > self._paused_until:
             self._pauses.append((now, retry_at))
-        self.pause_until(retry_at)
+        self.pause_until(retry_at, cause)
         if echo:
             # Another answer to a request already on its way. With the very same reset, the
             # window is shut for all of them, as a limit shuts it (strays come one by one, each
@@ -231,16 +291,70 @@ class RateLimiter(RateLaw):
                 if self._excused:
                     self._excused = False
                     self._overran(now)
-            return
+            return False
         self._excused = sample is None  # a window we waited in says nothing of the limit
         if sample is not None:
             self._judge(sample, now)
+        return False
 
-    def pause_until(self, when: float) -> None:
-        """Admit nothing before ``when`` (monotonic clock seconds)."""
+    def pause_until(self, when: float, cause: str = "") -> None:
+        """Admit nothing before ``when`` (monotonic clock seconds); a pause of more than
+        ``PAUSE_TOLD`` seconds is logged with its end and its ``cause``."""
         if when > self._paused_until:
             self._paused_until = when
             self._void_turns()
+            self._tell_pause(when, cause)
+
+    def forget(self, target: str) -> None:
+        """``target``'s call has ended (harvested, or given up): its 429s are over."""
+        self._streaks.pop(target, None)
+
+    # -- a target's own 429s -----------------------------------------------------------------
+
+    def _own(self, target: str) -> bool:
+        """True when this 429 is ``target``'s own, not the account's limit: since its first
+        429 in a row, at least ``OWN_SERVED`` other requests were served and at most
+        ``OWN_SHARE`` of the others were refused (a limit refuses every call alike: one refused
+        again and again while others pass is refused on its own); or its last 429 paused the
+        pool for ``LONG_PAUSE`` or more, and now that its reset has passed it is refused again."""
+        streak = self._streaks.get(target)
+        if streak is None:
+            return False
+        served = self._requests - self._limited - streak.served
+        others = self._limited - streak.limited - streak.counted
+        return streak.long or (served >= OWN_SERVED and others <= OWN_SHARE * (served + others))
+
+    def _in_streak(self, target: str, long: bool) -> None:
+        """``target`` had a 429 that counted for the pool (``long``: it paused the pool for
+        ``LONG_PAUSE`` or more). Its first in a row marks what was served and refused until
+        then, which its next 429s are judged against."""
+        streaks = self._streaks
+        streak = streaks.get(target)
+        if streak is not None:
+            streak.counted += 1
+            streak.long = long
+            return
+        if len(streaks) >= MAX_STREAKS:  # calls that ended without ``forget`` (cancelled)
+            del streaks[next(iter(streaks))]
+        streaks[target] = _Streak(self._requests - self._limited, self._limited, long)
+
+    def _tell_pause(self, when: float, cause: str) -> None:
+        now = self._clock.monotonic()
+        if when - now < PAUSE_TOLD or when < self._told_until + PAUSE_TOLD:
+            return
+        self._told_until = when
+        until = datetime.fromtimestamp(self._clock.time() + when - now, UTC)
+        event(
+            logging.WARNING,
+            "paused",
+            "every request waits until %s UTC (%.0f s from now): %s",
+            until.strftime("%H:%M:%S"),
+            when - now,
+            cause,
+            until=until.isoformat(timespec="seconds"),
+            seconds=round(when - now, 1),
+            cause=cause,
+        )
 
     # -- evidence ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import re
 import stat
 import time
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -117,6 +118,8 @@ class Progress:
         done = _handled(s)
         bar.total = max(self.total or 0, done) or None
         bar.n = done
+        paused = paused_until(s)
+        bar.set_description(f"harvester (paused until {paused})" if paused else "harvester", False)
         bar.set_postfix(
             events=s.events, retries=s.retries, r429=s.rate_limited, failed=s.failed, refresh=False
         )
@@ -129,11 +132,12 @@ class Progress:
         rate = (s.ok + s.failed) / elapsed if elapsed > 0 else 0.0  # this run's own pace
         total = max(self.total or 0, done)
         eta = (total - done) / rate if rate > 0 and total > done else None
+        paused = paused_until(s)
         event(
             logging.INFO,
             "progress",
             "progress: %d/%d records (%d done earlier) (%.1f calls/s%s), %d events, %d retries, "
-            "%d 429s, %d failed",
+            "%d 429s, %d failed%s",
             done,
             total,
             s.skipped,
@@ -143,6 +147,8 @@ class Progress:
             s.retries,
             s.rate_limited,
             s.failed,
+            f"; paused until {paused}, as the API asked" if paused else "",
+            paused_until=paused,
             done=done,
             total=total,
             rate=round(rate, 2),
@@ -152,6 +158,14 @@ class Progress:
             failed=s.failed,
             elapsed_s=round(elapsed, 1),
         )
+
+
+def paused_until(stats: RunStats) -> str | None:
+    """``HH:MM:SS UTC`` when the API has asked every request to wait past the next second;
+    None when it has not."""
+    if stats.paused_until < time.time() + 1:
+        return None
+    return datetime.fromtimestamp(stats.paused_until, UTC).strftime("%H:%M:%S UTC")
 
 
 def _handled(stats: RunStats) -> int:

@@ -5,6 +5,9 @@
 - A 429 waits until the announced reset (the client has already paused the whole pool until
   then) and does not count against ``max_attempts``; only ``max_rate_limited`` 429s in a row for
   one call give up on it.
+- A call whose 429s are its own (refused again and again while other calls are served: the
+  limiter judges) waits alone, and is given up as ``call-rate-limited`` after ``OWN_429S`` such
+  429s, or sooner when its wait would take it past ``OWN_SECONDS``.
 - Anything else (404, other 4xx, 401/403) is not retried; nor is ``CancelledError``, which is no
   ``Exception``.
 
@@ -34,9 +37,12 @@ from tenacity.wait import wait_base
 
 from harvester.clock import Clock, sleep_unless
 from harvester.config import Settings
-from harvester.errors import ApiError, RateLimited, Stopping, TransientError
+from harvester.errors import ApiError, CallFailed, RateLimited, Stopping, TransientError
+from harvester.limiter import RateLimiter
 from harvester.logs import event
 from harvester.stats import RunStats
+
+log = logging.getLogger("harvester")
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -44,6 +50,10 @@ R = TypeVar("R")
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 BACKOFF_JITTER = 0.5
+# A call refused on its own (its 429s are not the account's) is given up after this many such
+# 429s, or when waiting for the next attempt would take it past this many seconds of them.
+OWN_429S = 5
+OWN_SECONDS = 60.0
 
 # Retry only what is known to be transient (a 429 is: a RateLimited is a TransientError).
 RETRY_TRANSIENT = retry_if_exception_type(TransientError)
@@ -57,6 +67,8 @@ class Tally:
     attempts: int = 0  # made so far, 429s included: tenacity's attempt number
     failures: int = 0  # transient failures other than 429s: against max_attempts
     rate_limited: int = 0  # 429s since the last other failure
+    own: int = 0  # of those, judged the call's own (see the module docstring)
+    own_since: float = 0.0  # when the first of them came (clock seconds)
 
 
 def backoff(failures: int) -> float:
@@ -107,6 +119,23 @@ class stop_after_rate_limits(stop_base):
         return rate_limited and tally_of(state).rate_limited >= self.max_rate_limited
 
 
+class stop_own_429s(stop_base):
+    """Stop at a call's ``OWN_429S``-th 429 of its own, or at one whose wait would take its own
+    429s past ``OWN_SECONDS``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def __call__(self, state: RetryCallState) -> bool:
+        error = _failure(state)
+        if not (isinstance(error, RateLimited) and error.own):
+            return False
+        tally = tally_of(state)
+        now = self.clock.monotonic()
+        until = error.retry_at if error.retry_at is not None else now
+        return tally.own >= OWN_429S or until - tally.own_since > OWN_SECONDS
+
+
 class wait_backoff(wait_base):
     """``backoff`` over the failures in a row of the kind that just came: 429s, or the rest."""
 
@@ -139,14 +168,18 @@ class Retrier:
         stats: RunStats,
         clock: Clock,
         stop: asyncio.Event | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._stats = stats
         self._clock = clock
         self._stop = stop  # once set, no call is tried again (see ``_sleep``)
+        self._limiter = limiter  # told when a call's 429s are over
         # The policy, once: what is retried, when to give up, how long to wait in between.
         self._retry = RETRY_TRANSIENT
-        self._give_up = stop_after_failures(settings.max_attempts) | stop_after_rate_limits(
-            settings.max_rate_limited
+        self._give_up = (
+            stop_after_failures(settings.max_attempts)
+            | stop_after_rate_limits(settings.max_rate_limited)
+            | stop_own_429s(clock)
         )
         self._wait = wait_for_reset(clock, otherwise=wait_backoff())
 
@@ -177,19 +210,36 @@ class Retrier:
             stop=self._give_up,
             wait=self._wait,
             before=self._begin_attempt,
-            after=_count_failure,
+            after=self._count_failure,
             sleep=self._sleep,
             reraise=True,
         )
+        tally = retrying.tally
         try:
             async for attempt in retrying:
                 with attempt:
                     if attempt.retry_state.attempt_number == 1:
                         raise first
                     result = await operation(argument)
+        except RateLimited as exc:
+            if not exc.own:
+                exc.attempts = tally.attempts
+                raise
+            given_up = CallFailed(
+                429,
+                "call-rate-limited",
+                f"answered 429 {tally.rate_limited} times in a row while other calls were "
+                "served: the API limits this call, not the account (retry-failed takes it on "
+                "later)",
+            )
+            given_up.attempts = tally.attempts
+            raise given_up from exc
         except ApiError as exc:
-            exc.attempts = retrying.tally.attempts
+            exc.attempts = tally.attempts
             raise
+        finally:
+            if self._limiter is not None and tally.rate_limited:
+                self._limiter.forget(tally.target)
         return result
 
     def _begin_attempt(self, state: RetryCallState) -> None:
@@ -197,27 +247,41 @@ class Retrier:
         if state.attempt_number > 1:
             self._stats.retries += 1
 
+    def _count_failure(self, state: RetryCallState) -> None:
+        """tenacity's ``after`` hook: a transient failure (a 429 or another) is in the tally
+        before ``stop`` and ``wait`` read it."""
+        tally = tally_of(state)
+        error = _failure(state)
+        if isinstance(error, RateLimited):
+            tally.rate_limited += 1
+            if error.own:
+                if not tally.own:
+                    tally.own_since = self._clock.monotonic()
+                    log.info(
+                        "call %s is answered 429 while other calls are served: it waits on its "
+                        "own, and is given up after %d such answers or %.0f s",
+                        tally.target,
+                        OWN_429S,
+                        OWN_SECONDS,
+                    )
+                tally.own += 1
+            return
+        assert isinstance(error, TransientError), "tenacity retries nothing else"
+        tally.failures += 1
+        tally.rate_limited = tally.own = 0
+        _log_retry(tally, error, state.attempt_number)
 
-def _count_failure(state: RetryCallState) -> None:
-    """tenacity's ``after`` hook: a transient failure (a 429 or another) is in the tally before
-    ``stop`` and ``wait`` read it."""
-    tally = tally_of(state)
-    error = _failure(state)
-    if isinstance(error, RateLimited):
-        tally.rate_limited += 1
-        return
-    assert isinstance(error, TransientError), "tenacity retries nothing else"
-    tally.failures += 1
-    tally.rate_limited = 0
+
+def _log_retry(tally: Tally, error: TransientError, attempt: int) -> None:
     event(
         logging.DEBUG,
         "retry",
         "%s: %s (attempt %d)",
         tally.target,
         error,
-        state.attempt_number,
+        attempt,
         target=tally.target,
         code=error.code,
         status=error.status,
-        attempt=state.attempt_number,
+        attempt=attempt,
     )

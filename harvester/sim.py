@@ -103,7 +103,7 @@ class SimConfig:
     faults: dict[str, float] = field(default_factory=dict)
     max_faults_per_call: int = 2
     # Faults come only between these seconds from the first request; an injected 429 announces
-    # a reset this many seconds ahead.
+    # a reset this many seconds ahead (0 or less: one already past, as a server clock behind).
     faults_from: float = 0.0
     faults_until: float = math.inf
     fault_reset: float = 0.5
@@ -489,7 +489,7 @@ class Simulator:
         if style == "reset":
             headers["X-RateLimit-Reset"] = reset_ms
         elif style == "retry-after":
-            headers["Retry-After"] = str(max(1, math.ceil(reset - self._time())))
+            headers["Retry-After"] = str(max(0, math.ceil(reset - self._time())))
         body = {
             "category": "too-many-requests",
             "code": "rate-limit-reached",

@@ -8,7 +8,7 @@ from typing import Any
 
 from harvester.config import Settings
 
-_NOT_COUNTERS = ("job", "completed", "files", "status", "exit_code")
+_NOT_COUNTERS = ("job", "completed", "files", "status", "exit_code", "paused_until")
 
 
 @dataclass(slots=True)
@@ -30,6 +30,7 @@ class RunStats:
     other_shard: int = 0  # records left to the other shards
     failures_by_code: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
+    paused_until: float = 0.0  # the wall time until which the API asked every request to wait
     completed: bool = False  # every input record has an outcome
     job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters
     files: dict[str, str] = field(default_factory=dict)  # the job's files: events, failures, ...
@@ -42,11 +43,7 @@ class RunStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
-        counters = {
-            k: v
-            for k, v in asdict(self).items()
-            if k not in ("job", "completed", "files", "status", "exit_code")
-        }
+        counters = {k: v for k, v in asdict(self).items() if k not in _NOT_COUNTERS}
         counters["statuses"] = {str(status): n for status, n in sorted(self.statuses.items())}
         return {**counters, "unfinished": self.calls - self.ok - self.failed}
 

@@ -73,7 +73,10 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.now - self.offset
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> asyncio.Future[None]:
+        """Wake ``seconds`` from now: from the moment of the call, as a real sleep's timer is
+        set when it is called (not from whenever the task running it, if one is made for it,
+        first runs, by when this clock may have moved on)."""
         self.sleeps.append(seconds)
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[None] = loop.create_future()
@@ -82,7 +85,7 @@ class FakeClock:
         if not self._advance_pending:
             self._advance_pending = True
             loop.call_soon(self._advance)
-        await woken
+        return woken
 
     @contextlib.asynccontextmanager
     async def timeout(self, seconds: float) -> AsyncIterator[None]:

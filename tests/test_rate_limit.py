@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import io
 import itertools
+import logging
+import re
+import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from harvester.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
 from harvester.job import harvest
-from harvester.sim import SimConfig, Simulator
+from harvester.progress import Progress
+from harvester.retry import OWN_429S
+from harvester.sim import SimConfig, Simulator, call_id_for, events_for
+from harvester.stats import RunStats
 
 from .conftest import (
     FakeClock,
@@ -22,6 +32,14 @@ from .conftest import (
     read_ndjson,
     write_calls,
 )
+from .hostile import serving
+
+
+class Url:
+    """An API at ``base_url`` (``make_settings`` takes anything with one)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
 
 
 async def test_the_pool_waits_for_the_reset_and_loses_nothing(
@@ -149,7 +167,14 @@ NOW = 1_790_000_000.0
     [
         ({"X-RateLimit-Reset": str(int((NOW + 2.5) * 1000))}, 2.5),
         ({"X-RateLimit-Reset": str(int(NOW + 3))}, 3.0),  # epoch seconds, from a proxy
-        ({"X-RateLimit-Reset": str(int((NOW - 10) * 1000))}, 0.0),  # the server's clock is behind
+        # A reset already past, zero or nonsense is no reset: the call backs off, never
+        # "send now" (a server clock behind ours, a Retry-After of 0).
+        ({"X-RateLimit-Reset": str(int((NOW - 10) * 1000))}, None),
+        ({"X-RateLimit-Reset": str(int(NOW - 2))}, None),
+        ({"X-RateLimit-Reset": "0"}, None),
+        ({"Retry-After": "0"}, None),
+        ({"X-RateLimit-Reset": str(int((NOW - 2) * 1000)), "Retry-After": "3"}, 3.0),
+        ({"X-RateLimit-Reset": "5"}, 5.0),  # small: seconds from now, as IETF's RateLimit-Reset
         ({"X-RateLimit-Reset": str(int((NOW + 86400) * 1000))}, MAX_RATE_LIMIT_WAIT),
         ({"Retry-After": "7"}, 7.0),
         ({"Retry-After": email.utils.formatdate(NOW + 5, usegmt=True)}, 5.0),
@@ -188,3 +213,102 @@ async def test_a_429_pauses_every_worker_not_just_the_one_that_got_it(tmp_path: 
             early = [e for e in simulator.log[index + 1 :] if e.time < reset - 0.01]
             # Only the requests already on the wire when the 429 came back.
             assert len(early) <= settings.concurrency - 1, early
+
+
+async def test_a_storm_of_429s_with_resets_already_past_ends_harvested_without_a_flood(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    # Three seconds in which every answer is a 429 whose reset is already past (a server clock
+    # behind ours) or a Retry-After of 0: each must cost a wait, never "send now".
+    config = SimConfig(calls=100, faults={"429": 0.5, "429-retry-after": 0.5})
+    config.fault_reset, config.faults_until, config.max_faults_per_call = -2.0, 3.0, 10**6
+    async with Simulator(config, clock=clock) as api:
+        ids = api.call_ids()
+        write_calls(tmp_path, ids)
+        stats = await harvest(make_settings(api, tmp_path), clock=clock)
+
+    assert (stats.ok, stats.failed) == (100, 0)
+    began = api.log[0].time
+    storm = [e for e in api.log if e.time - began < 3.0]
+    assert 0 < sum(e.status == 429 for e in storm) < 500, "hundreds of 429s, not thousands"
+    assert api.log[-1].time - began < 60
+
+
+def refusing(hot: str, headers: dict[str, str], clock: FakeClock) -> web.Application:
+    """An API that serves every call but ``hot``, which it answers 429 with ``headers`` at once;
+    the others take 20 ms of ``clock``'s time, so that they are served while ``hot`` waits."""
+
+    async def events(request: web.Request) -> web.Response:
+        call_id = request.match_info["call"]
+        if call_id == hot:
+            body = {"code": "rate-limit-reached", "message": "slow down"}
+            return web.json_response(body, status=429, headers=headers)
+        await clock.sleep(0.02)
+        return web.json_response(events_for(call_id))
+
+    app = web.Application()
+    app.router.add_get("/v1/users/{user}/calls/{call}/events", events)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("headers", "within"),
+    [
+        # No reset that parses: it backs off alone, and is given up within a minute or two
+        # (rather than after max_rate_limited 429s, about 50 minutes).
+        ({"Retry-After": "soon"}, 120.0),
+        # One pool-wide pause (capped at 10 minutes), not a hundred of them (17 hours).
+        ({"Retry-After": "86400"}, 600.0 + 60.0),
+    ],
+)
+async def test_a_call_refused_again_and_again_while_others_are_served_fails_on_its_own(
+    clock: FakeClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    headers: dict[str, str],
+    within: float,
+) -> None:
+    hot = "c-hot0000000000000000001"
+    good = [call_id_for(7, i) for i in range(200)]
+    write_calls(tmp_path, [*good[:3], hot, *good[3:]])
+    started = clock.monotonic()
+    caplog.set_level(logging.INFO, "harvester")
+    async with serving(refusing(hot, headers, clock)) as url:
+        settings = make_settings(Url(url), tmp_path, concurrency=4, commit_calls=50)
+        stats = await harvest(settings, clock=clock)
+
+    assert stats.completed and stats.ok == len(good)
+    failures = read_ndjson(settings.failures_path)
+    assert [(f["callId"], f["status"], f["code"]) for f in failures] == [
+        (hot, 429, "call-rate-limited")
+    ]
+    assert failures[0]["attempts"] <= OWN_429S + 3, "a few before the judgement, then its own"
+    assert clock.monotonic() - started <= within
+    paused = [r for r in caplog.records if getattr(r, "event", None) == "paused"]
+    if headers["Retry-After"] == "86400":
+        (told,) = paused  # told once, with its end and its cause
+        assert re.search(r"waits until \d\d:\d\d:\d\d UTC \(600 s", told.getMessage())
+        assert hot in told.getMessage() and "Retry-After: 86400" in told.getMessage()
+    else:
+        assert paused == []
+
+
+async def test_progress_says_until_when_the_api_asked_every_request_to_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stats = RunStats()
+    stream = io.StringIO()
+    progress = Progress(stats, stream, show=True, log_every=0.05, metrics_file=None)
+    caplog.set_level(logging.INFO, "harvester")
+    ticking = asyncio.create_task(progress.run())
+    await asyncio.sleep(0.08)
+    stats.paused_until = time.time() + 600
+    until = datetime.fromtimestamp(stats.paused_until, UTC).strftime("%H:%M:%S")
+    await asyncio.sleep(0.1)
+    ticking.cancel()
+    progress.draw()
+
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "progress"]
+    assert "paused" not in lines[0]
+    assert f"paused until {until} UTC" in lines[-1]
+    assert f"paused until {until} UTC" in stream.getvalue()
