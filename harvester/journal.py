@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar, cast
 
 from harvester import failures
 from harvester.errors import ConfigError, OutputError
@@ -39,6 +40,7 @@ from harvester.ledger import (
     connect,
     damaged,
     discard,
+    ledger_errors,
     load_meta,
     lookup,
     save_meta,
@@ -47,6 +49,8 @@ from harvester.ledger import (
 )
 
 log = logging.getLogger("harvester")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Verdict(enum.Enum):
@@ -132,6 +136,18 @@ def _grown(
     return not changed and before != identity and grew(before)
 
 
+def _ledger_guarded(method: F) -> F:
+    """``method`` of a ``Journal``, its SQLite errors said as harvester's
+    (``ledger.ledger_errors``)."""
+
+    @functools.wraps(method)
+    def guarded(journal: Journal, *args: Any, **kwargs: Any) -> Any:
+        with ledger_errors(journal.ledger):
+            return method(journal, *args, **kwargs)
+
+    return cast(F, guarded)
+
+
 class Journal:
     """The output files and the ledger of one output path. Open with ``Journal.open``."""
 
@@ -144,6 +160,7 @@ class Journal:
         meta: dict[str, Any],
     ) -> None:
         self.paths = paths
+        self.ledger = state_dir(paths["events"]) / "ledger.sqlite"
         self._db = connection
         self._lock = lock
         self._files = files
@@ -181,63 +198,77 @@ class Journal:
         directory = state_dir(output)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            lock = (directory / "lock").open("a+b")
+            lock = (directory / "lock").open("a+b", buffering=0)
         except OSError as exc:
             raise OutputError(f"cannot create {directory}: {exc.strerror}") from None
+        ledger = directory / "ledger.sqlite"
+        connection: sqlite3.Connection | None = None
         try:
             take_lock(lock, directory)
             if fresh:
                 discard(directory, paths.values())
-            ledger = directory / "ledger.sqlite"
             connection = connect(ledger)
-            meta = load_meta(connection, ledger)
-            if not meta:  # a new ledger, or one that never got as far as its first record
-                check_no_data(paths.values())
-            if meta and grew is not None and _grown(meta, identity, grew):
-                log.info(
-                    "the call list grew since the last run (%s -> %s bytes, what it held "
-                    "unchanged): going on with its new calls",
-                    meta["identity"].get("size"),
-                    identity.get("size"),
-                )
-                meta["identity"], meta["completed"] = identity, False
-            check_identity(meta, identity, directory)
-            if meta and set(meta["sizes"]) != set(paths):
-                raise damaged(ledger)
-            failures.finish_swap(connection, meta, paths["failures"])
-            if not meta:
-                meta = {
-                    "schema": SCHEMA_VERSION,
-                    "identity": identity,
-                    "sizes": dict.fromkeys(paths, 0),
-                    "totals": dict.fromkeys(TOTAL_KEYS, 0),
-                    "failure_codes": {},
-                    "completed": False,
-                    "invocations": 0,
-                    "elapsed_s": 0.0,
-                }
-            meta["invocations"] += 1
-            files = _open_files(paths, meta, connection, directory)
-            journal = cls(paths, connection, lock, files, meta)
-            # Durable before any data is written: from now on, data without a ledger entry is
-            # ours, uncommitted, and is cut back on the next open.
-            try:
-                with connection:
-                    journal._write_meta()
-            except sqlite3.Error as exc:
-                raise OutputError(
-                    f"cannot write the ledger {ledger}: {exc}. Free some space, then run the "
-                    "same command again"
-                ) from None
-            if meta.get("failures_dirty"):
+            with ledger_errors(ledger):
+                journal = cls._opened(paths, identity, ledger, connection, lock, grew)
+            if journal.meta.get("failures_dirty"):
                 journal.compact_failures()  # a retry-failed run was cut short
             return journal
         except BaseException:
-            lock.close()
+            if connection is not None:
+                connection.close()
+            with contextlib.suppress(OSError):
+                lock.close()
             raise
+
+    @classmethod
+    def _opened(
+        cls,
+        paths: dict[str, Path],
+        identity: dict[str, Any],
+        ledger: Path,
+        connection: sqlite3.Connection,
+        lock: BinaryIO,
+        grew: Callable[[dict[str, Any]], bool] | None,
+    ) -> Journal:
+        """The rest of ``open``, once the lock is held and the ledger connected."""
+        meta = load_meta(connection, ledger)
+        if not meta:  # a new ledger, or one that never got as far as its first record
+            check_no_data(paths.values())
+        if meta and grew is not None and _grown(meta, identity, grew):
+            log.info(
+                "the call list grew since the last run (%s -> %s bytes, what it held "
+                "unchanged): going on with its new calls",
+                meta["identity"].get("size"),
+                identity.get("size"),
+            )
+            meta["identity"], meta["completed"] = identity, False
+        check_identity(meta, identity, ledger.parent)
+        if meta and set(meta["sizes"]) != set(paths):
+            raise damaged(ledger)
+        failures.finish_swap(connection, meta, paths["failures"])
+        if not meta:
+            meta = {
+                "schema": SCHEMA_VERSION,
+                "identity": identity,
+                "sizes": dict.fromkeys(paths, 0),
+                "totals": dict.fromkeys(TOTAL_KEYS, 0),
+                "failure_codes": {},
+                "completed": False,
+                "invocations": 0,
+                "elapsed_s": 0.0,
+            }
+        meta["invocations"] += 1
+        files = _open_files(paths, meta, connection, ledger.parent)
+        journal = cls(paths, connection, lock, files, meta)
+        # Durable before any data is written: from now on, data without a ledger entry is
+        # ours, uncommitted, and is cut back on the next open.
+        with connection:
+            journal._write_meta()
+        return journal
 
     # -- the run's questions -----------------------------------------------------------------
 
+    @_ledger_guarded
     def claim(self, records: list[tuple[str, int]]) -> list[Verdict]:
         """Decide, for each (key, input line), whether it is new, done earlier, or a duplicate;
         new ones are on their way from now until committed."""
@@ -266,12 +297,14 @@ class Journal:
             "completed": meta["completed"],
         }
 
+    @_ledger_guarded
     def lookup(self, keys: Iterable[str], outcome: int | None = None) -> dict[str, int]:
         """The input line of each of ``keys`` the ledger already has (with ``outcome``)."""
         return lookup(self._db, keys, outcome)
 
     # -- the failures file ----------------------------------------------------------------------
 
+    @_ledger_guarded
     def committed_failures(self) -> list[bytes]:
         """The lines of the failures file that the ledger vouches for (rebuilt from the ledger
         first if the file is damaged)."""
@@ -291,6 +324,7 @@ class Journal:
         except DAMAGED as exc:
             raise OutputError(f"cannot read {path}: {exc}") from None
 
+    @_ledger_guarded
     def retake(self, keys: list[str]) -> list[tuple[int, str]]:
         """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending.
 
@@ -306,6 +340,7 @@ class Journal:
                 self._write_meta()
         return [(line, key) for key, line in found.items()]
 
+    @_ledger_guarded
     def compact_failures(self) -> None:
         """Make the failures file one line per call the ledger holds as failed, in input order
         (see ``failures.compacted``)."""
@@ -320,6 +355,7 @@ class Journal:
 
     # -- committing --------------------------------------------------------------------------
 
+    @_ledger_guarded
     def commit(self, batch: Batch, run_totals: dict[str, int], elapsed_s: float) -> None:
         """Make ``batch`` durable: data first, then the ledger rows that point at it.
 
@@ -349,39 +385,29 @@ class Journal:
         if batch.list_cursor is not None:
             meta["list_cursor"] = batch.list_cursor
         meta["elapsed_s"] = self._elapsed_before + elapsed_s
-        try:
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO calls (call_id, line, outcome) VALUES (?, ?, ?)",
-                    batch.rows,
-                )
-                self._write_meta()
-            self._pending.difference_update(key for key, _, _ in batch.rows)
-        except sqlite3.Error as exc:
-            raise OutputError(
-                f"cannot write the ledger in {state_dir(self.paths['events'])}: {exc}. "
-                "Free some space, then run the same command again"
-            ) from None
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO calls (call_id, line, outcome) VALUES (?, ?, ?)",
+                batch.rows,
+            )
+            self._write_meta()
+        self._pending.difference_update(key for key, _, _ in batch.rows)
 
+    @_ledger_guarded
     def note_run(self, **fields: Any) -> None:
         """Record how this invocation stands (``started_at``, ``command``, ``status``...), for
         ``harvester status``."""
         self.meta["last_run"] = {**self.meta.get("last_run", {}), **fields}
-        try:
-            with self._db:
-                self._write_meta()
-        except sqlite3.Error as exc:
-            raise OutputError(f"cannot write the ledger: {exc}") from None
+        with self._db:
+            self._write_meta()
 
+    @_ledger_guarded
     def mark_completed(self, completed: bool = True) -> None:
         """Record that every input record has reached an outcome (or, ``completed`` false, that
         a run is reading the input through again and may find more)."""
         self.meta["completed"] = completed
-        try:
-            with self._db:
-                self._write_meta()
-        except sqlite3.Error as exc:
-            raise OutputError(f"cannot write the ledger: {exc}") from None
+        with self._db:
+            self._write_meta()
 
     def close(self) -> None:
         """Close files, ledger and lock (nothing is committed here)."""

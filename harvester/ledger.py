@@ -16,7 +16,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,11 +54,8 @@ def stored_identity(output: Path) -> dict[str, Any]:
     ledger = state_dir(output) / "ledger.sqlite"
     if not ledger.exists():
         raise ConfigError(f"{output} has no harvester state beside it: nothing to retry")
-    try:
-        with contextlib.closing(sqlite3.connect(ledger)) as connection:
-            meta = load_meta(connection, ledger)
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"the ledger {ledger} cannot be read ({exc})") from None
+    with ledger_errors(ledger), contextlib.closing(sqlite3.connect(ledger)) as connection:
+        meta = load_meta(connection, ledger)
     if not meta:
         raise ConfigError(f"{output} has no harvester state beside it: nothing to retry")
     identity: dict[str, Any] = meta["identity"]
@@ -99,10 +96,16 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
             f"another harvester (pid {holder}) is writing this output ({directory}); "
             "wait for it to finish, or choose another --output"
         ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n".encode())
-    lock.flush()
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n".encode())
+        lock.flush()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {directory / 'lock'}: {exc.strerror}. Free some space or fix the "
+            "permissions, then run the same command again"
+        ) from None
 
 
 def discard(directory: Path, paths: Iterable[Path]) -> None:
@@ -118,27 +121,66 @@ def discard(directory: Path, paths: Iterable[Path]) -> None:
 
 
 def connect(ledger: Path) -> sqlite3.Connection:
-    try:
+    """The ledger at ``ledger``, made if new (``ledger_errors`` says what its errors mean)."""
+    with ledger_errors(ledger):
         connection = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)")
-        connection.execute(
-            "CREATE TABLE IF NOT EXISTS calls "
-            "(call_id TEXT PRIMARY KEY, line INTEGER, outcome INTEGER) WITHOUT ROWID"
-        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB)")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS calls "
+                "(call_id TEXT PRIMARY KEY, line INTEGER, outcome INTEGER) WITHOUT ROWID"
+            )
+        except BaseException:
+            connection.close()
+            raise
         # isolation_level=None is autocommit; "with connection" must still open a transaction.
         connection.isolation_level = "DEFERRED"
-    except sqlite3.OperationalError as exc:
-        raise OutputError(
-            f"cannot open the ledger {ledger}: {exc}. Free some space or fix the permissions, "
-            "then run the same command again"
-        ) from None
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(
-            f"the ledger {ledger} cannot be used ({exc}); use --fresh to start over"
-        ) from None
     return connection
+
+
+# SQLite's primary result codes that say the file is no sound ledger, and those that say the
+# disk refused: what each means, in words.
+_UNSOUND = {11: "SQLite finds it corrupt", 26: "it is not an SQLite database"}
+_REFUSED = {
+    3: "permission denied",
+    8: "it cannot be written (read-only)",
+    10: "the disk failed to read or write it",
+    13: "the disk is full",
+    14: "it cannot be opened",
+    22: "it is too large for the file system",
+}
+
+
+@contextlib.contextmanager
+def ledger_errors(ledger: Path) -> Iterator[None]:
+    """SQLite's errors on ``ledger`` as harvester's own (``ledger_error``). Errors in the use
+    of SQLite itself (a bug) pass unchanged."""
+    try:
+        yield
+    except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        raise
+    except sqlite3.Error as exc:
+        raise ledger_error(exc, ledger) from exc
+
+
+def ledger_error(exc: sqlite3.Error, ledger: Path) -> ConfigError | OutputError:
+    """What an SQLite error on ``ledger`` means: a damaged ledger (``ConfigError``, exit 2:
+    only a backup or starting over helps), or a disk that refused (``OutputError``, exit 4:
+    the same command resumes once it is mended)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if primary in _UNSOUND:
+        return damaged(ledger, f"{_UNSOUND[primary]}, {name}")
+    if primary is None and type(exc) is sqlite3.DatabaseError:
+        return damaged(ledger, name)
+    what = _REFUSED.get(primary or 0, "SQLite cannot use it")
+    return OutputError(
+        f"cannot use the ledger {ledger}: {what} ({name}). Free some space or fix the "
+        "permissions, then run the same command again: it resumes"
+    )
 
 
 def load_meta(connection: sqlite3.Connection, ledger: Path) -> dict[str, Any]:
@@ -179,10 +221,12 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def damaged(ledger: Path) -> ConfigError:
+def damaged(ledger: Path, why: str = "it does not hold what harvester wrote") -> ConfigError:
+    """The error for a ledger that cannot be trusted, saying why and what to do."""
     return ConfigError(
-        f"the ledger {ledger} is damaged (it does not hold what harvester wrote): restore "
-        f"{ledger.parent} from a backup, or use --fresh to start over"
+        f"the ledger {ledger} is damaged ({why}), so what this job has done cannot be known. "
+        f"Restore {ledger.parent} from a backup and run the same command again, or start over "
+        "with --fresh (the output files are replaced and every call is fetched again)"
     )
 
 

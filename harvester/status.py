@@ -12,7 +12,7 @@ from typing import Any
 
 from harvester.errors import ConfigError, OutputError
 from harvester.files import differs
-from harvester.ledger import load_meta, state_dir
+from harvester.ledger import ledger_error, load_meta, state_dir
 
 
 def job_status(output: Path) -> dict[str, Any]:
@@ -32,8 +32,10 @@ def job_status(output: Path) -> dict[str, Any]:
             sqlite3.connect(f"{ledger.as_uri()}?mode=ro{still}", uri=True)
         ) as db:
             meta = load_meta(db, ledger)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"the ledger {ledger} cannot be read ({exc})") from None
+    except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        raise
+    except sqlite3.Error as exc:  # damaged, or not readable: either way no status to give
+        raise ConfigError(str(ledger_error(exc, ledger))) from exc
     if not meta:
         raise ConfigError(f"{output}: its job was begun but nothing was recorded yet")
     identity, totals = meta["identity"], meta["totals"]

@@ -423,6 +423,66 @@ def test_a_corrupt_ledger_is_a_clear_error(sim_process: dict[str, str], tmp_path
     assert b"--fresh" in stderr
 
 
+@pytest.mark.parametrize(("part", "page"), [("its calls", 3), ("its state", 2)])
+def test_a_ledger_damaged_in_the_middle_is_exit_2_saying_what_and_how_to_start_over(
+    sim_process: dict[str, str], tmp_path: Path, part: str, page: int
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids[:20]) + "\n")
+    assert finish(sim_process, tmp_path)[0] == 0
+    (tmp_path / "calls.txt").write_text("\n".join(ids) + "\n")  # grown: read through again
+    ledger = tmp_path / "out" / "events.ndjson.state" / "ledger.sqlite"
+    with sqlite3.connect(ledger) as db:  # tables made in order: meta on page 2, calls on 3
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    with ledger.open("r+b") as file:
+        file.seek((page - 1) * 4096)
+        file.write(random.Random(page).randbytes(4096))
+
+    code, stderr = finish(sim_process, tmp_path)
+
+    assert code == 2, stderr
+    assert b"is damaged" in stderr and b"--fresh" in stderr and b"backup" in stderr, part
+    assert b"Traceback" not in stderr and b"internal error" not in stderr
+    code, stderr = finish(sim_process, tmp_path, "--fresh")
+    assert code == 0, stderr
+    assert canonical(read_ndjson(tmp_path / "out" / "events.ndjson")) == canonical(
+        expected_events(ids)
+    )
+
+
+def test_a_state_folder_on_a_full_disk_from_the_start_is_exit_4(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny filesystem needs root")
+    mount = tmp_path / "full"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with contextlib.suppress(OSError), (mount / "ballast").open("wb") as ballast:
+            while True:  # every block taken
+                ballast.write(b"x" * 4096)
+                ballast.flush()
+        (tmp_path / "calls.txt").write_text("c-abc\n")
+        done = run_harvester(
+            sim_process,
+            *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(mount / "events.ndjson")),
+            "--no-progress",
+        )
+        assert done.returncode == 4, done.stderr
+        assert str(mount).encode() in done.stderr
+        assert b"No space left on device" in done.stderr or b"disk is full" in done.stderr
+        assert b"Traceback" not in done.stderr and b"internal error" not in done.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 @pytest.mark.slow
 def test_a_nightly_gzip_run_killed_again_and_again_decompresses_to_every_event_once(
     faulty_sim: dict[str, str], tmp_path: Path
