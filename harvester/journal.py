@@ -33,6 +33,7 @@ from harvester.errors import ConfigError, OutputError
 from harvester.files import DAMAGED, EMPTY_GZIP, AppendFile, check_no_data, differs, fsync_directory
 from harvester.ledger import (
     FAILED,
+    OK,
     RUN_KEYS,
     SCHEMA_VERSION,
     TOTAL_KEYS,
@@ -296,6 +297,13 @@ class Journal:
             "invocations": meta["invocations"],
             "completed": meta["completed"],
         }
+
+    @_ledger_guarded
+    def harvested_call(self) -> str | None:
+        """A call harvested by this job so far, if any."""
+        row = self._db.execute("SELECT call_id FROM calls WHERE outcome = ? LIMIT 1", (OK,))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
 
     @_ledger_guarded
     def lookup(self, keys: Iterable[str], outcome: int | None = None) -> dict[str, int]:

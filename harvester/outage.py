@@ -16,21 +16,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from harvester.errors import ApiUnavailable, CallFailed, TransientError
+from harvester.errors import ApiUnavailable, CallFailed, Stopping, TransientError
 from harvester.ndjson import Failure
 
 
 class OutageGuard:
     """Holds unanswered failures until the API is known to be up (see the module docstring).
 
-    ``probe`` makes a request that worked before, raising ``TransientError`` when it fails too;
-    ``release`` sends a held failure on to the failures file.
+    ``threshold`` says how many held failures make it ask (it may change as the run learns);
+    ``probe`` makes a request that worked before, raising ``TransientError`` when it fails too
+    (or ``ApiUnavailable`` itself, when it knows better); ``release`` sends a held failure on
+    to the failures file. A stop while it asks leaves what is held undone, for the next run.
     """
 
     def __init__(
         self,
-        threshold: int,
-        probe: Callable[[], Awaitable[object]],
+        threshold: Callable[[], int],
+        probe: Callable[[list[Failure]], Awaitable[object]],
         release: Callable[[Failure], Awaitable[None]],
     ) -> None:
         self._threshold = threshold
@@ -45,6 +47,11 @@ class OutageGuard:
         """Failures held back now."""
         return len(self._held)
 
+    @property
+    def holds_unanswered(self) -> bool:
+        """True when a held failure had no answer at all, or a server error (not a 404)."""
+        return any(held.status is None or held.status >= 500 for held in self._held)
+
     async def answered(self) -> None:
         """The API answered a call: it is up, and what was held failed on its own."""
         self._answers += 1
@@ -55,7 +62,7 @@ class OutageGuard:
         """A call failed after every retry without an answer; raises ``ApiUnavailable`` when
         this makes ``threshold`` in a row and the API is down."""
         self._held.append(failure)
-        if len(self._held) >= self._threshold:
+        if len(self._held) >= self._threshold():
             await self._verify()
 
     async def settle(self) -> None:
@@ -69,7 +76,9 @@ class OutageGuard:
                 return  # an answer released them while another worker was asking
             answers, held, last = self._answers, len(self._held), self._held[-1]
             try:
-                await self._probe()
+                await self._probe(list(self._held))
+            except Stopping:
+                return  # the run is stopping: what is held stays undone, for the next run
             except CallFailed:
                 pass  # an answer, if not the one hoped for: the API is up
             except TransientError as exc:
@@ -78,10 +87,10 @@ class OutageGuard:
                         exc.status,
                         "api-unavailable",
                         f"{held} calls in a row failed after every retry (last: {last.code}: "
-                        f"{last.message}), and so did a request that worked before ({exc}). "
+                        f"{last.message}), and so did a call that worked before ({exc}). "
                         "Nothing is lost: once the API is back (check the base URL and the "
                         "network too), run the same command again and it takes them on",
-                    ) from None
+                    ) from exc
             await self._flush()
 
     async def _flush(self) -> None:

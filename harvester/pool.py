@@ -27,6 +27,7 @@ from harvester.clock import Clock
 from harvester.config import Settings
 from harvester.credentials import redact_url, redact_urls_in
 from harvester.errors import (
+    ApiUnavailable,
     CallFailed,
     FatalApiError,
     HarvesterError,
@@ -53,8 +54,11 @@ log = logging.getLogger("harvester")
 
 # Calls in a row that fail after all retries without an answer (or with a 5xx), before the API
 # is asked whether it is down: at least this many, and at least twice the concurrency, since
-# the calls in flight when it went down fail together.
+# the calls in flight when it went down fail together. Before anything has worked on the events
+# endpoint in the job, ten times as many (calls that fail on their own at the top of a list
+# would otherwise stop every run there); before anything has answered at all, the first.
 OUTAGE_CALLS = 20
+UNPROVEN_FACTOR = 10
 
 # What a source yields: records, and for a listing, the next link after them ("" at the end).
 SourceBatch = tuple[list[Record | ListedCall], str | None]
@@ -102,10 +106,11 @@ class Pool:
         self._clock = clock
         self._claim = claim
         self._shard = shard
-        self._outage = OutageGuard(
-            max(OUTAGE_CALLS, 2 * settings.concurrency), self._probe, self._fail
-        )
-        self._last_ok: str | None = None  # a call harvested in this run: the outage probe
+        self._outage = OutageGuard(self._threshold, self._probe, self._fail)
+        self._outage_calls = max(OUTAGE_CALLS, 2 * settings.concurrency)
+        # A call harvested in this job (this run's latest, else an earlier run's): the outage
+        # probe. None while nothing has worked on the events endpoint in the job.
+        self._last_ok: str | None = None
         self._url_confirmed = False  # the base URL and user are right: something worked
         self._input_error: InputError | None = None  # the call list broke off here
         self._queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
@@ -115,6 +120,7 @@ class Pool:
         """Take every call of ``batches`` to an outcome, committed; False when ``stop`` cut it
         short. Raises the one error that matters (see the module's docstring)."""
         sink = self._sink
+        self._last_ok = await sink.harvested_call()
         try:
             async with asyncio.TaskGroup() as group:
                 committing = group.create_task(sink.run())
@@ -244,9 +250,10 @@ class Pool:
                 lines = event_lines(call_id, found)
             except (CallFailed, RateLimited) as exc:  # answers: the API is up (429s too)
                 failure = call.failure(exc.code, exc.message, exc.status, exc.attempts)
-                if exc.status == 404 and not self._url_confirmed:
-                    # Unknown calls, or a base URL with a wrong path: until one call has
-                    # worked, a 404 is the API's word against the URL as much as the call's.
+                if _about_the_url(exc.status) and not self._url_confirmed:
+                    # Unknown calls, or a base URL with a wrong path or host: until one call
+                    # has worked, a 404 or a redirect is the API's word against the URL as
+                    # much as the call's.
                     await outage.unanswered(failure)
                     continue
                 if outage.held:
@@ -275,27 +282,61 @@ class Pool:
             stats.events += len(found)
             await self._sink.ok(call_id, call.line, lines, len(found), call.listed)
 
-    async def _probe(self) -> None:
-        """A request that worked before in this run, else the first page of the call list,
-        which works whenever the base URL and user are right (see ``OutageGuard``)."""
+    def _threshold(self) -> int:
+        """How many held failures make the outage guard ask whether the API is down."""
+        if not self._stats.statuses:
+            return 1  # nothing has answered at all: ask at once (and be told within seconds)
+        if self._last_ok is None and self._outage.holds_unanswered:
+            return UNPROVEN_FACTOR * self._outage_calls
+        return self._outage_calls
+
+    async def _probe(self, held: list[Failure]) -> None:
+        """A request that worked before in this job, else the first page of the call list,
+        which works whenever the base URL and user are right (see ``OutageGuard``). Raises
+        ``ApiUnavailable`` itself when the API never answered in this run, or when the events
+        endpoint has not worked for any call of the job while unanswered failures are held."""
         if self._last_ok is not None:
             await self._retrier.run(self._client.events, self._last_ok)
             return
+        settings = self._settings
+        api = redact_url(settings.base_url)
         try:
             await self._retrier.run(self._client.calls_page, self._client.calls_url(1))
             self._url_confirmed = True
         except CallFailed as exc:
-            if exc.status != 404:
+            if not _about_the_url(exc.status):
                 raise
-            settings = self._settings
             raise FatalApiError(
-                404,
+                exc.status,
                 "wrong-base-url",
-                f"the API at {redact_url(settings.base_url)} has no call list for user "
-                f"{settings.user_id} (404), so its 404s for calls say nothing of the calls: "
-                "check the base URL and the user id. Nothing was listed as failed; run the same "
-                "command again once they are right",
+                f"the API at {api} has no call list for user {settings.user_id} ({exc.status} "
+                f"{exc.code}: {exc.message}), so its answers for calls say nothing of the "
+                "calls: check the base URL and the user id. Nothing was listed as failed; run "
+                "the same command again once they are right",
             ) from exc
+        except TransientError as exc:
+            if self._stats.statuses:
+                raise
+            last = held[-1]
+            raise ApiUnavailable(
+                None,
+                "api-unavailable",
+                f"the API at {api} never answered in this run: {len(held)} calls and a page of "
+                f"the call list failed without an answer (last: {last.code}: {last.message}). "
+                "Check the base URL's host and port, the network and any proxy. Nothing is "
+                "lost: run the same command again once it answers",
+            ) from exc
+        unanswered = [failure for failure in held if not _about_the_url(failure.status)]
+        if unanswered:
+            last = unanswered[-1]
+            raise ApiUnavailable(
+                last.status,
+                "api-unavailable",
+                f"the events endpoint at {api} has not worked for any call of this job: "
+                f"{len(unanswered)} calls in a row failed after every retry (last: {last.code}: "
+                f"{last.message}), though the API's call list answers. It is down, not the "
+                "calls: nothing is lost; run the same command again once it works",
+            )
 
     async def _fail(self, failure: Failure) -> None:
         event(
@@ -312,6 +353,12 @@ class Pool:
         )
         self._stats.count_failure(failure.code)
         await self._sink.failed(failure)
+
+
+def _about_the_url(status: int | None) -> bool:
+    """A status that may be the API's word on the base URL rather than on the call: a 404, or
+    a redirect (to another scheme or host)."""
+    return status is not None and (status == 404 or 300 <= status < 400)
 
 
 def _unexpected(call: Call, error: Exception) -> Failure:

@@ -5,6 +5,8 @@
 - A 429 waits until the announced reset (the client has already paused the whole pool until
   then) and does not count against ``max_attempts``; only ``max_rate_limited`` 429s in a row for
   one call give up on it.
+- While nothing has answered in the run, a request without an answer is tried
+  ``FIRST_CONTACT_ATTEMPTS`` times at most: an API that is not there is told within seconds.
 - A call whose 429s are its own (refused again and again while other calls are served: the
   limiter judges) waits alone, and is given up as ``call-rate-limited`` after ``OWN_429S`` such
   429s, or sooner when its wait would take it past ``OWN_SECONDS``.
@@ -50,6 +52,9 @@ R = TypeVar("R")
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 BACKOFF_JITTER = 0.5
+# Until the API has answered anything in the run, a request that gets no answer is tried this
+# many times at most: an API that is not there (a wrong host or port) is told within seconds.
+FIRST_CONTACT_ATTEMPTS = 3
 # A call refused on its own (its 429s are not the account's) is given up after this many such
 # 429s, or when waiting for the next attempt would take it past this many seconds of them.
 OWN_429S = 5
@@ -119,6 +124,23 @@ class stop_after_rate_limits(stop_base):
         return rate_limited and tally_of(state).rate_limited >= self.max_rate_limited
 
 
+class stop_before_contact(stop_base):
+    """Stop at the ``FIRST_CONTACT_ATTEMPTS``-th failure without an answer while the API has
+    answered nothing in the run (``stats.statuses`` is empty)."""
+
+    def __init__(self, stats: RunStats) -> None:
+        self.stats = stats
+
+    def __call__(self, state: RetryCallState) -> bool:
+        error = _failure(state)
+        unanswered = isinstance(error, TransientError) and error.status is None
+        return (
+            unanswered
+            and not self.stats.statuses
+            and tally_of(state).failures >= FIRST_CONTACT_ATTEMPTS
+        )
+
+
 class stop_own_429s(stop_base):
     """Stop at a call's ``OWN_429S``-th 429 of its own, or at one whose wait would take its own
     429s past ``OWN_SECONDS``."""
@@ -180,6 +202,7 @@ class Retrier:
             stop_after_failures(settings.max_attempts)
             | stop_after_rate_limits(settings.max_rate_limited)
             | stop_own_429s(clock)
+            | stop_before_contact(stats)
         )
         self._wait = wait_for_reset(clock, otherwise=wait_backoff())
 

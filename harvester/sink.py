@@ -111,6 +111,10 @@ class Sink:
         """See ``Journal.claim``."""
         return await self._on_disk(self._journal.claim, records)
 
+    async def harvested_call(self) -> str | None:
+        """See ``Journal.harvested_call``."""
+        return await self._on_disk(self._journal.harvested_call)
+
     async def retake(self, keys: list[str]) -> list[tuple[int, str]]:
         """See ``Journal.retake``."""
         return await self._on_disk(self._journal.retake, keys)

@@ -161,6 +161,13 @@ class Api(Protocol):
     base_url: str
 
 
+class At:
+    """The API at ``base_url``: a test's own server, or none at all."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+
 def make_settings(sim: Api, tmp_path: Path, **flags: Any) -> Settings:
     """Settings for a run against ``sim`` with the call list ``tmp_path/calls.txt``; ``now`` is
     when "yesterday" and deadlines are reckoned from (the real time unless given)."""

@@ -11,12 +11,16 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from harvester.errors import ApiUnavailable, FatalApiError
 from harvester.job import harvest, retry_failed
-from harvester.sim import SimConfig, Simulator
+from harvester.sim import SimConfig, Simulator, events_for
+from harvester.stats import RunStats
+from harvester.status import job_status
 
 from .conftest import (
+    At,
     FakeClock,
     canonical,
     expected_events,
@@ -26,7 +30,7 @@ from .conftest import (
     run_harvester,
     write_calls,
 )
-from .hostile import Hostile, poison_id
+from .hostile import Hostile, poison_id, serving
 
 
 def free_port() -> int:
@@ -190,3 +194,118 @@ async def test_unknown_calls_at_the_start_are_still_failures_of_their_own(
 
     assert (stats.ok, stats.failed) == (5, 45)
     assert sum(1 for path in sim.requests if path.endswith("/calls?sortOrder=desc&size=1")) == 1
+
+
+class StoppingWhileAsked:
+    """An API whose first call works, whose others always fail (503), and that sets ``stop``
+    (as a signal or a deadline would) when the call that worked is asked for again: the
+    outage guard asking whether the API is down."""
+
+    def __init__(self, good: str, stop: asyncio.Event) -> None:
+        self.good, self.stop, self.asked = good, stop, 0
+
+    def app(self) -> web.Application:
+        async def events(request: web.Request) -> web.Response:
+            call_id = request.match_info["call"]
+            if call_id == self.good:
+                self.asked += 1
+                if self.asked == 1:
+                    return web.json_response(events_for(call_id))
+                self.stop.set()
+            return web.json_response({"code": "unavailable"}, status=503)
+
+        app = web.Application()
+        app.router.add_get("/v1/users/{user}/calls/{call}/events", events)
+        return app
+
+
+@pytest.mark.parametrize("failing", [40, 3])  # enough to ask mid-run; or asked at the end
+async def test_a_stop_while_the_api_is_asked_whether_it_is_down_is_a_stop(
+    clock: FakeClock, tmp_path: Path, failing: int
+) -> None:
+    good = "c-good0000000000000000001"
+    write_calls(tmp_path, [good, *(f"c-down{n:019d}" for n in range(failing))])
+    stop = asyncio.Event()
+    api = StoppingWhileAsked(good, stop)
+    async with serving(api.app()) as url:
+        settings = make_settings(At(url), tmp_path, concurrency=1, max_attempts=2)
+        stats = await harvest(settings, clock=clock, stop=stop)  # no Stopping, no crash
+
+    assert api.asked == 2 and stop.is_set()
+    assert not stats.completed
+    assert settings.failures_path.read_bytes() == b"", "held calls are left for the next run"
+    assert job_status(output_of(settings))["last_run"]["status"] == "stopped"
+
+
+async def test_an_api_that_never_answered_is_called_down_within_seconds(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    write_calls(tmp_path, sim.call_ids())
+    started = clock.monotonic()
+    nobody = f"http://127.0.0.1:{free_port()}"
+    stats = RunStats()
+
+    with pytest.raises(ApiUnavailable, match="never answered") as caught:
+        await harvest(make_settings(At(nobody), tmp_path), clock=clock, stats=stats)
+
+    assert clock.monotonic() - started < 10, "seconds, not minutes"
+    assert stats.requests < 40, "a few attempts per worker, not 140"
+    assert "connection refused" in str(caught.value) and "worked before" not in str(caught.value)
+    settings = make_settings(sim, tmp_path)
+    assert settings.failures_path.read_bytes() == b""
+    assert (await harvest(settings, clock=clock)).job["ok"] == len(sim.call_ids())
+
+
+async def test_an_events_endpoint_that_never_worked_is_down_whatever_the_list_answers(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = sim.call_ids()
+    write_calls(tmp_path, ids)
+    sim.config.faults, sim.config.max_faults_per_call = {"503": 1.0}, 1000  # events only
+
+    with pytest.raises(ApiUnavailable, match="has not worked for any call") as caught:
+        await harvest(make_settings(sim, tmp_path, max_attempts=2), clock=clock)
+
+    assert caught.value.code == "api-unavailable"
+    settings = make_settings(sim, tmp_path)
+    assert settings.failures_path.read_bytes() == b"", "an outage, not the calls' failures"
+    assert job_status(output_of(settings))["completed"] is False
+    sim.config.faults = {}
+    stats = await harvest(settings, clock=clock)
+    assert (stats.job["ok"], stats.job["failed"]) == (len(ids), 0)
+
+
+def redirecting(good: set[str]) -> web.Application:
+    """An API that answers 301 to another host for every request but the events of ``good``."""
+
+    async def moved(request: web.Request) -> web.Response:
+        call_id = request.match_info.get("call")
+        if call_id in good:
+            return web.json_response(events_for(call_id))
+        elsewhere = f"https://api.example.com{request.rel_url}"
+        return web.Response(status=301, headers={"Location": elsewhere})
+
+    app = web.Application()
+    app.router.add_get("/v1/users/{user}/calls/{call}/events", moved)
+    app.router.add_get("/v1/users/{user}/calls", moved)
+    return app
+
+
+async def test_redirects_say_the_base_url_wants_another_host_or_scheme(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = [f"c-moved{n:018d}" for n in range(5)]
+    write_calls(tmp_path, ids)
+    async with serving(redirecting(set())) as url:
+        settings = make_settings(At(url), tmp_path)
+        with pytest.raises(FatalApiError, match="wrong-base-url") as caught:
+            await harvest(settings, clock=clock)
+    assert "301" in str(caught.value) and "another scheme or host" in str(caught.value)
+    assert settings.failures_path.read_bytes() == b"", "not the calls' failure"
+
+    # Where the rest works, a call redirected on its own fails, saying so.
+    async with serving(redirecting(set(ids[1:]))) as url:
+        stats = await harvest(make_settings(At(url), tmp_path), clock=clock)
+    (failure,) = read_ndjson(settings.failures_path)
+    assert (failure["callId"], failure["status"], failure["code"]) == (ids[0], 301, "redirected")
+    assert "https://api.example.com/" in failure["message"] and stats.job["ok"] == 4

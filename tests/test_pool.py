@@ -26,6 +26,7 @@ from .conftest import (
     read_ndjson,
     write_calls,
 )
+from .hostile import Hostile, poison_id
 
 EVENTS_PATH = re.compile(r"/v1/users/u-simulatoruserid0000000/calls/c-[A-Za-z0-9-]{1,64}/events")
 
@@ -121,29 +122,29 @@ async def test_a_slow_answer_times_out_and_is_retried(
 
 
 async def test_a_call_that_keeps_failing_lands_in_failures_with_its_attempts(
-    sim: Simulator, clock: FakeClock, tmp_path: Path
+    clock: FakeClock, tmp_path: Path
 ) -> None:
-    sim.config.faults = {"503": 1.0}
-    sim.config.max_faults_per_call = 100
-    ids = sim.call_ids()[:3]
-    write_calls(tmp_path, ids)
-    settings = make_settings(sim, tmp_path, max_attempts=3)
-
-    stats = await harvest(settings, clock=clock)
+    good, failing = "c-good0000000000000000001", [poison_id("always-503", n) for n in range(3)]
+    write_calls(tmp_path, [good, *failing])
+    async with Hostile() as api:
+        settings = make_settings(api, tmp_path, max_attempts=3, concurrency=1)
+        stats = await harvest(settings, clock=clock)
 
     failures = read_ndjson(settings.failures_path)
-    assert sorted(f["callId"] for f in failures) == sorted(ids)
+    assert sorted(f["callId"] for f in failures) == sorted(failing)
     assert {(f["status"], f["code"], f["attempts"]) for f in failures} == {(503, "unavailable", 3)}
-    # Nine attempts, and one request to the call list that shows the API is up: these calls
-    # fail on their own, so they are listed (were it down, they would be left for the next run).
-    assert (stats.ok, stats.failed, stats.requests) == (0, 3, 10)
-    assert sim.requests[-1].endswith("/calls?sortOrder=desc&size=1")
-    assert output_of(settings).read_bytes() == b""
+    # Nine attempts, and the call harvested before asked again, which shows the API is up:
+    # these calls fail on their own, so they are listed (were it down, they would be left for
+    # the next run).
+    assert (stats.ok, stats.failed, stats.requests) == (1, 3, 11)
+    assert api.requests[good] == 2
     # Backoff grows between attempts: two waits per call, the second about twice the first.
     # (Waits under 0.1 s are the limiter's pacing, not backoff.)
     backoffs = [s for s in clock.sleeps if s >= 0.1]
     assert len(backoffs) == 6
-    assert all(0.5 <= s < 1.0 for s in backoffs[:3]) and all(1.0 <= s < 1.5 for s in backoffs[3:])
+    assert all(0.5 <= s < 1.0 for s in backoffs[::2]) and all(
+        1.0 <= s < 1.5 for s in backoffs[1::2]
+    )
 
 
 async def test_unknown_calls_go_to_failures_once_without_retry(

@@ -24,6 +24,7 @@ from harvester.sim import SimConfig, Simulator, call_id_for, events_for
 from harvester.stats import RunStats
 
 from .conftest import (
+    At,
     FakeClock,
     canonical,
     expected_events,
@@ -33,13 +34,6 @@ from .conftest import (
     write_calls,
 )
 from .hostile import serving
-
-
-class Url:
-    """An API at ``base_url`` (``make_settings`` takes anything with one)."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
 
 
 async def test_the_pool_waits_for_the_reset_and_loses_nothing(
@@ -274,7 +268,7 @@ async def test_a_call_refused_again_and_again_while_others_are_served_fails_on_i
     started = clock.monotonic()
     caplog.set_level(logging.INFO, "harvester")
     async with serving(refusing(hot, headers, clock)) as url:
-        settings = make_settings(Url(url), tmp_path, concurrency=4, commit_calls=50)
+        settings = make_settings(At(url), tmp_path, concurrency=4, commit_calls=50)
         stats = await harvest(settings, clock=clock)
 
     assert stats.completed and stats.ok == len(good)
