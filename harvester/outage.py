@@ -20,6 +20,12 @@ from harvester.errors import ApiUnavailable, CallFailed, Stopping, TransientErro
 from harvester.ndjson import Failure
 
 
+def about_the_url(status: int | None) -> bool:
+    """A status that may be the API's word on the base URL rather than on the call: a 404, or
+    a redirect (to another scheme or host)."""
+    return status is not None and (status == 404 or 300 <= status < 400)
+
+
 class OutageGuard:
     """Holds unanswered failures until the API is known to be up (see the module docstring).
 
@@ -39,6 +45,7 @@ class OutageGuard:
         self._probe = probe
         self._release = release
         self._held: list[Failure] = []
+        self._unanswered = 0  # of them, those that are not about the URL
         self._answers = 0
         self._probing = asyncio.Lock()
 
@@ -49,8 +56,9 @@ class OutageGuard:
 
     @property
     def holds_unanswered(self) -> bool:
-        """True when a held failure had no answer at all, or a server error (not a 404)."""
-        return any(held.status is None or held.status >= 500 for held in self._held)
+        """True when a held failure had no proper answer (not the URL's question: a 404 or a
+        redirect before anything worked)."""
+        return self._unanswered > 0
 
     async def answered(self) -> None:
         """The API answered a call: it is up, and what was held failed on its own."""
@@ -62,6 +70,7 @@ class OutageGuard:
         """A call failed after every retry without an answer; raises ``ApiUnavailable`` when
         this makes ``threshold`` in a row and the API is down."""
         self._held.append(failure)
+        self._unanswered += not about_the_url(failure.status)
         if len(self._held) >= self._threshold():
             await self._verify()
 
@@ -94,6 +103,6 @@ class OutageGuard:
             await self._flush()
 
     async def _flush(self) -> None:
-        held, self._held = self._held, []
+        held, self._held, self._unanswered = self._held, [], 0
         for failure in held:
             await self._release(failure)

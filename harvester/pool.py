@@ -43,7 +43,7 @@ from harvester.ledger import line_key
 from harvester.listing import ListedCall
 from harvester.logs import event
 from harvester.ndjson import Failure, event_lines
-from harvester.outage import OutageGuard
+from harvester.outage import OutageGuard, about_the_url
 from harvester.retry import Retrier
 from harvester.shard import Shard
 from harvester.sink import Sink
@@ -250,7 +250,7 @@ class Pool:
                 lines = event_lines(call_id, found)
             except (CallFailed, RateLimited) as exc:  # answers: the API is up (429s too)
                 failure = call.failure(exc.code, exc.message, exc.status, exc.attempts)
-                if _about_the_url(exc.status) and not self._url_confirmed:
+                if about_the_url(exc.status) and not self._url_confirmed:
                     # Unknown calls, or a base URL with a wrong path or host: until one call
                     # has worked, a 404 or a redirect is the API's word against the URL as
                     # much as the call's.
@@ -304,7 +304,7 @@ class Pool:
             await self._retrier.run(self._client.calls_page, self._client.calls_url(1))
             self._url_confirmed = True
         except CallFailed as exc:
-            if not _about_the_url(exc.status):
+            if not about_the_url(exc.status):
                 raise
             raise FatalApiError(
                 exc.status,
@@ -326,7 +326,7 @@ class Pool:
                 "Check the base URL's host and port, the network and any proxy. Nothing is "
                 "lost: run the same command again once it answers",
             ) from exc
-        unanswered = [failure for failure in held if not _about_the_url(failure.status)]
+        unanswered = [failure for failure in held if not about_the_url(failure.status)]
         if unanswered:
             last = unanswered[-1]
             raise ApiUnavailable(
@@ -353,12 +353,6 @@ class Pool:
         )
         self._stats.count_failure(failure.code)
         await self._sink.failed(failure)
-
-
-def _about_the_url(status: int | None) -> bool:
-    """A status that may be the API's word on the base URL rather than on the call: a 404, or
-    a redirect (to another scheme or host)."""
-    return status is not None and (status == 404 or 300 <= status < 400)
 
 
 def _unexpected(call: Call, error: Exception) -> Failure:

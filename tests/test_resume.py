@@ -83,6 +83,26 @@ def finish(env: dict[str, str], folder: Path, *extra: str) -> tuple[int, bytes]:
     return done.returncode, done.stderr
 
 
+@contextlib.contextmanager
+def tiny_filesystem(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``mount`` for the block (the test is skipped, saying why,
+    where that cannot be done)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny filesystem needs root")
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def call_list(env: dict[str, str], folder: Path, calls: int | None = None) -> list[str]:
     """The registry (its first ``calls``), plus duplicates, unknown calls and hostile ids,
     written as the input."""
@@ -366,20 +386,7 @@ async def test_a_write_error_stops_the_run_and_the_next_run_resumes_cleanly(
 def test_a_full_disk_exits_4_naming_the_path_and_resumes_once_space_is_back(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny filesystem needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
-            capture_output=True,
-            check=False,
-        ).returncode
-        != 0
-    ):
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tiny_filesystem(tmp_path / "tiny", "512k") as mount:
         ids = Path(sim_process["IDS_FILE"]).read_text().split()
         (tmp_path / "calls.txt").write_text("\n".join(ids))
         output = mount / "events.ndjson"
@@ -407,8 +414,6 @@ def test_a_full_disk_exits_4_naming_the_path_and_resumes_once_space_is_back(
         lines = output.read_bytes().splitlines()
         assert len(lines) == len(set(lines))
         assert canonical([orjson.loads(x) for x in lines]) == canonical(expected_events(ids))
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_a_corrupt_ledger_is_a_clear_error(sim_process: dict[str, str], tmp_path: Path) -> None:
@@ -453,18 +458,7 @@ def test_a_ledger_damaged_in_the_middle_is_exit_2_saying_what_and_how_to_start_o
 def test_a_state_folder_on_a_full_disk_from_the_start_is_exit_4(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny filesystem needs root")
-    mount = tmp_path / "full"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tiny_filesystem(tmp_path / "full", "64k") as mount:
         with contextlib.suppress(OSError), (mount / "ballast").open("wb") as ballast:
             while True:  # every block taken
                 ballast.write(b"x" * 4096)
@@ -479,8 +473,6 @@ def test_a_state_folder_on_a_full_disk_from_the_start_is_exit_4(
         assert str(mount).encode() in done.stderr
         assert b"No space left on device" in done.stderr or b"disk is full" in done.stderr
         assert b"Traceback" not in done.stderr and b"internal error" not in done.stderr
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 @pytest.mark.slow
