@@ -15,8 +15,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -147,7 +146,8 @@ class CallEventsClient:
         url = self.events_url(call_id)
         answer = await self._get_page(url, self._max_body, call_id)
         events, url_next = answer.items, answer.next_url
-        _check_exact(answer, 0)
+        if answer.inexact is not None:
+            _refuse_inexact(answer.inexact, 0)
         followed: set[str] | None = None
         budget, empty = self._max_body - answer.size, 0
         while url_next is not None:
@@ -162,7 +162,8 @@ class CallEventsClient:
                 raise CallFailed(200, "too-many-pages", f"more than {MAX_PAGES} pages of events")
             followed.add(target)
             answer = await self._get_page(url_next, budget, call_id)
-            _check_exact(answer, len(events))
+            if answer.inexact is not None:
+                _refuse_inexact(answer.inexact, len(events))
             page, url_next = answer.items, answer.next_url
             budget -= answer.size
             events.extend(page)
@@ -458,8 +459,7 @@ class ListPage(NamedTuple):
     inexact: list[Inexact | None] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
+class _Answer(NamedTuple):
     """One 200 answer: its events or records, the next page's URL, its body's size, and which
     of its items would not be written back as sent."""
 
@@ -484,12 +484,10 @@ def _parse_events(
     return events, inexact
 
 
-def _check_exact(answer: _Answer, before: int) -> None:
-    """Fail the call when an event of ``answer`` (after ``before`` events of earlier pages)
-    would not be written back as the API sent it."""
-    if answer.inexact is None:
-        return
-    number, wrong = next((n, v) for n, v in enumerate(answer.inexact, before + 1) if v)
+def _refuse_inexact(inexact: list[Inexact | None], before: int) -> NoReturn:
+    """Fail the call: an event of an answer (after ``before`` events of earlier pages) would
+    not be written back as the API sent it."""
+    number, wrong = next((n, v) for n, v in enumerate(inexact, before + 1) if v)
     raise CallFailed(
         200,
         wrong.code,
