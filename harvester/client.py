@@ -16,7 +16,7 @@ import math
 import os
 import re
 from typing import Any, NamedTuple, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -74,6 +74,10 @@ class CallEventsClient:
             f"{self._base.raw_path.rstrip('/')}/v1/users/{quote(settings.user_id, safe='')}"
         )
         self._session: aiohttp.ClientSession | None = None
+        # Through a proxy, what goes wrong on the way may be the proxy's: messages say so.
+        proxy = urlsplit(settings.proxy) if settings.proxy else None
+        self._proxy_host = proxy.hostname if proxy is not None else None
+        self._via = f" (or the proxy {redact_url(settings.proxy or '')})" if proxy else ""
 
     async def __aenter__(self) -> CallEventsClient:
         credentials = (
@@ -240,6 +244,14 @@ class CallEventsClient:
             return self._tls_refused(str(reason))
         if isinstance(exc, aiohttp.ClientSSLError):
             return self._tls_refused(_tls_reason(exc))
+        if isinstance(exc, aiohttp.ClientConnectorError) and exc.host == self._proxy_host:
+            why = "cannot resolve it" if isinstance(exc, aiohttp.ClientConnectorDNSError) else ""
+            return TransientError(
+                None,
+                "proxy-unreachable",
+                f"cannot connect to the proxy {exc.host}:{exc.port} ({why or _os_reason(exc)}): "
+                "check --proxy or HTTPS_PROXY/HTTP_PROXY",
+            )
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             return TransientError(None, "connection-error", f"cannot resolve {exc.host}")
         if isinstance(exc, aiohttp.ClientConnectorError):
@@ -250,7 +262,9 @@ class CallEventsClient:
             )
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return TransientError(
-                None, "connection-error", "the server closed the connection before answering"
+                None,
+                "connection-error",
+                f"the server{self._via} closed the connection before answering",
             )
         if isinstance(exc, aiohttp.ClientPayloadError):
             return TransientError(
@@ -263,7 +277,8 @@ class CallEventsClient:
             return TransientError(
                 None,
                 "malformed-answer",
-                "the answer's head cannot be read (oversized or garbled headers, or not HTTP)",
+                f"the answer's head{self._via} cannot be read (oversized or garbled headers, or "
+                "not HTTP)",
             )
         if isinstance(exc, aiohttp.ClientError | OSError):
             return TransientError(None, "connection-error", f"connection lost ({_os_reason(exc)})")

@@ -7,6 +7,7 @@
     ├── InputError         the call list cannot be read: exit 2
     ├── Stopping           the run is stopping: a request not yet sent is not sent
     ├── OutputError        an output file cannot be written (disk full, permissions): exit 4
+    │   └── OutputChanged  something else changed it under the run: exit 4, then refused
     └── ApiError           one answer (or non-answer) of the API, with status/code/message
         ├── TransientError     worth another attempt: 5xx, resets, timeouts, garbled bodies
         │   └── RateLimited    429: wait until ``retry_at`` (clock seconds) or back off
@@ -44,6 +45,11 @@ class InputError(HarvesterError):
 
 class OutputError(HarvesterError):
     """An output file could not be written; nothing past the last good write is claimed."""
+
+
+class OutputChanged(OutputError):
+    """Something else changed an output file while harvester wrote it (cut, removed, replaced,
+    written into): the run stops, and the job is refused until the file is what was committed."""
 
 
 class ApiError(HarvesterError):

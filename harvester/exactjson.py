@@ -44,6 +44,8 @@ def read_array(body: bytes) -> tuple[Any, list[Inexact | None] | None]:
     """``body`` read as JSON: the document (an array, when all is well), and, when some of its
     elements would not be written back as they were sent, one entry per element saying why
     (None for those that would). Raises ``ValueError`` when ``body`` is not JSON."""
+    if body.startswith(b"\xef\xbb\xbf"):  # a BOM: not JSON's, but nothing of the document
+        body = body[3:]
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -150,7 +152,9 @@ def _unwritable(element: Any) -> Inexact | None:
     try:
         orjson.dumps(element)
     except orjson.JSONEncodeError:
-        return Inexact("malformed-answer", "cannot be written back as JSON (nested too deep?)")
+        return Inexact(
+            "malformed-answer", "cannot be written back as JSON (a lone surrogate, or nesting)"
+        )
     return None
 
 

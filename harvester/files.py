@@ -26,7 +26,7 @@ import aiofiles
 import aiofiles.os
 import aiofiles.tempfile
 
-from harvester.errors import ConfigError, OutputError
+from harvester.errors import ConfigError, OutputChanged, OutputError
 from harvester.ledger import state_dir
 
 P = ParamSpec("P")
@@ -120,14 +120,21 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def differs(path: Path, size: int, checksum: int | None) -> str | None:
+def differs(path: Path, size: int, checksum: int | None, *, exact: bool = False) -> str | None:
     """Why ``path`` is not the file whose first ``size`` bytes the ledger vouches for (shorter,
-    missing, or ending them in other bytes than ``checksum`` says), or None when it is."""
+    missing, or ending them in other bytes than ``checksum`` says), or None when it is. With
+    ``exact``, bytes past ``size`` are a difference too: no crash of harvester left them."""
     try:
         with path.open("rb") as file:
             actual = os.fstat(file.fileno()).st_size
             if actual < size:
                 return f"it is shorter ({actual} bytes) than its ledger says ({size})"
+            if exact and actual > size:
+                return (
+                    f"it holds {actual - size} bytes past the {size} harvester committed, which "
+                    "harvester did not write (its last run ended cleanly): something else wrote "
+                    f"them. Keep them elsewhere and cut the file back (truncate -s {size} {path})"
+                )
             if checksum is not None and tail_checksum(file.fileno(), size) != checksum:
                 return (
                     "its committed part does not end in the bytes harvester wrote (another file "
@@ -161,9 +168,10 @@ class AppendFile:
     Whatever else writes, cuts or replaces it while a run goes on stops the run (``OutputError``)
     before anything more is committed. A ``.gz`` path gets a gzip member per append."""
 
-    def __init__(self, path: Path, fd: int, size: int) -> None:
+    def __init__(self, path: Path, fd: int, size: int, remedy: str) -> None:
         self.path = path
         self.size = size
+        self.remedy = remedy  # what to do when something else changed it
         self._fd = fd
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
@@ -171,10 +179,11 @@ class AppendFile:
         self._compress = path.suffix == ".gz"
 
     @classmethod
-    def open(cls, path: Path, size: int) -> AppendFile:
+    def open(cls, path: Path, size: int, remedy: str) -> AppendFile:
         """``path`` opened to append after its first ``size`` bytes, dropping anything past them
         (no commit vouches for it); made, with its folder, when missing. ``differs`` says
-        whether the file is the one the ledger vouches for: check it first."""
+        whether the file is the one the ledger vouches for: check it first. ``remedy`` is
+        what to do should something else change it."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -184,7 +193,7 @@ class AppendFile:
             if os.fstat(fd).st_size > size:
                 os.ftruncate(fd, size)
                 os.fsync(fd)
-            return cls(path, fd, size)
+            return cls(path, fd, size, remedy)
         except OSError as exc:
             os.close(fd)
             raise OutputError(f"cannot open {path}: {exc.strerror}") from None
@@ -214,6 +223,8 @@ class AppendFile:
             self._changed(f"was cut to {mine.st_size} bytes (harvester had {expected} in it)")
         if mine.st_size > expected:
             self._changed(f"grew by {mine.st_size - expected} bytes that harvester did not write")
+        if size is None and self._tail and _tail_of(self._fd, expected) != self._tail:
+            self._changed("was written into (its last committed bytes are not those written)")
 
     def append(self, data: bytes | bytearray, *, compress: bool = True) -> int:
         """Append ``data`` durably, as a gzip member of its own for a ``.gz`` path; the new
@@ -242,11 +253,10 @@ class AppendFile:
         os.close(self._fd)
 
     def _changed(self, what: str) -> NoReturn:
-        raise OutputError(
-            f"{self.path} {what} while harvester was writing it: something else changed it, and "
-            "what was committed to it may be gone. The run stops here and commits nothing "
-            "more. Restore the file from a backup and run the same command again, or start "
-            "over with --fresh (every call is fetched again)"
+        raise OutputChanged(
+            f"{self.path} {what} while harvester was writing it (it had committed {self.size} "
+            "bytes to it): something else changed it, and what was committed may be gone. The "
+            f"run stops here and commits nothing more. {self.remedy}"
         )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from harvester import failures
-from harvester.errors import ConfigError, OutputError
+from harvester.errors import ConfigError, OutputChanged, OutputError
 from harvester.files import DAMAGED, EMPTY_GZIP, AppendFile, check_no_data, differs, fsync_directory
 from harvester.ledger import (
     FAILED,
@@ -85,15 +85,29 @@ class Batch:
         return len(self.events) + len(self.failures) + len(self.calls)
 
 
+# What to do when something else changed an output file.
+_RESTORE = (
+    "Restore the file from a backup and run the same command again, or start over with --fresh "
+    "(every call is fetched again)"
+)
+_REBUILT = "The next run rebuilds it from the ledger (the reasons listed so far are lost)"
+
+
 def _open_files(
     paths: dict[str, Path], meta: dict[str, Any], connection: sqlite3.Connection, state: Path
 ) -> dict[str, AppendFile]:
     """Each output file opened for appending after its committed size (a lost or damaged
     failures file rebuilt from the ledger first), a new ``.gz`` one valid gzip from the start.
-    Raises ``ConfigError`` for an output file that is not the one the ledger vouches for."""
+
+    Raises ``ConfigError`` for an output file that is not the one the ledger vouches for: one
+    shorter, ending in other bytes, or, after a run that ended cleanly (or saw the file changed
+    under it, ``meta["changed"]``), holding bytes past its committed size, which no crash of
+    harvester left there. Once the file is as committed again, the job goes on."""
     sizes, tails = meta["sizes"], meta.setdefault("tails", {})
+    seen = meta.pop("changed", None)  # what a run saw something else do to its files
+    exact = bool(seen) or meta.get("clean", False)
     failures_path = paths["failures"]
-    changed = differs(failures_path, sizes["failures"], tails.get("failures"))
+    changed = differs(failures_path, sizes["failures"], tails.get("failures"), exact=exact)
     if changed:
         log.warning(
             "%s: %s; rebuilt it from the ledger, one line per failed call (their reasons are "
@@ -103,16 +117,17 @@ def _open_files(
         )
         failures.swap(connection, meta, failures_path, failures.ledger_lines(connection))
     for name, path in paths.items():
-        if name != "failures" and (changed := differs(path, sizes[name], tails.get(name))):
+        changed = differs(path, sizes[name], tails.get(name), exact=exact)
+        if name != "failures" and changed:
+            said = f" (a run saw: {seen})" if seen else ""
             raise ConfigError(
-                f"{path}: {changed}: what harvester committed to it is not all there. Restore it "
-                "from a backup and run the same command again, or use --fresh to start over "
-                "(every call is fetched again)"
+                f"{path}: {changed}: it is not what harvester committed to it{said}. {_RESTORE}"
             )
     files: dict[str, AppendFile] = {}
     try:
         for name, path in paths.items():
-            files[name] = file = AppendFile.open(path, sizes[name])
+            remedy = _REBUILT if name == "failures" else _RESTORE
+            files[name] = file = AppendFile.open(path, sizes[name], remedy)
             if path.suffix == ".gz" and file.size == 0:
                 sizes[name] = file.append(EMPTY_GZIP, compress=False)
             tails[name] = file.checksum
@@ -170,6 +185,8 @@ class Journal:
         self._pending: set[str] = set()
         # Keys that had failed, taken on again by this run (retry-failed).
         self._retaken: set[str] = set()
+        # Every byte appended is committed (the files were just cut back to the ledger's sizes).
+        self._clean = True
         # The job's counters as they stood before this invocation sent anything.
         self._before = {key: meta["totals"][key] for key in RUN_KEYS}
         self._elapsed_before: float = meta["elapsed_s"]
@@ -258,8 +275,9 @@ class Journal:
                 "invocations": 0,
                 "elapsed_s": 0.0,
             }
-        meta["invocations"] += 1
         files = _open_files(paths, meta, connection, ledger.parent)
+        meta["invocations"] += 1
+        meta["clean"] = False  # until this run's last append is committed (``close``)
         journal = cls(paths, connection, lock, files, meta)
         # Durable before any data is written: from now on, data without a ledger entry is
         # ours, uncommitted, and is cut back on the next open.
@@ -359,7 +377,7 @@ class Journal:
         path = self.paths["failures"]
         self._files["failures"].close()
         failures.swap(self._db, self.meta, path, lines, codes)
-        self._files["failures"] = AppendFile.open(path, self.meta["sizes"]["failures"])
+        self._files["failures"] = AppendFile.open(path, self.meta["sizes"]["failures"], _REBUILT)
 
     # -- committing --------------------------------------------------------------------------
 
@@ -370,9 +388,17 @@ class Journal:
         ``run_totals`` are this invocation's request counters, added to the job's as of now.
         """
         files = self._files
-        for file in files.values():  # every one still the file written, before any is touched
-            file.check()
-        sizes = {name: file.append(getattr(batch, name)) for name, file in files.items()}
+        self._clean = False  # from the first byte appended until the ledger vouches for all
+        try:
+            for file in files.values():  # every one still the file written, before any is touched
+                file.check()
+            sizes = {name: file.append(getattr(batch, name)) for name, file in files.items()}
+        except OutputChanged as exc:
+            # Kept, so that the next run refuses the job until the file is as committed again.
+            self.meta["changed"] = str(exc)
+            with contextlib.suppress(sqlite3.Error), self._db:
+                self._write_meta()
+            raise
         meta = self.meta
         meta["tails"] = {name: file.checksum for name, file in files.items()}
         totals = meta["totals"]
@@ -400,6 +426,7 @@ class Journal:
             )
             self._write_meta()
         self._pending.difference_update(key for key, _, _ in batch.rows)
+        self._clean = True
 
     @_ledger_guarded
     def note_run(self, **fields: Any) -> None:
@@ -418,7 +445,13 @@ class Journal:
             self._write_meta()
 
     def close(self) -> None:
-        """Close files, ledger and lock (nothing is committed here)."""
+        """Close files, ledger and lock (nothing is committed here). When every byte appended
+        was committed, the ledger says so: bytes found past a committed size on the next open
+        are then none of harvester's, and refused rather than cut off."""
+        if self._clean:
+            self.meta["clean"] = True
+            with contextlib.suppress(sqlite3.Error), self._db:
+                self._write_meta()
         closers = [file.close for file in self._files.values()]
         for close in (*closers, self._db.close, self._lock.close):
             with contextlib.suppress(OSError, sqlite3.Error):

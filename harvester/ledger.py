@@ -109,9 +109,12 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
 
 
 def discard(directory: Path, paths: Iterable[Path]) -> None:
+    """Start the job writing ``paths`` over (``--fresh``): the files they resolve to and all
+    in the state folder ``directory`` but its lock are removed. A symlinked output stays a
+    link, to a new file: its state stays beside the file it resolves to."""
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            path.resolve().unlink()
     for entry in directory.iterdir():
         if entry.name != "lock":
             if entry.is_dir():

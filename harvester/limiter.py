@@ -17,7 +17,9 @@ workers, sets the pace:
      window, or the same gap between resets twice, means a longer window). No sample comes from
      an answer already on its way when the window shut (the same reset again), nor from a
      window in which we waited more than ``PAUSED_SHARE`` of the time (our pause shaped it); a
-     429 without a reset halves the rate, at most once a round trip.
+     429 without a reset (or with one that is past, zero or unreadable) cuts the rate to
+     what recent clean windows served (by half when that is no lower), at most once a round
+     trip, and while such 429s keep coming the ramp does not start again.
   3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
      little lower (a token bucket's burst makes a window serve more than its rate). The same
      sample at two paces ``PACES_APART``, or ``IN_A_ROW`` windows in a row, is a limit:
@@ -60,7 +62,7 @@ from datetime import UTC, datetime
 from harvester.clock import Clock, sleep_unless
 from harvester.errors import Stopping
 from harvester.logs import event
-from harvester.ratelaw import PROBE_STEP, SAFETY, SHARE_OF, RateLaw
+from harvester.ratelaw import BEST_HORIZON, PROBE_STEP, SAFETY, SHARE_OF, RateLaw
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
 INITIAL_RATE = 100.0
@@ -224,8 +226,11 @@ class RateLimiter(RateLaw):
         if trial is not None and self._requests - trial.requests >= trial.length:
             self._trial = None  # the lower pace held: the decrease stands
             # With nothing ever measured (429s without a reset only), nothing says where a
-            # limit would be: ramp up again, as at the start.
-            self._ramping = self._estimate is None and not self._samples
+            # limit would be: ramp up again, as at the start; but not while such 429s keep
+            # coming (a limit that says no reset): then the climb of clean windows finds it.
+            self._ramping = (
+                self._estimate is None and not self._samples and now - self._last_cut > BEST_HORIZON
+            )
         if self._ramping:
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now

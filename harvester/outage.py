@@ -95,7 +95,8 @@ class OutageGuard:
                     raise ApiUnavailable(
                         exc.status,
                         "api-unavailable",
-                        f"{held} calls in a row failed after every retry (last: {last.code}: "
+                        f"{held} call{'s' if held > 1 else ''} in a row failed after every "
+                        f"retry (last: {last.code}: "
                         f"{last.message}), and so did a call that worked before ({exc}). "
                         "Nothing is lost: once the API is back (check the base URL and the "
                         "network too), run the same command again and it takes them on",

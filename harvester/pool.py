@@ -295,11 +295,21 @@ class Pool:
         which works whenever the base URL and user are right (see ``OutageGuard``). Raises
         ``ApiUnavailable`` itself when the API never answered in this run, or when the events
         endpoint has not worked for any call of the job while unanswered failures are held."""
+        settings = self._settings
+        api = redact_url(settings.base_url)
+        if not self._stats.statuses:  # no answer at all: asking again would tell nothing more
+            last = held[-1]
+            raise ApiUnavailable(
+                None,
+                "api-unavailable",
+                f"the API at {api} never answered in this run: {_calls(len(held))} failed "
+                f"without an answer (last: {last.code}: {last.message}). Check the base URL's "
+                "host and port, the network and any proxy. Nothing is lost: run the same "
+                "command again once it answers",
+            )
         if self._last_ok is not None:
             await self._retrier.run(self._client.events, self._last_ok)
             return
-        settings = self._settings
-        api = redact_url(settings.base_url)
         try:
             await self._retrier.run(self._client.calls_page, self._client.calls_url(1))
             self._url_confirmed = True
@@ -315,16 +325,14 @@ class Pool:
                 "the same command again once they are right",
             ) from exc
         except TransientError as exc:
-            if self._stats.statuses:
-                raise
             last = held[-1]
             raise ApiUnavailable(
-                None,
+                exc.status,
                 "api-unavailable",
-                f"the API at {api} never answered in this run: {len(held)} calls and a page of "
-                f"the call list failed without an answer (last: {last.code}: {last.message}). "
-                "Check the base URL's host and port, the network and any proxy. Nothing is "
-                "lost: run the same command again once it answers",
+                f"{_calls(len(held))} in a row failed after every retry (last: {last.code}: "
+                f"{last.message}), and so did the call list at {api} ({exc}). Nothing is lost: "
+                "once the API is back (check the base URL and the network too), run the same "
+                "command again and it takes them on",
             ) from exc
         unanswered = [failure for failure in held if not about_the_url(failure.status)]
         if unanswered:
@@ -333,7 +341,7 @@ class Pool:
                 last.status,
                 "api-unavailable",
                 f"the events endpoint at {api} has not worked for any call of this job: "
-                f"{len(unanswered)} calls in a row failed after every retry (last: {last.code}: "
+                f"{_calls(len(unanswered))} in a row failed after every retry (last: {last.code}: "
                 f"{last.message}), though the API's call list answers. It is down, not the "
                 "calls: nothing is lost; run the same command again once it works",
             )
@@ -353,6 +361,10 @@ class Pool:
         )
         self._stats.count_failure(failure.code)
         await self._sink.failed(failure)
+
+
+def _calls(count: int) -> str:
+    return f"{count} call" if count == 1 else f"{count} calls"
 
 
 def _unexpected(call: Call, error: Exception) -> Failure:

@@ -131,8 +131,8 @@ class Progress:
         done = _handled(s)
         rate = (s.ok + s.failed) / elapsed if elapsed > 0 else 0.0  # this run's own pace
         total = max(self.total or 0, done)
-        eta = (total - done) / rate if rate > 0 and total > done else None
         paused = paused_until(s)
+        eta = (total - done) / rate if rate > 0 and total > done and not paused else None
         event(
             logging.INFO,
             "progress",

@@ -149,8 +149,11 @@ class RateLaw:
         self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
         self._bin_ours = True
         if sample is None:
+            # No reset to measure a window by: down to what recent clean windows served (a
+            # limit's level), or by half when that is no lower.
             self._last_cut = now
-            self._try(pace / 2, None)
+            served = SAFETY * max((rate for _, rate in self._clean), default=0.0)
+            self._try(served if pace / 2 < served < pace else pace / 2, None)
         elif self._longer:
             self._set_rate(SAFETY * sample)  # a window longer than we knew, measured whole
         elif self._confirmed:

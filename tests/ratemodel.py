@@ -105,6 +105,7 @@ class ModelApi:
     stray: Stray | None = None
     schedule: dict[float, float] = field(default_factory=dict)  # seconds from start -> limit
     seed: int = 1
+    resets: bool = True  # the limit's 429s announce their reset (else: no header that helps)
     log: list[tuple[float, int, bool]] = field(default_factory=list)  # (time, client, a 429?)
 
     def __post_init__(self) -> None:
@@ -126,7 +127,7 @@ class ModelApi:
             return True, None if stray.reset is None else now + stray.reset
         reset = self.limit.admit(now)
         self.log.append((now, client, reset is not None))
-        return reset is not None, reset
+        return reset is not None, reset if self.resets else None
 
     def served(self, start: float, end: float, client: int | None = None) -> tuple[float, float]:
         """(requests served per second, share of requests answered 429) in [start, end) of

@@ -27,6 +27,7 @@ from .hostile import serving
         b'[\n  {\n    "n": 1E2, "m": 1.50, "z": -0, "s": "\\u00e9\\/"\n  }\n]',
         b'[{"big":18446744073709551615,"low":-9223372036854775808,"f":0.1,"g":1e16}]',
         b"[]",
+        b'\xef\xbb\xbf[{"name":"create"}]',  # a BOM before it: not JSON's, nothing of the data
     ],
 )
 def test_what_orjson_writes_back_as_the_same_values_passes(body: bytes) -> None:
@@ -47,6 +48,7 @@ def test_what_orjson_writes_back_as_the_same_values_passes(body: bytes) -> None:
         (b'{"name":"create","name":"answer"}', "duplicate-key"),
         (b'{"data":{"x":1,"x":1}}', "duplicate-key"),
         (b'{"deep":' + b"[" * 400 + b"]" * 400 + b"}", "malformed-answer"),
+        (b'{"name":"\\ud800"}', "malformed-answer"),  # a lone surrogate: no UTF-8 to write
     ],
 )
 def test_what_would_be_written_changed_is_named_element_by_element(

@@ -4,6 +4,7 @@ ledger, not the files, says what counts."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -52,20 +53,47 @@ def test_claims_say_new_done_or_duplicate(tmp_path: Path) -> None:
     again.close()
 
 
+def killed_mid_commit(paths: dict[str, Path]) -> None:
+    """A process that commits one call, appends part of the next batch, and is killed."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            journal = Journal.open(paths, IDENTITY)
+            journal.commit(harvested("c-1"), COUNTERS, 0.0)
+            with paths["events"].open("ab") as events:
+                events.write(b'{"callId":"c-2"}\n{"callId":"c-')
+        finally:
+            os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+
+
 def test_what_a_crash_left_past_the_last_commit_is_cut_back_on_open(tmp_path: Path) -> None:
     paths = paths_in(tmp_path)
-    journal = Journal.open(paths, IDENTITY)
-    journal.commit(harvested("c-1"), COUNTERS, 0.0)
-    committed = paths["events"].read_bytes()
-    journal.close()
-    with paths["events"].open("ab") as events:  # what a process killed mid-commit leaves
-        events.write(b'{"callId":"c-2"}\n{"callId":"c-')
+    killed_mid_commit(paths)
+    committed = paths["events"].read_bytes().split(b'{"callId":"c-2"}')[0]
 
     reopened = Journal.open(paths, IDENTITY)
 
     assert paths["events"].read_bytes() == committed
     assert reopened.claim([("c-2", 2)]) == [Verdict.NEW], "fetched again, so written once"
     reopened.close()
+
+
+def test_bytes_past_a_clean_end_are_refused_not_cut_off(tmp_path: Path) -> None:
+    paths = paths_in(tmp_path)
+    journal = Journal.open(paths, IDENTITY)
+    journal.commit(harvested("c-1"), COUNTERS, 0.0)
+    size = paths["events"].stat().st_size
+    journal.close()  # every byte written was committed: a clean end
+    with paths["events"].open("ab") as events:  # someone else's
+        events.write(b'{"callId":"c-mine"}\n')
+
+    with pytest.raises(ConfigError, match=f"truncate -s {size}"):
+        Journal.open(paths, IDENTITY)
+
+    assert paths["events"].read_bytes().endswith(b'{"callId":"c-mine"}\n'), "left as it was"
+    os.truncate(paths["events"], size)  # the remedy
+    Journal.open(paths, IDENTITY).close()
 
 
 def test_a_compressed_output_is_valid_gzip_after_every_commit(tmp_path: Path) -> None:

@@ -243,6 +243,19 @@ async def test_half_a_second_of_bare_429s_costs_seconds_not_minutes(clock: FakeC
     assert client.finished_at is not None and client.finished_at <= 5
 
 
+@pytest.mark.parametrize(("seed", "limit"), list(itertools.product(SEEDS, [10, 100])))
+async def test_a_limit_whose_429s_tell_no_reset_is_followed_without_a_storm(
+    clock: FakeClock, seed: int, limit: int
+) -> None:
+    # A fixed window whose 429s carry a reset already past, zero or unreadable: nothing to
+    # measure a window by, so each 429 cuts the pace; but not back to a ramp and its storm.
+    api = api_with(seed, FixedWindow(limit), resets=False)
+    await play(api, [Client(RateLimiter(0, clock), workers=8)], clock, seconds=60)
+    rate, limited = api.served(10, 60)
+    assert rate >= 0.75 * limit
+    assert limited <= 0.03  # it was 0.23 at 10/s
+
+
 async def test_a_longer_window_is_used_and_not_provoked(clock: FakeClock) -> None:
     api = ModelApi(FixedWindow(120, window=60.0))
     client = Client(RateLimiter(0, clock), workers=8)

@@ -15,7 +15,16 @@ from harvester.job import harvest, retry_failed
 from harvester.journal import Journal
 from harvester.sim import Simulator
 
-from .conftest import HARVESTER, FakeClock, make_settings, write_calls
+from .conftest import (
+    HARVESTER,
+    FakeClock,
+    canonical,
+    expected_events,
+    make_settings,
+    read_ndjson,
+    run_harvester,
+    write_calls,
+)
 
 
 def files(tmp_path: Path) -> dict[str, Path]:
@@ -225,3 +234,23 @@ async def test_a_summary_or_metrics_file_that_cannot_be_written_stops_the_run_be
         await harvest(settings, clock=clock)
 
     assert sim.requests == []
+
+
+def test_fresh_through_a_symlinked_output_keeps_the_link_and_the_job_resumable(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()[:10]
+    (tmp_path / "calls.txt").write_text("\n".join(ids) + "\n")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "events.ndjson").touch()
+    link = tmp_path / "events.ndjson"
+    link.symlink_to(Path("real") / "events.ndjson")
+    args = ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(link), "--no-progress"]
+
+    fresh = run_harvester(sim_process, *args, "--fresh")
+    again = run_harvester(sim_process, *args)
+
+    assert (fresh.returncode, again.returncode) == (0, 0), again.stderr
+    assert link.is_symlink(), "--fresh replaced the file it points at, not the link"
+    assert b"completed earlier" in again.stderr
+    assert canonical(read_ndjson(link)) == canonical(expected_events(ids))

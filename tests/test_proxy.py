@@ -14,6 +14,7 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -176,6 +177,10 @@ def test_the_proxys_credentials_are_never_shown(sim_process: dict[str, str]) -> 
         assert secret.encode() not in done.stdout + done.stderr
     hashed = run_harvester(sim_process, "check", "--proxy", "http://bob:s3cr#etpw@127.0.0.1:1")
     assert b"s3cr" not in hashed.stdout + hashed.stderr
+    nowhere = run_harvester(sim_process, "check", "--proxy", f"http://u:{secret}@nowhere.invalid:1")
+    assert nowhere.returncode == 6, nowhere.stderr
+    assert b"cannot connect to the proxy nowhere.invalid:1" in nowhere.stderr
+    assert secret.encode() not in nowhere.stdout + nowhere.stderr
 
 
 async def test_a_proxy_refusing_us_stops_the_run_like_refused_credentials(
@@ -195,6 +200,21 @@ async def test_a_proxy_refusing_us_stops_the_run_like_refused_credentials(
 
 
 PROXY_SECRET = "PXSECRET-d0nt-print"
+
+
+class Closing(Simulator):
+    """The simulator, closing every connection after its answer."""
+
+    def app(self) -> web.Application:
+        @web.middleware
+        async def closing(request: web.Request, handler: Any) -> web.StreamResponse:
+            response: web.StreamResponse = await handler(request)
+            response.force_close()
+            return response
+
+        app = super().app()
+        app.middlewares.append(closing)
+        return app
 
 
 def test_a_proxy_refusing_our_credentials_to_tunnel_is_exit_3_and_never_printed(
@@ -237,14 +257,14 @@ async def test_a_proxy_refusing_some_tunnels_is_named_in_the_failures_never_its_
     tmp_path: Path,
 ) -> None:
     # A real process (it must trust this test's authority, which aiohttp reads at import), an
-    # https simulator, and a proxy that refuses the second and third CONNECT with 502: two of
-    # the four connections opened at the start, whose calls fail (one attempt each).
+    # https simulator that closes every connection after its answer (so that every request
+    # opens a tunnel of its own), and a proxy that refuses the second and third with 502.
     authority = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(server_context)
     trusted = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(trusted))
-    simulator = Simulator(SimConfig(calls=12))
+    simulator = Closing(SimConfig(calls=12))
     await simulator.start(ssl_context=server_context)
     ids = simulator.call_ids()
     (tmp_path / "calls.txt").write_text("\n".join(ids) + "\n")
@@ -261,7 +281,7 @@ async def test_a_proxy_refusing_some_tunnels_is_named_in_the_failures_never_its_
             }
             args = ["run", "-i", str(tmp_path / "calls.txt"), "-o", str(output)]
             args += ["--proxy", proxy.url(f"puser:{PROXY_SECRET}@"), "--no-progress"]
-            args += ["--max-attempts", "1", "--concurrency", "4", "--verbose"]
+            args += ["--max-attempts", "1", "--concurrency", "1", "--verbose"]
             done = await asyncio.to_thread(run_harvester, env, *args, process=True)
     finally:
         await simulator.stop()
@@ -269,7 +289,7 @@ async def test_a_proxy_refusing_some_tunnels_is_named_in_the_failures_never_its_
     failures = read_ndjson(tmp_path / "out.failures.ndjson")
     harvested = {event["callId"] for event in read_ndjson(output)}
     assert done.returncode == 1, done.stderr
-    assert harvested and failures, "some tunnels were opened, others refused"
+    assert [f["callId"] for f in failures] == ids[1:3], "the calls of the refused tunnels"
     assert harvested | {f["callId"] for f in failures} == set(ids)
     assert {f["code"] for f in failures} == {"proxy-error"}
     assert all("refused the tunnel" in f["message"] and "502" in f["message"] for f in failures)
