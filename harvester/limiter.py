@@ -19,7 +19,8 @@ workers, sets the pace:
      window in which we waited more than ``PAUSED_SHARE`` of the time (our pause shaped it); a
      429 without a reset (or with one that is past, zero or unreadable) cuts the rate to
      what recent clean windows served (by half when that is no lower), at most once a round
-     trip, and while such 429s keep coming the ramp does not start again.
+     trip; once such 429s have come back for longer than a window (a limit that tells no
+     reset, not a burst of strays), the ramp does not start again for ``BEST_HORIZON``.
   3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
      little lower (a token bucket's burst makes a window serve more than its rate). The same
      sample at two paces ``PACES_APART``, or ``IN_A_ROW`` windows in a row, is a limit:
@@ -148,6 +149,7 @@ class RateLimiter(RateLaw):
         self._climbs = 0
         self._last_429 = -math.inf
         self._last_cut = -math.inf
+        self._cuts_since = -math.inf
         self._step = PROBE_STEP
         # The share of 429s among recent requests, and running totals.
         self._outcomes = deque(maxlen=SHARE_OF)  # (time, a 429?)
@@ -226,10 +228,16 @@ class RateLimiter(RateLaw):
         if trial is not None and self._requests - trial.requests >= trial.length:
             self._trial = None  # the lower pace held: the decrease stands
             # With nothing ever measured (429s without a reset only), nothing says where a
-            # limit would be: ramp up again, as at the start; but not while such 429s keep
-            # coming (a limit that says no reset): then the climb of clean windows finds it.
+            # limit would be: ramp up again, as at the start; but not while such 429s have come
+            # back for longer than a window (a limit that tells no reset, not one burst of
+            # strays): then the climb of clean windows finds it.
             self._ramping = (
-                self._estimate is None and not self._samples and now - self._last_cut > BEST_HORIZON
+                self._estimate is None
+                and not self._samples
+                and (
+                    now - self._last_cut > BEST_HORIZON
+                    or self._last_cut - self._cuts_since < self._window
+                )
             )
         if self._ramping:
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
@@ -259,7 +267,7 @@ class RateLimiter(RateLaw):
         now = self._clock.monotonic()
         if target is not None and self._own(target):
             if retry_at is not None and retry_at - now <= PAUSE_TOLD:
-                self.pause_until(retry_at)
+                self._pause(retry_at, now, cause)
             return True
         self._count(True, now)
         self._bin_limited += 1
@@ -271,9 +279,7 @@ class RateLimiter(RateLaw):
                 # from it until another call meets one too.
                 assert retry_at is not None
                 self._long_from = target
-                if retry_at > self._paused_until:
-                    self._pauses.append((now, retry_at))
-                self.pause_until(retry_at, cause)
+                self._pause(retry_at, now, cause)
                 return False
             self._long_from = None
         if retry_at is None:
@@ -284,9 +290,7 @@ class RateLimiter(RateLaw):
         last = self._last_reset
         echo = last is not None and abs(retry_at - last) < SAME_RESET
         sample = None if echo else self._measure(retry_at, now)
-        if retry_at > self._paused_until:
-            self._pauses.append((now, retry_at))
-        self.pause_until(retry_at, cause)
+        self._pause(retry_at, now, cause)
         if echo:
             # Another answer to a request already on its way. With the very same reset, the
             # window is shut for all of them, as a limit shuts it (strays come one by one, each
@@ -309,6 +313,13 @@ class RateLimiter(RateLaw):
             self._paused_until = when
             self._void_turns()
             self._tell_pause(when, cause)
+
+    def _pause(self, until: float, now: float, cause: str) -> None:
+        """``pause_until``, the pause kept for ``_measure``: a window we waited in says
+        nothing of the limit."""
+        if until > self._paused_until:
+            self._pauses.append((now, until))
+        self.pause_until(until, cause)
 
     def forget(self, target: str) -> None:
         """``target``'s call has ended (harvested, or given up): its 429s are over."""

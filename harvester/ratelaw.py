@@ -97,6 +97,7 @@ class RateLaw:
     _climbs: int
     _last_429: float
     _last_cut: float
+    _cuts_since: float  # the first of the recent cuts for 429s without a reset
     _step: float
     _outcomes: deque[tuple[float, bool]]
     _requests: int
@@ -151,6 +152,8 @@ class RateLaw:
         if sample is None:
             # No reset to measure a window by: down to what recent clean windows served (a
             # limit's level), or by half when that is no lower.
+            if now - self._last_cut > BEST_HORIZON:
+                self._cuts_since = now  # the first of the cuts that come back again and again
             self._last_cut = now
             served = SAFETY * max((rate for _, rate in self._clean), default=0.0)
             self._try(served if pace / 2 < served < pace else pace / 2, None)

@@ -253,7 +253,7 @@ async def test_a_limit_whose_429s_tell_no_reset_is_followed_without_a_storm(
     await play(api, [Client(RateLimiter(0, clock), workers=8)], clock, seconds=60)
     rate, limited = api.served(10, 60)
     assert rate >= 0.75 * limit
-    assert limited <= 0.03  # it was 0.23 at 10/s
+    assert limited <= 0.04  # it was 0.23 at 10/s
 
 
 async def test_a_longer_window_is_used_and_not_provoked(clock: FakeClock) -> None:
