@@ -281,7 +281,8 @@ class RateLimiter(RateLaw):
                 self._long_from = target
                 self._pause(retry_at, now, cause)
                 return False
-            self._long_from = None
+            if long:  # a second call's far reset: the limit's, learnt from below
+                self._long_from = None
         if retry_at is None:
             if now - self._last_cut < (self._round_trip or 0.0):
                 return False  # answers already in flight at the last cut say nothing new

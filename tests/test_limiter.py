@@ -264,3 +264,26 @@ async def test_a_longer_window_is_used_and_not_provoked(clock: FakeClock) -> Non
     assert rate >= 0.9 * 120 / 60
     assert limited <= 0.02
     assert client.early == 0
+
+
+async def test_a_far_reset_teaches_the_limit_only_once_a_second_call_meets_one(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(0, clock)
+    for _ in range(50):
+        sent = await limiter.acquire()
+        await clock.sleep(0.01)
+        limiter.answered(sent)
+    before = limiter.rate
+    reset = clock.monotonic() + 60
+
+    assert not limiter.rate_limited(reset, "c-first")  # it may be that call's own
+
+    assert limiter.rate == before, "nothing learnt yet"
+    assert limiter.paused_until == reset, "but every request waits"
+    assert limiter.rate_limited(reset, "c-first"), "the same call again: its own"
+    assert limiter.rate == before
+
+    limiter.rate_limited(reset, "c-second")  # another call: the account's limit
+
+    assert limiter.rate < before / 10, "a window of a minute, learnt"
