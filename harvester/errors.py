@@ -49,7 +49,12 @@ class OutputError(HarvesterError):
 
 class OutputChanged(OutputError):
     """Something else changed an output file while harvester wrote it (cut, removed, replaced,
-    written into): the run stops, and the job is refused until the file is what was committed."""
+    written into): the run stops, and the job is refused until the file is what was committed.
+    ``what`` says what happened to it, in a few words."""
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 class ApiError(HarvesterError):

@@ -14,6 +14,7 @@ import contextlib
 import gzip
 import os
 import queue
+import shlex
 import tempfile
 import threading
 import zlib
@@ -132,8 +133,9 @@ def differs(path: Path, size: int, checksum: int | None, *, exact: bool = False)
             if exact and actual > size:
                 return (
                     f"it holds {actual - size} bytes past the {size} harvester committed, which "
-                    "harvester did not write (its last run ended cleanly): something else wrote "
-                    f"them. Keep them elsewhere and cut the file back (truncate -s {size} {path})"
+                    "are not harvester's (no run of it was cut short there): something else "
+                    "wrote them. Keep them elsewhere and cut the file back (truncate -s "
+                    f"{size} {shlex.quote(str(path))})"
                 )
             if checksum is not None and tail_checksum(file.fileno(), size) != checksum:
                 return (
@@ -254,9 +256,10 @@ class AppendFile:
 
     def _changed(self, what: str) -> NoReturn:
         raise OutputChanged(
+            what,
             f"{self.path} {what} while harvester was writing it (it had committed {self.size} "
             "bytes to it): something else changed it, and what was committed may be gone. The "
-            f"run stops here and commits nothing more. {self.remedy}"
+            f"run stops here and commits nothing more. {self.remedy}",
         )
 
 

@@ -395,7 +395,7 @@ class Journal:
             sizes = {name: file.append(getattr(batch, name)) for name, file in files.items()}
         except OutputChanged as exc:
             # Kept, so that the next run refuses the job until the file is as committed again.
-            self.meta["changed"] = str(exc)
+            self.meta["changed"] = f"{exc.what} while harvester was writing it"
             with contextlib.suppress(sqlite3.Error), self._db:
                 self._write_meta()
             raise

@@ -107,14 +107,14 @@ OWN_SHARE = 0.1
 
 @dataclass(slots=True)
 class _Streak:
-    """A target's 429s in a row: the answers served and the 429s counted when the first came,
-    whether the last that counted for the pool paused it for long, and how many of its own
-    counted since the first."""
+    """A target's 429s in a row: the answers served and the 429s met (every call's) when the
+    first came, whether the last that counted for the pool paused it for long, and how many
+    of its own came since the first."""
 
     served: int
-    limited: int
+    refused: int
     long: bool
-    counted: int = 0
+    mine: int = 0
 
 
 class RateLimiter(RateLaw):
@@ -123,7 +123,7 @@ class RateLimiter(RateLaw):
     def __init__(self, rate: float, clock: Clock, stop: asyncio.Event | None = None) -> None:
         self._clock = clock
         self._stop = stop  # once set, no turn is given: requests not yet sent are not sent
-        now = clock.monotonic()
+        self._started = now = clock.monotonic()
         self._ceiling = rate * SAFETY if rate > 0 else MAX_RATE
         self._rate = self._ceiling if rate > 0 else INITIAL_RATE
         self._interval = 1.0 / self._rate
@@ -166,6 +166,7 @@ class RateLimiter(RateLaw):
         self._clean = deque()  # (bin end, served per second)
         # Targets whose last 429 counted for the pool, and when the pool was last told to wait.
         self._streaks: dict[str, _Streak] = {}
+        self._own_429s = 0  # 429s judged a call's own (none of the law's counts holds them)
         self._long_from: str | None = None  # the call whose far reset taught nothing yet
         self._told_until = -math.inf
 
@@ -266,6 +267,7 @@ class RateLimiter(RateLaw):
         ``PAUSE_TOLD`` seconds: when in doubt, every request waits); the target waits alone."""
         now = self._clock.monotonic()
         if target is not None and self._own(target):
+            self._own_429s += 1
             if retry_at is not None and retry_at - now <= PAUSE_TOLD:
                 self._pause(retry_at, now, cause)
             return True
@@ -337,9 +339,14 @@ class RateLimiter(RateLaw):
         streak = self._streaks.get(target)
         if streak is None:
             return False
+        if streak.long:
+            return True
         served = self._requests - self._limited - streak.served
-        others = self._limited - streak.limited - streak.counted
-        return streak.long or (served >= OWN_SERVED and others <= OWN_SHARE * (served + others))
+        # Every 429 since its first, other calls' own ones too, but this call's.
+        others = self._limited + self._own_429s - streak.refused - streak.mine
+        own = served >= OWN_SERVED and others <= OWN_SHARE * (served + others)
+        streak.mine += 1
+        return own
 
     def _in_streak(self, target: str, long: bool) -> None:
         """``target`` had a 429 that counted for the pool (``long``: it paused the pool for
@@ -348,12 +355,12 @@ class RateLimiter(RateLaw):
         streaks = self._streaks
         streak = streaks.get(target)
         if streak is not None:
-            streak.counted += 1
             streak.long = long
             return
         if len(streaks) >= MAX_STREAKS:  # calls that ended without ``forget`` (cancelled)
             del streaks[next(iter(streaks))]
-        streaks[target] = _Streak(self._requests - self._limited, self._limited, long)
+        refused = self._limited + self._own_429s
+        streaks[target] = _Streak(self._requests - self._limited, refused, long)
 
     def _tell_pause(self, when: float, cause: str) -> None:
         now = self._clock.monotonic()
@@ -424,6 +431,15 @@ class RateLimiter(RateLaw):
         # first, when it is longer than we thought) is measured from our first answer in it.
         span = window if math.isfinite(opened) else retry_at - counted[0][0]
         return served / max(span, window / BUCKETS)
+
+    def _served_lately(self, now: float) -> float:
+        """Answers other than 429 per second over the last window (or since the start, when
+        that is sooner)."""
+        span = min(self._window, now - self._started)
+        if span <= 0:
+            return 0.0
+        since = now - span
+        return sum(count for start, count in self._answers if start >= since) / span
 
     def _set_rate(self, rate: float) -> None:
         before = self._rate

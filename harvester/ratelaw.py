@@ -114,6 +114,9 @@ class RateLaw:
     def _set_rate(self, rate: float) -> None:
         raise NotImplementedError
 
+    def _served_lately(self, now: float) -> float:
+        raise NotImplementedError
+
     def _judge(self, sample: float | None, now: float) -> None:
         """What a 429 does to the pace: ``sample`` is the served rate of the window it closed,
         None for a 429 without a reset."""
@@ -155,8 +158,14 @@ class RateLaw:
             if now - self._last_cut > BEST_HORIZON:
                 self._cuts_since = now  # the first of the cuts that come back again and again
             self._last_cut = now
-            served = SAFETY * max((rate for _, rate in self._clean), default=0.0)
-            self._try(served if pace / 2 < served < pace else pace / 2, None)
+            clean = SAFETY * max((rate for _, rate in self._clean), default=0.0)
+            # Or what the last window served, when the pace is far above it (a ramp's pace is
+            # a bound, not what is sent: halving it may take many 429s to reach the limit).
+            served = SAFETY * self._served_lately(now)
+            if 0 < served < pace / 2:
+                self._try(served, None)
+            else:
+                self._try(clean if pace / 2 < clean < pace else pace / 2, None)
         elif self._longer:
             self._set_rate(SAFETY * sample)  # a window longer than we knew, measured whole
         elif self._confirmed:

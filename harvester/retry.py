@@ -277,6 +277,7 @@ class Retrier:
         error = _failure(state)
         if isinstance(error, RateLimited):
             tally.rate_limited += 1
+            _log_retry(tally, error, state.attempt_number)
             if error.own:
                 if not tally.own:
                     tally.own_since = self._clock.monotonic()

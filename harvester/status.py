@@ -131,7 +131,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             how = "no end recorded (killed, or the machine went down): the same command resumes"
         lines.append(
             f"last run:  {last.get('command', 'run')} started {last.get('started_at')}: "
-            f"{how}{ended} ({status['invocations']} runs in all)"
+            f"{how}{ended} ({status['invocations']} run{'s' if status['invocations'] != 1 else ''} "
+            "in all)"
         )
     lines.append(f"running:   {'yes, pid ' + str(pid) if pid else 'no'}")
     for path, reason in status["damaged"].items():
