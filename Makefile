@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/memory.py 3000 300000 10000000
 	$(PY) bench/input.py 10000000
 	$(PY) bench/ledger.py 200000 1000
+	$(PY) bench/nights.py 1000 100
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -19,8 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harvester import job
+from harvester import exits, job
 from harvester.config import load_settings
+from harvester.errors import ConfigError
+from harvester.nights import harvest_nights
 from harvester.stats import RunStats
 
 
@@ -34,8 +36,21 @@ async def harvest(
     """Harvest as ``harvester run`` would (resuming, exactly once); returns the counters, the
     whole job's in ``.job``, with ``status`` (completed or stopped) and, once completed,
     ``exit_code`` as the command's: 0, or 1 when more calls failed than ``max_failures``
-    allows. Set ``stop`` to stop cleanly (what is done is committed)."""
+    allows. Set ``stop`` to stop cleanly (what is done is committed). With ``nights`` (or
+    ``yesterday``), one entry a night in ``.nights``, each with its ``exit_code``, and
+    ``exit_code`` the worst of them (a night stopped counts as 5)."""
     settings = load_settings(options, os.environ, Path(config) if config is not None else None)
+    if settings.nights:
+        if fresh:
+            raise ConfigError("fresh starts one job over; run the night alone with since/until")
+        stats = await harvest_nights(settings, stop=stop)
+        for entry in stats.nights:
+            entry["exit_code"] = exits.of_night(
+                entry, fail_on_empty=settings.fail_on_empty, stopped=exits.DEADLINE
+            )
+        stats.exit_code = exits.worst([entry["exit_code"] for entry in stats.nights])
+        stats.status = "completed" if stats.completed else "stopped"
+        return stats
     stats = await job.harvest(settings, fresh=fresh, stop=stop)
     if stats.completed:
         allowed = settings.max_failures.allowed(stats.job.get("calls", 0))

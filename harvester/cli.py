@@ -5,8 +5,8 @@ Exit codes of ``harvester run``:
   2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS);
   4 an output file could not be written; 5 stopped at --deadline / --max-duration (resumable);
   6 the API is unreachable or down (resumable: nothing is lost); 7 nothing to harvest, with
-  --fail-on-empty; 70 an internal error (a bug);
-  130 / 143 stopped by SIGINT / SIGTERM (resumable).
+  --fail-on-empty; 70 an internal error (a bug); 75 another harvester runs this job now (this
+  run changed nothing); 130 / 143 stopped by SIGINT / SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from harvester import __version__, logs
+from harvester import __version__, exits, logs
 from harvester.config import CONFIG_KEYS, Settings, load_settings, read_config, render_path
 from harvester.credentials import redact_url, redact_urls_in
 from harvester.errors import (
@@ -40,24 +40,15 @@ from harvester.errors import (
 from harvester.files import DaemonExecutor, replace_file
 from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
+from harvester.nights import harvest_nights, night_settings, nights_of
 from harvester.options import CHECK, RETRY, RUN, STATUS, add_options, path
 from harvester.progress import Progress, count_records
 from harvester.shard import Shard
 from harvester.sim_command import add_sim_command, serve_sim
 from harvester.stats import RunStats, summary_document, summary_line
-from harvester.status import job_status, status_lines
-from harvester.stopper import EXIT_SIGNAL_BASE, Stopper
+from harvester.status import job_status, night_lines, status_lines
+from harvester.stopper import Stopper
 from harvester.window import parse_window, parse_zone
-
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_FATAL_API = 3
-EXIT_OUTPUT = 4
-EXIT_DEADLINE = 5
-EXIT_UNAVAILABLE = 6
-EXIT_EMPTY = 7
-EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 
 log = logging.getLogger("harvester")
 
@@ -78,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return _status(args)
     parser.print_help(sys.stderr)
-    return EXIT_USAGE
+    return exits.USAGE
 
 
 def _log_format(args: argparse.Namespace) -> str:
@@ -134,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
         "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
         "later); 7 the input or window holds no call (with --fail-on-empty); 70 internal error; "
-        "130/143 stopped by SIGINT/SIGTERM (resumable).",
+        "75 another harvester runs this job now (nothing changed); 130/143 stopped by "
+        "SIGINT/SIGTERM (resumable).",
     )
     add_options(run, RUN)
     again = commands.add_parser(
@@ -184,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
-        return EXIT_USAGE
+        return exits.USAGE
     stats = RunStats()
     started_at = datetime.now(UTC)
     started = time.monotonic()
@@ -200,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings.deadline is not None:
         _say_deadline(settings.deadline, started_at)
     code, status, error = _harvest(args, settings, stats, progress, stopper)
-    if code in (EXIT_USAGE, EXIT_OUTPUT) and not stats.job:
+    if code in (exits.USAGE, exits.OUTPUT, exits.RUNNING) and not stats.job:
         # Refused before the job was opened: an earlier run's summary and metrics stay as they
         # were, for whoever reads them.
         log.error("error: %s", error)
@@ -210,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings.metrics_file is not None:
         asyncio.run(progress.write_metrics())
     if error is not None:
-        planned = code in (EXIT_DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
+        planned = code in (exits.DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
         level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
         name = "stopped" if planned else "error"
         event(level, name, "%s%s", prefix, error, exit_code=code, status=status)
@@ -226,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
             asyncio.run(replace_file(settings.summary, document))
         except OSError as exc:
             log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
-            return code or EXIT_OUTPUT
+            return code or exits.OUTPUT
     return code
 
 
@@ -238,10 +230,23 @@ def _harvest(
     stopper: Stopper,
 ) -> tuple[int, str, str | None]:
     """Run the job; its exit code, status and error message (None when it finished)."""
+    work: Coroutine[Any, Any, RunStats]
     if args.command == RETRY:
+        if settings.nights:  # retry-failed --yesterday: yesterday's night
+            assert settings.today is not None
+            settings = night_settings(settings, settings.today - timedelta(days=1))
         work = retry_failed(
             settings, include_not_found=args.include_not_found, stats=stats, stop=stopper.event
         )
+    elif settings.nights:
+        if args.fresh:
+            return (
+                exits.USAGE,
+                "usage-error",
+                "--fresh starts one job over, and --nights holds several: to start a night "
+                "over, run it alone with --since DAY --until NEXT-DAY --fresh",
+            )
+        work = harvest_nights(settings, stats=stats, stop=stopper.event)
     else:
         work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
@@ -256,21 +261,51 @@ def _harvest(
             error = f"internal error: {what}; run the same command to resume"
         elif isinstance(exc, FatalApiError) and exc.status in (401, 403):
             error += f" (check {settings.credentials_from}, and the user id)"
-        return _EXIT_OF[status], status, error
-    if stopper.signal is not None:
-        name = signal.Signals(stopper.signal).name
-        error = f"stopped by {name}; run the same command again to resume"
-        return EXIT_SIGNAL_BASE + stopper.signal, "stopped", error
-    if stopper.deadline_reached:
-        error = "stopped at the deadline; run the same command again to resume"
-        return EXIT_DEADLINE, "deadline", error
+        return exits.OF_STATUS[status], status, error
+    if stats.nights:
+        return _worst_night(settings, stats, stopper)
+    if stopper.signal is not None or stopper.deadline_reached:
+        return _stopped(stopper)
     if stats.completed and not stats.job.get("calls"):
         source = f"the call list {settings.input}" if settings.input else "the window"
         if settings.fail_on_empty:
-            return EXIT_EMPTY, "empty", f"{source} holds no call at all (--fail-on-empty)"
+            return exits.EMPTY, "empty", f"{source} holds no call at all (--fail-on-empty)"
         log.warning("nothing to harvest: %s holds no call at all", source)
     allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
-    return (EXIT_OK if stats.job.get("failed", 0) <= allowed else EXIT_FAILURES), "completed", None
+    return (
+        (exits.OK if stats.job.get("failed", 0) <= allowed else exits.FAILURES),
+        "completed",
+        None,
+    )
+
+
+def _worst_night(
+    settings: Settings, stats: RunStats, stopper: Stopper
+) -> tuple[int, str, str | None]:
+    """A run of several nights ends as its worst night: each night's exit code (in its entry
+    of ``stats.nights``), and the worst's code, status and error."""
+    code, status, error = _stopped(stopper)
+    for entry in stats.nights:
+        entry["exit_code"] = exits.of_night(
+            entry, fail_on_empty=settings.fail_on_empty, stopped=code
+        )
+        if entry["status"] == "stopped":
+            entry["status"], entry["error"] = status, error
+    code = exits.worst([entry["exit_code"] for entry in stats.nights])
+    worst = next(entry for entry in stats.nights if entry["exit_code"] == code)
+    if code in (exits.OK, exits.FAILURES, exits.EMPTY):
+        return code, "completed", None
+    return code, worst["status"], worst.get("error")
+
+
+def _stopped(stopper: Stopper) -> tuple[int, str, str]:
+    """The exit code, status and message of a run the stopper stopped."""
+    if stopper.signal is not None:
+        name = signal.Signals(stopper.signal).name
+        error = f"stopped by {name}; run the same command again to resume"
+        return exits.SIGNAL_BASE + stopper.signal, "stopped", error
+    error = "stopped at the deadline; run the same command again to resume"
+    return exits.DEADLINE, "deadline", error
 
 
 def _say_deadline(deadline: datetime, now: datetime) -> None:
@@ -288,16 +323,7 @@ def _say_deadline(deadline: datetime, now: datetime) -> None:
     )
 
 
-# The exit code of each way a run can fail (``errors.status_of``).
-_EXIT_OF = {
-    "usage-error": EXIT_USAGE,
-    "api-unavailable": EXIT_UNAVAILABLE,
-    "aborted": EXIT_FATAL_API,
-    "output-error": EXIT_OUTPUT,
-    "crashed": EXIT_INTERNAL,
-}
-
-_SIGNAL_CODES = (EXIT_SIGNAL_BASE + signal.SIGINT, EXIT_SIGNAL_BASE + signal.SIGTERM)
+_SIGNAL_CODES = (exits.SIGINT, exits.SIGTERM)
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:
@@ -367,21 +393,38 @@ async def _count(progress: Progress, input_spec: str) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        status = job_status(_job_output(args))
+        status = _nights_status(args) if args.nights else job_status(_job_output(args))
     except ConfigError as exc:
         log.error("error: %s", exc)
-        return EXIT_USAGE
-    text = (
-        orjson.dumps(status, option=orjson.OPT_INDENT_2).decode()
-        if args.json
-        else "\n".join(status_lines(status))
-    )
+        return exits.USAGE
+    if args.json:
+        text = orjson.dumps(status, option=orjson.OPT_INDENT_2).decode()
+    elif args.nights:
+        text = "\n".join(night_lines(status["nights"]))
+    else:
+        text = "\n".join(status_lines(status))
     try:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # | head: whoever reads has read enough; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_OK
+    return exits.OK
+
+
+def _nights_status(args: argparse.Namespace) -> dict[str, Any]:
+    """Where each night of a nightly job stands: ``{"nights": [...]}``, oldest first."""
+    if args.since or args.until or args.yesterday:
+        raise ConfigError("give either --nights N or a window (--yesterday, --since), not both")
+    if not 1 <= args.nights <= 366:
+        raise ConfigError(f"--nights must be between 1 and 366, not {args.nights}")
+    if "{date}" not in str(args.output):
+        raise ConfigError(f"--output {args.output} has no {{date}}: give the nightly template")
+    zone = parse_zone(args.tz if args.tz is not None else "UTC")
+    shard = Shard.parse(args.shard) if args.shard else None
+    template = render_path("--output", args.output, None, shard, keep_date=True)
+    today = datetime.now(UTC).astimezone(zone).date()
+    nights = nights_of(template, today, args.nights)
+    return {"nights": [{"date": str(day), **state} for day, _, state in nights]}
 
 
 def _job_output(args: argparse.Namespace) -> Path:
@@ -399,7 +442,7 @@ def _job_output(args: argparse.Namespace) -> Path:
 def _check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
-        return EXIT_USAGE
+        return exits.USAGE
     print("effective settings (config file < environment < flags):")
     for name in CONFIG_KEYS:
         value = getattr(settings, name)
@@ -419,20 +462,20 @@ def _check(args: argparse.Namespace) -> int:
             )
         else:
             log.error("error: %s", exc)
-        return EXIT_FATAL_API
+        return exits.FATAL_API
     except TransientError as exc:
         if exc.code.startswith("proxy-"):  # the proxy's fault, not the API's
             log.error("error: %s", exc.message)
-            return EXIT_UNAVAILABLE
+            return exits.UNAVAILABLE
         log.error(
             "error: the API at %s cannot be reached or is down: %s. Check the base URL and the "
             "network, or try again later",
             settings.base_url,
             exc,
         )
-        return EXIT_UNAVAILABLE
+        return exits.UNAVAILABLE
     except ApiError as exc:
         log.error("error: the API at %s did not answer as it should: %s", settings.base_url, exc)
-        return EXIT_FATAL_API
+        return exits.FATAL_API
     print(f"ok: the API accepted the credentials for {settings.user_id} ({elapsed * 1000:.0f} ms)")
-    return EXIT_OK
+    return exits.OK

@@ -13,7 +13,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -104,7 +104,8 @@ class Settings:
     commit_seconds: float = 5.0
     since: str | None = None
     until: str | None = None
-    yesterday: bool = False
+    yesterday: bool = False  # the same as nights = 1
+    nights: int | None = None  # the last N complete days, today excluded (harvester.nights)
     tz: str = "UTC"
     calls_output: Path | None = None
     shard: Shard | None = None
@@ -117,6 +118,7 @@ class Settings:
     max_duration: float | None = None  # seconds
     deadline: datetime | None = None  # the moment; a time of day is the next one after load
     window: Window | None = None
+    today: date | None = None  # with nights: the day they end before, in tz, when loaded
     credentials_from: str = "CATAPULT_API_TOKEN and CATAPULT_API_SECRET"
     proxy: str | None = None
 
@@ -149,8 +151,10 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRETS = ("api_token", "api_secret")
 _PATHS = ("output", "failures", "summary", "calls_output", "metrics_file")
 # Made from other keys, never given.
-_DERIVED = ("window", "credentials_from")
-_WINDOW_KEYS = ("since", "until", "yesterday")
+_DERIVED = ("window", "today", "credentials_from")
+_WINDOW_KEYS = ("since", "until", "yesterday", "nights")
+# Paths a night of its own must have ({date}); the summary and the metrics file are the run's.
+_NIGHT_PATHS = ("output", "failures", "calls_output")
 # The keys of a config file, and the settings a flag may set.
 CONFIG_KEYS = tuple(name for name in _FIELDS if name not in _DERIVED)
 
@@ -181,12 +185,16 @@ def load_settings(
             names[key] = variable
     given = {k: v for k, v in flags.items() if v is not None}
     names.update((key, flag_of(key) if as_flags else key) for key in given)
-    # A source chosen on the command line sets aside the other one of the file or environment.
+    # A source chosen on the command line sets aside the other one of the file or environment
+    # (and a window, the file's other ways of naming one).
     if "input" in given:
         for key in _WINDOW_KEYS:
             merged.pop(key, None)
     elif any(key in given for key in _WINDOW_KEYS):
         merged.pop("input", None)
+        for key in _WINDOW_KEYS:
+            if key not in given:
+                merged.pop(key, None)
     merged.update(given)
     return _validate(merged, names, environ, now or datetime.now(UTC))
 
@@ -268,24 +276,52 @@ def _validate(
         name = names.get("log_format", "log_format")
         raise ConfigError(f"{name} must be text or json, not {settings.log_format!r}")
     zone = _named(names.get("tz", "tz"), parse_zone, settings.tz)
-    window = parse_window(settings.since, settings.until, settings.yesterday, zone, now)
-    if window is not None and settings.input is not None:
+    nights = _nights(settings, names)
+    window = parse_window(settings.since, settings.until, False, zone, now)
+    if (window is not None or nights) and settings.input is not None:
         raise ConfigError(
             "give either a call list (--input PATH, - for stdin) or a window of the API's call "
-            "list (--yesterday, or --since/--until), not both"
+            "list (--nights N, --yesterday, or --since/--until), not both"
         )
+    if nights and window is not None:
+        raise ConfigError("give either --nights/--yesterday or --since/--until, not both")
+    if nights:
+        _check_night_paths(settings, names)
     if deadline is not None:
         deadline = _named(names.get("deadline", "deadline"), parse_deadline, deadline, now, zone)
     credentials_from = " and ".join(names.get(key, key) for key in _SECRETS)
     return _render_paths(
         dataclasses.replace(
             settings,
+            nights=nights,
             window=window,
+            today=now.astimezone(zone).date() if nights else None,
             deadline=deadline,
             credentials_from=credentials_from,
             proxy=proxy,
         )
     )
+
+
+def _nights(settings: Settings, names: dict[str, str]) -> int | None:
+    """How many nights the settings ask for: ``nights``, or 1 for ``yesterday``."""
+    if settings.yesterday and settings.nights is not None:
+        raise ConfigError("give either --yesterday or --nights N, not both (--yesterday is 1)")
+    if settings.nights is not None:
+        _check_range(names.get("nights", "nights"), settings.nights, 1, 366)
+    return 1 if settings.yesterday else settings.nights
+
+
+def _check_night_paths(settings: Settings, names: dict[str, str]) -> None:
+    """Every night writes files of its own: each path a night writes must hold {date}."""
+    for key in _NIGHT_PATHS:
+        path = getattr(settings, key)
+        if path is not None and "{date}" not in str(path):
+            raise ConfigError(
+                f"{names.get(key, key)} {path} has no {{date}}: with --nights (or --yesterday) "
+                "each night is a job of its own, with files of its own. Put {date} in it, "
+                "such as events-{date}.ndjson.gz"
+            )
 
 
 _RANGES = {
@@ -363,23 +399,34 @@ def _next_time_of_day(clock_time: time, now: datetime, zone: ZoneInfo) -> dateti
 
 
 def _render_paths(settings: Settings) -> Settings:
-    """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths."""
+    """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths; with
+    nights, the paths of a night keep ``{date}`` for each night to fill."""
     values: dict[str, Any] = {
-        key: render_path(key, path, settings.window, settings.shard)
+        key: render_path(
+            key,
+            path,
+            settings.window,
+            settings.shard,
+            keep_date=bool(settings.nights) and key in _NIGHT_PATHS,
+        )
         for key in _PATHS
         if (path := getattr(settings, key)) is not None
     }
     return dataclasses.replace(settings, **values)
 
 
-def render_path(name: str, path: Path, window: Window | None, shard: Shard | None) -> Path:
-    """``path`` with ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) filled;
-    ``name`` is the setting's, for the error when the window or the shard is missing."""
+def render_path(
+    name: str, path: Path, window: Window | None, shard: Shard | None, *, keep_date: bool = False
+) -> Path:
+    """``path`` with ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) filled
+    (``{date}`` left for each night to fill, with ``keep_date``); ``name`` is the setting's,
+    for the error when the window or the shard is missing."""
     text = str(path)
-    if "{date}" in text:
+    if "{date}" in text and not keep_date:
         if window is None:
             raise ConfigError(
-                f"{name} {text} holds {{date}}, which needs a window (--yesterday or --since)"
+                f"{name} {text} holds {{date}}, which needs a window (--nights, --yesterday or "
+                "--since)"
             )
         text = text.replace("{date}", window.day.isoformat())
     if "{shard}" in text:

@@ -4,6 +4,7 @@
 
     HarvesterError
     ├── ConfigError        bad settings or flags: exit 2, nothing fetched
+    ├── AlreadyRunning     another harvester runs this job now: exit 75, nothing touched
     ├── InputError         the call list cannot be read: exit 2
     ├── Stopping           the run is stopping: a request not yet sent is not sent
     ├── OutputError        an output file cannot be written (disk full, permissions): exit 4
@@ -32,6 +33,15 @@ class HarvesterError(Exception):
 
 class ConfigError(HarvesterError):
     """The settings are invalid; the message says how to fix them."""
+
+
+class AlreadyRunning(HarvesterError):
+    """Another harvester is running this job (or a night of it) now: this run is turned away
+    before it touches anything, and the other goes on unharmed."""
+
+    def __init__(self, message: str, pid: str) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class Stopping(HarvesterError):
@@ -107,6 +117,7 @@ class ApiUnavailable(FatalApiError):
 def status_of(error: BaseException) -> str:
     """How a run that raised ``error`` ended, as the summary and ``harvester status`` say."""
     for kind, status in (
+        (AlreadyRunning, "already-running"),
         (ApiUnavailable, "api-unavailable"),
         (FatalApiError, "aborted"),
         (OutputError, "output-error"),

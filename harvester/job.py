@@ -65,13 +65,15 @@ async def harvest(
     was done is committed), ``OutputError`` when a file cannot be written (nothing uncommitted
     counts).
     """
+    if settings.nights:
+        raise ConfigError("a job of nights is harvested by harvester.nights.harvest_nights")
     stats = stats if stats is not None else RunStats()
     clock = clock if clock is not None else SystemClock()
     stop = stop if stop is not None else asyncio.Event()
     now = datetime.fromtimestamp(clock.time(), UTC)
     window = settings.window.at(now) if settings.window is not None else None
-    paths = _output_paths(settings, window)
-    _check_paths(settings, paths, settings.input)
+    paths = output_paths(settings, window)
+    check_paths(settings, paths, settings.input)
     stats.files = {name: str(path) for name, path in paths.items()}
     feed: RecordFeed | None = None
     try:
@@ -85,15 +87,7 @@ async def harvest(
             if opened is None:
                 return stats
             source = opened
-        # How the list is read is part of the job (given only: older jobs have neither).
-        reading = {"input_format": settings.input_format, "id_column": settings.id_column}
-        identity = {
-            **source,
-            **{key: value for key, value in reading.items() if value is not None},
-            "shard": str(settings.shard) if settings.shard else None,
-            "user_id": settings.user_id,
-            **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
-        }
+        identity = identity_of(settings, source, paths)
         # A call list that grew at its end is the same job, going on (see ``grew_from``).
         grew = partial(grew_from, settings.input) if settings.input is not None else None
         async with open_sink(
@@ -122,7 +116,23 @@ async def harvest(
     return stats
 
 
-def _output_paths(settings: Settings, window: Window | None) -> dict[str, Path]:
+def identity_of(
+    settings: Settings, source: dict[str, Any], paths: dict[str, Path]
+) -> dict[str, Any]:
+    """What makes a run the same job as another: its ``source`` (the input, or the window),
+    how the list is read, the shard, the user and the files it writes."""
+    # How the list is read is part of the job (given only: older jobs have neither).
+    reading = {"input_format": settings.input_format, "id_column": settings.id_column}
+    return {
+        **source,
+        **{key: value for key, value in reading.items() if value is not None},
+        "shard": str(settings.shard) if settings.shard else None,
+        "user_id": settings.user_id,
+        **{f"{name}_path": str(path.resolve()) for name, path in paths.items()},
+    }
+
+
+def output_paths(settings: Settings, window: Window | None) -> dict[str, Path]:
     """The files the job writes, by name: ``events``, ``failures`` and ``calls`` (if kept)."""
     if settings.input is None and window is None:
         raise ConfigError(
@@ -195,7 +205,7 @@ async def retry_failed(
         for name in ("events", "failures", "calls")
         if f"{name}_path" in identity
     }
-    _check_paths(settings, paths, None)
+    check_paths(settings, paths, None)
     stats.files = {name: str(path) for name, path in paths.items()}
     skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
     async with open_sink(paths, identity, settings, stats, clock) as sink:
@@ -252,8 +262,9 @@ async def ping(settings: Settings, clock: Clock | None = None) -> float:
         return clock.monotonic() - started
 
 
-def _check_paths(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> None:
-    """Every path the run will read or write, checked before the first request."""
+def check_paths(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> None:
+    """Every path the run will read or write, checked before the first request (refused with
+    ``ConfigError`` or ``OutputError``)."""
     files = _files(settings, paths, input_spec)
     check_files(files)
     for flag in ("--summary", "--metrics-file"):  # written at the end, or now and then

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from harvester.errors import ConfigError, OutputError
+from harvester.errors import AlreadyRunning, ConfigError, OutputError
 
 SCHEMA_VERSION = 1
 OK, FAILED = 1, 2
@@ -92,9 +92,11 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
             raise OutputError(f"cannot lock {directory}: {exc.strerror}") from None
         lock.seek(0)
         holder = lock.read().decode(errors="replace").strip() or "unknown"
-        raise ConfigError(
-            f"another harvester (pid {holder}) is writing this output ({directory}); "
-            "wait for it to finish, or choose another --output"
+        holder = holder if holder.isdigit() else "unknown"
+        raise AlreadyRunning(
+            f"another harvester (pid {holder}) is running this job now ({directory}): this "
+            "run is turned away and changes nothing; the other goes on",
+            holder,
         ) from None
     try:
         lock.seek(0)

@@ -53,6 +53,7 @@ class ListedCall:
     call_id: str
     record: bytes
     inexact: Inexact | None = None
+    start: datetime | None = None  # its startTime: which night it belongs to
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class Page:
     next_url: str | None
     listed: int  # calls on the page, in the window or not
     undated: int  # calls without a usable startTime: not placed in any window
+    oldest: datetime | None = None  # the oldest start the page reached (past the window too)
 
 
 async def list_window(
@@ -111,22 +113,24 @@ async def list_window(
         calls: list[ListedCall] = []
         undated = 0
         reached_back = False
+        oldest: datetime | None = None
         for number, call in enumerate(records):
             moment = start_time(call)
             call_id = call.get("id")
             if moment is None or not isinstance(call_id, str):
                 undated += 1
                 continue
+            oldest = moment if oldest is None else min(oldest, moment)
             if moment < window.since:
                 reached_back = True  # newest first: everything after this is older still
                 break
             if moment < window.until:
                 wrong = inexact[number] if inexact is not None else None
                 line = b"" if wrong else orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)
-                calls.append(ListedCall(call_id, line, wrong))
+                calls.append(ListedCall(call_id, line, wrong, moment))
         more = None if reached_back or next_url is None else str(next_url)
         if more is not None and more in followed:
-            yield Page(calls, None, len(records), undated)  # this page's calls are good
+            yield Page(calls, None, len(records), undated, oldest)  # this page's calls are good
             raise FatalApiError(
                 200,
                 "listing-loop",
@@ -134,7 +138,7 @@ async def list_window(
                 f"({redact_url(more)}): the list cannot be read whole. Report it to the API's "
                 "owners",
             )
-        yield Page(calls, more, len(records), undated)
+        yield Page(calls, more, len(records), undated, oldest)
         if more is None:
             return
         followed.add(more)

@@ -65,6 +65,13 @@ def render(stats: RunStats, run_seconds: float, last_success: float | None) -> s
             ("", round(run_seconds, 3)),
         ],
     )
+    if stats.nights or stats.nights_behind:
+        metric(
+            "harvester_nights_behind",
+            "gauge",
+            "Nights of the job (--nights) not completed yet.",
+            [("", stats.nights_behind)],
+        )
     if last_success is not None:
         metric(
             "harvester_last_success_timestamp_seconds",

@@ -212,7 +212,23 @@ OPTIONS = (
         metavar="K/N",
     ),
     # Nightly mode.
-    Option(("--yesterday",), "the previous day in --tz", _TEMPLATES, group=NIGHTLY, extra=_ON),
+    Option(
+        ("--nights",),
+        "the last N complete days in --tz (today excluded), each not completed yet harvested "
+        "into its own {date} files, in one pass over the call list; with any night an "
+        "earlier run left unfinished",
+        (RUN, STATUS),
+        metavar="N",
+        type=int,
+        group=NIGHTLY,
+    ),
+    Option(
+        ("--yesterday",),
+        "the previous day in --tz (with run: the same as --nights 1)",
+        _TEMPLATES,
+        group=NIGHTLY,
+        extra=_ON,
+    ),
     Option(
         ("--since",),
         "window start, inclusive (ISO 8601; no zone: --tz)",

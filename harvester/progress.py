@@ -119,7 +119,8 @@ class Progress:
         bar.total = max(self.total or 0, done) or None
         bar.n = done
         paused = paused_until(s)
-        bar.set_description(f"harvester (paused until {paused})" if paused else "harvester", False)
+        name = f"harvester {s.night}" if s.night else "harvester"
+        bar.set_description(f"{name} (paused until {paused})" if paused else name, False)
         bar.set_postfix(
             events=s.events, retries=s.retries, r429=s.rate_limited, failed=s.failed, refresh=False
         )
@@ -136,8 +137,9 @@ class Progress:
         event(
             logging.INFO,
             "progress",
-            "progress: %d/%d records (%d done earlier) (%.1f calls/s%s), %d events, %d retries, "
+            "progress%s: %d/%d records (%d done earlier) (%.1f calls/s%s), %d events, %d retries, "
             "%d 429s, %d failed%s",
+            f" (night {s.night})" if s.night else "",
             done,
             total,
             s.skipped,
@@ -149,6 +151,7 @@ class Progress:
             s.failed,
             f"; paused until {paused}, as the API asked" if paused else "",
             paused_until=paused,
+            night=s.night or None,
             done=done,
             total=total,
             rate=round(rate, 2),

@@ -8,7 +8,17 @@ from typing import Any
 
 from harvester.config import Settings
 
-_NOT_COUNTERS = ("job", "completed", "files", "status", "exit_code", "paused_until")
+_NOT_COUNTERS = (
+    "job",
+    "completed",
+    "files",
+    "status",
+    "exit_code",
+    "paused_until",
+    "night",
+    "nights_behind",
+    "nights",
+)
 
 
 @dataclass(slots=True)
@@ -31,6 +41,9 @@ class RunStats:
     failures_by_code: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
     paused_until: float = 0.0  # the wall time until which the API asked every request to wait
+    night: str = ""  # with nights: the one whose calls were handed out last
+    nights_behind: int = 0  # with nights: those not completed yet
+    nights: list[dict[str, Any]] = field(default_factory=list)  # with nights: one entry each
     completed: bool = False  # every input record has an outcome
     job: dict[str, Any] = field(default_factory=dict)  # the whole job's committed counters
     files: dict[str, str] = field(default_factory=dict)  # the job's files: events, failures, ...
@@ -79,6 +92,17 @@ def summary_document(
         "output": stats.files.get("events", str(settings.output)),
         "failures_file": stats.files.get("failures", _failures_path(settings)),
         "calls_output": stats.files.get("calls"),
+        **(_nights(settings, stats) if settings.nights else {}),
+    }
+
+
+def _nights(settings: Settings, stats: RunStats) -> dict[str, Any]:
+    """A run of nights: how many were asked for, how many are not completed yet, and one
+    entry a night (its date, status, exit code and counters)."""
+    return {
+        "nights": settings.nights,
+        "nights_behind": stats.nights_behind,
+        "by_night": stats.nights,
     }
 
 
@@ -105,6 +129,10 @@ def summary_line(summary: dict[str, Any]) -> str:
     if summary["invocations"] > 1:
         line += f" (over {summary['invocations']} runs; this one took on {run['calls']} calls)"
     line += f"; {run['elapsed_s']:.1f} s"
+    nights = summary.get("by_night")
+    if nights:
+        line += "; nights: " + ", ".join(f"{n['date']} {n['status']}" for n in nights)
     if summary["failed"]:
-        line += f". Failed calls are listed in {summary['failures_file']}"
+        where = "each night's failures file" if nights else summary["failures_file"]
+        line += f". Failed calls are listed in {where}"
     return line

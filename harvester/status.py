@@ -138,3 +138,26 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for path, reason in status["damaged"].items():
         lines.append(f"damaged:   {path}: {reason} (the next run refuses it; see the README)")
     return lines
+
+
+def night_lines(nights: list[dict[str, Any]]) -> list[str]:
+    """A line a night, for a person: its date and where it stands."""
+    lines = []
+    for night in nights:
+        state = night["state"]
+        if state == "completed":
+            codes = ", ".join(
+                f"{code} {n}" for code, n in sorted(night["failures_by_code"].items())
+            )
+            how = f"completed: {night['calls']} calls, {night['failed']} failed"
+            how += f" ({codes})" if codes else ""
+        elif state == "unfinished":
+            last = night["last_run"] if isinstance(night.get("last_run"), dict) else {}
+            ended = f"; last run: {last.get('status')}" if last.get("status") else ""
+            how = f"unfinished: {night['calls']} calls done so far{ended}"
+        elif state == "running":
+            how = f"running (pid {night['running_pid']}): {night['calls']} calls done so far"
+        else:
+            how = "not started"
+        lines.append(f"{night['date']}  {how}")
+    return lines

@@ -14,7 +14,8 @@ import sys
 import time
 from collections.abc import Callable
 
-EXIT_SIGNAL_BASE = 128
+from harvester import exits
+
 # The same signal again within this many seconds is the same request to stop: GNU timeout (and
 # other wrappers) send it to the process and then to its whole group, microseconds apart.
 SAME_SIGNAL_SECONDS = 1.0
@@ -71,7 +72,7 @@ class Stopper:
                 return  # the same request, delivered twice
             sys.stderr.write("\nharvester: second signal: stopping now (resumable)\n")
             sys.stderr.flush()
-            self._exit_now(EXIT_SIGNAL_BASE + signum)
+            self._exit_now(exits.SIGNAL_BASE + signum)
             return
         self.signal, self._signalled_at = signum, now
         log.info(
@@ -94,7 +95,7 @@ class Stopper:
                 return  # the same request, delivered twice
             sys.stderr.write("\nharvester: signal: stopping now (resumable)\n")
             sys.stderr.flush()
-            self._exit_now(EXIT_SIGNAL_BASE + signum)
+            self._exit_now(exits.SIGNAL_BASE + signum)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

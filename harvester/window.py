@@ -35,6 +35,16 @@ class Window:
         return {"since": self.since.isoformat(), "until": until}
 
 
+def night(day: date, zone: ZoneInfo) -> Window:
+    """The window of ``day``, midnight to midnight in ``zone``: what ``--since DAY --until
+    DAY+1`` makes, to the letter (the same job)."""
+    return Window(
+        datetime.combine(day, time(), zone),
+        datetime.combine(day + timedelta(days=1), time(), zone),
+        day,
+    )
+
+
 def parse_zone(name: str) -> ZoneInfo:
     """The time zone ``name`` names (``UTC``, ``Europe/Berlin``)."""
     try:

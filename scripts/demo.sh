@@ -58,13 +58,17 @@ print(f"checked: {len(lines)} events of {len(calls)} calls, each exactly once")
 PY
 echo
 echo "--- nightly mode: yesterday's calls, found through the API's call list, gzip output"
-echo "$ harvester run --yesterday --output '$out/nightly/events-{date}.ndjson.gz' --calls-output '$out/nightly/calls-{date}.ndjson.gz' --concurrency 16"
+echo "$ harvester run --yesterday --output '$out/nightly/events-{date}.ndjson.gz' --calls-output '$out/nightly/calls-{date}.ndjson.gz' --concurrency 16 --no-progress"
 harvester run --yesterday --output "$out/nightly/events-{date}.ndjson.gz" \
+  --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
+echo "--- the nights missed before it, caught up in one pass; yesterday is not touched again"
+echo "$ harvester run --nights 3 ... (the same paths)"
+harvester run --nights 3 --output "$out/nightly/events-{date}.ndjson.gz" \
   --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
 ls -l "$out/nightly"
-echo "--- the same command again: the night is done, nothing changes"
-harvester run --yesterday --output "$out/nightly/events-{date}.ndjson.gz" \
-  --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
+echo "--- where each night stands"
+echo "$ harvester status --output '$out/nightly/events-{date}.ndjson.gz' --nights 3"
+harvester status --output "$out/nightly/events-{date}.ndjson.gz" --nights 3
 
 # The demo's call list holds two calls that cannot be harvested, so exit code 1 is the
 # expected, correct outcome; anything else is a real failure.

@@ -174,7 +174,7 @@ def test_a_source_chosen_by_a_flag_sets_the_files_other_source_aside(
     config.write_text(other + "\n")
     settings = load_settings(flags, ENV, config)
     assert (settings.input is None) == ("input" not in flags)
-    assert (settings.window is None) == ("input" in flags)
+    assert (settings.window is None and settings.nights is None) == ("input" in flags)
 
 
 def test_a_secret_others_can_read_is_warned_of(

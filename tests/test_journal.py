@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.errors import ConfigError
+from harvester.errors import AlreadyRunning, ConfigError
 from harvester.journal import Batch, Journal, Verdict
 from harvester.ledger import FAILED, OK, state_dir
 
@@ -116,7 +116,7 @@ def test_a_job_is_resumed_only_by_the_same_run(tmp_path: Path) -> None:
 
 def test_one_writer_at_a_time(tmp_path: Path) -> None:
     journal = Journal.open(paths_in(tmp_path), IDENTITY)
-    with pytest.raises(ConfigError, match="another harvester"):
+    with pytest.raises(AlreadyRunning, match=f"another harvester \\(pid {os.getpid()}\\)"):
         Journal.open(paths_in(tmp_path), IDENTITY)
     journal.close()
     Journal.open(paths_in(tmp_path), IDENTITY).close()

@@ -15,6 +15,7 @@ import pytest
 from harvester.errors import ConfigError, FatalApiError
 from harvester.job import harvest
 from harvester.listing import start_time
+from harvester.nights import harvest_nights
 from harvester.sim import SimConfig, Simulator
 from harvester.status import job_status
 
@@ -91,7 +92,7 @@ async def test_yesterday_is_the_previous_day_in_the_time_zone(
         registry, tmp_path, yesterday=True, tz=zone, output=tmp_path / "out" / "e-{date}.ndjson"
     )
 
-    await harvest(settings, clock=clock)
+    stats = await harvest_nights(settings, clock=clock)
 
     ids = [
         r["id"]
@@ -101,6 +102,9 @@ async def test_yesterday_is_the_previous_day_in_the_time_zone(
     ]
     output = tmp_path / "out" / "e-2026-11-25.ndjson"
     assert canonical(read_ndjson(output)) == canonical(expected_events(ids))
+    assert [(night["date"], night["status"]) for night in stats.nights] == [
+        ("2026-11-25", "completed")
+    ]
 
 
 async def test_shards_are_disjoint_and_together_the_whole(
@@ -263,7 +267,7 @@ async def test_a_list_that_cannot_be_read_aborts_the_run(
     registry: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     registry.config.user_id = "u-someoneelse00000000000"
-    settings = window_settings(registry, tmp_path, yesterday=True)
+    settings = window_settings(registry, tmp_path, since="2026-11-25", until="2026-11-26")
     with pytest.raises(FatalApiError):
         await harvest(settings, clock=clock)
 
@@ -275,7 +279,7 @@ async def test_a_list_that_cannot_be_read_aborts_the_run(
         ({"input": None}, "nothing to harvest: give a call list"),
         (
             {"input": None, "yesterday": True, "since": "2026-11-01"},
-            "either --yesterday or --since",
+            "either --nights/--yesterday or --since",
         ),
         ({"input": None, "since": "yesterday"}, "is not a date or time"),
         ({"input": None, "since": "2026-11-25", "until": "2026-11-24"}, "the window is empty"),
@@ -318,7 +322,7 @@ async def test_a_completed_open_window_run_again_is_not_completed_until_that_run
 async def test_a_stop_before_a_list_page_is_asked_for_is_a_stop_not_a_crash(
     registry: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
-    settings = window_settings(registry, tmp_path, yesterday=True)
+    settings = window_settings(registry, tmp_path, since="2026-11-25", until="2026-11-26")
     stop = asyncio.Event()
     stop.set()  # SIGTERM while the lister waits for its turn, say: the page is not asked for
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harvester.errors import ConfigError, OutputError
+from harvester.errors import AlreadyRunning, ConfigError, OutputError
 from harvester.job import harvest, retry_failed
 from harvester.journal import Journal
 from harvester.sim import Simulator
@@ -105,7 +105,7 @@ async def test_two_jobs_writing_one_file_through_symlinks_cannot_run_at_once(
     try:
         # ... and the second, under another name of the same file, is refused.
         settings = make_settings(sim, tmp_path, output=tmp_path / "b.ndjson")
-        with pytest.raises(ConfigError, match="another harvester"):
+        with pytest.raises(AlreadyRunning, match="another harvester"):
             await harvest(settings, clock=clock)
     finally:
         holder.close()

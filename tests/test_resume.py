@@ -342,7 +342,7 @@ def test_a_second_harvester_on_the_same_output_is_refused(
         time.sleep(0.8)
         assert first.poll() is None
         code, stderr = finish(faulty_sim, tmp_path)
-        assert code == 2
+        assert code == 75, "already running: a code of its own, not a usage error's"
         assert f"another harvester (pid {first.pid})".encode() in stderr
     finally:
         first.kill()
