@@ -29,6 +29,7 @@ from .conftest import (
     invocations,
     make_settings,
     opened,
+    read_ndjson,
     run_harvester,
     simulator_process,
     start_harvester,
@@ -117,6 +118,22 @@ async def test_missed_nights_are_caught_up_in_one_pass_and_a_done_one_is_not_tou
     # One pass: the pages from the newest call back to the oldest night's start, once.
     newer = sum(1 for r in week.call_records() if r["startTime"] >= f"{day(4)}T00:00")
     assert len(list_requests(week)) == math.floor(newer / PAGE) + 1
+
+
+async def test_shards_split_the_nights_with_no_gap_and_no_overlap(
+    week: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    template = tmp_path / "out" / "events-{date}-{shard}.ndjson"
+    for shard in ("0/2", "1/2"):
+        settings = nightly(week, tmp_path, nights=2, shard=shard, output=template)
+        stats = await harvest_nights(settings, clock=clock)
+        assert [n["status"] for n in stats.nights] == ["completed", "completed"]
+
+    for back in (1, 2):
+        parts = [tmp_path / "out" / f"events-{day(back)}-{k}.ndjson" for k in (0, 1)]
+        events = [event for part in parts for event in read_ndjson(part)]
+        assert canonical(events) == canonical(expected_events(calls_of(week, day(back))))
+        assert all(read_ndjson(part) for part in parts), "both shards hold calls"
 
 
 async def test_an_unfinished_night_is_resumed_whatever_day_the_next_run_starts_on(
