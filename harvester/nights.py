@@ -183,11 +183,15 @@ async def _opened_sink(each: Night, clock: Clock) -> AsyncIterator[Sink]:
     night would give it."""
     own = each.settings
     identity = identity_of(own, {"window": each.window.identity()}, each.paths)
+    opened = False
     try:
         async with open_sink(each.paths, identity, own, each.stats, clock) as sink:
+            opened = True
             each.stats.job = sink.snapshot()
             yield sink
     except AlreadyRunning as exc:
+        if opened:  # another night's, passing through on the way out
+            raise
         raise _already(each, exc.pid) from exc
 
 
@@ -263,7 +267,7 @@ async def _deal(pages: AsyncGenerator[Page, None], pending: list[Night], stats: 
                         active.remove(each)
                 if not active:
                     return
-    except (HarvesterError, Exception) as exc:  # the listing's error is every night's
+    except Exception as exc:  # the listing's error is every night's
         for each in active:
             await _hand(each, exc)
         return
