@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from harvester.errors import (
 from harvester.files import DaemonExecutor, replace_file
 from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
-from harvester.nights import harvest_nights, night_settings, nights_of
+from harvester.nights import harvest_nights, nights_of, retry_nights
 from harvester.options import CHECK, RETRY, RUN, STATUS, add_options, path
 from harvester.progress import Progress, count_records
 from harvester.shard import Shard
@@ -232,10 +232,8 @@ def _harvest(
     """Run the job; its exit code, status and error message (None when it finished)."""
     work: Coroutine[Any, Any, RunStats]
     if args.command == RETRY:
-        if settings.nights:  # retry-failed --yesterday: yesterday's night
-            assert settings.today is not None
-            settings = night_settings(settings, settings.today - timedelta(days=1))
-        work = retry_failed(
+        retry = retry_nights if settings.nights else retry_failed
+        work = retry(
             settings, include_not_found=args.include_not_found, stats=stats, stop=stopper.event
         )
     elif settings.nights:

@@ -299,7 +299,8 @@ def _validate(
             deadline=deadline,
             credentials_from=credentials_from,
             proxy=proxy,
-        )
+        ),
+        names,
     )
 
 
@@ -316,6 +317,11 @@ def _check_night_paths(settings: Settings, names: dict[str, str]) -> None:
     """Every night writes files of its own: each path a night writes must hold {date}."""
     for key in _NIGHT_PATHS:
         path = getattr(settings, key)
+        if path is not None and str(path).count("{date}") > 1:
+            raise ConfigError(
+                f"{names.get(key, key)} {path} holds {{date}} more than once: give it once, in "
+                "the file's name or in a folder's"
+            )
         if path is not None and "{date}" not in str(path):
             raise ConfigError(
                 f"{names.get(key, key)} {path} has no {{date}}: with --nights (or --yesterday) "
@@ -398,9 +404,16 @@ def _next_time_of_day(clock_time: time, now: datetime, zone: ZoneInfo) -> dateti
     return moment + timedelta(days=1) if moment <= local else moment
 
 
-def _render_paths(settings: Settings) -> Settings:
+def _render_paths(settings: Settings, names: dict[str, str]) -> Settings:
     """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths; with
     nights, the paths of a night keep ``{date}`` for each night to fill."""
+    for key in ("summary", "metrics_file"):
+        path = getattr(settings, key)
+        if settings.nights and path is not None and "{date}" in str(path):
+            raise ConfigError(
+                f"{names.get(key, key)} {path} holds {{date}}, but with --nights it is the run's, "
+                "one for all its nights: give a path without {date}"
+            )
     values: dict[str, Any] = {
         key: render_path(
             key,

@@ -323,12 +323,12 @@ async def _retaken(records: list[tuple[str, int]]) -> list[Verdict]:
 
 
 async def _one_batch(records: list[tuple[int, str]]) -> AsyncGenerator[SourceBatch, None]:
-    yield list(records), None
+    yield SourceBatch(list(records))
 
 
 async def _file_batches(feed: RecordFeed) -> AsyncGenerator[SourceBatch, None]:
     while batch := await feed.batch(FILE_BATCH):
-        yield list(batch), None
+        yield SourceBatch(list(batch))
 
 
 async def _listed_batches(
@@ -338,4 +338,4 @@ async def _listed_batches(
         async for page in pages:
             stats.listed += page.listed
             stats.undated += page.undated
-            yield list(page.calls), page.next_url or ""
+            yield SourceBatch(list(page.calls), page.next_url or "", page.oldest)

@@ -25,6 +25,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -75,6 +76,7 @@ class Batch:
     event_count: int = 0
     failure_codes: Counter[str] = field(default_factory=Counter)
     list_cursor: str | None = None  # a listing run's place, up to which all is committed
+    list_cursor_time: datetime | None = None  # the oldest start of the page before it
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -418,6 +420,8 @@ class Journal:
         meta["sizes"] = sizes
         if batch.list_cursor is not None:
             meta["list_cursor"] = batch.list_cursor
+            time = batch.list_cursor_time
+            meta["list_cursor_time"] = time.isoformat() if time is not None else None
         meta["elapsed_s"] = self._elapsed_before + elapsed_s
         with self._db:
             self._db.executemany(

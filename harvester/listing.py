@@ -147,9 +147,11 @@ async def list_window(
 
 @dataclass(slots=True)
 class _PageMark:
-    """A listed page: where the list goes on after it, and its calls not yet committed."""
+    """A listed page: where the list goes on after it, the oldest start it reached, and its
+    calls not yet committed."""
 
     next_url: str
+    oldest: datetime | None = None
     outstanding: int = 0
 
 
@@ -161,13 +163,17 @@ class ListingPlace:
 
     def __init__(self) -> None:
         self.cursor: str | None = None
+        # The oldest start of the page before the cursor: the cursor's place in time, which
+        # tells, of two places in the list, the earlier (newest first: the newer time).
+        self.cursor_time: datetime | None = None
         self._pages: deque[_PageMark] = deque()
         self._page_of: dict[str, _PageMark] = {}
         self._page: _PageMark | None = None
 
-    def page(self, next_url: str) -> None:
-        """A page begins; the list goes on at ``next_url`` after it ("" at the end)."""
-        self._page = _PageMark(next_url)
+    def page(self, next_url: str, oldest: datetime | None = None) -> None:
+        """A page begins; the list goes on at ``next_url`` after it ("" at the end); ``oldest``
+        is the oldest start it reached."""
+        self._page = _PageMark(next_url, oldest)
 
     def expect(self, key: str) -> None:
         """``key``, of the current page, is on its way: the page waits for its commit."""
@@ -194,4 +200,5 @@ class ListingPlace:
 
     def _advance(self) -> None:
         while self._pages and self._pages[0].outstanding == 0:
-            self.cursor = self._pages.popleft().next_url
+            done = self._pages.popleft()
+            self.cursor, self.cursor_time = done.next_url, done.oldest

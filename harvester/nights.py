@@ -22,7 +22,7 @@ import glob
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
 from harvester.config import Settings, render_path
 from harvester.errors import AlreadyRunning, ConfigError, HarvesterError, status_of
-from harvester.job import check_paths, identity_of, output_paths
+from harvester.job import check_paths, identity_of, output_paths, retry_failed
 from harvester.limiter import RateLimiter
 from harvester.listing import ListedCall, ListingPlace, Page, list_window
 from harvester.pool import Pool, SourceBatch
@@ -95,10 +95,32 @@ def plan(settings: Settings) -> list[Night]:
     its state as its ledger has it (read, not locked)."""
     assert settings.output is not None and settings.nights and settings.today is not None
     nights = []
-    for day, _, state in nights_of(settings.output, settings.today, settings.nights):
+    for day, output, state in nights_of(settings.output, settings.today, settings.nights):
         own = night_settings(settings, day)
+        if state["state"] in ("completed", "unfinished"):  # a running one turns this run away
+            _same_job(own, output, state)
         nights.append(Night(day, own, output_paths(own, own.window), state["state"]))
     return nights
+
+
+def _same_job(own: Settings, output: Path, state: dict[str, Any]) -> None:
+    """Refuse a night whose state beside ``output`` is another job's: another window (another
+    ``--tz``), shard or user. Its date alone would say it is done while the calls of this
+    run's window, or shard, are not."""
+    assert own.window is not None
+    mine = {
+        "window": own.window.identity(),
+        "shard": str(own.shard) if own.shard else None,
+        "user_id": own.user_id,
+    }
+    theirs = {key: state.get(key) for key in mine}
+    if theirs != mine:
+        differs = ", ".join(f"{key} {theirs[key]!r}" for key in mine if theirs[key] != mine[key])
+        raise ConfigError(
+            f"{output} holds the night of another job ({differs}; this run's: "
+            f"{', '.join(f'{key} {mine[key]!r}' for key in mine if theirs[key] != mine[key])}). "
+            "Run with the same --tz, --shard and user as that job, or choose another --output"
+        )
 
 
 def nights_of(template: Path, today: date, count: int) -> list[tuple[date, Path, dict[str, Any]]]:
@@ -238,14 +260,26 @@ async def _harvest(
     async with CallEventsClient(settings, limiter, stats, clock) as client:
         retrier = Retrier(settings, stats, clock, stop, limiter)
         span = Window(pending[0].window.since, pending[-1].window.until, pending[0].day)
-        newest = pending[-1]
-        assert newest.sink is not None
-        resume_from = newest.sink.meta.get("list_cursor") or None
-        pages = list_window(client, retrier, span, settings.list_page_size, resume_from)
+        pages = list_window(client, retrier, span, settings.list_page_size, _resume_from(pending))
         async with asyncio.TaskGroup() as group:
             group.create_task(_deal(pages, pending, stats))
             for each in pending:
                 group.create_task(_night(each, settings, stats, client, retrier, clock, stop))
+
+
+def _resume_from(pending: list[Night]) -> str | None:
+    """Where in the call list the pass goes on: the earliest of the pending nights' places
+    (each is where all its calls before it are committed; an older night's calls may still
+    wait on a page a newer night is past). Places are compared by time, their pages' oldest
+    start: newest first, the newer the earlier. The top when a night has no place yet."""
+    places = []
+    for each in pending:
+        assert each.sink is not None
+        cursor, time = each.sink.meta.get("list_cursor"), each.sink.meta.get("list_cursor_time")
+        if not cursor or not isinstance(time, str):
+            return None
+        places.append((datetime.fromisoformat(time), cursor))
+    return max(places)[1] if places else None
 
 
 async def _deal(pages: AsyncGenerator[Page, None], pending: list[Night], stats: RunStats) -> None:
@@ -261,7 +295,7 @@ async def _deal(pages: AsyncGenerator[Page, None], pending: list[Night], stats: 
                     mine = [call for call in page.calls if _of(each, call)]
                     if mine:
                         stats.night = str(each.day)
-                    await _hand(each, (mine, page.next_url or ""))
+                    await _hand(each, (mine, page.next_url or "", page.oldest))
                     if _passed(each, page):
                         await _hand(each, _END)
                         active.remove(each)
@@ -306,9 +340,8 @@ async def _fed(each: Night) -> AsyncGenerator[SourceBatch, None]:
             return
         if isinstance(item, BaseException):
             raise item
-        calls, next_url = item
-        batch: list[Any] = list(calls)
-        yield batch, next_url
+        calls, next_url, oldest = item
+        yield SourceBatch(list(calls), next_url, oldest)
 
 
 async def _night(
@@ -350,6 +383,50 @@ def _counts(job: dict[str, Any]) -> str:
     return f"{job.get('calls', 0)} calls: {job.get('ok', 0)} ok, {job.get('failed', 0)} failed"
 
 
+async def retry_nights(
+    settings: Settings,
+    *,
+    include_not_found: bool = False,
+    stats: RunStats | None = None,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunStats:
+    """``retry-failed`` for each night of ``settings`` that a run has begun, one after the
+    other; one entry a night in ``stats.nights``, as ``harvest_nights`` gives them."""
+    if settings.output is None:
+        raise ConfigError("no output: give --output PATH, the template of an earlier run")
+    stats = stats if stats is not None else RunStats()
+    stop = stop if stop is not None else asyncio.Event()
+    nights = [each for each in plan(settings) if each.state != "not started"]
+    running = [each for each in nights if each.state == "running"]
+    if running:
+        raise _already(running[0])
+    for each in nights:
+        if stop.is_set():
+            each.status = "stopped"
+            continue
+        try:
+            await retry_failed(
+                each.settings,
+                include_not_found=include_not_found,
+                stats=stats,
+                clock=clock,
+                stop=stop,
+            )
+            each.status = "completed" if not stop.is_set() else "stopped"
+        except AlreadyRunning:
+            raise
+        except HarvesterError as exc:
+            each.status, each.error = status_of(exc), str(exc)
+        log.info("night %s: %s", each.day, each.status)
+    stats.nights = [_report(each, settings) for each in nights]
+    stats.nights_behind = sum(not entry["job_completed"] for entry in stats.nights)
+    stats.completed = not stop.is_set()
+    run = {"requests": stats.requests, "retries": stats.retries, "rate_limited": stats.rate_limited}
+    stats.job = {**_together(stats.nights), **run}
+    return stats
+
+
 def _report(each: Night, settings: Settings) -> dict[str, Any]:
     """A night's entry in the summary: its date, how it stands, and its job's counters."""
     job = each.sink.snapshot() if each.sink is not None else _ledger_totals(each)
@@ -357,8 +434,9 @@ def _report(each: Night, settings: Settings) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "date": str(each.day),
         "status": status,
-        "earlier": each.sink is None and each.state == "completed",
-        **{key: job.get(key, 0) for key in ("calls", "ok", "failed", "events")},
+        "earlier": each.sink is None and each.state == "completed" and not each.status,
+        "job_completed": bool(job.get("completed")),
+        **{key: job.get(key, 0) for key in ("calls", "ok", "failed", "events", "invocations")},
         "failures_by_code": job.get("failures_by_code", {}),
         "output": str(each.paths["events"]),
         "failures_file": str(each.paths["failures"]),
@@ -371,6 +449,15 @@ def _report(each: Night, settings: Settings) -> dict[str, Any]:
     return entry
 
 
+def _committed_bytes(entry: dict[str, Any]) -> int:
+    """The bytes a night's files hold (what the metrics count as written)."""
+    total = 0
+    for key in ("output", "failures_file"):
+        with contextlib.suppress(OSError):
+            total += Path(entry[key]).stat().st_size
+    return total
+
+
 def _ledger_totals(each: Night) -> dict[str, Any]:
     return night_state(each.paths["events"])
 
@@ -380,6 +467,8 @@ def _together(nights: list[dict[str, Any]]) -> dict[str, Any]:
     together: dict[str, Any] = {
         key: sum(entry[key] for entry in nights) for key in ("calls", "ok", "failed", "events")
     }
+    together["invocations"] = max((entry["invocations"] for entry in nights), default=0)
+    together["bytes"] = sum(_committed_bytes(entry) for entry in nights)
     codes: dict[str, int] = {}
     for entry in nights:
         for code, count in entry["failures_by_code"].items():

@@ -216,8 +216,8 @@ OPTIONS = (
         ("--nights",),
         "the last N complete days in --tz (today excluded), each not completed yet harvested "
         "into its own {date} files, in one pass over the call list; with any night an "
-        "earlier run left unfinished",
-        (RUN, STATUS),
+        "earlier run left unfinished (retry-failed: each begun of them)",
+        (RUN, RETRY, STATUS),
         metavar="N",
         type=int,
         group=NIGHTLY,

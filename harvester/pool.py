@@ -19,6 +19,8 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 
@@ -60,8 +62,16 @@ log = logging.getLogger("harvester")
 OUTAGE_CALLS = 20
 UNPROVEN_FACTOR = 10
 
-# What a source yields: records, and for a listing, the next link after them ("" at the end).
-SourceBatch = tuple[list[Record | ListedCall], str | None]
+
+class SourceBatch(NamedTuple):
+    """What a source yields: records, and for a listing, the next link after them ("" at the
+    end) and the oldest start its page reached (where in time that place in the list is)."""
+
+    records: list[Record | ListedCall]
+    next_url: str | None = None
+    oldest: datetime | None = None
+
+
 # How the records of a batch are claimed: (ledger key, input line) -> what to do with each.
 Claim = Callable[[list[tuple[str, int]]], Awaitable[list[Verdict]]]
 
@@ -184,7 +194,7 @@ class Pool:
         stats = self._stats
         place = self._sink.place
         async with contextlib.aclosing(batches):
-            async for records, next_url in batches:
+            async for records, next_url, oldest in batches:
                 keyed = [_key_of(record) for record in records]
                 if self._shard is not None:
                     owns = self._shard.owns
@@ -194,7 +204,7 @@ class Pool:
                     keyed = [keyed[i] for i in mine]
                 verdicts = await self._claim(keyed)
                 if place is not None and next_url is not None:
-                    place.page(next_url)
+                    place.page(next_url, oldest)
                 for record, (key, _), verdict in zip(records, keyed, verdicts, strict=True):
                     if verdict is Verdict.DUPLICATE:
                         stats.duplicates += 1

@@ -228,7 +228,8 @@ class Sink:
             self._due.clear()
             batch, self._batch = self._batch, Batch()
             place = self.place
-            batch.list_cursor = place.cursor if place is not None else None
+            if place is not None:
+                batch.list_cursor, batch.list_cursor_time = place.cursor, place.cursor_time
             stats = self._stats
             counters = {
                 "requests": stats.requests,

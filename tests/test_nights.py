@@ -12,14 +12,16 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
+from harvester.config import Settings
 from harvester.errors import AlreadyRunning, ConfigError
-from harvester.nights import harvest_nights
+from harvester.nights import Night, _resume_from, harvest_nights, retry_nights
 from harvester.sim import SimConfig, Simulator
 
 from .conftest import (
@@ -63,7 +65,8 @@ async def week(clock: FakeClock) -> AsyncIterator[Simulator]:
 
 def nightly(sim: Simulator, tmp_path: Path, now: datetime = NOW, **flags: Any) -> Any:
     flags.setdefault("output", tmp_path / "out" / "events-{date}.ndjson")
-    return make_settings(sim, tmp_path, now=now, input=None, list_page_size=PAGE, **flags)
+    flags.setdefault("list_page_size", PAGE)
+    return make_settings(sim, tmp_path, now=now, input=None, **flags)
 
 
 def day(back: int, today: datetime = NOW) -> date:
@@ -118,6 +121,69 @@ async def test_missed_nights_are_caught_up_in_one_pass_and_a_done_one_is_not_tou
     # One pass: the pages from the newest call back to the oldest night's start, once.
     newer = sum(1 for r in week.call_records() if r["startTime"] >= f"{day(4)}T00:00")
     assert len(list_requests(week)) == math.floor(newer / PAGE) + 1
+
+
+class SlowOlderNight(Simulator):
+    """The simulator, but for the calls of the night before yesterday, answered 503 until
+    ``stop`` is set, which it sets once every call of yesterday's has been answered."""
+
+    def __init__(self, clock: FakeClock, stop: asyncio.Event) -> None:
+        super().__init__(SimConfig(calls=700, days=7, anchor=ANCHOR), clock=clock)
+        self.stopping = stop
+        self.fast, self.slow = set(calls_of(self, day(1))), set(calls_of(self, day(2)))
+        self.answered: set[str] = set()
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        call_id = request.match_info["call"]
+        if call_id in self.slow and not self.stopping.is_set():
+            return web.json_response({"code": "unavailable"}, status=503)
+        answer = await super()._events(request)
+        self.answered.add(call_id)
+        if self.fast <= self.answered:
+            self.stopping.set()
+        return answer
+
+
+async def test_a_stopped_catch_up_resumes_where_no_night_has_calls_left_behind(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    # Pages of 60, 100 calls a night: the second page holds the last 40 calls of the newest
+    # night and the first 20 of the night before. Stopped once the newest is all done (its
+    # place is past that page), the older night's calls on it are not: the next run must list
+    # that page again, not go on from the newest night's place.
+    clock.now = NOW.timestamp()
+    stop = asyncio.Event()
+    async with SlowOlderNight(clock, stop) as sim:
+        settings = nightly(
+            sim, tmp_path, nights=2, list_page_size=60, commit_calls=1, max_attempts=100
+        )
+        first = await harvest_nights(settings, clock=clock, stop=stop)
+        assert [n["status"] for n in first.nights] == ["stopped", "stopped"]
+        assert first.nights[1]["calls"] == 100 and first.nights[0]["calls"] < 20
+
+        stats = await harvest_nights(
+            nightly(sim, tmp_path, nights=2, list_page_size=60), clock=clock
+        )
+
+    assert [n["status"] for n in stats.nights] == ["completed", "completed"]
+    assert exact(sim, tmp_path, day(2)) and exact(sim, tmp_path, day(1))
+
+
+def test_a_catch_up_goes_on_from_the_earliest_of_its_nights_places_in_the_list(
+    tmp_path: Path,
+) -> None:
+    def pending(cursor: str | None, time: str | None) -> Night:
+        each = Night(day(1), Settings(), {})
+        each.sink = SimpleNamespace(meta={"list_cursor": cursor, "list_cursor_time": time})  # type: ignore[assignment]
+        return each
+
+    # Newest first: the later a page's oldest start, the earlier the page in the list.
+    older = pending("page=1", "2026-11-25T09:43:12+00:00")
+    newer = pending("page=2", "2026-11-24T19:19:12+00:00")
+    assert _resume_from([older, newer]) == "page=1"
+    assert _resume_from([newer, older]) == "page=1"
+    assert _resume_from([older, pending(None, None)]) is None, "a night with no place: the top"
+    assert _resume_from([older, pending("page=3", None)]) is None, "a place of unknown time"
 
 
 async def test_shards_split_the_nights_with_no_gap_and_no_overlap(
@@ -192,6 +258,43 @@ def test_a_night_path_without_date_is_refused_before_anything(
 ) -> None:
     with pytest.raises(ConfigError, match=r"has no \{date\}"):
         nightly(week, tmp_path, nights=3, **{k: tmp_path / v for k, v in flags.items()})
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ({"output": "out/{date}/events-{date}.ndjson"}, "more than once"),
+        ({"summary": "out/summary-{date}.json"}, "it is the run's"),
+    ],
+)
+def test_dates_a_night_cannot_keep_apart_are_refused(
+    week: Simulator, tmp_path: Path, flags: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ConfigError, match=said):
+        nightly(week, tmp_path, nights=3, **{k: tmp_path / v for k, v in flags.items()})
+
+
+async def test_nights_of_another_time_zone_are_another_job_not_done_ones(
+    week: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    await harvest_nights(nightly(week, tmp_path, nights=2), clock=clock)
+
+    with pytest.raises(ConfigError, match=r"another job.*--tz"):
+        await harvest_nights(nightly(week, tmp_path, nights=3, tz="Asia/Kolkata"), clock=clock)
+
+
+async def test_retry_failed_takes_every_night_begun(
+    week: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    first = await harvest_nights(nightly(week, tmp_path, nights=3, max_events=3), clock=clock)
+    assert all(n["failed"] > 0 for n in first.nights)
+
+    stats = await retry_nights(nightly(week, tmp_path, nights=3), clock=clock)
+
+    assert [(n["date"], n["status"], n["failed"]) for n in stats.nights] == [
+        (str(day(back)), "completed", 0) for back in (3, 2, 1)
+    ]
+    assert all(exact(week, tmp_path, day(back)) for back in (1, 2, 3))
 
 
 # -- the command ------------------------------------------------------------------------------
