@@ -130,17 +130,17 @@ def differs(path: Path, size: int, checksum: int | None, *, exact: bool = False)
             actual = os.fstat(file.fileno()).st_size
             if actual < size:
                 return f"it is shorter ({actual} bytes) than its ledger says ({size})"
+            if checksum is not None and tail_checksum(file.fileno(), size) != checksum:
+                return (
+                    "its committed part does not end in the bytes harvester wrote (another file "
+                    "was put in its place, or something else wrote into it)"
+                )
             if exact and actual > size:
                 return (
                     f"it holds {actual - size} bytes past the {size} harvester committed, which "
                     "are not harvester's (no run of it was cut short there): something else "
                     "wrote them. Keep them elsewhere and cut the file back (truncate -s "
                     f"{size} {shlex.quote(str(path))})"
-                )
-            if checksum is not None and tail_checksum(file.fileno(), size) != checksum:
-                return (
-                    "its committed part does not end in the bytes harvester wrote (another file "
-                    "was put in its place, or something else wrote into it)"
                 )
     except FileNotFoundError:
         return "it is missing" if size > 0 else None

@@ -40,7 +40,7 @@ class Meddling(Simulator):
     ledger vouches for a first batch in it, while the run goes on."""
 
     def __init__(
-        self, output: Path, victim: str, meddle: Callable[[Path], None], clock: FakeClock
+        self, output: Path, victim: str, meddle: Callable[[Path, int], None], clock: FakeClock
     ) -> None:
         super().__init__(SimConfig(calls=60), clock=clock)
         self.output, self.victim = output, victim
@@ -50,7 +50,7 @@ class Meddling(Simulator):
     async def _events(self, request: web.Request) -> web.StreamResponse:
         if self.meddled_at is None and committed(self.output, self.victim) > EMPTY_GZIP_SIZE:
             path = ledger_state(self.output)["identity"][f"{self.victim}_path"]
-            self.meddle(Path(path))
+            self.meddle(Path(path), committed(self.output, self.victim))
             self.meddled_at = len(self.log)
         return await super()._events(request)
 
@@ -58,32 +58,32 @@ class Meddling(Simulator):
 EMPTY_GZIP_SIZE = len(gzip.compress(b"", mtime=0))  # what a new .gz output holds at once
 
 
-def cut(path: Path) -> None:
+def cut(path: Path, committed: int) -> None:
     os.truncate(path, 0)
 
 
-def replace(path: Path) -> None:
+def replace(path: Path, committed: int) -> None:
     other = path.with_name("other")
     other.write_bytes(b"x" * path.stat().st_size)  # the same size, not the same file
     other.replace(path)
 
 
-def append(path: Path) -> None:
+def append(path: Path, committed: int) -> None:
     with path.open("ab") as file:
         file.write(b'{"callId":"c-forged","name":"hangup"}\n')
 
 
-def overwrite(path: Path) -> None:
-    with path.open("r+b") as file:  # dd conv=notrunc, near the end
-        file.seek(-30, os.SEEK_END)
+def overwrite(path: Path, committed: int) -> None:
+    with path.open("r+b") as file:  # dd conv=notrunc, near the end of what was committed
+        file.seek(max(0, committed - 30))
         file.write(b"XXXXXXXX")
 
 
-def remove(path: Path) -> None:
+def remove(path: Path, committed: int) -> None:
     path.unlink()
 
 
-MEDDLING: dict[str, tuple[Callable[[Path], None], str, str | None]] = {
+MEDDLING: dict[str, tuple[Callable[[Path, int], None], str, str | None]] = {
     "cut": (cut, "was cut to 0 bytes", "shorter"),
     "removed": (remove, "was removed", "missing"),
     "replaced": (replace, "was replaced by another file", "does not end in the bytes"),
