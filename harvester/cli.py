@@ -61,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(_log_format(args), getattr(args, "verbose", False))
     if args.command in ("run", "retry-failed"):
         _steady_memory()
-        return _run(args)
+        code = exits.INTERNAL
+        try:
+            code = _run(args)
+        finally:
+            if code != exits.OK:  # --quiet held it back for this very case
+                logs.release_held()
+        return code
     if args.command == "sim":
         return serve_sim(args)
     if args.command == "check":
@@ -180,13 +186,25 @@ def _run(args: argparse.Namespace) -> int:
     stats = RunStats()
     started_at = datetime.now(UTC)
     started = time.monotonic()
-    logs.configure(settings.log_format, args.verbose)
+    logs.configure(settings.log_format, args.verbose, settings.quiet)
+    event(
+        logging.INFO,
+        "start",
+        "harvester %s: %s, pid %d",
+        __version__,
+        args.command,
+        os.getpid(),
+        version=__version__,
+        command=args.command,
+        pid=os.getpid(),
+    )
     progress = Progress(
         stats,
         sys.stderr,
-        show=settings.progress,
+        show=settings.progress and not settings.quiet,
         log_every=settings.log_every,
         metrics_file=settings.metrics_file,
+        shard=settings.shard,
     )
     stopper = Stopper(settings.grace, settings.time_allowed(started_at))
     if settings.deadline is not None:
@@ -195,17 +213,19 @@ def _run(args: argparse.Namespace) -> int:
     if code in (exits.USAGE, exits.OUTPUT, exits.RUNNING) and not stats.job:
         # Refused before the job was opened: an earlier run's summary and metrics stay as they
         # were, for whoever reads them.
-        log.error("error: %s", error)
+        event(logging.ERROR, "error", "error: %s (exit %d)", error, code, exit_code=code)
         return code
     elapsed = time.monotonic() - started
-    progress.finish(stats.completed)
+    progress.finish(code)
     if settings.metrics_file is not None:
         asyncio.run(progress.write_metrics())
     if error is not None:
         planned = code in (exits.DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
         level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
         name = "stopped" if planned else "error"
-        event(level, name, "%s%s", prefix, error, exit_code=code, status=status)
+        # The exit code is said here when no summary line (which says it) follows.
+        end = "" if stats.job else f" (exit {code})"
+        event(level, name, "%s%s%s", prefix, error, end, exit_code=code, status=status)
     summary = summary_document(settings, stats, status, code, started_at, elapsed)
     if error is not None:
         summary["error"] = error

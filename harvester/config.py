@@ -99,6 +99,7 @@ class Settings:
     max_body_mb: float = 4.0
     max_events: int = 10_000
     progress: bool = True
+    quiet: bool = False  # nothing said unless the run fails (cron mails what a job says)
     grace: float = 10.0
     commit_calls: int = 1000
     commit_seconds: float = 5.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,15 +54,70 @@ class Text(logging.Formatter):
         return redact_urls_in(super().format(record))
 
 
-def configure(log_format: str = "text", verbose: bool = False) -> None:
-    """Send harvester's log to stderr in ``log_format`` (text or json)."""
+class Held(logging.Handler):
+    """``--quiet``: the warnings, the errors and the summary line held back, to be said only
+    if the run fails (``say_held``); what is held is bounded, however long the run (the first
+    and the last of them, and how many were left out between)."""
+
+    FIRST = 50
+    LAST = 200
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__()
+        self.target = target
+        self._first: list[logging.LogRecord] = []
+        self._last: deque[logging.LogRecord] = deque(maxlen=self.LAST)
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The summary is said at INFO; a failed run's cron mail needs it.
+        return record.levelno >= logging.WARNING or getattr(record, "event", "") == "summary"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self._first) < self.FIRST:
+            self._first.append(record)
+            return
+        if len(self._last) == self._last.maxlen:
+            self._left_out += 1
+        self._last.append(record)
+
+    def say_held(self) -> None:
+        """Say what was held back, in order, and hold nothing more."""
+        records, self._first, self._last = [*self._first, *self._last], [], deque()
+        for number, record in enumerate(records):
+            if number == self.FIRST and self._left_out:
+                self.target.handle(_left_out(self._left_out, record))
+            self.target.handle(record)
+        self._left_out = 0
+
+
+def _left_out(count: int, after: logging.LogRecord) -> logging.LogRecord:
+    record = logging.LogRecord(
+        log.name, logging.WARNING, __file__, 0, "(%d more warnings not shown)", (count,), None
+    )
+    record.created = after.created
+    record.event = "left-out"
+    record.fields = {"count": count}
+    return record
+
+
+def configure(log_format: str = "text", verbose: bool = False, quiet: bool = False) -> None:
+    """Send harvester's log to stderr in ``log_format`` (text or json); with ``quiet``, hold
+    its warnings, errors and summary back until ``release_held`` (of a run that failed)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(Text())
-    log.handlers[:] = [handler]
+    log.handlers[:] = [Held(handler) if quiet else handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
     # aiohttp's own loggers stay quiet unless they have something serious to say.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def release_held() -> None:
+    """Say what ``--quiet`` held back (a run that did not exit 0)."""
+    for handler in log.handlers:
+        if isinstance(handler, Held):
+            handler.say_held()

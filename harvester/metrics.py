@@ -4,18 +4,42 @@ sees half a file)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from harvester import __version__
+from harvester.shard import Shard
 from harvester.stats import RunStats
 
+# harvester_last_exit_code of a job whose first run goes on: no exit code is -1.
+NOT_ENDED = -1
 
-def render(stats: RunStats, run_seconds: float, last_success: float | None) -> str:
-    """The exposition text for the job (``stats.job``) and this run (``stats``)."""
+
+class LastRuns(NamedTuple):
+    """How the last run that wrote the file ended (None before any has), and when a run last
+    succeeded (exit 0; None when none has)."""
+
+    exit_code: int | None = None
+    success: float | None = None
+
+
+def render(stats: RunStats, run_seconds: float, last: LastRuns, shard: Shard | None = None) -> str:
+    """The exposition text for the job (``stats.job``), this run (``stats``), and the runs
+    before (``last``): what a batch job's metrics should be, gauges of its last run. Every
+    series of a ``shard``'s file carries its label."""
     job = stats.job
     lines: list[str] = []
+    # A shard's file says which it is: the shards of one job may share a textfile collector,
+    # which refuses two files with the same series.
+    own = f'shard="{shard}"' if shard is not None else ""
 
     def metric(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP {name} {text}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
+        for labels, value in samples:
+            inner = ",".join(part for part in (own, labels.strip("{}")) if part)
+            lines.append(
+                f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}"
+            )
 
     metric(
         "harvester_calls",
@@ -65,20 +89,31 @@ def render(stats: RunStats, run_seconds: float, last_success: float | None) -> s
             ("", round(run_seconds, 3)),
         ],
     )
-    if stats.nights or stats.nights_behind:
-        metric(
-            "harvester_nights_behind",
-            "gauge",
-            "Nights of the job (--nights) not completed yet.",
-            [("", stats.nights_behind)],
-        )
-    if last_success is not None:
-        metric(
-            "harvester_last_success_timestamp_seconds",
-            "gauge",
-            "When a run of this job last completed (UNIX time).",
-            [("", round(last_success, 3))],
-        )
+    metric(
+        "harvester_nights_behind",
+        "gauge",
+        "Nights of the job (--nights) not completed yet; 0 for a job of no nights.",
+        [("", stats.nights_behind)],
+    )
+    metric(
+        "harvester_last_exit_code",
+        "gauge",
+        "The exit code of the last run that wrote this file (0: every call harvested); "
+        "-1 while its first run has not ended.",
+        [("", last.exit_code if last.exit_code is not None else NOT_ENDED)],
+    )
+    metric(
+        "harvester_last_success_timestamp_seconds",
+        "gauge",
+        "When a run last exited 0 (UNIX time); 0 when none has.",
+        [("", round(last.success, 3) if last.success is not None else 0)],
+    )
+    metric(
+        "harvester_build_info",
+        "gauge",
+        "The version of harvester that wrote this file.",
+        [(f'{{version="{__version__}"}}', 1)],
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -158,6 +158,12 @@ OPTIONS = (
     # Running.
     Option(("--no-progress",), "no progress line on stderr", dest="progress", extra=_OFF),
     Option(
+        ("--quiet", "-q"),
+        "say nothing when the run exits 0; when it does not, its warnings, errors and summary "
+        "(for cron, which mails whatever a job says)",
+        extra=_ON,
+    ),
+    Option(
         ("--fresh",),
         "discard earlier progress of this output; start over",
         (RUN,),

@@ -7,6 +7,7 @@ Everything here reads the run's counters on a timer: nothing is done per call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import math
@@ -25,6 +26,7 @@ from harvester import metrics
 from harvester.chunks import is_stream
 from harvester.files import replace_file
 from harvester.logs import event
+from harvester.shard import Shard
 from harvester.stats import RunStats
 
 TERMINAL_INTERVAL = 0.5
@@ -44,6 +46,7 @@ class Progress:
         show: bool,
         log_every: float,
         metrics_file: Path | None,
+        shard: Shard | None = None,
         total: int | None = None,
     ) -> None:
         self._stats = stats
@@ -52,7 +55,9 @@ class Progress:
         self._terminal = show and stream.isatty()
         self._log_every = log_every
         self._metrics_file = metrics_file
-        self._last_success = _previous_success(metrics_file)
+        self._shard = shard
+        # What earlier runs left in the metrics file: kept until this run ends.
+        self._last = _previous_runs(metrics_file)
         self._started = time.monotonic()
         self.total = total
         self._bar: tqdm[Any] | None = None
@@ -74,14 +79,16 @@ class Progress:
                 since_metrics = 0.0
                 await self.write_metrics()
 
-    def finish(self, completed: bool) -> None:
-        """The last bar; ``completed`` marks a run that finished its job (for the metrics
-        written after it)."""
+    def finish(self, exit_code: int) -> None:
+        """The last bar; this run's ``exit_code``, for the metrics written after it (a success
+        is an exit 0, nothing less)."""
         if self._bar is not None:
             self.draw()
             self._bar.close()
-        if completed:
-            self._last_success = time.time()
+        self._last = metrics.LastRuns(
+            exit_code,
+            time.time() if exit_code == 0 else self._last.success,
+        )
 
     async def write_metrics(self) -> None:
         """Replace the metrics file (if any) with the counters as they are; a failure is only
@@ -89,7 +96,7 @@ class Progress:
         if self._metrics_file is None:
             return
         elapsed = time.monotonic() - self._started
-        text = metrics.render(self._stats, elapsed, self._last_success)
+        text = metrics.render(self._stats, elapsed, self._last, self._shard)
         try:
             await replace_file(self._metrics_file, text.encode())
         except OSError as exc:
@@ -203,18 +210,29 @@ def count_records(spec: str | None) -> int | None:
     return max(lines - (1 if path.name.lower().removesuffix(".gz").endswith(".csv") else 0), 0)
 
 
-_SUCCESS = re.compile(r"^harvester_last_success_timestamp_seconds (\S+)$", re.MULTILINE)
+_SAMPLE = re.compile(
+    r"^(harvester_last_success_timestamp_seconds|harvester_last_exit_code)(?:\{[^}\n]*\})? (\S+)$",
+    re.MULTILINE,
+)
 
 
-def _previous_success(path: Path | None) -> float | None:
-    """The last success time an earlier run wrote, so that it survives unfinished runs."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        with path.open("rb") as metrics:
-            text = metrics.read(METRICS_READ_LIMIT).decode(errors="replace")
-        found = _SUCCESS.search(text)
-        moment = float(found.group(1)) if found else None
-    except (OSError, ValueError):
-        return None  # unreadable or not ours: start afresh
-    return moment if moment is not None and math.isfinite(moment) else None
+def _previous_runs(path: Path | None) -> metrics.LastRuns:
+    """What earlier runs wrote of themselves in the metrics file (how the last ended, when one
+    last succeeded), so that it survives a run until that run ends; nothing for a file that is
+    missing, unreadable or not ours."""
+    found: dict[str, float] = {}
+    if path is not None and path.is_file():
+        try:
+            with path.open("rb") as file:
+                text = file.read(METRICS_READ_LIMIT).decode(errors="replace")
+        except OSError:
+            text = ""
+        for name, value in _SAMPLE.findall(text):
+            with contextlib.suppress(ValueError):  # not a number: not ours, start afresh
+                if math.isfinite(number := float(value)):
+                    found[name] = number
+    code = found.get("harvester_last_exit_code")
+    if code == metrics.NOT_ENDED:
+        code = None  # a first run that did not end (kill -9): still none has
+    success = found.get("harvester_last_success_timestamp_seconds") or None
+    return metrics.LastRuns(int(code) if code is not None else None, success)

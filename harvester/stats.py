@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from harvester import __version__
 from harvester.config import Settings
 
 _NOT_COUNTERS = (
@@ -78,6 +79,7 @@ def summary_document(
     return {
         "status": status,
         "exit_code": code,
+        "version": __version__,
         **{key: job.get(key, 0) for key in _JOB_KEYS},
         "duplicates": max(job.get("duplicates", 0), stats.duplicates),
         "failures_by_code": job.get("failures_by_code", {}),
@@ -128,7 +130,7 @@ def summary_line(summary: dict[str, Any]) -> str:
     )
     if summary["invocations"] > 1:
         line += f" (over {summary['invocations']} runs; this one took on {run['calls']} calls)"
-    line += f"; {run['elapsed_s']:.1f} s"
+    line += f"; {run['elapsed_s']:.1f} s; exit {summary['exit_code']}"
     nights = summary.get("by_night")
     if nights:
         line += "; nights: " + ", ".join(f"{n['date']} {n['status']}" for n in nights)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import subprocess
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harvester import __version__
 from harvester.progress import Progress, count_records
 from harvester.sim import SIM_SECRET
 from harvester.stats import RunStats
@@ -90,8 +92,82 @@ def test_the_metrics_file_is_prometheus_text(sim_process: dict[str, str], tmp_pa
         samples[("harvester_bytes_written", ())]
         == (tmp_path / "e.ndjson").stat().st_size + (tmp_path / "e.failures.ndjson").stat().st_size
     )
-    assert samples[("harvester_last_success_timestamp_seconds", ())] > 1.7e9
+    assert samples[("harvester_last_exit_code", ())] == 1
+    assert samples[("harvester_last_success_timestamp_seconds", ())] == 0, "exit 1 is no success"
+    assert samples[("harvester_nights_behind", ())] == 0, "present for a job of no nights"
+    assert samples[("harvester_build_info", (("version", __version__),))] == 1
     assert not list(tmp_path.glob(".harvester.prom.*")), "written atomically, no leftovers"
+
+
+def test_the_last_success_moves_on_exit_0_only_and_survives_later_failures(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    metrics = tmp_path / "h.prom"
+
+    def harvest(*calls: str) -> dict[str, float]:
+        (tmp_path / "calls.txt").write_text("\n".join(calls))
+        done = run_harvester(
+            sim_process,
+            *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(tmp_path / "e.ndjson")),
+            *("--metrics-file", str(metrics), "--no-progress", "--fresh"),
+        )
+        found = {
+            s.name: s.value
+            for family in text_string_to_metric_families(metrics.read_text())
+            for s in family.samples
+        }
+        assert found["harvester_last_exit_code"] == done.returncode
+        return found
+
+    before = time.time()
+    succeeded = harvest(*ids[:3])["harvester_last_success_timestamp_seconds"]
+    assert before <= succeeded <= time.time()
+
+    failed = harvest(*ids[3:5], "c-nosuchcall")
+    assert failed["harvester_last_exit_code"] == 1
+    assert failed["harvester_last_success_timestamp_seconds"] == succeeded
+
+    again = harvest(*ids[5:7])
+    assert again["harvester_last_exit_code"] == 0
+    assert again["harvester_last_success_timestamp_seconds"] > succeeded
+
+
+async def test_the_last_exit_code_is_there_from_the_first_write(tmp_path: Path) -> None:
+    """No alert needs absent(): a first run still going says -1, a later run says how the run
+    before it ended until it ends itself; a first run killed before its end leaves -1."""
+    metrics = tmp_path / "h.prom"
+
+    def written() -> tuple[float, float]:
+        found = {
+            s.name: s.value
+            for family in text_string_to_metric_families(metrics.read_text())
+            for s in family.samples
+        }
+        return (
+            found["harvester_last_exit_code"],
+            found["harvester_last_success_timestamp_seconds"],
+        )
+
+    def progress() -> Progress:
+        return Progress(RunStats(), io.StringIO(), show=False, log_every=0, metrics_file=metrics)
+
+    first = progress()
+    await first.write_metrics()
+    assert written() == (-1, 0), "a first run going on: no exit code yet, no success"
+    killed = progress()  # the first run was kill -9'd: the next finds -1 and keeps it
+    await killed.write_metrics()
+    assert written() == (-1, 0)
+    killed.finish(6)
+    await killed.write_metrics()
+    assert written() == (6, 0)
+    later = progress()
+    await later.write_metrics()
+    assert written() == (6, 0), "while a run goes on, how the one before it ended"
+    later.finish(0)
+    await later.write_metrics()
+    code, success = written()
+    assert code == 0 and success > 0
 
 
 def test_on_a_terminal_a_live_bar() -> None:
@@ -103,7 +179,7 @@ def test_on_a_terminal_a_live_bar() -> None:
     stats = RunStats(calls=10, ok=6, failed=1, events=42, retries=3, rate_limited=2)
     progress = Progress(stats, stream, show=True, log_every=30, metrics_file=None, total=20)
     progress.draw()
-    progress.finish(completed=False)
+    progress.finish(1)
     text = stream.getvalue()
     assert "harvester" in text and "7/20" in text
     assert "events=42" in text and "retries=3" in text and "r429=2" in text and "failed=1" in text
@@ -125,7 +201,7 @@ def test_metrics_are_exact_however_large() -> None:
     stats = RunStats(calls=1_234_567, ok=1_234_566, failed=1, events=98_765_432)
     stats.job = {"calls": 1_234_567, "ok": 1_234_566, "failed": 1, "events": 98_765_432}
     now = 1_795_774_416.123
-    text = metrics.render(stats, 12.5, now)
+    text = metrics.render(stats, 12.5, metrics.LastRuns(0, now))
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -146,5 +222,77 @@ def test_after_a_resume_the_bar_counts_earlier_work_in_both_numbers() -> None:
     stats = RunStats(calls=10, ok=9, failed=1, skipped=96_600, duplicates=3)
     progress = Progress(stats, stream, show=True, log_every=30, metrics_file=None, total=100_000)
     progress.draw()
-    progress.finish(completed=False)
+    progress.finish(1)
     assert "96613/100000" in stream.getvalue()
+
+
+def test_quiet_says_nothing_when_the_run_exits_0(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()
+    (tmp_path / "calls.txt").write_text("\n".join(ids[:5]))
+    config = tmp_path / "harvester.toml"
+    config.write_text("quiet = true\nlog_every = 0.1\n")
+    for quiet in (["--quiet"], ["--config", str(config)]):
+        done = run_harvester(
+            sim_process,
+            *("run", "-i", str(tmp_path / "calls.txt"), "-o", str(tmp_path / "e.ndjson")),
+            *("--summary", str(tmp_path / "summary.json"), *quiet),
+            process=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"" and done.stderr == b""
+    assert orjson.loads((tmp_path / "summary.json").read_bytes())["version"] == __version__
+
+
+def test_quiet_says_the_warnings_errors_and_summary_of_a_run_that_fails(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    done = run(sim_process, tmp_path, "--quiet", "--log-every", "0.1", "--rate", "20")
+
+    assert done.returncode == 1
+    lines = done.stderr.decode().splitlines()
+    assert lines[-1].startswith("harvester: 41 calls: 40 ok, 1 failed;"), lines
+    assert "exit 1" in lines[-1]
+    assert not [line for line in lines if "progress:" in line or " pid " in line], "info held"
+    assert done.stdout == b""
+
+
+def test_what_quiet_holds_is_bounded_the_first_and_the_last(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from harvester import logs
+
+    saved = logs.log.handlers[:], logs.log.level, logs.log.propagate
+    try:
+        logs.configure("text", quiet=True)
+        for number in range(10_000):
+            logs.log.warning("warning %d", number)
+        logs.log.info("not held")
+        logs.event(logging.INFO, "summary", "the summary")
+        assert capsys.readouterr().err == ""
+        held = next(h for h in logs.log.handlers if isinstance(h, logs.Held))
+        assert len(held._first) + len(held._last) == logs.Held.FIRST + logs.Held.LAST
+
+        logs.release_held()
+    finally:
+        logs.log.handlers[:], logs.log.level, logs.log.propagate = saved
+    said = capsys.readouterr().err.splitlines()
+    first, last = logs.Held.FIRST, logs.Held.LAST - 1  # the summary is the last held
+    assert said[:first] == [f"harvester: warning {n}" for n in range(first)]
+    assert said[first] == f"harvester: ({10_000 - first - last} more warnings not shown)"
+    assert said[first + 1 :] == [
+        *(f"harvester: warning {n}" for n in range(10_000 - last, 10_000)),
+        "harvester: the summary",
+    ]
+
+
+def test_the_json_log_starts_with_the_version(sim_process: dict[str, str], tmp_path: Path) -> None:
+    done = run(sim_process, tmp_path, "--log-format", "json", "--no-progress")
+    first = orjson.loads(done.stderr.splitlines()[0])
+    assert first["event"] == "start" and first["version"] == __version__
+    assert first["command"] == "run" and isinstance(first["pid"], int)
+    summary = orjson.loads(done.stderr.splitlines()[-1])
+    assert summary["event"] == "summary" and summary["version"] == __version__
