@@ -5,8 +5,10 @@ the next run starts on, an overlapping run turned away with a code of its own.""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import math
 import random
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +21,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester.config import Settings
+from harvester.config import Settings, load_settings
 from harvester.errors import AlreadyRunning, ConfigError
 from harvester.nights import Night, _resume_from, harvest_nights, retry_nights
-from harvester.sim import SimConfig, Simulator
+from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator
 
 from .conftest import (
     FakeClock,
@@ -420,3 +422,39 @@ def test_status_tells_each_night_and_the_template_needs_its_date(
     assert {n["state"] for n in nights[1:]} <= {"completed", "unfinished", "not started"}
     assert fixed.returncode == 2 and b"has no {date}" in fixed.stderr
     assert not (tmp_path / "fixed.ndjson.state").exists(), "refused before anything"
+
+
+async def test_the_example_config_copied_as_is_serves_night_after_night(
+    week: Simulator, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.example.toml, its user id and credentials filled in as the README says, and
+    nothing else changed: night after night, each night its own files, none refused."""
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    for key, value in (("user_id", SIM_USER_ID), ("api_token", SIM_TOKEN), ("api_secret", "s")):
+        text = re.sub(rf"^{key} = .*$", f'{key} = "{value}"', text, flags=re.M)
+    config = tmp_path / "harvester.toml"
+    config.write_text(text)
+    config.chmod(0o600)
+    monkeypatch.chdir(tmp_path)  # the config's paths are relative: the job's directory
+    environment = {"CATAPULT_BASE_URL": week.base_url, "CATAPULT_API_SECRET": SIM_SECRET}
+
+    written: dict[str, bytes] = {}
+    for later in range(3):
+        now = NOW + timedelta(days=later)
+        settings = load_settings({"progress": False}, environment, config, now=now)
+        assert settings.nights == 7
+        stats = await harvest_nights(settings, clock=clock)
+
+        assert [n["status"] for n in stats.nights] == ["completed"] * 7
+        assert [n["date"] for n in stats.nights] == [str(day(b, now)) for b in range(7, 0, -1)]
+        for night in stats.nights:
+            output = Path(night["output"])
+            assert output.parent == Path("out") and night["date"] in output.name
+            assert night["date"] in Path(night["failures_file"]).name
+            # A night done is never written again.
+            before = written.setdefault(night["date"], output.read_bytes())
+            assert output.read_bytes() == before
+    for back in range(1, 8):
+        lines = gzip.decompress((tmp_path / f"out/events-{day(back)}.ndjson.gz").read_bytes())
+        events = [orjson.loads(line) for line in lines.splitlines()]
+        assert canonical(events) == canonical(expected_events(calls_of(week, day(back))))
