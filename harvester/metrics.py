@@ -4,6 +4,7 @@ sees half a file)."""
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from harvester import __version__
@@ -115,6 +116,21 @@ def render(stats: RunStats, run_seconds: float, last: LastRuns, shard: Shard | N
         [(f'{{version="{__version__}"}}', 1)],
     )
     return "\n".join(lines) + "\n"
+
+
+def refused(previous: str, exit_code: int) -> str:
+    """A file of ours (``is_ours``) after a run refused before it opened its job (a settings
+    error, an output that cannot be written): only ``harvester_last_exit_code`` changed, so
+    that an alert on it fires, and the rest as the last run left it."""
+    return _LAST_EXIT.sub(lambda found: f"{found.group(1)} {exit_code}", previous)
+
+
+def is_ours(text: str) -> bool:
+    """True for the text of a metrics file harvester wrote."""
+    return text.startswith("# HELP harvester_") and _LAST_EXIT.search(text) is not None
+
+
+_LAST_EXIT = re.compile(r"^(harvester_last_exit_code(?:\{[^}\n]*\})?) -?\d+$", re.MULTILINE)
 
 
 def _number(value: float) -> str:

@@ -366,7 +366,14 @@ async def _night(
                 await sink.mark_completed()
                 each.status = "completed"
                 stats.nights_behind -= 1
-                log.info("night %s: completed (%s)", each.day, _counts(sink.snapshot()))
+                done = sink.snapshot()
+                log.info("night %s: completed (%s)", each.day, _counts(done))
+                if not done.get("calls"):  # as a window with no call says it (exit 7 if asked)
+                    log.warning(
+                        "nothing to harvest: the night %s holds no call at all (is it the "
+                        "account's user id? --fail-on-empty makes this exit 7)",
+                        each.day,
+                    )
             else:
                 each.status = "stopped"
     except HarvesterError as exc:

@@ -134,7 +134,7 @@ def test_a_mistyped_base_url_is_refused_without_showing_its_secret(url: str) -> 
 
 
 def test_every_flag_sets_a_config_key_and_every_key_has_a_flag() -> None:
-    not_settings = {"config", "verbose", "fresh"}  # how to run, not what: no config key
+    not_settings = {"config", "verbose", "fresh", "dry_run"}  # how to run, not what: no key
     dests = {
         option.dest or option.flags[0].removeprefix("--").replace("-", "_") for option in OPTIONS
     }
@@ -207,3 +207,21 @@ def test_a_time_zone_that_is_not_one_is_named_as_given(tmp_path: Path) -> None:
         load_settings({}, ENV, config)
     with pytest.raises(ConfigError, match=r"^--tz: unknown time zone"):
         load_settings({"tz": "Mars/Olympus"}, ENV, as_flags=True)
+
+
+def test_a_credential_systemd_hands_over_is_not_taken_for_a_file_others_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's LoadCredential= puts the config on a tmpfs of the service's own, with an ACL
+    that shows as group bits: no warning the operator cannot act on, every night."""
+    config = tmp_path / "harvester.toml"
+    config.write_text('api_secret = "s3cret"\n')
+    config.chmod(0o440)
+    flags = {"input": "calls.txt", "output": Path("events.ndjson"), "api_token": "t"}
+    env = {"CATAPULT_USER_ID": "u-abc"}
+    load_settings(flags, env, config)
+    assert "others can read it" in caplog.text, "a plain file readable by its group: said"
+    caplog.clear()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    load_settings(flags, env, config)
+    assert "others can read it" not in caplog.text

@@ -32,6 +32,7 @@ ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 SERVICE = DEPLOY / "systemd" / "harvester.service"
 TIMER = DEPLOY / "systemd" / "harvester.timer"
+RETRY = DEPLOY / "systemd" / "harvester-retry.service"
 CRON = DEPLOY / "cron" / "harvester"
 CRONJOB = DEPLOY / "kubernetes" / "cronjob.yaml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -165,14 +166,15 @@ def unit_values(path: Path) -> dict[str, list[str]]:
     return values
 
 
-def test_systemd_accepts_the_service_and_the_timer(tmp_path: Path) -> None:
+def test_systemd_accepts_the_services_and_the_timer(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
-    unit = SERVICE.read_text().replace("/usr/local/bin/harvester", harvester_command())
-    (tmp_path / SERVICE.name).write_text(unit)
+    for service in (SERVICE, RETRY):
+        unit = service.read_text().replace("/usr/local/bin/harvester", harvester_command())
+        (tmp_path / service.name).write_text(unit)
     shutil.copy(TIMER, tmp_path / TIMER.name)
 
     done = subprocess.run(
-        [analyze, "verify", "--man=no", SERVICE.name, TIMER.name],
+        [analyze, "verify", "--man=no", SERVICE.name, RETRY.name, TIMER.name],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -211,20 +213,20 @@ def test_the_services_command_harvests_the_nights_with_the_example_config(
     """ExecStart as written, the paths systemd gives it moved into tmp_path, the config
     config.example.toml as the README says to install it: every night, and again the next
     time with nothing to do, exit 0."""
-    unit = unit_values(SERVICE)
     state, credentials, textfile = tmp_path / "state", tmp_path / "credentials", tmp_path / "tf"
     state.mkdir()
     installed_config(credentials)
-    command = (
-        unit["ExecStart"][0]
-        .replace("${CREDENTIALS_DIRECTORY}", str(credentials))
-        .replace("/usr/local/bin/harvester", harvester_command())
-        .replace("/var/lib/harvester", str(state))
-        .replace("/var/lib/node_exporter/textfile", str(textfile))
-    )
-    assert unit["WorkingDirectory"] == ["/var/lib/harvester"]
 
-    for _ in range(2):
+    def run(service: Path) -> None:
+        unit = unit_values(service)
+        assert unit["WorkingDirectory"] == ["/var/lib/harvester"]
+        command = (
+            unit["ExecStart"][0]
+            .replace("${CREDENTIALS_DIRECTORY}", str(credentials))
+            .replace("/usr/local/bin/harvester", harvester_command())
+            .replace("/var/lib/harvester", str(state))
+            .replace("/var/lib/prometheus/node-exporter", str(textfile))
+        )
         done = subprocess.run(
             shlex.split(command),
             cwd=state,
@@ -235,6 +237,10 @@ def test_the_services_command_harvests_the_nights_with_the_example_config(
         )
         assert done.returncode == 0, done.stderr.decode()
         assert SIM_SECRET.encode() not in done.stderr + done.stdout
+
+    run(SERVICE)
+    run(SERVICE)
+    run(RETRY)  # the remedy, as the same user with the same config: nothing failed, exit 0
 
     summary = orjson.loads((state / "summary.json").read_bytes())
     assert summary["nights"] == 7 and summary["nights_behind"] == 0
@@ -291,7 +297,7 @@ def run_cron_job(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedPro
         .replace("/usr/local/bin/harvester", harvester_command())
         .replace("/etc/harvester", str(tmp_path / "etc"))
         .replace("/var/lib/harvester", str(tmp_path / "state"))
-        .replace("/var/lib/node_exporter/textfile", str(tmp_path / "tf"))
+        .replace("/var/lib/prometheus/node-exporter", str(tmp_path / "tf"))
     )
     (tmp_path / "state").mkdir(parents=True, exist_ok=True)
     if not (tmp_path / "etc" / "harvester.toml").exists():
@@ -330,10 +336,12 @@ def cronjob() -> tuple[dict[str, Any], dict[str, Any]]:
     return documents["CronJob"], documents["PersistentVolumeClaim"]
 
 
-def test_kubernetes_validate_accepts_the_cronjob_strictly() -> None:
+@pytest.mark.parametrize("version", ["1.29.0", None])  # the oldest it serves, and the newest
+def test_kubernetes_validate_accepts_the_cronjob_strictly(version: str | None) -> None:
     validate = tool("kubernetes-validate")
+    pinned = ["-k", version] if version else []
     done = subprocess.run(
-        [validate, "--strict", str(CRONJOB)], capture_output=True, text=True, check=False
+        [validate, "--strict", *pinned, str(CRONJOB)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "did not validate" not in done.stdout + done.stderr
@@ -365,12 +373,13 @@ def test_the_cronjob_retries_an_outage_per_shard_and_fails_fast_what_a_person_mu
 
     assert action(exits.USAGE) == action(exits.FATAL_API) == "FailJob"
     assert action(exits.FAILURES) == "FailIndex", "one shard's failed calls stop no other"
+    assert action(exits.OUTPUT) == "FailIndex", "one shard's file stops no other"
     assert action(exits.UNAVAILABLE) == "Count", "an outage is retried on its own index"
     assert action(exits.SIGTERM) == "Count" and action(exits.RUNNING) == "Count"
     disruption = [
         rule
         for rule in template["podFailurePolicy"]["rules"]
-        if {"type": "DisruptionTarget"} in rule.get("onPodConditions", [])
+        if {"type": "DisruptionTarget", "status": "True"} in rule.get("onPodConditions", [])
     ]
     assert [rule["action"] for rule in disruption] == ["Ignore"]
 
@@ -538,3 +547,50 @@ def test_promtool_finds_nothing_to_say_of_a_real_runs_metrics(
     assert samples[("harvester_last_exit_code", own)] == 0
     assert samples[("harvester_nights_behind", own)] == 0
     assert samples[("harvester_last_success_timestamp_seconds", own)] > 1.7e9
+
+
+def test_a_refused_run_sets_the_last_exit_code_so_that_the_alert_fires(
+    week_sim: dict[str, str], tmp_path: Path
+) -> None:
+    """A run refused before it opened its job (exit 2, 4) writes its exit code into the metrics
+    file, the rest as the last run left it; a new file gets the series always there."""
+    promtool = tool("promtool")
+    metrics = tmp_path / "harvester.prom"
+    output = f"{tmp_path}/events-{{date}}.ndjson"
+
+    def run(*args: str) -> int:
+        command = [harvester_command(), "run", "--no-progress", "--metrics-file", str(metrics)]
+        env = {**api_only(week_sim), **credentials()}
+        done = subprocess.run([*command, *args], env=env, capture_output=True, timeout=120)
+        return done.returncode
+
+    assert run("--nights", "1", "--output", output) == 0
+    before = metrics_of(metrics.read_text())
+    assert run("--nights", "1", "--output", output, "--tz", "Europe/Berlin") == 2  # another job
+    after = metrics_of(metrics.read_text())
+    assert after[("harvester_last_exit_code", ())] == 2
+    assert {k: v for k, v in after.items() if k[0] != "harvester_last_exit_code"} == {
+        k: v for k, v in before.items() if k[0] != "harvester_last_exit_code"
+    }, "the rest as the last run left it"
+
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=metrics.read_text(), capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == ""
+
+    # Nothing but a metrics file of ours is rewritten: not a file the refusal is about.
+    metrics.unlink()
+    assert run("--nights", "1", "--output", output, "--tz", "Europe/Berlin") == 2
+    assert not metrics.exists(), "no file made by a refused run (HarvesterMetricsMissing)"
+    night = next(Path(tmp_path).glob("events-*.ndjson"))
+    kept = night.read_bytes()
+    command = [harvester_command(), "run", "--no-progress", "--since", "2026-01-01"]
+    for clash in (str(night), "/dev/null"):
+        done = subprocess.run(
+            [*command, "--output", str(night), "--metrics-file", clash],
+            env={**api_only(week_sim), **credentials()},
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+    assert night.read_bytes() == kept and Path("/dev/null").is_char_device()

@@ -458,3 +458,18 @@ async def test_the_example_config_copied_as_is_serves_night_after_night(
         lines = gzip.decompress((tmp_path / f"out/events-{day(back)}.ndjson.gz").read_bytes())
         events = [orjson.loads(line) for line in lines.splitlines()]
         assert canonical(events) == canonical(expected_events(calls_of(week, day(back))))
+
+
+async def test_a_night_with_no_call_is_said_as_a_warning(
+    week: Simulator, clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry holds seven nights: of nine asked for, the two oldest hold no call, which
+    is said (cron --quiet mails a warning only when the run fails; the log keeps it)."""
+    stats = await harvest_nights(nightly(week, tmp_path, nights=9), clock=clock)
+    assert stats.completed
+    empty = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sorted(m for m in empty if "holds no call at all" in m) == [
+        f"nothing to harvest: the night {day(back)} holds no call at all (is it the account's "
+        "user id? --fail-on-empty makes this exit 7)"
+        for back in (9, 8)
+    ]
