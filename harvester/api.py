@@ -2,28 +2,43 @@
 
 ::
 
+    import logging
     from harvester import harvest_sync
 
+    logging.basicConfig(level=logging.INFO)  # harvester's log lines go to your handlers
     stats = harvest_sync(yesterday=True, output="out/events-{date}.ndjson.gz", rate=1)
-    print(stats.job["ok"], "calls harvested,", stats.job["failed"], "failed")
+    print(stats.status, stats.exit_code, stats.job["ok"], "calls,", stats.job["failed"], "failed")
 
-Options are the settings of ``config.example.toml`` (the flags, with underscores); credentials
+Options are the keys of ``config.example.toml``: the flags with underscores, but for
+``commit_calls`` (``--commit-every``), ``commit_seconds`` (``--commit-interval``) and
+``progress=False`` (``--no-progress``); ``fresh`` and ``config`` are the flags' own. Credentials
 and the user id come from the environment (CATAPULT_API_TOKEN, ...) unless given. ``config``
 names a TOML file, read first. Errors are raised as ``harvester.errors`` exceptions.
+
+The library logs to the ``harvester`` logger and configures no handler of its own: its records
+propagate to whatever the application set up (the root logger's handlers). A run says when it
+starts, every ``log_every`` seconds how far it got (unless ``progress=False``), and its summary
+as it ends, at INFO; warnings and errors as they come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harvester import exits, job
-from harvester.config import load_settings
-from harvester.errors import ConfigError
+from harvester import __version__, exits, job
+from harvester.config import Settings, load_settings
+from harvester.errors import ConfigError, status_of
+from harvester.logs import event, summary_level
 from harvester.nights import harvest_nights
-from harvester.stats import RunStats
+from harvester.progress import Progress
+from harvester.stats import RunStats, summary_document, summary_line
 
 
 async def harvest(
@@ -34,31 +49,94 @@ async def harvest(
     **options: Any,
 ) -> RunStats:
     """Harvest as ``harvester run`` would (resuming, exactly once); returns the counters, the
-    whole job's in ``.job``, with ``status`` (completed or stopped) and, once completed,
-    ``exit_code`` as the command's: 0, or 1 when more calls failed than ``max_failures``
-    allows. Set ``stop`` to stop cleanly (what is done is committed). With ``nights`` (or
-    ``yesterday``), one entry a night in ``.nights``, each with its ``exit_code``, and
-    ``exit_code`` the worst of them (a night stopped counts as 5)."""
+    whole job's in ``.job`` (``calls``, ``ok``, ``failed``, ``events``...), and how the run
+    ended in ``.status`` (completed or stopped) and, once completed, ``.exit_code`` as the
+    command's: 0, or 1 when more calls failed than ``max_failures`` allows. Set ``stop`` to
+    stop cleanly (what is done is committed). With ``nights`` (or ``yesterday``), one entry a
+    night in ``.nights``, each with its ``exit_code``, and ``.exit_code`` the worst of them (a
+    night stopped counts as 5)."""
     settings = load_settings(options, os.environ, Path(config) if config is not None else None)
+    if settings.nights and fresh:
+        raise ConfigError("fresh starts one job over; run the night alone with since/until")
+    stats = RunStats()
+    started_at, started = datetime.now(UTC), time.monotonic()
+    event(
+        logging.INFO,
+        "start",
+        "harvester %s: harvest, from Python, pid %d",
+        __version__,
+        os.getpid(),
+        version=__version__,
+        command="harvest",
+        pid=os.getpid(),
+    )
+    progress = Progress(
+        stats,
+        # Never a bar, whatever the process's stderr is: a library's caller reads its log.
+        io.StringIO(),
+        show=settings.progress and not settings.quiet,
+        log_every=settings.log_every,
+        metrics_file=settings.metrics_file,
+        shard=settings.shard,
+    )
+    try:
+        counted = settings.input if settings.progress else None  # else no second pass
+        await progress.watching(_harvest(settings, stats, fresh, stop), counted)
+    except Exception as exc:
+        status = status_of(exc)
+        error = str(exc) if status != "crashed" else f"internal error ({type(exc).__name__})"
+        ending: tuple[int, str, str | None] = (exits.OF_STATUS[status], status, error)
+        await _summarise(settings, stats, progress, ending, started_at, started)
+        raise
+    ending = (stats.exit_code or 0, stats.status, None)
+    await _summarise(settings, stats, progress, ending, started_at, started)
+    return stats
+
+
+async def _harvest(
+    settings: Settings, stats: RunStats, fresh: bool, stop: asyncio.Event | None
+) -> None:
+    """The job itself; ``stats`` gets its counters, status and exit code."""
     if settings.nights:
-        if fresh:
-            raise ConfigError("fresh starts one job over; run the night alone with since/until")
-        stats = await harvest_nights(settings, stop=stop)
+        await harvest_nights(settings, stats=stats, stop=stop)
         for entry in stats.nights:
             entry["exit_code"] = exits.of_night(
                 entry, fail_on_empty=settings.fail_on_empty, stopped=exits.DEADLINE
             )
         stats.exit_code = exits.worst([entry["exit_code"] for entry in stats.nights])
         stats.status = "completed" if stats.completed else "stopped"
-        return stats
-    stats = await job.harvest(settings, fresh=fresh, stop=stop)
+        return
+    await job.harvest(settings, stats=stats, fresh=fresh, stop=stop)
     if stats.completed:
         allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
         stats.status = "completed"
         stats.exit_code = 0 if stats.job.get("failed", 0) <= allowed else 1
     else:
         stats.status = "stopped"  # resumable: call again with the same options
-    return stats
+
+
+async def _summarise(
+    settings: Settings,
+    stats: RunStats,
+    progress: Progress,
+    ending: tuple[int, str, str | None],
+    started_at: datetime,
+    started: float,
+) -> None:
+    """Log how the run ended, as the command's summary line says it, and write the metrics
+    file's last state (once the job was opened: a run refused before has no counters, and its
+    error is raised to the caller)."""
+    code, status, error = ending
+    progress.finish(code)
+    if not stats.job and not stats.nights:
+        return
+    elapsed = time.monotonic() - started
+    summary = summary_document(settings, stats, status, code, started_at, elapsed)
+    if error is not None:
+        summary["error"] = error
+    fields = {key: value for key, value in summary.items() if key != "this_run"}
+    event(summary_level(code), "summary", "%s", summary_line(summary), **fields)
+    await progress.write_metrics()
 
 
 def harvest_sync(

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import ContentEncodingError, TransferEncodingError
 from yarl import URL
 
 from harvester import __version__
@@ -202,14 +203,15 @@ class CallEventsClient:
                     self._limiter.answered(sent_at)
                 if status == 200:
                     length = response.content_length
-                    if (
-                        length is not None
-                        and length <= budget
-                        and "Content-Encoding" not in response.headers
-                    ):
-                        body = await response.read()  # the usual case: known, allowed length
-                    else:
-                        body = await self._read_body(response, length, budget)
+                    encoded = "Content-Encoding" in response.headers
+                    try:
+                        if length is not None and length <= budget and not encoded:
+                            body = await response.read()  # the usual case: known, allowed length
+                        else:
+                            body = await self._read_body(response, length, budget)
+                    except aiohttp.ClientPayloadError as exc:
+                        # Said here, where the answer's head is known: how much of it came.
+                        raise _body_cut_short(exc, response, length) from exc
                     items, inexact = _parse_events(body, response)
                     return _Answer(items, self._next_link(response), len(body), inexact)
                 body = await _read_error_body(response)
@@ -266,9 +268,9 @@ class CallEventsClient:
                 "connection-error",
                 f"the server{self._via} closed the connection before answering",
             )
-        if isinstance(exc, aiohttp.ClientPayloadError):
+        if isinstance(exc, aiohttp.ClientPayloadError):  # an error answer's body, cut short
             return TransientError(
-                None, "truncated-body", "the answer's body ended early or could not be decoded"
+                None, "truncated-body", "the connection closed before the answer was complete"
             )
         if isinstance(exc, aiohttp.InvalidURL):
             return CallFailed(None, "malformed-answer", "the answer leads to a URL that is not one")
@@ -509,6 +511,43 @@ def _refuse_inexact(inexact: list[Inexact | None], before: int) -> NoReturn:
         f"event {number} {wrong.detail}: it cannot be written as the API sent it, so the call "
         "is listed as failed rather than written changed",
     )
+
+
+def _body_cut_short(
+    exc: aiohttp.ClientPayloadError, response: aiohttp.ClientResponse, length: int | None
+) -> TransientError:
+    """What a 200 whose body did not arrive whole means, in our words: aiohttp's own text names
+    its parser's error with a status of its own (``ContentLengthError: 400``), which reads as
+    the API's answer; the parser's error is told by its type, its sizes from the answer."""
+    cause = exc.__cause__
+    encoding = response.headers.get("Content-Encoding")
+    if isinstance(cause, ContentEncodingError) and encoding is not None:
+        return TransientError(
+            200,
+            "invalid-body",
+            f"the answer's body cannot be decompressed (Content-Encoding: {clip(encoding, 40)})",
+        )
+    received = _bytes_received(response, encoded=encoding is not None)
+    if length is not None and received is not None:
+        said = f"the answer ended after {received} of {length} bytes"
+    elif isinstance(cause, TransferEncodingError):  # chunked: no length to compare with
+        said = "the answer ended before its last chunk"
+    else:
+        said = "the answer ended early"
+    return TransientError(
+        None, "truncated-body", f"{said}: the connection closed before it was complete"
+    )
+
+
+def _bytes_received(response: aiohttp.ClientResponse, *, encoded: bool) -> int | None:
+    """The bytes of ``response``'s body that came on the wire, as its Content-Length counts
+    them; None when that cannot be known (a compressed body, before aiohttp 3.13, is counted
+    only decompressed)."""
+    content = response.content
+    raw = getattr(content, "total_raw_bytes", None)  # aiohttp 3.13 on: the bytes on the wire
+    if isinstance(raw, int):
+        return raw
+    return None if encoded else content.total_bytes
 
 
 def _error_fields(status: int, body: bytes, response: aiohttp.ClientResponse) -> tuple[str, str]:

@@ -18,6 +18,7 @@ what must happen in order on one thread across many.
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import functools
 import logging
@@ -38,6 +39,7 @@ from harvester.ledger import (
     RUN_KEYS,
     SCHEMA_VERSION,
     TOTAL_KEYS,
+    RunRecord,
     check_identity,
     connect,
     damaged,
@@ -154,6 +156,21 @@ def _grown(
     return not changed and before != identity and grew(before)
 
 
+def _unmake(directory: Path, made: list[Path]) -> None:
+    """Remove the state folder ``directory`` of a job refused as it was opened, and the
+    folders ``made`` for it: the ledger begun and the lock are all they hold (a refusal comes
+    before any output file is made). Whatever else is found there is left, and so is its
+    folder."""
+    for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    for folder in made:  # the state folder first, then its parents, as far as made
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _ledger_guarded(method: F) -> F:
     """``method`` of a ``Journal``, its SQLite errors said as harvester's
     (``ledger.ledger_errors``)."""
@@ -189,6 +206,8 @@ class Journal:
         self._retaken: set[str] = set()
         # Every byte appended is committed (the files were just cut back to the ledger's sizes).
         self._clean = True
+        # How this run began and ended, where a full disk cannot stop it being said.
+        self._record: RunRecord | None = None
         # The job's counters as they stood before this invocation sent anything.
         self._before = {key: meta["totals"][key] for key in RUN_KEYS}
         self._elapsed_before: float = meta["elapsed_s"]
@@ -216,6 +235,9 @@ class Journal:
         """
         output = paths["events"]
         directory = state_dir(output)
+        # The folders this open makes, kept only once the job is accepted: a refused run
+        # leaves nothing behind.
+        made = [folder for folder in (directory, *directory.parents) if not folder.exists()]
         try:
             directory.mkdir(parents=True, exist_ok=True)
             lock = (directory / "lock").open("a+b", buffering=0)
@@ -223,6 +245,7 @@ class Journal:
             raise OutputError(f"cannot create {directory}: {exc.strerror}") from None
         ledger = directory / "ledger.sqlite"
         connection: sqlite3.Connection | None = None
+        journal: Journal | None = None
         try:
             take_lock(lock, directory)
             if fresh:
@@ -230,14 +253,20 @@ class Journal:
             connection = connect(ledger)
             with ledger_errors(ledger):
                 journal = cls._opened(paths, identity, ledger, connection, lock, grew)
+            journal._record = RunRecord.reserve(directory)
             if journal.meta.get("failures_dirty"):
                 journal.compact_failures()  # a retry-failed run was cut short
             return journal
-        except BaseException:
-            if connection is not None:
-                connection.close()
-            with contextlib.suppress(OSError):
-                lock.close()
+        except BaseException as exc:
+            if journal is not None:
+                journal.close()
+            else:
+                if connection is not None:
+                    connection.close()
+                with contextlib.suppress(OSError):
+                    lock.close()
+                if made and isinstance(exc, ConfigError):
+                    _unmake(directory, made)
             raise
 
     @classmethod
@@ -401,7 +430,10 @@ class Journal:
             with contextlib.suppress(sqlite3.Error), self._db:
                 self._write_meta()
             raise
-        meta = self.meta
+        # The ledger's state after this commit, made aside: until the transaction is through,
+        # the state in hand stays the committed one, so that nothing written later (how the
+        # run ended, on a disk that refused this commit) records sizes no rows vouch for.
+        meta = copy.deepcopy(self.meta)
         meta["tails"] = {name: file.checksum for name, file in files.items()}
         totals = meta["totals"]
         # A call taken on again (retry-failed) was counted once already, as failed.
@@ -428,7 +460,8 @@ class Journal:
                 "INSERT OR REPLACE INTO calls (call_id, line, outcome) VALUES (?, ?, ?)",
                 batch.rows,
             )
-            self._write_meta()
+            save_meta(self._db, meta)
+        self.meta = meta
         self._pending.difference_update(key for key, _, _ in batch.rows)
         self._clean = True
 
@@ -436,7 +469,16 @@ class Journal:
     def note_run(self, **fields: Any) -> None:
         """Record how this invocation stands (``started_at``, ``command``, ``status``...), for
         ``harvester status``."""
-        self.meta["last_run"] = {**self.meta.get("last_run", {}), **fields}
+        # A run's start begins its record afresh: nothing of the last run's end carries over.
+        before = {} if "started_at" in fields else self.meta.get("last_run", {})
+        last = self.meta["last_run"] = {
+            **before,
+            **fields,
+            "invocation": self.meta["invocations"],
+        }
+        # The record beside the ledger first: on a full disk, it is the one written.
+        if self._record is not None:
+            self._record.write(last)
         with self._db:
             self._write_meta()
 
@@ -457,6 +499,8 @@ class Journal:
             with contextlib.suppress(sqlite3.Error), self._db:
                 self._write_meta()
         closers = [file.close for file in self._files.values()]
+        if self._record is not None:
+            closers.append(self._record.close)
         for close in (*closers, self._db.close, self._lock.close):
             with contextlib.suppress(OSError, sqlite3.Error):
                 close()

@@ -5,7 +5,9 @@ It lives in ``<output>.state/ledger.sqlite``, beside the file the output resolve
 ``lock`` that the one harvester writing the output holds. Table ``calls`` has one row per input
 record that reached an outcome (ledger key, input line, ok/failed); table ``meta`` one row, the
 job's state: its identity (input, user, output layout), the committed sizes of the output
-files, the whole job's totals. The journal writes it; nothing else does.
+files, the whole job's totals. The journal writes it; nothing else does. Beside it,
+``last-run.json`` keeps how the last run ended where a full disk keeps the ledger from saying
+it (``RunRecord``).
 """
 
 from __future__ import annotations
@@ -108,6 +110,77 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
             f"cannot write {directory / 'lock'}: {exc.strerror}. Free some space or fix the "
             "permissions, then run the same command again"
         ) from None
+
+
+# The last run's record, beside the ledger (see ``RunRecord``), and its fixed size.
+RUN_RECORD = "last-run.json"
+RUN_RECORD_SIZE = 4096
+
+
+class RunRecord:
+    """How the job's last run began and ended, and why, in a file of its own beside the ledger
+    (the ledger's ``last_run`` holds the same).
+
+    The file is given its full size when the job is opened, and every record is written in
+    place over it: recording a run's end then needs no more room on the disk. A run stopped by
+    a full disk cannot write the ledger any more (SQLite's write-ahead log grows), but this,
+    so ``harvester status`` can still say how it ended. (On a copy-on-write file system, such
+    as btrfs or ZFS, an overwrite needs room too: there, no end may be recorded.)
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def reserve(cls, directory: Path) -> RunRecord:
+        """The record file of the state folder ``directory``, made its full size if new;
+        ``OutputError`` when it cannot be (a full disk: the ledger could not be written
+        either)."""
+        path = directory / RUN_RECORD
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(fd).st_size != RUN_RECORD_SIZE:
+                # Bytes written, not a size set: a sparse file would need the room later.
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, b" " * (RUN_RECORD_SIZE - 1) + b"\n", 0)
+                os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise OutputError(
+                f"cannot write {path}: {exc.strerror}. Free some space or fix the permissions, "
+                "then run the same command again"
+            ) from None
+        return cls(fd)
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Put ``record`` in the file, over the one before; False when the disk refused (the
+        ledger may still have it)."""
+        data = orjson.dumps(record)
+        if len(data) >= RUN_RECORD_SIZE:  # only a reason can be that long: it is cut short
+            reason = str(record.get("reason", ""))
+            cut = len(data) - RUN_RECORD_SIZE + 4
+            data = orjson.dumps({**record, "reason": reason[: max(len(reason) - cut, 0)] + "..."})
+        try:
+            os.pwrite(self._fd, data.ljust(RUN_RECORD_SIZE - 1) + b"\n", 0)
+            os.fdatasync(self._fd)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read_run_record(directory: Path) -> dict[str, Any] | None:
+    """The record of the last run in the state folder ``directory`` (see ``RunRecord``), or
+    None when there is none that can be read."""
+    try:
+        with (directory / RUN_RECORD).open("rb") as file:
+            data = file.read(RUN_RECORD_SIZE)
+        record = orjson.loads(data)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def discard(directory: Path, paths: Iterable[Path]) -> None:
@@ -236,17 +309,67 @@ def damaged(ledger: Path, why: str = "it does not hold what harvester wrote") ->
 
 
 def check_identity(meta: dict[str, Any], identity: dict[str, Any], directory: Path) -> None:
+    """Refuse a run that is not the job ``meta`` records, saying in words which setting
+    differs (never the identity itself, whose hashes and layout are the ledger's)."""
     if not meta:
         return
     before = meta["identity"]
-    changed = [
-        key for key in sorted(set(before) | set(identity)) if before.get(key) != identity.get(key)
-    ]
+    changed = {key for key in set(before) | set(identity) if before.get(key) != identity.get(key)}
     if changed:
-        what = ", ".join(
-            f"{key} was {before.get(key)!r}, now {identity.get(key)!r}" for key in changed
-        )
+        said = "; ".join(_differences(before, identity, changed))
         raise ConfigError(
-            f"this output belongs to another run ({what}). Run the same command as before to "
-            f"resume it, add --fresh to discard it and start over, or choose another --output"
+            f"this output belongs to another run: {said}. Use the same settings as that run to "
+            "resume it, or another --output, or --fresh to discard it and start over"
         )
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any], changed: set[str]) -> list[str]:
+    """What differs between the job's identity ``before`` and this run's ``now``, a phrase a
+    setting, in the order a person checks them."""
+    said = []
+    if "input" in changed or "window" in changed:
+        said.append(_source_differs(before, now))
+    elif changed & {"size", "head_sha256"}:
+        said.append(
+            f"its input file {now.get('input')} has changed since (other first lines or another "
+            "size, and not only grown at its end)"
+        )
+    for key, what in _SETTINGS:
+        if key in changed:
+            said.append(
+                f"{what} was {_value(before.get(key))} for it, and is {_value(now.get(key))} now"
+            )
+    known = {"input", "window", "size", "head_sha256", *(key for key, _ in _SETTINGS)}
+    said.extend(f"its {key} was another" for key in sorted(changed - known))
+    return said
+
+
+# The settings of a job's identity but its source, and how a person names them.
+_SETTINGS = (
+    ("input_format", "--input-format (input_format)"),
+    ("id_column", "--id-column (id_column)"),
+    ("shard", "--shard"),
+    ("user_id", "user_id"),
+    ("events_path", "the output"),
+    ("failures_path", "--failures"),
+    ("calls_path", "--calls-output"),
+)
+
+
+def _source_differs(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """How the job's source (an input file, stdin, or a window of the call list) differs from
+    this run's."""
+    return f"it was started with {_source(before)}, not {_source(now)}"
+
+
+def _source(identity: dict[str, Any]) -> str:
+    window = identity.get("window")
+    if isinstance(window, dict):
+        return f"the window {window.get('since')} to {window.get('until') or 'now'}"
+    if identity.get("input") == "-":
+        return "a stream (stdin or a pipe)"
+    return f"the input file {identity.get('input')}"
+
+
+def _value(value: object) -> str:
+    return "not given" if value is None else str(value)

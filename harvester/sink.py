@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import aiofiles
 
-from harvester import failures
+from harvester import exits, failures
 from harvester.clock import Clock
 from harvester.config import Settings
-from harvester.errors import OutputError, status_of
+from harvester.errors import HarvesterError, OutputError, status_of
 from harvester.files import DAMAGED
 from harvester.journal import Batch, Journal, Verdict
 from harvester.ledger import FAILED, OK
@@ -33,6 +33,9 @@ from harvester.stats import RunStats
 COMMIT_BYTES = 32 * 1024 * 1024
 # A batch may grow to this many times either while a commit is under way; then workers wait.
 BATCH_SLACK = 4
+
+# A failed run's reason, as the ledger keeps it for `harvester status`, at most.
+REASON_LIMIT = 1000
 
 T = TypeVar("T")
 
@@ -149,16 +152,24 @@ class Sink:
             ended_at=None,
         )
         status = "stopped"
+        # Why a run failed, in our words, and its exit code: a 401 and an API that cannot be
+        # reached both end a run early, and only the reason tells them apart.
+        why: dict[str, Any] = {}
         try:
             yield
             status = "completed" if not stop.is_set() else "stopped"
         except Exception as exc:
             status = status_of(exc)
+            if isinstance(exc, HarvesterError):
+                why["reason"] = str(exc)[:REASON_LIMIT]  # our own words, as the command says
+            else:  # a bug: its text is not ours to keep, its kind is
+                why["reason"] = f"internal error ({type(exc).__name__}): please report it"
+            why["exit_code"] = exits.OF_STATUS[status]
             raise
         finally:
             ended_at = datetime.now(UTC).isoformat(timespec="seconds")
             with contextlib.suppress(OutputError):  # a full disk refuses this too
-                await self._on_disk(self._journal.note_run, status=status, ended_at=ended_at)
+                await self._on_disk(self._journal.note_run, status=status, ended_at=ended_at, **why)
 
     async def reopen(self) -> None:
         """A completed job whose input is read through again (a stream, an open window): not

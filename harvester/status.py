@@ -10,9 +10,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from harvester import exits
 from harvester.errors import ConfigError, OutputError
 from harvester.files import differs
-from harvester.ledger import ledger_error, load_meta, state_dir
+from harvester.ledger import ledger_error, load_meta, read_run_record, state_dir
+from harvester.logs import counted
+from harvester.progress import count_records
 
 
 def job_status(output: Path) -> dict[str, Any]:
@@ -51,10 +54,38 @@ def job_status(output: Path) -> dict[str, Any]:
         "completed": meta["completed"],
         "invocations": meta["invocations"],
         "elapsed_s": round(meta["elapsed_s"], 3),
-        "last_run": meta.get("last_run"),
+        "input_records": _input_records(identity),
+        "last_run": _last_run(meta.get("last_run"), read_run_record(state)),
         "running_pid": running_pid,
         "damaged": _damaged(meta),
     }
+
+
+def _last_run(ledger: object, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last run as recorded: the ledger's record, unless the record file beside it (see
+    ``ledger.RunRecord``) holds that same run's end, which a full disk kept from the ledger."""
+    last = ledger if isinstance(ledger, dict) else None
+    if record is None or last is None:
+        return last or record
+    same = record.get("invocation") == last.get("invocation") is not None
+    if same and last.get("status") == "running" and record.get("status") != "running":
+        return record
+    return last
+
+
+def _input_records(identity: dict[str, Any]) -> int | None:
+    """How many records the job's input holds, when that can be known without harvesting: a
+    file of the size the job recorded (the same file; one grown since is counted by the next
+    run). None for a stream, a window, or a file that is gone or changed."""
+    size, spec = identity.get("size"), identity.get("input")
+    if not isinstance(size, int) or not isinstance(spec, str) or spec == "-":
+        return None
+    try:
+        if Path(spec).stat().st_size != size:
+            return None
+    except OSError:
+        return None
+    return count_records(spec)
 
 
 def _damaged(meta: dict[str, Any]) -> dict[str, str]:
@@ -116,8 +147,9 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines = [
         f"job:       {status['output']} (from {source}"
         + (f", shard {status['shard']})" if status["shard"] else ")"),
-        f"progress:  {status['calls']} calls done: {status['ok']} ok, {status['failed']} failed; "
-        f"{status['events']} events; {'completed' if status['completed'] else 'not finished'}",
+        f"progress:  {_done(status)}: {status['ok']} ok, {status['failed']} failed; "
+        f"{counted(status['events'], 'event')}; "
+        f"{'completed' if status['completed'] else 'not finished'}",
     ]
     if status["failures_by_code"]:
         codes = ", ".join(f"{code} {n}" for code, n in sorted(status["failures_by_code"].items()))
@@ -126,18 +158,62 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     pid = status["running_pid"]
     if last:
         ended = f", ended {last['ended_at']}" if last.get("ended_at") else ""
-        how = last.get("status")
-        if how == "running" and not pid:
-            how = "no end recorded (killed, or the machine went down): the same command resumes"
         lines.append(
-            f"last run:  {last.get('command', 'run')} started {last.get('started_at')}: "
-            f"{how}{ended} ({status['invocations']} run{'s' if status['invocations'] != 1 else ''} "
-            "in all)"
+            f"last run:  {last.get('command', 'run')} started {last.get('started_at')}{ended} "
+            f"({counted(status['invocations'], 'run')} in all)"
         )
+        lines.append(f"outcome:   {_how_it_ended(last, pid)}")
+        if last.get("reason") and last.get("status") not in ("running", "completed", "stopped"):
+            lines.append(f"why:       {last['reason']}")
     lines.append(f"running:   {'yes, pid ' + str(pid) if pid else 'no'}")
     for path, reason in status["damaged"].items():
         lines.append(f"damaged:   {path}: {reason} (the next run refuses it; see the README)")
     return lines
+
+
+# What the status a failed run's record holds (``errors.status_of``) means.
+_FAILED = {
+    "aborted": "the API refused the run (credentials, access, TLS or the base URL)",
+    "api-unavailable": "the API could not be reached or was down; nothing is lost, the same "
+    "command resumes",
+    "output-error": "an output file or the ledger could not be written",
+    "usage-error": "refused: a settings or input error",
+    "already-running": "turned away: another harvester was running the job",
+    "crashed": "an internal error (a bug)",
+}
+
+
+def _how_it_ended(last: dict[str, Any], pid: int | None) -> str:
+    """How the last run ended, in words: completed, stopped, or failed with its exit code."""
+    how = last.get("status")
+    if how == "running":
+        if pid:
+            return "running now"
+        return "no end recorded (killed, or the machine went down): the same command resumes"
+    if how == "completed":
+        return "completed"
+    if how == "stopped":
+        return "stopped before the end (a signal or the deadline): the same command resumes"
+    code = last.get("exit_code")
+    if not isinstance(code, int):
+        code = exits.OF_STATUS.get(str(how), exits.INTERNAL)
+    words = _FAILED.get(str(how), "")
+    # The status as the summary names it, then in words.
+    return f"failed with exit code {code} ({how})" + (f": {words}" if words else "")
+
+
+def _done(status: dict[str, Any]) -> str:
+    """The calls done, and of how many when that is known."""
+    done = counted(status["calls"], "call") + " done"
+    if status["completed"]:
+        return done
+    total = status.get("input_records")
+    if total is not None:
+        shards = ", for all shards" if status["shard"] else ""
+        return f"{done} (the input holds {counted(total, 'record')}{shards})"
+    if status["input"] is not None:
+        return f"{done} (total not known until the input is read to its end)"
+    return f"{done} (total not known until the window's call list is read to its end)"
 
 
 def night_lines(nights: list[dict[str, Any]]) -> list[str]:
@@ -149,14 +225,15 @@ def night_lines(nights: list[dict[str, Any]]) -> list[str]:
             codes = ", ".join(
                 f"{code} {n}" for code, n in sorted(night["failures_by_code"].items())
             )
-            how = f"completed: {night['calls']} calls, {night['failed']} failed"
+            how = f"completed: {counted(night['calls'], 'call')}, {night['failed']} failed"
             how += f" ({codes})" if codes else ""
         elif state == "unfinished":
             last = night["last_run"] if isinstance(night.get("last_run"), dict) else {}
             ended = f"; last run: {last.get('status')}" if last.get("status") else ""
-            how = f"unfinished: {night['calls']} calls done so far{ended}"
+            how = f"unfinished: {counted(night['calls'], 'call')} done so far{ended}"
         elif state == "running":
-            how = f"running (pid {night['running_pid']}): {night['calls']} calls done so far"
+            calls = counted(night["calls"], "call")
+            how = f"running (pid {night['running_pid']}): {calls} done so far"
         else:
             how = "not started"
         lines.append(f"{night['date']}  {how}")

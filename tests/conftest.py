@@ -473,3 +473,23 @@ def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     """A well-behaved simulator process with 40 calls, for command-line tests."""
     with simulator_process(tmp_path_factory.mktemp("sim"), "--calls", "40") as env:
         yield env
+
+
+@contextlib.contextmanager
+def tiny_filesystem(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``mount`` for the block (the test is skipped, saying why,
+    where that cannot be done)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny filesystem needs root")
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -4,21 +4,26 @@ not one become the error that says what to do about it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from harvester.client import CallEventsClient
 from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
+from harvester.job import harvest
 from harvester.limiter import RateLimiter
-from harvester.sim import Simulator, events_for
+from harvester.sim import Simulator, call_id_for, events_for
 from harvester.stats import RunStats
 
-from .conftest import FakeClock, make_settings
+from .conftest import Api, At, FakeClock, make_settings, read_ndjson, write_calls
+from .hostile import serving
 
 
 @dataclass
@@ -32,7 +37,7 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def client_of(
-    sim: Simulator, clock: FakeClock, tmp_path: Path, **flags: Any
+    sim: Api, clock: FakeClock, tmp_path: Path, **flags: Any
 ) -> AsyncIterator[Client]:
     settings = make_settings(sim, tmp_path, **flags)
     stats = RunStats()
@@ -173,3 +178,111 @@ async def test_the_call_list_is_read_page_by_page_as_linked(
 
     assert [r["id"] for r in first + second] == sim.call_ids()[:40]
     assert api.stats.requests == len(sim.log) == 2
+
+
+async def test_a_body_cut_short_is_said_in_our_words_with_how_much_came(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    sim.config.faults = {"truncate": 1.0}
+    async with client_of(sim, clock, tmp_path) as api:
+        with pytest.raises(TransientError) as raised:
+            await api.client.events(sim.call_ids()[0])
+
+    said = str(raised.value)
+    assert re.fullmatch(
+        r"truncated-body: the answer ended after (\d+) of (\d+) bytes: the connection closed "
+        r"before it was complete",
+        said,
+    ), said
+    # Nothing of aiohttp's own text: its parser's "400" is no status the API sent.
+    assert "400" not in said and "ContentLength" not in said and "payload" not in said
+
+
+async def _cut_chunked(request: web.Request) -> web.StreamResponse:
+    """A chunked 200 that stops before its last chunk."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(b'[{"name": "create"},')
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def _bad_gzip(request: web.Request) -> web.StreamResponse:
+    """A 200 that says it is gzip and is not."""
+    return web.Response(
+        body=b"\x1f\x8bnot gzip at all" * 20,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "code", "message"),
+    [
+        (
+            _cut_chunked,
+            None,
+            "truncated-body",
+            "the answer ended before its last chunk: the connection closed before it was complete",
+        ),
+        (
+            _bad_gzip,
+            200,
+            "invalid-body",
+            "the answer's body cannot be decompressed (Content-Encoding: gzip)",
+        ),
+    ],
+)
+async def test_a_body_that_cannot_be_read_whole_is_said_in_our_words(
+    clock: FakeClock,
+    tmp_path: Path,
+    answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    status: int | None,
+    code: str,
+    message: str,
+) -> None:
+    app = web.Application()
+    app.router.add_get("/v1/users/{user}/calls/{call}/events", answer)
+    async with serving(app) as base_url, client_of(At(base_url), clock, tmp_path) as api:
+        with pytest.raises(TransientError) as raised:
+            await api.client.events(call_id_for(1, 0))
+
+    assert (raised.value.status, raised.value.code, raised.value.message) == (
+        status,
+        code,
+        message,
+    )
+
+
+async def test_a_call_whose_answers_keep_ending_early_is_listed_in_our_words(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    good, cut = call_id_for(1, 0), call_id_for(2, 0)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        call_id = request.match_info["call"]
+        body = orjson.dumps(events_for(call_id))
+        if call_id == good:
+            return web.Response(body=body, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:100])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/users/{user}/calls/{call}/events", events)
+    write_calls(tmp_path, [good, cut])
+    async with serving(app) as base_url:
+        settings = make_settings(At(base_url), tmp_path, max_attempts=2, concurrency=1)
+        await harvest(settings, clock=clock)
+
+    [failure] = read_ndjson(settings.failures_path)
+    size = len(orjson.dumps(events_for(cut)))
+    assert (failure["callId"], failure["code"]) == (cut, "truncated-body")
+    assert failure["message"] == (
+        f"the answer ended after 100 of {size} bytes: the connection closed before it was complete"
+    )

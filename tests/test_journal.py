@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harvester.errors import AlreadyRunning, ConfigError
+from harvester.errors import AlreadyRunning, ConfigError, OutputError
 from harvester.journal import Batch, Journal, Verdict
 from harvester.ledger import FAILED, OK, state_dir
 
@@ -163,3 +165,93 @@ def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(
     assert not list(tmp_path.glob(".*.tmp"))
     assert "failures_swap" not in reopened.meta
     assert (reopened.meta["totals"]["ok"], reopened.meta["totals"]["failed"]) == (1, 1)
+
+
+def test_a_job_refused_as_it_is_opened_leaves_nothing_behind(tmp_path: Path) -> None:
+    failures = tmp_path / "f.ndjson"
+    failures.write_text('{"callId": "c-1"}\n')  # data no ledger vouches for
+    paths = {"events": tmp_path / "new" / "e.ndjson", "failures": failures}
+
+    with pytest.raises(ConfigError, match="holds no harvester state"):
+        Journal.open(paths, IDENTITY)
+
+    assert not (tmp_path / "new").exists(), "neither the state folder nor the one made for it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.ndjson"]
+
+
+def test_another_run_is_told_which_settings_differ_in_words(tmp_path: Path) -> None:
+    first = {
+        "input": "/data/calls-a.txt",
+        "size": 120,
+        "head_sha256": "a" * 64,
+        "shard": "0/4",
+        "user_id": "u-first",
+    }
+    Journal.open(paths_in(tmp_path), first).close()
+    other = {**first, "input": "/data/calls-b.txt", "head_sha256": "b" * 64, "shard": None}
+
+    with pytest.raises(ConfigError) as refused:
+        Journal.open(paths_in(tmp_path), other)
+
+    said = str(refused.value)
+    assert said == (
+        "this output belongs to another run: it was started with the input file "
+        "/data/calls-a.txt, not the input file /data/calls-b.txt; --shard was 0/4 for it, and "
+        "is not given now. Use the same settings as that run to resume it, or another --output, "
+        "or --fresh to discard it and start over"
+    )
+    changed = {**first, "size": 130, "head_sha256": "c" * 64, "user_id": "u-second"}
+    with pytest.raises(ConfigError) as refused:
+        Journal.open(paths_in(tmp_path), changed)
+    said = str(refused.value)
+    assert "its input file /data/calls-a.txt has changed since" in said
+    assert "user_id was u-first for it, and is u-second now" in said
+    assert "{" not in said and "a" * 64 not in said and "c" * 64 not in said
+
+
+class RefusingRows:
+    """A ledger connection whose next rows are refused as a full disk refuses them, while the
+    small write of how the run ended still goes through (as it may, on a disk near full)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def executemany(self, *args: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def __enter__(self) -> Any:
+        return self._connection.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._connection.__exit__(*exc)
+
+
+def test_a_commit_the_disk_refused_is_not_recorded_by_what_is_written_after_it(
+    tmp_path: Path,
+) -> None:
+    """The data of a batch is appended, its ledger rows refused: the end of the run recorded
+    after it must not record the batch's sizes, or the next run would keep the batch's bytes
+    and fetch its calls again (each event twice)."""
+    paths = paths_in(tmp_path)
+    journal = Journal.open(paths, IDENTITY)
+    journal.commit(harvested("c-1"), COUNTERS, 0.0)
+    connection = journal._db
+    journal._db = RefusingRows(connection)  # type: ignore[assignment]
+    with pytest.raises(OutputError):
+        journal.commit(harvested("c-2", "c-3"), COUNTERS, 0.0)
+    journal._db = connection
+    journal.note_run(status="output-error", ended_at="now")
+    journal.close()
+
+    again = Journal.open(paths, IDENTITY)
+    assert again.claim([("c-1", 1), ("c-2", 1), ("c-3", 2)]) == [
+        Verdict.DONE,
+        Verdict.NEW,
+        Verdict.NEW,
+    ]
+    assert again.meta["totals"]["calls"] == 1
+    again.close()
+    assert paths["events"].read_bytes() == b'{"callId":"c-1"}\n', "the refused batch cut off"

@@ -38,6 +38,7 @@ from .conftest import (
     run_harvester,
     simulator_process,
     start_harvester,
+    tiny_filesystem,
     write_calls,
 )
 
@@ -81,26 +82,6 @@ def finish(env: dict[str, str], folder: Path, *extra: str) -> tuple[int, bytes]:
     state on disk, not a process), wide enough that the faulty simulator's retries overlap."""
     done = run_harvester(env, *start_args(folder), "--concurrency", "64", *extra)
     return done.returncode, done.stderr
-
-
-@contextlib.contextmanager
-def tiny_filesystem(mount: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``mount`` for the block (the test is skipped, saying why,
-    where that cannot be done)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny filesystem needs root")
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def call_list(env: dict[str, str], folder: Path, calls: int | None = None) -> list[str]:
