@@ -198,7 +198,9 @@ async def test_hostile_ids_are_listed_as_invalid_and_never_sent(
     assert len(sim.requests) == 3
     failures = read_ndjson(settings.failures_path)
     # "c-abc def" is one line with a space inside; the reader strips only the ends.
-    assert sorted(f["callId"] for f in failures) == sorted(h.strip() for h in HOSTILE)
+    # Listed as text: a byte that is no printable text (a NUL) escaped, as Python writes it.
+    shown = sorted(h.strip().replace("\x00", "\\x00") for h in HOSTILE)
+    assert sorted(f["callId"] for f in failures) == shown
     assert {f["code"] for f in failures} == {"invalid-call-id"}
     assert {f["attempts"] for f in failures} == {0}
     assert (stats.ok, stats.failed, stats.invalid) == (3, len(HOSTILE), len(HOSTILE))

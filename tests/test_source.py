@@ -115,16 +115,17 @@ async def test_ndjson_objects_with_callid_or_id(tmp_path: Path, suffix: str) -> 
     path = tmp_path / f"calls{suffix}"
     path.write_text(
         '{"callId": "c-one", "x": 1}\n\n{"id": "c-two"}\n{not json\n[1]\n{"other": "c-x"}\n'
-        '{"callId": 123}\n'
+        '{"callId": 123}\n{"id": "c-three"}\n{"id": "c-four"}\n'  # most records are ids
     )
     records = await read(path)
     assert records[:2] == ["c-one", "c-two"]
-    assert isinstance(records[2], InvalidRecord) and records[2].line == 4
-    assert records[2].reason.startswith("not valid JSON (")
+    assert records[2] == InvalidRecord(4, "not valid JSON (at byte 2)")
     assert records[3:] == [
         InvalidRecord(5, "not a JSON object but list"),
         InvalidRecord(6, "no callId or id field"),
         InvalidRecord(7, "callId is not a call id string: 123"),
+        "c-three",
+        "c-four",
     ]
 
 
@@ -233,7 +234,7 @@ async def test_an_overlong_line_is_one_invalid_record_and_reading_goes_on(
 async def test_invalid_utf8_is_kept_visible_not_dropped(tmp_path: Path) -> None:
     path = tmp_path / "calls.txt"
     path.write_bytes(b"c-\xff\xfe\nc-two\n")
-    assert await read(path) == ["c-\ufffd\ufffd", "c-two"]
+    assert await read(path) == ["c-\\xff\\xfe", "c-two"]  # escaped, not lost as U+FFFD
 
 
 async def test_a_missing_file_says_so(tmp_path: Path) -> None:
@@ -389,7 +390,7 @@ async def test_the_format_is_what_the_content_or_the_flags_say(
 async def test_a_list_whose_first_records_are_mostly_not_ids_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "calls.txt"
     path.write_text("".join(f"{n};c-{n:04d};note\n" for n in range(50)))
-    with pytest.raises(InputError, match=r"50 of the first 50 records .* --input-format"):
+    with pytest.raises(InputError, match=r"50 of its 50 records are not call ids .* --input-f"):
         await read(path)
     path.write_text("".join(f"c-{n:04d}\n" for n in range(45)) + "bad one\n" * 5)
     assert len(await read(path)) == 50, "a few bad lines among ids are the pool's business"
