@@ -1,7 +1,10 @@
 """Log lines: plain text for people, or JSON lines (``--log-format json``) for log pipelines.
 
 A JSON line carries ``time`` (UTC, ISO 8601), ``level``, ``event`` (a stable name such as
-``progress``, ``retry``, ``call-failed``, ``summary``), ``message`` and the event's fields.
+``progress``, ``retry``, ``call-failed``, ``summary``), ``message`` and the event's fields. A
+text line starts with the local time (ISO 8601, with its UTC offset) when stderr is not a
+terminal: a file that cron or a redirection appends to says when each line was written; a person
+at a terminal sees the time anyway, and systemd's journal stamps each line itself.
 No credential is ever passed to a log call: settings print secrets as ``***``, errors are said in
 our own words; and whatever a line holds, the credentials of any URL in it are redacted.
 """
@@ -9,22 +12,44 @@ our own words; and whatever a line holds, the credentials of any URL in it are r
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+from harvester import exits
 from harvester.credentials import redact_urls_in
 
 log = logging.getLogger("harvester")
+
+# Exits that are what was asked for or what went well: a summary said at INFO. A stop asked
+# for (the deadline, a signal) is not a failure; the next run goes on.
+_FINE_EXITS = (exits.OK, exits.DEADLINE, exits.SIGINT, exits.SIGTERM)
 
 
 def event(level: int, name: str, message: str, *args: object, **fields: Any) -> None:
     """Log ``message`` as event ``name`` with ``fields`` (kept as fields in JSON lines)."""
     if log.isEnabledFor(level):
         log.log(level, message, *args, extra={"event": name, "fields": fields})
+
+
+def summary_level(exit_code: int) -> int:
+    """The level of a summary for ``exit_code``, so that a log pipeline alerting on warnings
+    and errors sees a run that failed: INFO for 0 and for a stop asked for (5, 130,
+    143); WARNING for 1 (finished, with more failed calls than allowed: the failures file says
+    which); ERROR for the rest (the run could not go on, or was refused)."""
+    if exit_code in _FINE_EXITS:
+        return logging.INFO
+    return logging.WARNING if exit_code == exits.FAILURES else logging.ERROR
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 request``, ``2 requests``: ``number`` and ``noun``, plural (``plural``, else the noun
+    and an s) unless the number is one."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 class JsonLines(logging.Formatter):
@@ -44,14 +69,20 @@ class JsonLines(logging.Formatter):
 
 
 class Text(logging.Formatter):
-    """``harvester: message`` for people."""
+    """``harvester: message`` for people; with ``stamped``, after the local time
+    (``2026-12-01T03:04:05+01:00 harvester: message``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stamped: bool = False) -> None:
         super().__init__("harvester: %(message)s")
+        self._stamped = stamped
 
     def format(self, record: logging.LogRecord) -> str:
         # Whatever a line holds (a traceback, an error nobody foresaw), no URL's credentials.
-        return redact_urls_in(super().format(record))
+        line = redact_urls_in(super().format(record))
+        if not self._stamped:
+            return line
+        moment = datetime.fromtimestamp(record.created).astimezone()
+        return f"{moment.isoformat(timespec='seconds')} {line}"
 
 
 class Held(logging.Handler):
@@ -70,7 +101,8 @@ class Held(logging.Handler):
         self._left_out = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # The summary is said at INFO; a failed run's cron mail needs it.
+        # A stopped run's summary is said at INFO (a stop asked for is no failure), and its cron
+        # mail needs it all the same.
         return record.levelno >= logging.WARNING or getattr(record, "event", "") == "summary"
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -108,12 +140,32 @@ def configure(log_format: str = "text", verbose: bool = False, quiet: bool = Fal
     if log_format == "json":
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(Text())
+        stamped = not is_terminal(sys.stderr) and not _is_journal(sys.stderr)
+        handler.setFormatter(Text(stamped=stamped))
     log.handlers[:] = [Held(handler) if quiet else handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
     # aiohttp's own loggers stay quiet unless they have something serious to say.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """True when ``stream`` is a terminal (a closed or odd stream is not one)."""
+    try:
+        return stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def _is_journal(stream: TextIO) -> bool:
+    """True when ``stream`` is systemd's journal, as ``JOURNAL_STREAM`` (its device and inode)
+    says to the service whose stderr it is."""
+    try:
+        device, inode = (int(part) for part in os.environ["JOURNAL_STREAM"].split(":"))
+        found = os.fstat(stream.fileno())
+    except (KeyError, ValueError, OSError):  # not under systemd; not a stream with a file
+        return False
+    return (found.st_dev, found.st_ino) == (device, inode)
 
 
 def release_held() -> None:

@@ -40,6 +40,7 @@ from tenacity.wait import wait_base
 from harvester.clock import Clock, sleep_unless
 from harvester.config import Settings
 from harvester.errors import ApiError, CallFailed, RateLimited, Stopping, TransientError
+from harvester.ids import is_call_id
 from harvester.limiter import RateLimiter
 from harvester.logs import event
 from harvester.stats import RunStats
@@ -297,6 +298,8 @@ class Retrier:
 
 
 def _log_retry(tally: Tally, error: TransientError, attempt: int) -> None:
+    # Named as call-failed names a call; a page of the call list by its URL.
+    what = "call_id" if is_call_id(tally.target) else "page_url"
     event(
         logging.DEBUG,
         "retry",
@@ -304,7 +307,7 @@ def _log_retry(tally: Tally, error: TransientError, attempt: int) -> None:
         tally.target,
         error,
         attempt,
-        target=tally.target,
+        **{what: tally.target},
         code=error.code,
         status=error.status,
         attempt=attempt,

@@ -8,8 +8,10 @@ from typing import Any
 
 from harvester import __version__
 from harvester.config import Settings
+from harvester.logs import counted
 
 _NOT_COUNTERS = (
+    "records",
     "job",
     "completed",
     "files",
@@ -39,6 +41,7 @@ class RunStats:
     listed: int = 0  # calls seen on the call list's pages (a window run)
     undated: int = 0  # listed calls without a usable startTime, so in no window
     other_shard: int = 0  # records left to the other shards
+    records: int | None = None  # the call list's records (its lines), once counted; else None
     failures_by_code: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)  # answers by HTTP status
     paused_until: float = 0.0  # the wall time until which the API asked every request to wait
@@ -55,6 +58,12 @@ class RunStats:
         self.failed += 1
         self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
 
+    def handled(self) -> int:
+        """Records of the call list dealt with so far, as ``records`` counts them (its lines):
+        the calls this run finished, and those done by earlier runs, doubled, or another
+        shard's. Every run reads its list from the start, so this is where the job stands."""
+        return self.ok + self.failed + self.skipped + self.duplicates + self.other_shard
+
     def as_dict(self) -> dict[str, Any]:
         """The counters, plus ``unfinished``: calls read but not done when a run was stopped."""
         counters = {k: v for k, v in asdict(self).items() if k not in _NOT_COUNTERS}
@@ -63,6 +72,9 @@ class RunStats:
 
 
 _JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_limited")
+
+# The statuses of a run stopped on request (a signal, the deadline): the next run goes on.
+STOPPED = ("stopped", "deadline")
 
 
 def summary_document(
@@ -86,6 +98,7 @@ def summary_document(
         "elapsed_s": job.get("elapsed_s", round(elapsed, 3)),
         "invocations": job.get("invocations", 0),
         "job_completed": bool(job.get("completed", False)),
+        "remaining": _remaining(stats, status),
         "this_run": {**stats.as_dict(), "elapsed_s": round(elapsed, 3)},
         "started_at": started_at.isoformat(timespec="seconds"),
         "input": settings.input,
@@ -96,6 +109,14 @@ def summary_document(
         "calls_output": stats.files.get("calls"),
         **(_nights(settings, stats) if settings.nights else {}),
     }
+
+
+def _remaining(stats: RunStats, status: str) -> int | None:
+    """Records of the call list a stopped run left to the next: known when the list was
+    counted (a regular file); None otherwise, and for a run that was not stopped."""
+    if status not in STOPPED or stats.records is None:
+        return None
+    return max(stats.records - stats.handled(), 0)
 
 
 def _nights(settings: Settings, stats: RunStats) -> dict[str, Any]:
@@ -124,13 +145,24 @@ def summary_line(summary: dict[str, Any]) -> str:
     """The summary as one line for the log."""
     run = summary["this_run"]
     line = (
-        f"{summary['calls']} calls: {summary['ok']} ok, {summary['failed']} failed; "
-        f"{summary['events']} events; {summary['requests']} requests, {summary['retries']} "
-        f"retries, {summary['rate_limited']} rate-limited"
+        f"{counted(summary['calls'], 'call')}: {summary['ok']} ok, {summary['failed']} failed; "
+        f"{counted(summary['events'], 'event')}; {counted(summary['requests'], 'request')}, "
+        f"{counted(summary['retries'], 'retry', 'retries')}, "
+        f"{summary['rate_limited']} rate-limited"
     )
     if summary["invocations"] > 1:
-        line += f" (over {summary['invocations']} runs; this one took on {run['calls']} calls)"
+        line += (
+            f" (over {counted(summary['invocations'], 'run')}; "
+            f"this one took on {counted(run['calls'], 'call')})"
+        )
     line += f"; {run['elapsed_s']:.1f} s; exit {summary['exit_code']}"
+    if summary["status"] in STOPPED:
+        # What a stop leaves: said here, since the stop's own line comes before the summary.
+        remaining = summary.get("remaining")
+        if remaining is not None:
+            line += f"; {counted(remaining, 'call')} to go, the next run goes on from here"
+        else:
+            line += "; the next run goes on from here"
     nights = summary.get("by_night")
     if nights:
         line += "; nights: " + ", ".join(f"{n['date']} {n['status']}" for n in nights)

@@ -1,24 +1,30 @@
 """Stopping a run on request: SIGINT/SIGTERM, --deadline and --max-duration.
 
 As uvicorn does, the signal handler only sets a flag (an event) that the run watches; calls in
-flight get a bounded grace period; a second, different request forces an exit at once.
+flight get a bounded grace period; a second request forces an exit at once. Every way out after
+a signal is an exit with our own code (128 + the signal), never the signal's default action:
+the handlers stay ours until the process has decided how it exits (see ``Stopper.hold``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import TextIO
 
 from harvester import exits
+from harvester.logs import event, is_terminal, release_held
 
 # The same signal again within this many seconds is the same request to stop: GNU timeout (and
-# other wrappers) send it to the process and then to its whole group, microseconds apart.
-SAME_SIGNAL_SECONDS = 1.0
+# other wrappers) send it to the process and then to its whole group, microseconds apart. A
+# person (a second Ctrl-C) or a supervisor that means it is slower than this by far.
+SAME_SIGNAL_SECONDS = 0.03
 
 log = logging.getLogger("harvester")
 
@@ -39,6 +45,7 @@ class Stopper:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         exit_now: Callable[[int], object] = os._exit,
+        stream: TextIO | None = None,
     ) -> None:
         self.event = asyncio.Event()
         self.signal: int | None = None
@@ -48,6 +55,7 @@ class Stopper:
         self._signalled_at = 0.0
         self._monotonic = monotonic
         self._exit_now = exit_now
+        self._stream = stream  # where the log goes (None: stderr as it is when a signal comes)
 
     def install(self) -> None:
         """Handle SIGINT and SIGTERM, and the time allowed, on the running loop."""
@@ -70,11 +78,10 @@ class Stopper:
         if self.signal is not None:
             if signum == self.signal and now - self._signalled_at < SAME_SIGNAL_SECONDS:
                 return  # the same request, delivered twice
-            sys.stderr.write("\nharvester: second signal: stopping now (resumable)\n")
-            sys.stderr.flush()
-            self._exit_now(exits.SIGNAL_BASE + signum)
+            self._stop_now(signum, "second signal")
             return
         self.signal, self._signalled_at = signum, now
+        self._new_line()
         log.info(
             "%s: finishing calls in flight (up to %g s), then committing; "
             "signal again to stop at once",
@@ -93,10 +100,44 @@ class Stopper:
             again = self._monotonic() - self._signalled_at < SAME_SIGNAL_SECONDS
             if signum == self.signal and again:
                 return  # the same request, delivered twice
-            sys.stderr.write("\nharvester: signal: stopping now (resumable)\n")
-            sys.stderr.flush()
-            self._exit_now(exits.SIGNAL_BASE + signum)
+            self._stop_now(signum, "signal")
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
             signal.signal(signum, exit_now)
+        # Python's own finalization, after atexit, puts every handler back to the default
+        # action, which would end a process already on its way out by the signal itself (no
+        # exit code of ours): by then how it exits is decided and its work committed, so a
+        # signal is ignored instead. (Registered once, however many runs a process holds.)
+        atexit.unregister(_ignore_signals)
+        atexit.register(_ignore_signals)
+
+    def _stop_now(self, signum: int, what: str) -> None:
+        """Exit at once with 128 + ``signum``, saying so in the log (after what ``--quiet``
+        held back: this run does not exit 0, and no summary follows)."""
+        self._new_line()
+        event(
+            logging.WARNING,
+            "stopping-now",
+            "%s: stopping now (resumable)",
+            what,
+            signal=signal.Signals(signum).name,
+            exit_code=exits.SIGNAL_BASE + signum,
+        )
+        release_held()
+        self._exit_now(exits.SIGNAL_BASE + signum)
+
+    def _new_line(self) -> None:
+        """On a terminal, end the line the cursor is on: the terminal echoed ``^C`` there (after
+        the bar, say), and what is said of a signal starts a line of its own."""
+        stream = self._stream if self._stream is not None else sys.stderr
+        if is_terminal(stream):
+            stream.write("\n")
+            stream.flush()
+
+
+def _ignore_signals() -> None:
+    """At exit: SIGINT and SIGTERM change nothing any more (an ignored signal is left ignored
+    by Python's finalization; a handler is not)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester import cli
+from harvester import cli, progress
 from harvester.progress import count_records
 
 from .conftest import (
@@ -244,7 +244,7 @@ def test_the_progress_total_is_counted_only_with_progress_on(
         counted.append(spec)
         return 3
 
-    monkeypatch.setattr(cli, "count_records", count)
+    monkeypatch.setattr(progress, "count_records", count)
     run = ["run", "-i", str(tmp_path / "calls.txt"), "--log-every", "60"]
 
     assert cli.main([*run, "-o", str(tmp_path / "a.ndjson"), "--no-progress"]) == 0
@@ -261,7 +261,7 @@ def test_a_long_count_does_not_hold_the_end_of_a_run(
         "\n".join(Path(sim_process["IDS_FILE"]).read_text().split()[:3])
     )
     released = threading.Event()
-    monkeypatch.setattr(cli, "count_records", lambda spec: released.wait(30) and None)
+    monkeypatch.setattr(progress, "count_records", lambda spec: released.wait(30) and None)
     timer = threading.Timer(5.0, released.set)  # a count of a big gzip file, say
     timer.start()
     try:

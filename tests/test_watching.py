@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ from harvester.sim import SIM_SECRET
 from harvester.stats import RunStats
 
 from .conftest import run_harvester
+
+# Off a terminal, a text line starts with the local time: ``2026-12-01T03:04:05+01:00 ``.
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "
 
 
 def run(env: dict[str, str], folder: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
@@ -35,7 +39,7 @@ def test_off_a_terminal_a_progress_line_comes_every_log_every_seconds(
     lines = [line for line in done.stderr.splitlines() if b"progress:" in line]
     assert done.returncode == 1, done.stderr
     assert len(lines) >= 3
-    assert lines[-1].startswith(b"harvester: progress: ")
+    assert re.match(STAMP.encode() + b"harvester: progress: ", lines[-1]), lines[-1]
     assert b"/41 records (0 done earlier) (" in lines[-1]
     assert b"events" in lines[-1] and b"429s" in lines[-1]
 
@@ -177,12 +181,14 @@ def test_on_a_terminal_a_live_bar() -> None:
 
     stream = Terminal()
     stats = RunStats(calls=10, ok=6, failed=1, events=42, retries=3, rate_limited=2)
-    progress = Progress(stats, stream, show=True, log_every=30, metrics_file=None, total=20)
+    progress = Progress(
+        stats, stream, show=True, log_every=30, metrics_file=None, total=20, columns=lambda: 120
+    )
     progress.draw()
     progress.finish(1)
     text = stream.getvalue()
-    assert "harvester" in text and "7/20" in text
-    assert "events=42" in text and "retries=3" in text and "r429=2" in text and "failed=1" in text
+    assert "harvester  35%|" in text and "| 7/20 " in text
+    assert "events=42" in text and "retries=3" in text and "429s=2" in text and "failed=1" in text
 
 
 def test_the_bar_knows_a_files_size(tmp_path: Path) -> None:
@@ -252,7 +258,7 @@ def test_quiet_says_the_warnings_errors_and_summary_of_a_run_that_fails(
 
     assert done.returncode == 1
     lines = done.stderr.decode().splitlines()
-    assert lines[-1].startswith("harvester: 41 calls: 40 ok, 1 failed;"), lines
+    assert re.match(STAMP + "harvester: 41 calls: 40 ok, 1 failed;", lines[-1]), lines
     assert "exit 1" in lines[-1]
     assert not [line for line in lines if "progress:" in line or " pid " in line], "info held"
     assert done.stdout == b""
@@ -279,7 +285,7 @@ def test_what_quiet_holds_is_bounded_the_first_and_the_last(
         logs.release_held()
     finally:
         logs.log.handlers[:], logs.log.level, logs.log.propagate = saved
-    said = capsys.readouterr().err.splitlines()
+    said = [re.sub(STAMP, "", line, count=1) for line in capsys.readouterr().err.splitlines()]
     first, last = logs.Held.FIRST, logs.Held.LAST - 1  # the summary is the last held
     assert said[:first] == [f"harvester: warning {n}" for n in range(first)]
     assert said[first] == f"harvester: ({10_000 - first - last} more warnings not shown)"
