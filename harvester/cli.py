@@ -15,9 +15,11 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -27,27 +29,37 @@ from typing import Any
 
 import orjson
 
-from harvester import __version__, exits, logs
-from harvester.config import CONFIG_KEYS, Settings, load_settings, read_config, render_path
+from harvester import __version__, exits, logs, metrics
+from harvester.config import (
+    CONFIG_KEYS,
+    CONFIG_VARIABLE,
+    Settings,
+    load_settings,
+    read_config,
+    render_path,
+)
 from harvester.credentials import redact_url, redact_urls_in
+from harvester.dryrun import dry_run, dry_run_lines
 from harvester.errors import (
     ApiError,
     ConfigError,
     FatalApiError,
+    HarvesterError,
     TransientError,
     status_of,
 )
-from harvester.files import DaemonExecutor, replace_file
+from harvester.files import replace_file
 from harvester.job import harvest, ping, retry_failed
 from harvester.logs import event
 from harvester.nights import harvest_nights, nights_of, retry_nights
 from harvester.options import CHECK, RETRY, RUN, STATUS, add_options, path
-from harvester.progress import Progress, count_records
+from harvester.progress import METRICS_READ_LIMIT, Progress
 from harvester.shard import Shard
 from harvester.sim_command import add_sim_command, serve_sim
 from harvester.stats import RunStats, summary_document, summary_line
 from harvester.status import job_status, night_lines, status_lines
 from harvester.stopper import Stopper
+from harvester.suggest import did_you_mean
 from harvester.window import parse_window, parse_zone
 
 log = logging.getLogger("harvester")
@@ -55,8 +67,13 @@ log = logging.getLogger("harvester")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harvester`` command."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said by the command's own parser (its usage, not the top level's), with the flag
+        # that was probably meant.
+        command = commands.choices.get(args.command, parser) if args.command else parser
+        command.error(_unrecognized(unknown, command))
     # Errors in the settings are logged as asked, before they are loaded.
     logs.configure(_log_format(args), getattr(args, "verbose", False))
     if args.command in ("run", "retry-failed"):
@@ -83,13 +100,21 @@ def _log_format(args: argparse.Namespace) -> str:
     that what is wrong in that very file is said in it), else text. A config file that is not
     a regular file (a pipe) is read once, by the settings, and not looked into here."""
     given: str | None = getattr(args, "log_format", None)
-    config: Path | None = getattr(args, "config", None)
+    config = _config_path(args)
     if given is None and config is not None:
         with contextlib.suppress(Exception):  # whatever is wrong, the settings will say it
             if config.is_file():
                 found = read_config(config).get("log_format")
                 given = found if found in ("text", "json") else None
     return given or "text"
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """The config file: --config, else HARVESTER_CONFIG, else none."""
+    given: Path | None = getattr(args, "config", None)
+    if given is None and os.environ.get(CONFIG_VARIABLE):
+        return Path(os.environ[CONFIG_VARIABLE])
+    return given
 
 
 def _steady_memory() -> None:
@@ -112,7 +137,17 @@ def _steady_memory() -> None:
 _M_MMAP_THRESHOLD = -3
 
 
-def _parser() -> argparse.ArgumentParser:
+def _unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """What argparse says of arguments it does not know, with the nearest flag of each."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    said = [
+        f"{word}{did_you_mean(word.split('=')[0], flags)}" if word.startswith("-") else word
+        for word in unknown
+    ]
+    return f"unrecognized arguments: {' '.join(said)}"
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
     parser = argparse.ArgumentParser(
         prog="harvester",
         description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
@@ -173,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_options(status, STATUS)
     add_sim_command(commands)
-    return parser
+    return parser, commands
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -187,6 +222,8 @@ def _run(args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     started = time.monotonic()
     logs.configure(settings.log_format, args.verbose, settings.quiet)
+    if getattr(args, "dry_run", False):
+        return _dry_run(settings, args.fresh)
     event(
         logging.INFO,
         "start",
@@ -211,9 +248,12 @@ def _run(args: argparse.Namespace) -> int:
         _say_deadline(settings.deadline, started_at)
     code, status, error = _harvest(args, settings, stats, progress, stopper)
     if code in (exits.USAGE, exits.OUTPUT, exits.RUNNING) and not stats.job:
-        # Refused before the job was opened: an earlier run's summary and metrics stay as they
-        # were, for whoever reads them.
+        # Refused before the job was opened: an earlier run's summary stays as it was, and its
+        # metrics but for the last exit code (not for 75: another run holds the job and writes
+        # them), for whoever reads them.
         event(logging.ERROR, "error", "error: %s (exit %d)", error, code, exit_code=code)
+        if code != exits.RUNNING and settings.metrics_file is not None:
+            _note_refusal(settings.metrics_file, code, settings)
         return code
     elapsed = time.monotonic() - started
     progress.finish(code)
@@ -231,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
         summary["error"] = error
     if stats.job:
         fields = {k: v for k, v in summary.items() if k != "this_run"}
-        event(logging.INFO, "summary", "%s", summary_line(summary), **fields)
+        event(logs.summary_level(code), "summary", "%s", summary_line(summary), **fields)
     if settings.summary is not None:
         try:
             document = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
@@ -240,6 +280,58 @@ def _run(args: argparse.Namespace) -> int:
             log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
             return code or exits.OUTPUT
     return code
+
+
+def _note_refusal(path: Path, code: int, settings: Settings) -> None:
+    """``harvester_last_exit_code`` of the metrics file set to ``code``: what an alert on a run
+    that was refused reads. Only a metrics file of ours is rewritten, a regular file that no
+    other path of the run names: the refusal may be about that very path (a device, another
+    file of the run), and nothing else may be replaced by it."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return
+        with path.open("rb") as file:
+            previous = file.read(METRICS_READ_LIMIT).decode(errors="replace")
+        others = [settings.output, settings.failures, settings.summary, settings.calls_output]
+        if settings.input not in (None, "-"):
+            others.append(Path(str(settings.input)))
+        if any(other is not None and other.exists() and path.samefile(other) for other in others):
+            return
+    except OSError:
+        return
+    if not metrics.is_ours(previous):
+        return
+    text = metrics.refused(previous, code)
+    try:
+        asyncio.run(replace_file(path, text.encode()))
+    except OSError as exc:
+        log.warning("cannot write the metrics file %s: %s", path, exc.strerror)
+
+
+def _dry_run(settings: Settings, fresh: bool) -> int:
+    """``--dry-run``: what the run would do, on stdout; nothing fetched, nothing written."""
+    if settings.nights and fresh:
+        log.error("error: --fresh starts one job over, and --nights holds several (exit 2)")
+        return exits.USAGE
+    try:
+        tallies = asyncio.run(dry_run(settings, fresh=fresh))
+    except KeyboardInterrupt:
+        return exits.SIGINT
+    except HarvesterError as exc:
+        code = exits.OF_STATUS[status_of(exc)]
+        event(logging.ERROR, "error", "error: %s (exit %d)", exc, code, exit_code=code)
+        return code
+    if settings.log_format == "json":
+        document = {"dry_run": True, "jobs": [dataclasses.asdict(t) for t in tallies]}
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+    else:
+        text = "\n".join(dry_run_lines(tallies))
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return exits.OK
 
 
 def _harvest(
@@ -268,6 +360,8 @@ def _harvest(
     else:
         work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
     try:
+        # Counted for the bar and the log lines (and then what a stopped run's summary says is
+        # left); with no progress shown, no second pass over the input.
         spec = settings.input if args.command == RUN and settings.progress else None
         _run_async(_supervised(work, progress, stopper, spec))
     except Exception as exc:
@@ -350,7 +444,7 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     # Only what was given on the command line; None leaves the file's or environment's value.
     flags = {name: getattr(args, name, None) for name in CONFIG_KEYS}
     try:
-        return load_settings(flags, os.environ, args.config, as_flags=True)
+        return load_settings(flags, os.environ, _config_path(args), as_flags=True)
     except ConfigError as exc:
         log.error("error: %s", exc)
         return None
@@ -379,31 +473,12 @@ def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
 async def _supervised(
     work: Coroutine[Any, Any, Any], progress: Progress, stopper: Stopper, input_spec: str | None
 ) -> None:
-    """Run ``work`` with signal handling and a progress ticker beside it; ``input_spec``, when
-    given, is counted for the progress total meanwhile (a regular file only, never a stream)."""
+    """Run ``work`` with signal handling and the progress beside it (``Progress.watching``)."""
     stopper.install()
-    ticker = asyncio.create_task(progress.run())
-    counting = asyncio.create_task(_count(progress, input_spec)) if input_spec else None
     try:
-        await work
+        await progress.watching(work, input_spec)
     finally:
-        for task in (ticker, counting):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
         stopper.hold()
-
-
-async def _count(progress: Progress, input_spec: str) -> None:
-    # On a daemon thread, not the default executor, which asyncio.run joins at exit: a run that
-    # ends or is stopped before the count of a big (gzip) file does must not wait for it.
-    counter = DaemonExecutor("harvester-count")
-    try:
-        loop = asyncio.get_running_loop()
-        progress.total = await loop.run_in_executor(counter, count_records, input_spec)
-    finally:
-        counter.shutdown()
 
 
 # -- status ----------------------------------------------------------------------------------

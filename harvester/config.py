@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import logging
 import os
+import re
 import stat
 import tomllib
 import typing
@@ -22,21 +23,25 @@ from harvester.credentials import Secret, check_base_url, check_proxy, proxy_fro
 from harvester.credentials import redact_url as redact_url
 from harvester.errors import ConfigError
 from harvester.ids import is_user_id
-from harvester.options import flag_of
+from harvester.options import flag_of, key_of_flag
 from harvester.shard import Shard
+from harvester.suggest import did_you_mean
 from harvester.window import Window, parse_window, parse_zone
 
 log = logging.getLogger("harvester")
 
 DEFAULT_BASE_URL = "https://api.catapult.inetwork.com"
 
-# Environment variable -> settings key.
+# Environment variable -> settings key: the API's own four; every other setting has
+# HARVESTER_<KEY> (``environment_names``), and the config file HARVESTER_CONFIG.
 ENVIRONMENT = {
     "CATAPULT_API_TOKEN": "api_token",
     "CATAPULT_API_SECRET": "api_secret",
     "CATAPULT_USER_ID": "user_id",
     "CATAPULT_BASE_URL": "base_url",
 }
+PREFIX = "HARVESTER_"
+CONFIG_VARIABLE = "HARVESTER_CONFIG"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +185,11 @@ def load_settings(
     if config_path is not None:
         merged.update(_read_toml(config_path))
         names.update((key, f"{key} (in {config_path})") for key in merged)
-    for variable, key in ENVIRONMENT.items():
+    for variable, key in environment_names().items():
         if environ.get(variable):
-            merged[key] = environ[variable]
+            merged[key] = _from_environment(key, environ[variable], variable)
             names[key] = variable
+    _warn_unknown_variables(environ)
     given = {k: v for k, v in flags.items() if v is not None}
     names.update((key, flag_of(key) if as_flags else key) for key in given)
     # A source chosen on the command line sets aside the other one of the file or environment
@@ -223,11 +229,49 @@ def _read_toml(path: Path) -> dict[str, Any]:
         )
     unknown = sorted(set(data) - set(_FIELDS) | set(data) & set(_DERIVED))
     if unknown:
+        said = ", ".join(f"{key}{_nearest_key(key)}" for key in unknown)
         raise ConfigError(
-            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
-            f"known keys are listed in config.example.toml"
+            f"config file {path}: unknown key(s) {said}; the keys are listed in config.example.toml"
         )
     return data
+
+
+def environment_names() -> dict[str, str]:
+    """Every environment variable that sets a setting, with its key: the API's own
+    (CATAPULT_...), and HARVESTER_<KEY> for each other key of the config file."""
+    names = dict(ENVIRONMENT)
+    taken = set(ENVIRONMENT.values())
+    names.update((PREFIX + key.upper(), key) for key in CONFIG_KEYS if key not in taken)
+    return names
+
+
+def _nearest_key(word: str) -> str:
+    """Did you mean, for a setting's name: a flag's name with underscores is its key's typo."""
+    key = key_of_flag("--" + word.replace("_", "-"))
+    return f" (did you mean {key}?)" if key is not None else did_you_mean(word, CONFIG_KEYS)
+
+
+def _from_environment(key: str, text: str, variable: str) -> Any:
+    """A setting's value from the text of its environment variable: a switch takes the words
+    a shell user writes for one; the rest is parsed as the file's would be."""
+    if _TYPES[key] is not bool:
+        return text
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable} must be true or false (or 1 or 0), not {text!r}")
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A HARVESTER_ variable that is a typo of a setting's is said, not silently ignored."""
+    known = environment_names()
+    for variable in environ:
+        if variable.startswith(PREFIX) and variable not in known and variable != CONFIG_VARIABLE:
+            near = did_you_mean(variable, [*known, CONFIG_VARIABLE])
+            if near:
+                log.warning("%s is not a setting of harvester, and is ignored%s", variable, near)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -247,7 +291,13 @@ CONFIG_BYTES = 1024 * 1024
 
 
 def _readable_by_others(path: Path) -> bool:
+    """True when others than the owner may read ``path``; never for a credential systemd
+    handed over (``LoadCredential=``): it is the service's alone, whatever its mode says (an
+    ACL on systemd's own tmpfs shows as group bits)."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     try:
+        if credentials and path.resolve().parent == Path(credentials).resolve():
+            return False
         return bool(path.stat().st_mode & 0o077)
     except OSError:
         return False
@@ -259,6 +309,9 @@ def _validate(
     kwargs = {key: _coerce(key, value, names.get(key, key)) for key, value in values.items()}
     deadline = kwargs.pop("deadline", None)
     settings = Settings(**kwargs)
+    for key in _PATHS:
+        if str(getattr(settings, key)) == "-":
+            raise ConfigError(f"{names.get(key, key)} -: {_NOT_STDOUT}")
     _check_credentials(settings, names.get("user_id", "user_id"))
     _named(names.get("base_url", "base_url"), check_base_url, settings.base_url)
     proxy = settings.proxy
@@ -303,6 +356,14 @@ def _validate(
         ),
         names,
     )
+
+
+# Why a written file cannot be stdout: what a run writes, it commits and resumes.
+_NOT_STDOUT = (
+    "harvester writes to files it can resume (each commit is recorded beside the file), not "
+    "to stdout. Give a file path; to read events as they come, `tail -f` the output (a .ndjson "
+    "one), or read it when the run ends"
+)
 
 
 def _nights(settings: Settings, names: dict[str, str]) -> int | None:
@@ -417,7 +478,7 @@ def _render_paths(settings: Settings, names: dict[str, str]) -> Settings:
             )
     values: dict[str, Any] = {
         key: render_path(
-            key,
+            names.get(key, key),
             path,
             settings.window,
             settings.shard,
@@ -429,6 +490,9 @@ def _render_paths(settings: Settings, names: dict[str, str]) -> Settings:
     return dataclasses.replace(settings, **values)
 
 
+_PLACEHOLDER = re.compile(r"\{([^{}/]*)\}")
+
+
 def render_path(
     name: str, path: Path, window: Window | None, shard: Shard | None, *, keep_date: bool = False
 ) -> Path:
@@ -436,6 +500,13 @@ def render_path(
     (``{date}`` left for each night to fill, with ``keep_date``); ``name`` is the setting's,
     for the error when the window or the shard is missing."""
     text = str(path)
+    unknown = sorted(set(_PLACEHOLDER.findall(text)) - {"date", "shard"})
+    if unknown:
+        raise ConfigError(
+            f"{name} {text} holds {{{unknown[0]}}}, which harvester does not fill"
+            f"{did_you_mean('{' + unknown[0] + '}', ('{date}', '{shard}'))}: a path may hold "
+            "{date} and {shard}"
+        )
     if "{date}" in text and not keep_date:
         if window is None:
             raise ConfigError(
@@ -466,7 +537,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 def _coerce(key: str, value: Any, name: str) -> Any:
     if key not in _FIELDS or key in _DERIVED:
-        raise ConfigError(f"unknown setting {key!r}")
+        raise ConfigError(f"unknown setting {key!r}{_nearest_key(key)}")
     expected = _TYPES[key]
     if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
         return value

@@ -62,7 +62,8 @@ OPTIONS = (
     # What to harvest, and where to.
     Option(
         ("--input", "-i"),
-        "call list: text, .csv, .ndjson/.jsonl, optionally .gz; - for stdin",
+        "call list: one call id a line, a CSV with a callId or id column (separated by , ; tab "
+        "or |), or NDJSON, gzipped or not (told by its content, not its name); - for stdin",
         (RUN,),
         metavar="PATH",
     ),
@@ -170,6 +171,13 @@ OPTIONS = (
         extra={"action": "store_true"},
     ),
     Option(
+        ("--dry-run", "-n"),
+        "read the call list or list the window, say how many calls would be fetched (new, "
+        "done earlier, duplicates, other shards, not call ids); fetch no events, write nothing",
+        (RUN,),
+        extra={"action": "store_true"},
+    ),
+    Option(
         ("--grace",),
         "on SIGINT/SIGTERM, seconds to let calls in flight finish (default 10)",
         metavar="SECONDS",
@@ -251,7 +259,8 @@ OPTIONS = (
     ),
     Option(
         ("--tz",),
-        "time zone of --yesterday, --deadline and of zone-less times (default UTC)",
+        "time zone of the days (--nights, --yesterday) and of times given without a zone "
+        "(default UTC)",
         (*_JOBS, STATUS),
         metavar="ZONE",
         group=NIGHTLY,
@@ -319,3 +328,11 @@ def flag_of(key: str) -> str:
         if (option.dest or option.flags[0].removeprefix("--").replace("-", "_")) == key:
             return option.flags[0]
     return key
+
+
+def key_of_flag(flag: str) -> str | None:
+    """The config key flag ``flag`` sets, if it sets one under another name."""
+    for option in OPTIONS:
+        if flag in option.flags and option.dest is not None:
+            return option.dest
+    return None

@@ -195,7 +195,7 @@ class Pool:
         place = self._sink.place
         async with contextlib.aclosing(batches):
             async for records, next_url, oldest in batches:
-                keyed = [_key_of(record) for record in records]
+                keyed = [key_of(record) for record in records]
                 if self._shard is not None:
                     owns = self._shard.owns
                     mine = [i for i, (key, _) in enumerate(keyed) if owns(key)]
@@ -409,7 +409,7 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
         yield error
 
 
-def _key_of(record: Record | ListedCall) -> tuple[str, int]:
+def key_of(record: Record | ListedCall) -> tuple[str, int]:
     """The ledger key and input line of a record."""
     if isinstance(record, InvalidRecord):
         return line_key(record.line), record.line

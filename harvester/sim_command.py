@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -120,12 +121,9 @@ def serve_sim(args: argparse.Namespace) -> int:
             args.ids_file.write_text("".join(f"{c}\n" for c in simulator.call_ids()))
         log.info("simulator serving %s", url)
         log.info(
-            "use: CATAPULT_BASE_URL=%s CATAPULT_USER_ID=%s "
+            "use (paste into a shell): export CATAPULT_BASE_URL=%s CATAPULT_USER_ID=%s "
             "CATAPULT_API_TOKEN=%s CATAPULT_API_SECRET=%s",
-            url,
-            config.user_id,
-            config.token,
-            config.secret,
+            *(shlex.quote(value) for value in (url, config.user_id, config.token, config.secret)),
         )
         if args.ready_file is not None:
             tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from harvester.errors import ConfigError
+from harvester.suggest import did_you_mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +51,9 @@ def parse_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        near = did_you_mean(name, available_timezones()) if isinstance(name, str) else ""
         raise ConfigError(
-            f"unknown time zone {name!r} (use a name like UTC or Europe/Berlin)"
+            f"unknown time zone {name!r}{near}: use an IANA name like UTC or Europe/Berlin"
         ) from None
 
 

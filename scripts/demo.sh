@@ -32,9 +32,16 @@ export CATAPULT_USER_ID=u-simulatoruserid0000000
 export CATAPULT_API_TOKEN=t-simulator-token
 export CATAPULT_API_SECRET=simulator-secret-do-not-log
 
-echo "$ harvester run --input $out/calls.txt --output $out/events.ndjson --summary $out/summary.json --concurrency 16"
+# Say a command exactly as it runs (quoted for a shell), then run it.
+show() {
+  printf '$'
+  printf ' %q' "$@"
+  printf '\n'
+  "$@"
+}
+
 code=0
-harvester run --input "$out/calls.txt" --output "$out/events.ndjson" \
+show harvester run --input "$out/calls.txt" --output "$out/events.ndjson" \
   --summary "$out/summary.json" --concurrency 16 || code=$?
 
 echo
@@ -58,17 +65,14 @@ print(f"checked: {len(lines)} events of {len(calls)} calls, each exactly once")
 PY
 echo
 echo "--- nightly mode: yesterday's calls, found through the API's call list, gzip output"
-echo "$ harvester run --yesterday --output '$out/nightly/events-{date}.ndjson.gz' --calls-output '$out/nightly/calls-{date}.ndjson.gz' --concurrency 16 --no-progress"
-harvester run --yesterday --output "$out/nightly/events-{date}.ndjson.gz" \
+show harvester run --yesterday --output "$out/nightly/events-{date}.ndjson.gz" \
   --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
 echo "--- the nights missed before it, caught up in one pass; yesterday is not touched again"
-echo "$ harvester run --nights 3 ... (the same paths)"
-harvester run --nights 3 --output "$out/nightly/events-{date}.ndjson.gz" \
+show harvester run --nights 3 --output "$out/nightly/events-{date}.ndjson.gz" \
   --calls-output "$out/nightly/calls-{date}.ndjson.gz" --concurrency 16 --no-progress
 ls -l "$out/nightly"
 echo "--- where each night stands"
-echo "$ harvester status --output '$out/nightly/events-{date}.ndjson.gz' --nights 3"
-harvester status --output "$out/nightly/events-{date}.ndjson.gz" --nights 3
+show harvester status --output "$out/nightly/events-{date}.ndjson.gz" --nights 3
 
 # The demo's call list holds two calls that cannot be harvested, so exit code 1 is the
 # expected, correct outcome; anything else is a real failure.

@@ -295,7 +295,7 @@ def test_a_truncated_gzip_call_list_is_a_one_line_error_after_the_calls_before_i
     assert orjson.loads(summary.read_bytes())["status"] == "usage-error"
 
 
-def test_a_refused_run_leaves_the_last_summary_and_metrics_alone(
+def test_a_refused_run_leaves_the_last_summary_and_metrics_but_its_exit_code_alone(
     sim_process: dict[str, str], tmp_path: Path
 ) -> None:
     ids = registry(sim_process)
@@ -312,7 +312,12 @@ def test_a_refused_run_leaves_the_last_summary_and_metrics_alone(
     done = run_harvester(sim_process, *args)
 
     assert done.returncode == 2 and b"belongs to another run" in done.stderr
-    assert (summary.read_bytes(), metrics.read_bytes()) == before
+    assert summary.read_bytes() == before[0]
+    # The metrics as the last run left them, but for how this one ended (for the alert).
+    assert metrics.read_bytes() == before[1].replace(
+        b"\nharvester_last_exit_code 0\n", b"\nharvester_last_exit_code 2\n"
+    )
+    assert b"harvester_last_exit_code 2" in metrics.read_bytes()
 
 
 def test_an_unparsable_metrics_file_or_a_damaged_ledger_is_no_traceback(
@@ -499,15 +504,16 @@ def test_a_refused_call_list_writes_nothing_and_the_fixed_one_runs(
 ) -> None:
     ids = registry(sim_process)[:12]
     calls = tmp_path / "semi.csv"
-    calls.write_text("callId;note\n" + "".join(f"{i};x\n" for i in ids))  # not a CSV of ours
+    calls.write_text("".join(f"{i};x\n" for i in ids))  # no header: which column is the id?
     (tmp_path / "keep.json").write_text("earlier\n")
     out = tmp_path / "m.ndjson"
     args = ["run", "-i", str(calls), "-o", str(out), "--summary", str(tmp_path / "keep.json")]
 
     refused = run_harvester(sim_process, *args, "--no-progress")
 
-    assert refused.returncode == 2 and b"are not call ids" in refused.stderr, refused.stderr
+    assert refused.returncode == 2, refused.stderr
+    assert b"no callId or id column (found, separated by semicolons" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json", "semi.csv"]
     assert (tmp_path / "keep.json").read_text() == "earlier\n"
-    calls.write_text(calls.read_text().replace(";", ","))
+    calls.write_text("callId;note\n" + calls.read_text())  # a header names the id column
     assert run_harvester(sim_process, *args, "--no-progress").returncode == 0

@@ -165,6 +165,7 @@ def test_the_proxys_credentials_are_never_shown(sim_process: dict[str, str]) -> 
     done = run_harvester(sim_process, "check", "--proxy", proxy, "--timeout", "2")
     assert done.returncode == 6, done.stderr  # nothing listens there: unreachable
     assert b"cannot connect to the proxy 127.0.0.1:9" in done.stderr, "the proxy, not the API"
+    assert b"the API at" not in done.stderr, "not blamed on the API"
     assert secret.encode() not in done.stdout + done.stderr
     bad = run_harvester(sim_process, "check", "--proxy", f"socks5://x:{secret}@h")
     assert bad.returncode == 2 and b"--proxy" in bad.stderr
