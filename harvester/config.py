@@ -267,11 +267,14 @@ def _from_environment(key: str, text: str, variable: str) -> Any:
 def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
     """A HARVESTER_ variable that is a typo of a setting's is said, not silently ignored."""
     known = environment_names()
+    # Compared without the prefix they share, which would make any two of them look alike.
+    names = [name.removeprefix(PREFIX) for name in [*known, CONFIG_VARIABLE]]
     for variable in environ:
         if variable.startswith(PREFIX) and variable not in known and variable != CONFIG_VARIABLE:
-            near = did_you_mean(variable, [*known, CONFIG_VARIABLE])
+            near = did_you_mean(variable.removeprefix(PREFIX), names)
             if near:
-                log.warning("%s is not a setting of harvester, and is ignored%s", variable, near)
+                meant = near.replace("did you mean ", f"did you mean {PREFIX}")
+                log.warning("%s is not a setting of harvester, and is ignored%s", variable, meant)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -30,6 +30,16 @@ from harvester.config import ENVIRONMENT, Settings, load_settings
 from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
 
 
+def pytest_configure() -> None:
+    """The suite runs on its own settings: a developer's HARVESTER_<KEY> (and the API's
+    variables) are set aside, as a run from the environment would take them."""
+    for name in [*os.environ]:
+        if name in ENVIRONMENT or (
+            name.startswith("HARVESTER_") and name != "HARVESTER_REQUIRE_TOOLS"
+        ):
+            del os.environ[name]
+
+
 def pytest_sessionfinish() -> None:
     """The zygote of ``start_harvester`` ends with the session, and is waited for."""
     if _zygote is not None:

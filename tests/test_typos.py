@@ -80,6 +80,10 @@ def test_every_setting_has_an_environment_variable_between_the_file_and_the_flag
     assert settings.rate == 3.0, "a flag over both"
     assert settings.quiet is True and settings.input == "calls.txt"
     assert "HARVESTER_CONCURENCY" in caplog.text and "HARVESTER_CONCURRENCY?" in caplog.text
+    caplog.clear()
+    load_settings({}, {**ENV, "HARVESTER_REQUIRE_TOOLS": "1", "HARVESTER_QUITE": "1"}, config)
+    assert "HARVESTER_REQUIRE_TOOLS" not in caplog.text, "not a typo of any setting: not ours"
+    assert "HARVESTER_QUITE" in caplog.text and "HARVESTER_QUIET?" in caplog.text
     with pytest.raises(ConfigError, match="HARVESTER_QUIET must be true or false"):
         load_settings({}, {**env, "HARVESTER_QUIET": "maybe"}, config)
     with pytest.raises(ConfigError, match="HARVESTER_CONCURRENCY must be a number"):
