@@ -36,6 +36,14 @@ def event(level: int, name: str, message: str, *args: object, **fields: Any) -> 
         log.log(level, message, *args, extra={"event": name, "fields": fields})
 
 
+def per_call(level: int, name: str, message: str, *args: object, **fields: Any) -> None:
+    """A line about one call (a retry, a failure): said only with ``--verbose`` (the log at
+    DEBUG: a run may have millions), and then at ``level``, what it means, so that a log
+    pipeline sees a failed call as a warning."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.log(level, message, *args, extra={"event": name, "fields": fields})
+
+
 def summary_level(exit_code: int) -> int:
     """The level of a summary for ``exit_code``, so that a log pipeline alerting on warnings
     and errors sees a run that failed: INFO for 0 and for a stop asked for (5, 130,

@@ -43,7 +43,7 @@ from harvester.ids import is_call_id
 from harvester.journal import Verdict
 from harvester.ledger import line_key
 from harvester.listing import ListedCall
-from harvester.logs import event
+from harvester.logs import per_call
 from harvester.ndjson import Failure, event_lines
 from harvester.outage import OutageGuard, about_the_url
 from harvester.retry import Retrier
@@ -357,8 +357,8 @@ class Pool:
             )
 
     async def _fail(self, failure: Failure) -> None:
-        event(
-            logging.DEBUG,
+        per_call(
+            logging.WARNING,
             "call-failed",
             "call %s failed: %s %s",
             failure.call_id,

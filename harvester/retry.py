@@ -42,7 +42,7 @@ from harvester.config import Settings
 from harvester.errors import ApiError, CallFailed, RateLimited, Stopping, TransientError
 from harvester.ids import is_call_id
 from harvester.limiter import RateLimiter
-from harvester.logs import event
+from harvester.logs import per_call
 from harvester.stats import RunStats
 
 log = logging.getLogger("harvester")
@@ -300,8 +300,8 @@ class Retrier:
 def _log_retry(tally: Tally, error: TransientError, attempt: int) -> None:
     # Named as call-failed names a call; a page of the call list by its URL.
     what = "call_id" if is_call_id(tally.target) else "page_url"
-    event(
-        logging.DEBUG,
+    per_call(
+        logging.INFO,
         "retry",
         "%s: %s (attempt %d)",
         tally.target,

@@ -455,3 +455,6 @@ def test_a_retry_names_its_call_as_a_failure_does(tmp_path: Path) -> None:
     assert retries and failed
     assert all(r["call_id"] in ids and "target" not in r for r in retries)
     assert all("call_id" in r for r in failed)
+    # At what they mean: a retry is news, a call given up a warning.
+    assert {r["level"] for r in retries} == {"info"}
+    assert {r["level"] for r in failed} == {"warning"}

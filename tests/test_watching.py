@@ -65,7 +65,7 @@ def test_json_logs_are_json_with_events_and_never_a_secret(
     for record in records:
         assert {"time", "level", "event", "message"} <= record.keys()
     failed = next(r for r in records if r["event"] == "call-failed")
-    assert failed["level"] == "debug" and failed["code"] == "call-not-found"
+    assert failed["level"] == "warning" and failed["code"] == "call-not-found"
     summary = next(r for r in records if r["event"] == "summary")
     assert summary["ok"] == 40 and summary["failed"] == 1
     assert SIM_SECRET.encode() not in done.stderr + done.stdout
