@@ -25,7 +25,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -39,7 +39,7 @@ from harvester.config import (
     render_path,
 )
 from harvester.credentials import redact_url, redact_urls_in
-from harvester.dryrun import dry_run, dry_run_lines
+from harvester.dryrun import Tally, dry_run, dry_run_lines
 from harvester.errors import (
     ApiError,
     ConfigError,
@@ -63,6 +63,8 @@ from harvester.suggest import did_you_mean
 from harvester.window import parse_window, parse_zone
 
 log = logging.getLogger("harvester")
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,14 +150,17 @@ def _unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
+    # No abbreviations: --fr taken for --fresh would discard a job's progress on a typo.
     parser = argparse.ArgumentParser(
         prog="harvester",
+        allow_abbrev=False,
         description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
     )
     parser.add_argument("--version", action="version", version=f"harvester {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
         RUN,
+        allow_abbrev=False,
         help="harvest the events of every call in a call list",
         description="Fetch the events of every call in --input and write them to --output as "
         "NDJSON. Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. "
@@ -172,6 +177,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]
     add_options(run, RUN)
     again = commands.add_parser(
         RETRY,
+        allow_abbrev=False,
         help="harvest again the calls of an output's failures file that are worth it",
         description="Harvest again the calls listed in the failures file of --output (not "
         "unknown calls, unless --include-not-found), append their events to the same output "
@@ -186,6 +192,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]
     )
     check = commands.add_parser(
         CHECK,
+        allow_abbrev=False,
         help="check the settings and credentials with one cheap request",
         description="Validate the settings, print them (secrets redacted), and ask the API for "
         "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
@@ -195,6 +202,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]
     add_options(check, CHECK)
     status = commands.add_parser(
         STATUS,
+        allow_abbrev=False,
         help="where a job stands, without running it",
         description="Read the state beside --output and say what the job harvests, how far it "
         "got (calls done, failed by code), how its last run ended, and whether a harvester is "
@@ -202,9 +210,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]
         "holding {date} or {shard} takes the run's --yesterday/--since, --tz and --shard to "
         "fill them.",
     )
-    status.add_argument(
-        "--output", "-o", metavar="PATH", type=path, required=True, help="the job's output"
-    )
+    # Not required by argparse, so that a misspelt --output is said as such (did you mean).
+    status.add_argument("--output", "-o", metavar="PATH", type=path, help="the job's output")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_options(status, STATUS)
     add_sim_command(commands)
@@ -309,17 +316,25 @@ def _note_refusal(path: Path, code: int, settings: Settings) -> None:
 
 
 def _dry_run(settings: Settings, fresh: bool) -> int:
-    """``--dry-run``: what the run would do, on stdout; nothing fetched, nothing written."""
+    """``--dry-run``: what the run would do, on stdout; nothing fetched, nothing written. A
+    signal stops it at once (exit 130 / 143), its scratch folder removed."""
     if settings.nights and fresh:
         log.error("error: --fresh starts one job over, and --nights holds several (exit 2)")
         return exits.USAGE
+    stopper = Stopper(0.0)
     try:
-        tallies = asyncio.run(dry_run(settings, fresh=fresh))
-    except KeyboardInterrupt:
-        return exits.SIGINT
+        tallies = _run_async(_dry(settings, fresh, stopper))
     except HarvesterError as exc:
         code = exits.OF_STATUS[status_of(exc)]
-        event(logging.ERROR, "error", "error: %s (exit %d)", exc, code, exit_code=code)
+        error = str(exc)
+        if isinstance(exc, FatalApiError) and exc.status in (401, 403):
+            error += f" (check {settings.credentials_from}, and the user id)"
+        event(logging.ERROR, "error", "error: %s (exit %d)", error, code, exit_code=code)
+        return code
+    if tallies is None:
+        assert stopper.signal is not None
+        code = exits.SIGNAL_BASE + stopper.signal
+        log.info("dry run stopped: nothing was fetched or written (exit %d)", code)
         return code
     if settings.log_format == "json":
         document = {"dry_run": True, "jobs": [dataclasses.asdict(t) for t in tallies]}
@@ -331,7 +346,27 @@ def _dry_run(settings: Settings, fresh: bool) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return exits.OK
+    # A damaged input stops the run there (exit 2): so does its dry run, having said where.
+    return exits.USAGE if any(tally.damaged for tally in tallies) else exits.OK
+
+
+async def _dry(settings: Settings, fresh: bool, stopper: Stopper) -> list[Tally] | None:
+    """The dry run, or None once a signal asked it to stop (it is cancelled then: a FIFO's
+    open or a long list does not hold it)."""
+    stopper.install()
+    counting = asyncio.ensure_future(dry_run(settings, fresh=fresh))
+    stopping = asyncio.ensure_future(stopper.event.wait())
+    try:
+        await asyncio.wait([counting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if counting.done():
+            return counting.result()
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counting
+        return None
+    finally:
+        stopping.cancel()
+        stopper.hold()
 
 
 def _harvest(
@@ -450,14 +485,13 @@ def _settings(args: argparse.Namespace) -> Settings | None:
         return None
 
 
-def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on uvloop where it is installed (a default dependency where it
     builds), else on asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coroutine)
-        return
+        return asyncio.run(coroutine)
     # libuv aborts the process (an assertion, exit 134) when it closes one of its own files
     # that took the number of a closed stdin, stdout or stderr: asyncio's loop has no such
     # rule, and the run then says what is wrong as usual (a closed stdin with -i -, say).
@@ -465,9 +499,8 @@ def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
         try:
             os.fstat(fd)
         except OSError:
-            asyncio.run(coroutine)
-            return
-    uvloop.run(coroutine)
+            return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def _supervised(
@@ -485,6 +518,9 @@ async def _supervised(
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.output is None:
+        log.error("error: status needs the job's output: --output PATH (exit 2)")
+        return exits.USAGE
     try:
         status = _nights_status(args) if args.nights else job_status(_job_output(args))
     except ConfigError as exc:

@@ -210,7 +210,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         data = read_config(path)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist (check --config)") from None
+        raise ConfigError(
+            f"config file {path} does not exist (check --config, or HARVESTER_CONFIG)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -261,20 +263,48 @@ def _from_environment(key: str, text: str, variable: str) -> Any:
         return True
     if word in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{variable} must be true or false (or 1 or 0), not {text!r}")
+    raise ConfigError(
+        f"{variable} must be true or false (1, yes or on; 0, no or off), not {text!r}"
+    )
 
 
 def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
-    """A HARVESTER_ variable that is a typo of a setting's is said, not silently ignored."""
+    """A HARVESTER_ or CATAPULT_ variable that sets nothing is said, with the name probably
+    meant, not silently ignored; one for what a run does (``--dry-run``, ``--fresh``) is
+    refused: a variable left set would do it to every run."""
     known = environment_names()
-    # Compared without the prefix they share, which would make any two of them look alike.
     names = [name.removeprefix(PREFIX) for name in [*known, CONFIG_VARIABLE]]
     for variable in environ:
-        if variable.startswith(PREFIX) and variable not in known and variable != CONFIG_VARIABLE:
-            near = did_you_mean(variable.removeprefix(PREFIX), names)
+        if variable in known or variable == CONFIG_VARIABLE:
+            continue
+        if variable.startswith(PREFIX):
+            rest = variable.removeprefix(PREFIX)
+            if rest in _COMMAND_LINE_ONLY:
+                raise ConfigError(
+                    f"{variable} is not read: {_COMMAND_LINE_ONLY[rest]} is what one run does, "
+                    "given on its command line, not a setting of the job. Unset it"
+                )
+            key = rest.lower()
+            if key in ENVIRONMENT.values():
+                api = next(name for name, own in ENVIRONMENT.items() if own == key)
+                what = key.removeprefix("api_").replace("_", " ")
+                log.warning("%s is not read: the API's %s comes from %s", variable, what, api)
+                continue
+            # Compared without the prefix they share, which would make any two look alike.
+            near = did_you_mean(rest, names).replace("did you mean ", f"did you mean {PREFIX}")
+            log.warning("%s is not a setting of harvester, and is ignored%s", variable, near)
+        elif variable.startswith("CATAPULT_"):
+            near = did_you_mean(variable, ENVIRONMENT)
             if near:
-                meant = near.replace("did you mean ", f"did you mean {PREFIX}")
-                log.warning("%s is not a setting of harvester, and is ignored%s", variable, meant)
+                log.warning("%s is not read by harvester%s", variable, near)
+
+
+# Flags of what one run does, which no environment variable sets.
+_COMMAND_LINE_ONLY = {
+    "DRY_RUN": "--dry-run",
+    "FRESH": "--fresh",
+    "INCLUDE_NOT_FOUND": "--include-not-found",
+}
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -313,8 +343,12 @@ def _validate(
     deadline = kwargs.pop("deadline", None)
     settings = Settings(**kwargs)
     for key in _PATHS:
-        if str(getattr(settings, key)) == "-":
-            raise ConfigError(f"{names.get(key, key)} -: {_NOT_STDOUT}")
+        path = getattr(settings, key)
+        if str(path) == "-":
+            why = _NOT_STDOUT + (_TAIL if key == "output" else "")
+            raise ConfigError(f"{names.get(key, key)} -: {why}")
+        if path is not None:
+            check_placeholders(names.get(key, key), str(path))
     _check_credentials(settings, names.get("user_id", "user_id"))
     _named(names.get("base_url", "base_url"), check_base_url, settings.base_url)
     proxy = settings.proxy
@@ -364,9 +398,9 @@ def _validate(
 # Why a written file cannot be stdout: what a run writes, it commits and resumes.
 _NOT_STDOUT = (
     "harvester writes to files it can resume (each commit is recorded beside the file), not "
-    "to stdout. Give a file path; to read events as they come, `tail -f` the output (a .ndjson "
-    "one), or read it when the run ends"
+    "to stdout. Give a file path"
 )
+_TAIL = "; to read events as they come, `tail -f` the output (a .ndjson one)"
 
 
 def _nights(settings: Settings, names: dict[str, str]) -> int | None:
@@ -493,6 +527,17 @@ def _render_paths(settings: Settings, names: dict[str, str]) -> Settings:
     return dataclasses.replace(settings, **values)
 
 
+def check_placeholders(name: str, text: str) -> None:
+    """Refuse a ``{name}`` in a path that harvester does not fill (a typo of ``{date}``)."""
+    unknown = sorted(set(_PLACEHOLDER.findall(text)) - {"date", "shard"})
+    if unknown:
+        raise ConfigError(
+            f"{name} {text} holds {{{unknown[0]}}}, which harvester does not fill"
+            f"{did_you_mean('{' + unknown[0] + '}', ('{date}', '{shard}'))}: a path may hold "
+            "{date} and {shard}"
+        )
+
+
 _PLACEHOLDER = re.compile(r"\{([^{}/]*)\}")
 
 
@@ -503,13 +548,7 @@ def render_path(
     (``{date}`` left for each night to fill, with ``keep_date``); ``name`` is the setting's,
     for the error when the window or the shard is missing."""
     text = str(path)
-    unknown = sorted(set(_PLACEHOLDER.findall(text)) - {"date", "shard"})
-    if unknown:
-        raise ConfigError(
-            f"{name} {text} holds {{{unknown[0]}}}, which harvester does not fill"
-            f"{did_you_mean('{' + unknown[0] + '}', ('{date}', '{shard}'))}: a path may hold "
-            "{date} and {shard}"
-        )
+    check_placeholders(name, text)
     if "{date}" in text and not keep_date:
         if window is None:
             raise ConfigError(

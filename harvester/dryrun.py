@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import tempfile
 from collections import Counter
@@ -27,8 +28,10 @@ from harvester.chunks import grew_from, is_stream
 from harvester.client import CallEventsClient
 from harvester.clock import Clock, SystemClock
 from harvester.config import Settings
+from harvester.errors import InputError, OutputError
+from harvester.files import check_files, check_no_data
 from harvester.ids import is_call_id
-from harvester.job import FILE_BATCH, check_paths, identity_of, output_paths
+from harvester.job import FILE_BATCH, files_of, identity_of, output_paths
 from harvester.ledger import (
     check_identity,
     ledger_errors,
@@ -62,6 +65,7 @@ class Tally:
     invalid: int = 0  # names no call: straight to the failures file, no request
     night: str | None = None
     note: str | None = None  # why nothing is counted (completed earlier, started over)
+    damaged: bool = False  # the input is damaged: the run would stop there, exit 2
 
 
 async def dry_run(
@@ -80,7 +84,7 @@ async def _job(settings: Settings, scratch: Path, clock: Clock, fresh: bool) -> 
     now = datetime.fromtimestamp(clock.time(), UTC)
     window = settings.window.at(now) if settings.window is not None else None
     paths = output_paths(settings, window)
-    check_paths(settings, paths, settings.input)
+    _check_as_the_run(settings, paths, settings.input)
     tally = Tally(str(paths["events"]))
     if window is not None:
         source = {"window": window.identity()}
@@ -96,8 +100,12 @@ async def _job(settings: Settings, scratch: Path, clock: Clock, fresh: bool) -> 
         growing = is_stream(settings.input)
         with _judged(tally, settings, paths, source, scratch, fresh, grew, growing) as judge:
             if judge is not None:
-                while batch := await feed.batch(FILE_BATCH):
-                    judge.take(batch)
+                try:
+                    while batch := await feed.batch(FILE_BATCH):
+                        judge.take(batch)
+                except InputError as exc:  # the run would stop there too, with exit 2
+                    tally.note = f"the run would stop where {_after_colon(exc)}"
+                    tally.damaged = True
     finally:
         feed.close()
     return tally
@@ -117,7 +125,7 @@ async def _nights(settings: Settings, scratch: Path, clock: Clock) -> list[Tally
             source = {"window": window.identity()}
             judge = stack.enter_context(_judged(tally, each.settings, each.paths, source, scratch))
             if judge is not None:
-                check_paths(each.settings, each.paths, None)
+                _check_as_the_run(each.settings, each.paths, None)
                 pending.append((window, judge))
         if pending:
             first, last = pending[0][0], pending[-1][0]
@@ -125,6 +133,39 @@ async def _nights(settings: Settings, scratch: Path, clock: Clock) -> list[Tally
             span = Window(first.since, last.until, first.day)
             await _listed(settings, clock, span, pending)
     return tallies
+
+
+def _check_as_the_run(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> None:
+    """What the run checks before its first request, and as it opens its job, short of
+    writing anything: every path a file of its own, each in a folder that takes files, and no
+    file of data without a ledger (the run would refuse to cut it)."""
+    files = files_of(settings, paths, input_spec)
+    check_files(files)
+    for flag, path in files.items():
+        if flag != "--input":
+            _check_folder(flag, path)
+    if not (state_dir(paths["events"]) / "ledger.sqlite").exists():
+        check_no_data(paths.values())
+
+
+def _check_folder(flag: str, path: Path) -> None:
+    """``path``'s folder, or the nearest that exists, takes new files, as far as can be told
+    without making one (a dry run writes nothing): not read-only, and writable by us."""
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    if read_only or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{flag} {path} cannot be written ({folder} does not take new files): fix the "
+            "permissions or choose another path"
+        )
+
+
+def _after_colon(exc: InputError) -> str:
+    """The input error's own words, from where it says what happened (its first clause)."""
+    text = str(exc)
+    return text.split("; ", 1)[0].removeprefix("the ")
 
 
 @contextlib.contextmanager
@@ -152,9 +193,15 @@ def _judged(
                 meta = load_meta(earlier, ledger)
         if meta:
             tally.state = "completed" if meta.get("completed") else "unfinished"
+            pid = lock_holder(ledger.with_name("lock"))
+            if pid is not None:  # the run would be turned away (exit 75) until it ends
+                tally.state = (
+                    f"running now, pid {pid}: a run would be turned away; counted as it stands"
+                )
         if meta and fresh:
             calls = meta["totals"].get("calls", 0)
-            tally.note = f"--fresh: the {calls} calls done earlier would be fetched again"
+            done = counted(calls, "input record")
+            tally.note = f"--fresh: the earlier progress ({done} done) would be discarded"
             meta = {}
         elif meta and grew is not None and _grown(meta["identity"], identity, grew):
             meta = {**meta, "completed": False}  # its new calls would be taken on
@@ -307,5 +354,6 @@ def _counts(tally: Tally) -> str:
     if rest := [f"{count} {what}" for count, what in skipped if count]:
         said += f"; skipped: {', '.join(rest)}"
     if tally.invalid:
-        said += f"; {tally.invalid} not call ids (to the failures file, no request)"
+        lines = counted(tally.invalid, "line that names", "lines that name")
+        said += f"; {lines} no call (to the failures file, no request)"
     return said

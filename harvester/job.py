@@ -265,14 +265,14 @@ async def ping(settings: Settings, clock: Clock | None = None) -> float:
 def check_paths(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> None:
     """Every path the run will read or write, checked before the first request (refused with
     ``ConfigError`` or ``OutputError``)."""
-    files = _files(settings, paths, input_spec)
+    files = files_of(settings, paths, input_spec)
     check_files(files)
     for flag in ("--summary", "--metrics-file"):  # written at the end, or now and then
         if flag in files:
             check_writable(flag, files[flag])
 
 
-def _files(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> dict[str, Path]:
+def files_of(settings: Settings, paths: dict[str, Path], input_spec: str | None) -> dict[str, Path]:
     """Every file the run reads or writes, by the flag that names it (see ``check_files``)."""
     files = {
         "--output": paths["events"],

@@ -18,7 +18,9 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import weakref
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -130,6 +132,8 @@ class RunRecord:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._last: dict[str, Any] = {}
+        _OPEN_RECORDS.add(self)
 
     @classmethod
     def reserve(cls, directory: Path) -> RunRecord:
@@ -155,6 +159,7 @@ class RunRecord:
     def write(self, record: dict[str, Any]) -> bool:
         """Put ``record`` in the file, over the one before; False when the disk refused (the
         ledger may still have it)."""
+        self._last = record
         data = orjson.dumps(record)
         if len(data) >= RUN_RECORD_SIZE:  # only a reason can be that long: it is cut short
             reason = str(record.get("reason", ""))
@@ -168,7 +173,24 @@ class RunRecord:
         return True
 
     def close(self) -> None:
+        _OPEN_RECORDS.discard(self)
         os.close(self._fd)
+
+
+# The run records of the jobs this process has open: a forced exit says how each ended.
+_OPEN_RECORDS: weakref.WeakSet[RunRecord] = weakref.WeakSet()
+
+
+def record_forced_end(exit_code: int, reason: str) -> None:
+    """Before the process exits at once (a second signal): each open job's run record says it
+    was stopped, with ``exit_code`` and ``reason``, so that ``status`` does not take the run
+    for killed. Nothing else is written: what was committed stands, the rest is cut back by
+    the next run."""
+    ended_at = datetime.now(UTC).isoformat(timespec="seconds")
+    for record in list(_OPEN_RECORDS):
+        if record._last:
+            fields = {"status": "stopped", "exit_code": exit_code, "reason": reason}
+            record.write({**record._last, **fields, "ended_at": ended_at})
 
 
 def read_run_record(directory: Path) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ def add_sim_command(commands: Any) -> None:
     """The ``sim`` subcommand and its flags."""
     sim = commands.add_parser(
         "sim",
+        allow_abbrev=False,
         help="serve the bundled Catapult API simulator on loopback",
         description="Serve a stand-in for the Catapult API (events and list-calls endpoints) "
         "with basic auth, a fixed-window rate limit and injectable faults.",

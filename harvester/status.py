@@ -193,6 +193,9 @@ def _how_it_ended(last: dict[str, Any], pid: int | None) -> str:
     if how == "completed":
         return "completed"
     if how == "stopped":
+        code = last.get("exit_code")
+        if isinstance(code, int) and last.get("reason"):  # stopped at once, as it said
+            return f"{last['reason']} (exit code {code})"
         return "stopped before the end (a signal or the deadline): the same command resumes"
     code = last.get("exit_code")
     if not isinstance(code, int):

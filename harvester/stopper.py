@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from harvester import exits
+from harvester.ledger import record_forced_end
 from harvester.logs import event, is_terminal, release_held
 
 # The same signal again within this many seconds is the same request to stop: GNU timeout (and
@@ -69,6 +70,7 @@ class Stopper:
         if self.event.is_set():
             return
         self.deadline_reached = True
+        self._new_line()
         log.info("deadline reached: finishing calls in flight, then committing")
         self.event.set()
 
@@ -125,7 +127,9 @@ class Stopper:
             exit_code=exits.SIGNAL_BASE + signum,
         )
         release_held()
-        self._exit_now(exits.SIGNAL_BASE + signum)
+        code = exits.SIGNAL_BASE + signum
+        record_forced_end(code, f"stopped at once by a {what}; the next run resumes")
+        self._exit_now(code)
 
     def _new_line(self) -> None:
         """On a terminal, end the line the cursor is on: the terminal echoed ``^C`` there (after

@@ -34,9 +34,7 @@ def pytest_configure() -> None:
     """The suite runs on its own settings: a developer's HARVESTER_<KEY> (and the API's
     variables) are set aside, as a run from the environment would take them."""
     for name in [*os.environ]:
-        if name in ENVIRONMENT or (
-            name.startswith("HARVESTER_") and name != "HARVESTER_REQUIRE_TOOLS"
-        ):
+        if name in ENVIRONMENT or name.startswith("HARVESTER_"):
             del os.environ[name]
 
 

@@ -3,7 +3,7 @@
 README's copies the very files.
 
 A test that needs a tool the machine lacks is skipped, saying which and how to install it;
-with ``HARVESTER_REQUIRE_TOOLS=1`` (``.ci/run`` sets it, after installing them) it fails.
+with ``REQUIRE_DEPLOY_TOOLS=1`` (``.ci/run`` sets it, after installing them) it fails.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def tool(name: str) -> str:
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
         message = f"{name} is not installed ({INSTALL[name]}); .ci/run installs it"
-        if os.environ.get("HARVESTER_REQUIRE_TOOLS"):
+        if os.environ.get("REQUIRE_DEPLOY_TOOLS"):
             pytest.fail(message)
         pytest.skip(message)
     return found

@@ -5,7 +5,11 @@ and nothing written; the counts are what the real run then does."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import os
+import signal
 import tempfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from harvester.job import harvest
 from harvester.nights import harvest_nights
 from harvester.sim import SimConfig, Simulator
 
-from .conftest import FakeClock, make_settings, run_harvester, write_calls
+from .conftest import FakeClock, make_settings, run_harvester, start_harvester, write_calls
 
 
 def tree(folder: Path) -> dict[str, tuple[int, int]]:
@@ -125,7 +129,7 @@ async def test_a_dry_run_refuses_what_the_run_would_refuse(
     with pytest.raises(ConfigError, match="another"):
         await dry_run(another, clock=clock)
     [fresh] = await dry_run(make_settings(sim, tmp_path), clock=clock, fresh=True)
-    assert fresh.new == 5 and "fetched again" in (fresh.note or "")
+    assert fresh.new == 5 and "would be discarded" in (fresh.note or "")
 
 
 ANCHOR = datetime(2026, 11, 26, tzinfo=UTC)
@@ -174,7 +178,7 @@ def test_the_command_prints_the_plan_and_writes_nothing(
     assert done.returncode == 0, done.stderr
     said = done.stdout.decode()
     assert "nothing was fetched or written" in said
-    assert "would fetch 10 calls; skipped: 1 duplicate; 1 not call ids" in said
+    assert "would fetch 10 calls; skipped: 1 duplicate; 1 line that names no call" in said
     assert tree(tmp_path) == before
 
     json_done = run_harvester(
@@ -185,3 +189,45 @@ def test_the_command_prints_the_plan_and_writes_nothing(
     refused = run_harvester(sim_process, "run", "-n", "--nights", "2", "-o", output)
     assert refused.returncode == 2 and b"{date}" in refused.stderr
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_dry_run_at_once_and_it_leaves_nothing(
+    sim_process: dict[str, str], tmp_path: Path, signum: int, code: int
+) -> None:
+    """Even one waiting for a FIFO's writer: exit 128 + the signal, its scratch folder gone."""
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**sim_process, "TMPDIR": str(scratch)}
+    output = tmp_path / "out" / "events.ndjson"
+    process = start_harvester(env, "run", "-n", "-i", str(fifo), "-o", str(output))
+    time.sleep(1.0)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == code, stderr
+    assert b"nothing was fetched or written" in stderr
+    assert list(scratch.iterdir()) == [] and not output.parent.exists()
+
+
+def test_a_dry_run_refuses_a_file_the_run_would_not_cut_and_says_where_input_is_damaged(
+    sim_process: dict[str, str], tmp_path: Path
+) -> None:
+    ids = Path(sim_process["IDS_FILE"]).read_text().split()[:30]
+    calls = tmp_path / "calls.txt"
+    calls.write_text("\n".join(ids) + "\n")
+    output = tmp_path / "events.ndjson"
+    output.write_text("someone's data\n")
+    refused = run_harvester(sim_process, "run", "-n", "-i", str(calls), "-o", str(output))
+    assert refused.returncode == 2 and b"holds no harvester state" in refused.stderr
+    output.unlink()
+
+    cut = tmp_path / "calls.txt.gz"
+    whole = gzip.compress(("\n".join(ids * 400) + "\n").encode())
+    cut.write_bytes(whole[: len(whole) * 2 // 3])  # damaged after some lines
+    done = run_harvester(sim_process, "run", "-n", "-i", str(cut), "-o", str(output))
+    assert done.returncode == 2, done.stderr
+    said = done.stdout.decode()
+    assert "would fetch 30 calls" in said and "the run would stop where input is damaged" in said
+    assert not output.exists()

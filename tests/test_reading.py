@@ -431,6 +431,9 @@ def test_two_signals_50_ms_apart_exit_with_our_code_and_lose_nothing(
     _, stderr = process.communicate(timeout=30)
 
     assert process.returncode == code, stderr
+    shown = run_harvester(sim_process, "status", "-o", str(output)).stdout.decode()
+    # Stopped, however soon: its record says so (not "killed"), and how the next run goes on.
+    assert "no end recorded" not in shown and "stopped" in shown, shown
     again = run_harvester(sim_process, *args)
     assert again.returncode == 0, again.stderr
     lines = output.read_bytes().splitlines()
@@ -458,3 +461,28 @@ def test_a_retry_names_its_call_as_a_failure_does(tmp_path: Path) -> None:
     # At what they mean: a retry is news, a call given up a warning.
     assert {r["level"] for r in retries} == {"info"}
     assert {r["level"] for r in failed} == {"warning"}
+
+
+def test_a_run_stopped_at_once_says_so_in_status_not_killed(tmp_path: Path) -> None:
+    """A second signal while calls are still in flight exits at once: what was committed
+    stands, and ``status`` says the run was stopped, with its exit code, not that it has no
+    end recorded (killed, or the machine went down)."""
+    (tmp_path / "sim").mkdir()
+    with simulator_process(tmp_path / "sim", "--calls", "20", "--latency", "3") as env:
+        listed = tmp_path / "calls.txt"
+        listed.write_text(Path(env["IDS_FILE"]).read_text())
+        output = tmp_path / "out" / "events.ndjson"
+        args = ["run", "-i", str(listed), "-o", str(output), "--no-progress"]
+        process = start_harvester(env, *args, "--concurrency", "4")
+        opened(process, output)
+        time.sleep(0.3)  # four calls in flight, each answered in 3 s
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 143, stderr
+        assert b"second signal: stopping now" in stderr
+
+        shown = run_harvester(env, "status", "-o", str(output)).stdout.decode()
+    assert "no end recorded" not in shown, shown
+    assert "stopped at once by a second signal" in shown and "143" in shown, shown

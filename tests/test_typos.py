@@ -31,6 +31,11 @@ def test_a_misspelt_flag_gets_the_commands_usage_and_the_flag_meant(
     status = run_harvester(sim_process, "status", "-o", "x", "--deadline", "06:00")
     assert status.returncode == 2 and b"usage: harvester status" in status.stderr
     assert b"did you mean" not in status.stderr, "status has no flag near --deadline"
+    ouput = run_harvester(sim_process, "status", "--ouput", "x")
+    assert ouput.returncode == 2 and b"--ouput (did you mean --output?)" in ouput.stderr
+    # No abbreviation is taken for a flag: --fr is not --fresh (which discards progress).
+    short = run_harvester(sim_process, "run", "--fr", "-i", "x", "-o", "y")
+    assert short.returncode == 2 and b"unrecognized arguments: --fr" in short.stderr
 
 
 def test_a_misspelt_zone_key_setting_or_placeholder_says_what_was_meant(tmp_path: Path) -> None:
@@ -81,9 +86,19 @@ def test_every_setting_has_an_environment_variable_between_the_file_and_the_flag
     assert settings.quiet is True and settings.input == "calls.txt"
     assert "HARVESTER_CONCURENCY" in caplog.text and "HARVESTER_CONCURRENCY?" in caplog.text
     caplog.clear()
-    load_settings({}, {**ENV, "HARVESTER_REQUIRE_TOOLS": "1", "HARVESTER_QUITE": "1"}, config)
-    assert "HARVESTER_REQUIRE_TOOLS" not in caplog.text, "not a typo of any setting: not ours"
+    load_settings({}, {**ENV, "HARVESTER_FOO": "1", "HARVESTER_QUITE": "1"}, config)
+    assert "HARVESTER_FOO is not a setting of harvester, and is ignored\n" in caplog.text
     assert "HARVESTER_QUITE" in caplog.text and "HARVESTER_QUIET?" in caplog.text
+    caplog.clear()
+    load_settings({}, {**ENV, "HARVESTER_API_SECRET": "x", "CATAPULT_API_SECRT": "y"}, config)
+    assert "HARVESTER_API_SECRET is not read: the API's secret comes from CATAPULT_API_SECRET" in (
+        caplog.text
+    )
+    assert "CATAPULT_API_SECRT" in caplog.text and "CATAPULT_API_SECRET?" in caplog.text
+    # What one run does is no setting of the job: not taken from the environment, and said.
+    for variable in ("HARVESTER_DRY_RUN", "HARVESTER_FRESH"):
+        with pytest.raises(ConfigError, match=f"{variable} is not read: --"):
+            load_settings({}, {**ENV, variable: "1"}, config)
     with pytest.raises(ConfigError, match="HARVESTER_QUIET must be true or false"):
         load_settings({}, {**env, "HARVESTER_QUIET": "maybe"}, config)
     with pytest.raises(ConfigError, match="HARVESTER_CONCURRENCY must be a number"):
