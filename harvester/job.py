@@ -94,6 +94,7 @@ async def harvest(
             paths, identity, settings, stats, clock, fresh=fresh, grew=grew
         ) as sink:
             stats.job = sink.snapshot()
+            stats.events_before = int(stats.job.get("events", 0))
             # A stream cannot be fingerprinted up front, and a window whose end is not past yet
             # grows with time: read them through; what is done is skipped.
             if settings.input is not None:

@@ -188,6 +188,8 @@ async def harvest_nights(
         for each in pending:
             each.sink = await opened.enter_async_context(_opened_sink(each, clock))
         pending = [each for each in pending if not _completed_meanwhile(each)]
+        # What earlier runs wrote of the nights taken on: the progress says the job's events.
+        stats.events_before = sum(int(each.stats.job.get("events", 0)) for each in pending)
         if pending:
             await _harvest(settings, stats, clock, stop, pending)
     stats.nights = [_report(each, settings) for each in nights]

@@ -171,9 +171,8 @@ class Progress:
         eta = None
         if rate > 0 and total is not None and total > done and not paused:
             eta = (total - done) / rate
-        # The job's events, as done counts the job's records: the committed count (a commit
-        # behind at most), or this run's own where that is more (a first run, nights).
-        events = max(int(s.job.get("events", 0)), s.events)
+        # The job's events, as done counts the job's records: earlier runs' and this one's.
+        events = s.events_before + s.events
         return Pace(done, total, s.skipped, rate, eta, events, elapsed, paused)
 
     def draw(self) -> None:
@@ -212,7 +211,8 @@ class Progress:
             logging.INFO,
             "progress",
             "progress%s: %s records (%d done earlier) (%.1f calls/s%s), %s, %s, %s, %d failed%s",
-            f" (night {s.night})" if s.night else "",
+            # With nights: the records are all the nights'; the night is where the pass is.
+            f" (the pass at night {s.night})" if s.night else "",
             position,
             pace.earlier,
             pace.rate,

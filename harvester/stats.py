@@ -12,6 +12,7 @@ from harvester.logs import counted
 
 _NOT_COUNTERS = (
     "records",
+    "events_before",
     "job",
     "completed",
     "files",
@@ -32,6 +33,7 @@ class RunStats:
     ok: int = 0
     failed: int = 0
     events: int = 0
+    events_before: int = 0  # the job's events written by earlier runs (of the nights taken on)
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
@@ -160,7 +162,8 @@ def summary_line(summary: dict[str, Any]) -> str:
         # What a stop leaves: said here, since the stop's own line comes before the summary.
         remaining = summary.get("remaining")
         if remaining is not None:
-            line += f"; {counted(remaining, 'call')} to go, the next run goes on from here"
+            # The list's lines not reached: blank lines, comments and duplicates among them.
+            line += f"; at most {counted(remaining, 'call')} to go, the next run goes on from here"
         else:
             line += "; the next run goes on from here"
     nights = summary.get("by_night")

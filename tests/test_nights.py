@@ -168,6 +168,9 @@ async def test_a_stopped_catch_up_resumes_where_no_night_has_calls_left_behind(
         )
 
     assert [n["status"] for n in stats.nights] == ["completed", "completed"]
+    # The progress says the job's events: those the first run wrote, and this one's.
+    assert stats.events_before == sum(entry["events"] for entry in first.nights)
+    assert stats.events_before + stats.events == sum(n["events"] for n in stats.nights)
     assert exact(sim, tmp_path, day(2)) and exact(sim, tmp_path, day(1))
 
 
