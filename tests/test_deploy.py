@@ -487,16 +487,14 @@ def test_the_alerts_name_the_alerts_the_issue_asks_for_on_metrics_harvester_writ
     assert "node_textfile_mtime_seconds" in rules["HarvesterMetricsStale"]
 
     metrics = tmp_path / "harvester.prom"
-    done = subprocess.run(
-        [
-            harvester_command(),
-            *("run", "--nights", "2", "--no-progress", "--metrics-file", str(metrics)),
-            *("--output", f"{tmp_path}/events-{{date}}.ndjson"),
-        ],
-        env={**api_only(week_sim), **credentials()},
-        capture_output=True,
-        check=False,
-        timeout=120,
+    done = harvest(
+        week_sim,
+        "--nights",
+        "2",
+        "--metrics-file",
+        str(metrics),
+        "--output",
+        f"{tmp_path}/events-{{date}}.ndjson",
     )
     assert done.returncode == 0, done.stderr.decode()
     written = {name for name, _ in metrics_of(metrics.read_text())}
@@ -512,6 +510,17 @@ def credentials() -> dict[str, str]:
     }
 
 
+def harvest(week_sim: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``harvester run --no-progress ARGS`` as installed, against the week's simulator."""
+    return subprocess.run(
+        [harvester_command(), "run", "--no-progress", *args],
+        env={**api_only(week_sim), **credentials()},
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize("shard", [None, "1/4"])
 def test_promtool_finds_nothing_to_say_of_a_real_runs_metrics(
     week_sim: dict[str, str], tmp_path: Path, shard: str | None
@@ -519,16 +528,9 @@ def test_promtool_finds_nothing_to_say_of_a_real_runs_metrics(
     promtool = tool("promtool")
     metrics = tmp_path / "harvester.prom"
     output = f"{tmp_path}/events-{{date}}{'-{shard}' if shard else ''}.ndjson"
-    done = subprocess.run(
-        [
-            harvester_command(),
-            *("run", "--nights", "1", "--no-progress", "--metrics-file", str(metrics)),
-            *("--output", output, *(("--shard", shard) if shard else ())),
-        ],
-        env={**api_only(week_sim), **credentials()},
-        capture_output=True,
-        check=False,
-        timeout=120,
+    sharded = ("--shard", shard) if shard else ()
+    done = harvest(
+        week_sim, "--nights", "1", "--metrics-file", str(metrics), "--output", output, *sharded
     )
     assert done.returncode == 0, done.stderr.decode()
 
@@ -559,10 +561,7 @@ def test_a_refused_run_sets_the_last_exit_code_so_that_the_alert_fires(
     output = f"{tmp_path}/events-{{date}}.ndjson"
 
     def run(*args: str) -> int:
-        command = [harvester_command(), "run", "--no-progress", "--metrics-file", str(metrics)]
-        env = {**api_only(week_sim), **credentials()}
-        done = subprocess.run([*command, *args], env=env, capture_output=True, timeout=120)
-        return done.returncode
+        return harvest(week_sim, "--metrics-file", str(metrics), *args).returncode
 
     assert run("--nights", "1", "--output", output) == 0
     before = metrics_of(metrics.read_text())
@@ -584,13 +583,9 @@ def test_a_refused_run_sets_the_last_exit_code_so_that_the_alert_fires(
     assert not metrics.exists(), "no file made by a refused run (HarvesterMetricsMissing)"
     night = next(Path(tmp_path).glob("events-*.ndjson"))
     kept = night.read_bytes()
-    command = [harvester_command(), "run", "--no-progress", "--since", "2026-01-01"]
     for clash in (str(night), "/dev/null"):
-        done = subprocess.run(
-            [*command, "--output", str(night), "--metrics-file", clash],
-            env={**api_only(week_sim), **credentials()},
-            capture_output=True,
-            timeout=120,
+        done = harvest(
+            week_sim, "--since", "2026-01-01", "--output", str(night), "--metrics-file", clash
         )
         assert done.returncode == 2, done.stderr
     assert night.read_bytes() == kept and Path("/dev/null").is_char_device()

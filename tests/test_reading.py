@@ -90,10 +90,9 @@ def ten_seconds_of(stats: RunStats, clock: FakeClock) -> None:
     stats.job = {"events": 1_000_000}  # as last committed, a commit behind what is written
 
 
-def test_after_a_resume_the_bar_goes_at_this_runs_pace_from_where_the_job_stands() -> None:
-    stats, clock = resumed()
-    stream = Terminal()
-    progress = Progress(
+def on_a_terminal(stats: RunStats, stream: TextIO, clock: FakeClock, columns: int) -> Progress:
+    """The progress of a list of 1,000,000 records, on a terminal ``columns`` wide."""
+    return Progress(
         stats,
         stream,
         show=True,
@@ -101,8 +100,14 @@ def test_after_a_resume_the_bar_goes_at_this_runs_pace_from_where_the_job_stands
         metrics_file=None,
         total=1_000_000,
         clock=clock,
-        columns=lambda: 140,
+        columns=lambda: columns,
     )
+
+
+def test_after_a_resume_the_bar_goes_at_this_runs_pace_from_where_the_job_stands() -> None:
+    stats, clock = resumed()
+    stream = Terminal()
+    progress = on_a_terminal(stats, stream, clock, 140)
     ten_seconds_of(stats, clock)
     progress.draw()
     progress.finish(5)
@@ -284,16 +289,7 @@ def test_the_bar_fits_the_terminal_with_what_matters(columns: int) -> None:
     clock = FakeClock()
     stats = RunStats(skipped=100_000, night="2026-12-01")
     stream = Terminal()
-    progress = Progress(
-        stats,
-        stream,
-        show=True,
-        log_every=30,
-        metrics_file=None,
-        total=1_000_000,
-        clock=clock,
-        columns=lambda: columns,
-    )
+    progress = on_a_terminal(stats, stream, clock, columns)
     clock.now += 12
     stats.ok, stats.failed, stats.events = 27_666, 1_234, 115_808
     stats.retries, stats.rate_limited = 12_345, 678
