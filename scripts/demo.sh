@@ -40,6 +40,9 @@ show() {
   "$@"
 }
 
+echo "--- what the run would do, first: nothing is fetched or written"
+show harvester run --dry-run --input "$out/calls.txt" --output "$out/events.ndjson"
+echo
 code=0
 show harvester run --input "$out/calls.txt" --output "$out/events.ndjson" \
   --summary "$out/summary.json" --concurrency 16 || code=$?
