@@ -37,6 +37,6 @@ HARVESTER_ON_LOOP = (
     "    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
     "except ImportError:\n"
     "    pass\n"
-    "from harvester.cli import main\n"
+    "from harvester.cli.commands import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

@@ -14,8 +14,8 @@ import time
 import eventloop
 import orjson
 
-from harvester.config import load_settings
-from harvester.job import harvest
+from harvester.run.job import harvest
+from harvester.settings.config import load_settings
 
 
 def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> None:

@@ -30,19 +30,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harvester.sim import call_id_for
+from harvester.sim.server import call_id_for
 
 BEFORE = "573a1c5"
-BATCH = 1024  # harvester.pool.FILE_BATCH
+BATCH = 1024  # harvester.run.pool.FILE_BATCH
 TICK = 0.005
 
 
 def child(source_file: str, spec: str) -> None:
     """Read ``spec`` with the RecordFeed of ``source_file``; print the figures as JSON."""
     # The process as `harvester run` has it: every module loaded, glibc's mmap threshold set.
-    from harvester.cli import _steady_memory
+    from harvester.cli.commands import _steady_memory
 
     _steady_memory()
+    # A reader of a revision before the stages became subpackages imports its modules by
+    # their old names: the same modules, here.
+    for old_name, new_name in {"harvester.chunks": "harvester.input.chunks"}.items():
+        sys.modules[old_name] = importlib.import_module(new_name)
     loaded = importlib.util.spec_from_file_location("reader_under_test", source_file)
     assert loaded is not None and loaded.loader is not None
     module = importlib.util.module_from_spec(loaded)
@@ -99,6 +103,17 @@ def run(source_file: Path, spec: Path) -> dict[str, Any]:
     return figures
 
 
+def reader_of(here: Path, revision: str) -> bytes:
+    """The call list's reader as ``revision`` has it, wherever the layout then kept it."""
+    for path in ("harvester/input/source.py", "harvester/source.py"):
+        shown = subprocess.run(
+            ["git", "-C", str(here), "show", f"{revision}:{path}"], capture_output=True
+        )
+        if shown.returncode == 0:
+            return shown.stdout
+    raise SystemExit(f"{revision} has no call list reader")
+
+
 def main() -> None:
     lines = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
     revision = sys.argv[2] if len(sys.argv) > 2 else BEFORE
@@ -106,15 +121,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         before = work / "source_before.py"
-        before.write_bytes(
-            subprocess.run(
-                ["git", "-C", str(here), "show", f"{revision}:harvester/source.py"],
-                capture_output=True,
-                check=True,
-            ).stdout
-        )
+        before.write_bytes(reader_of(here, revision))
         after = work / "source_after.py"
-        shutil.copy(here / "harvester" / "source.py", after)
+        shutil.copy(here / "harvester" / "input" / "source.py", after)
 
         plain = work / "calls.txt"
         block = "".join(f"{call_id_for(2, i)}\n" for i in range(3000)).encode()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from simproc import running_simulator
 
-from harvester.sim import SIM_USER_ID, call_id_for
+from harvester.sim.server import SIM_USER_ID, call_id_for
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harvester.journal import Batch, Journal
-from harvester.ledger import OK
-from harvester.ndjson import event_lines
-from harvester.sim import call_id_for, events_for
+from harvester.sim.server import call_id_for, events_for
+from harvester.store.journal import Batch, Journal
+from harvester.store.ledger import OK
+from harvester.store.ndjson import event_lines
 
 READ_BATCH = 1024
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from simproc import running_simulator
 
-from harvester.sim import call_id_for
+from harvester.sim.server import call_id_for
 
 
 def run(

@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 from simproc import running_simulator
 
-from harvester.sim import SimConfig, Simulator
+from harvester.sim.server import SimConfig, Simulator
 
 DAYS = 8
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # the tests' model, beside the package
 
-from harvester.limiter import RateLimiter
+from harvester.fetch.limiter import RateLimiter
 from tests.conftest import FakeClock
 from tests.ratemodel import (
     Client,

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from simproc import running_simulator
 
-from harvester.sim import call_id_for
+from harvester.sim.server import call_id_for
 
 LATENCY = 0.03
 Log = list[list[Any]]  # [time, status, path]

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from simproc import running_simulator
 
-from harvester.sim import SIM_USER_ID, call_id_for
+from harvester.sim.server import SIM_USER_ID, call_id_for
 
 ROUNDS = 3
 HERE = Path(__file__).parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eventloop import HARVESTER_ON_LOOP
 
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
 
 
 @contextlib.contextmanager

@@ -2,6 +2,6 @@
 
 import sys
 
-from harvester.cli import main
+from harvester.cli.commands import main
 
 sys.exit(main())

@@ -32,13 +32,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harvester import __version__, exits, job
-from harvester.config import Settings, load_settings
+from harvester import __version__, exits
 from harvester.errors import ConfigError, status_of
 from harvester.logs import event, summary_level
-from harvester.nights import harvest_nights
-from harvester.progress import Progress
-from harvester.stats import RunStats, summary_document, summary_line
+from harvester.report.progress import Progress
+from harvester.report.summary import summary_document, summary_line
+from harvester.run import job
+from harvester.run.nights import harvest_nights
+from harvester.settings.config import Settings, load_settings
+from harvester.stats import RunStats
 
 
 async def harvest(

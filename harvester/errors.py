@@ -20,7 +20,7 @@
             └── ApiUnavailable the API is down (an outage, a wrong base URL): exit 6;
                                nothing is lost, the next run takes the calls on
 
-aiohttp's own exceptions are mapped onto these in exactly one place, ``harvester.client``;
+aiohttp's own exceptions are mapped onto these in exactly one place, ``harvester.fetch.client``;
 nothing else imports aiohttp (but the simulator, which is a server).
 """
 

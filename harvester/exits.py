@@ -55,7 +55,7 @@ def worst(codes: list[int]) -> int:
 
 
 def of_night(entry: dict[str, Any], *, fail_on_empty: bool, stopped: int) -> int:
-    """A night's exit code, from its entry in a run's ``nights`` (``harvester.nights``):
+    """A night's exit code, from its entry in a run's ``nights`` (``harvester.run.nights``):
     ``stopped`` for a night the run was stopped in (by a signal, the deadline)."""
     status = entry["status"]
     if status == "completed":

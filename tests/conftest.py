@@ -25,9 +25,16 @@ from unittest import mock
 import orjson
 import pytest
 
-from harvester import cli
-from harvester.config import ENVIRONMENT, Settings, load_settings
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator, events_for
+from harvester.cli import commands as cli
+from harvester.settings.config import ENVIRONMENT, Settings, load_settings
+from harvester.sim.server import (
+    SIM_SECRET,
+    SIM_TOKEN,
+    SIM_USER_ID,
+    SimConfig,
+    Simulator,
+    events_for,
+)
 
 
 def pytest_configure() -> None:

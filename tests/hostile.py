@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from harvester.sim import events_for
+from harvester.sim.server import events_for
 
 EVENTS = "/v1/users/{user}/calls/{call}/events"
 # A good call whose events a hostile answer claims as its own.
@@ -53,7 +53,7 @@ POISONS: dict[str, str | None] = {
     "always-503": "unavailable",
     "deep": "malformed-answer",  # an event nested deeper than JSON can be written back
     "foreign-call-id": None,  # events that name another call (or none): filed under this one
-    # What orjson would read changed (harvester.exactjson): the call fails rather than that.
+    # What orjson would read changed (harvester.fetch.exactjson): the call fails rather than that.
     "big-integer": "inexact-number",  # 18446744073709551617, past 64 bits
     "small-integer": "inexact-number",  # -9223372036854775809
     "fine-number": "inexact-number",  # 0.1000000000000000000001: more than a double holds

@@ -16,8 +16,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from harvester.limiter import RateLimiter
-from harvester.retry import backoff
+from harvester.fetch.limiter import RateLimiter
+from harvester.fetch.retry import backoff
 
 from .conftest import FakeClock
 

@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from harvester.errors import ConfigError, OutputError
-from harvester.job import harvest
-from harvester.sim import SimConfig, Simulator
-from harvester.status import job_status
+from harvester.run.job import harvest
+from harvester.sim.server import SimConfig, Simulator
+from harvester.store.status import job_status
 
 from .conftest import (
     FakeClock,

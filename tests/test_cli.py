@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester.sim import SIM_SECRET
+from harvester.sim.server import SIM_SECRET
 
 from .conftest import HARVESTER, canonical, expected_events, read_ndjson, run_harvester
 
@@ -223,7 +223,7 @@ def test_every_command_has_help(command: str) -> None:
 
 
 async def test_the_same_signal_twice_at_once_is_one_request_and_later_it_forces() -> None:
-    from harvester.stopper import SAME_SIGNAL_SECONDS, Stopper
+    from harvester.run.stopper import SAME_SIGNAL_SECONDS, Stopper
 
     exits: list[int] = []
     now = [100.0]

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from harvester.client import CallEventsClient
 from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
-from harvester.job import harvest
-from harvester.limiter import RateLimiter
-from harvester.sim import Simulator, call_id_for, events_for
+from harvester.fetch.client import CallEventsClient
+from harvester.fetch.limiter import RateLimiter
+from harvester.run.job import harvest
+from harvester.sim.server import Simulator, call_id_for, events_for
 from harvester.stats import RunStats
 
 from .conftest import Api, At, FakeClock, make_settings, read_ndjson, write_calls

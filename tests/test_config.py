@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import CONFIG_KEYS, Settings, load_settings
 from harvester.credentials import Secret
 from harvester.errors import ConfigError
-from harvester.options import OPTIONS
+from harvester.settings.config import CONFIG_KEYS, Settings, load_settings
+from harvester.settings.options import OPTIONS
 
 ENV = {
     "CATAPULT_API_TOKEN": "t-token",

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import __version__, exits
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
 
 from .conftest import simulator_process
 

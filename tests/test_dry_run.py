@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
-from harvester.dryrun import Tally, dry_run, dry_run_lines
 from harvester.errors import ConfigError
-from harvester.job import harvest
-from harvester.nights import harvest_nights
-from harvester.sim import SimConfig, Simulator
+from harvester.run.dryrun import Tally, dry_run, dry_run_lines
+from harvester.run.job import harvest
+from harvester.run.nights import harvest_nights
+from harvester.sim.server import SimConfig, Simulator
 
 from .conftest import FakeClock, make_settings, run_harvester, start_harvester, write_calls
 

@@ -1,5 +1,5 @@
 """Events are copied exactly, or their call fails with a code that says why: no number and no key
-is changed on the way (``harvester.exactjson``)."""
+is changed on the way (``harvester.fetch.exactjson``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester.exactjson import read_array
-from harvester.job import harvest
-from harvester.sim import events_for
+from harvester.fetch.exactjson import read_array
+from harvester.run.job import harvest
+from harvester.sim.server import events_for
 
 from .conftest import FakeClock, canonical, make_settings, read_ndjson
 from .hostile import serving

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester import files
-from harvester.files import DaemonExecutor, replace_file
+from harvester.store import files
+from harvester.store.files import replace_file
+from harvester.threads import DaemonExecutor
 
 
 async def test_a_new_file_is_written_whole_and_readable_by_a_collector(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from harvester.errors import AlreadyRunning, ConfigError, OutputError
-from harvester.journal import Batch, Journal, Verdict
-from harvester.ledger import FAILED, OK, state_dir
+from harvester.store.journal import Batch, Journal, Verdict
+from harvester.store.ledger import FAILED, OK, state_dir
 
 COUNTERS = {"requests": 0, "retries": 0, "rate_limited": 0}
 IDENTITY = {"input": "calls.txt"}
@@ -153,7 +153,7 @@ def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(
     # The compaction writes the new file and the ledger records the swap; then a crash,
     # before the rename.
     with monkeypatch.context() as crash:
-        crash.setattr("harvester.failures.finish_swap", lambda *args: None)
+        crash.setattr("harvester.store.failures.finish_swap", lambda *args: None)
         journal.compact_failures()
     journal.close()
     assert paths["failures"].read_bytes().count(b"c-1") == 1, "not renamed over yet"

@@ -13,10 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester import chunks
 from harvester.errors import InputError
-from harvester.sim import call_id_for
-from harvester.source import InvalidRecord, RecordFeed
+from harvester.input import chunks
+from harvester.input.source import InvalidRecord, RecordFeed
+from harvester.sim.server import call_id_for
 from tests.conftest import read_ndjson, run_harvester
 
 

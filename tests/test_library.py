@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from harvester import harvest
-from harvester.config import CONFIG_KEYS
 from harvester.errors import ConfigError, FatalApiError
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, Simulator
+from harvester.settings.config import CONFIG_KEYS
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, Simulator
 
 from .conftest import write_calls
 

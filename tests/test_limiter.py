@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from harvester.limiter import INITIAL_RATE, PAUSE_SPREAD, RateLimiter
-from harvester.ratelaw import SAFETY
+from harvester.fetch.limiter import INITIAL_RATE, PAUSE_SPREAD, RateLimiter
+from harvester.fetch.ratelaw import SAFETY
 
 from .conftest import FakeClock
 from .ratemodel import (

@@ -13,11 +13,11 @@ import orjson
 import pytest
 
 from harvester.errors import ConfigError, FatalApiError
-from harvester.job import harvest
-from harvester.listing import start_time
-from harvester.nights import harvest_nights
-from harvester.sim import SimConfig, Simulator
-from harvester.status import job_status
+from harvester.input.listing import start_time
+from harvester.run.job import harvest
+from harvester.run.nights import harvest_nights
+from harvester.sim.server import SimConfig, Simulator
+from harvester.store.status import job_status
 
 from .conftest import FakeClock, canonical, expected_events, make_settings, read_ndjson
 

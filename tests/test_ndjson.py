@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from harvester.ndjson import event_lines, failure_line
+from harvester.store.ndjson import event_lines, failure_line
 
 EVENTS: list[dict[str, Any]] = [
     {"id": "ce-1", "time": "2012-09-19T13:55:41.343Z", "name": "create"},

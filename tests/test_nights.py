@@ -21,10 +21,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester.config import Settings, load_settings
 from harvester.errors import AlreadyRunning, ConfigError
-from harvester.nights import Night, _resume_from, harvest_nights, retry_nights
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator
+from harvester.run.nights import Night, _resume_from, harvest_nights, retry_nights
+from harvester.settings.config import Settings, load_settings
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator
 
 from .conftest import (
     FakeClock,
@@ -235,7 +235,7 @@ async def test_a_night_another_run_holds_turns_this_run_away_untouched(
 ) -> None:
     settings = nightly(week, tmp_path, nights=3)
     await harvest_nights(nightly(week, tmp_path, nights=1), clock=clock)
-    from harvester.journal import Journal  # the other run, holding night 2's lock
+    from harvester.store.journal import Journal  # the other run, holding night 2's lock
 
     other = tmp_path / "out" / f"events-{day(2)}.ndjson"
     holder = Journal.open(

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from harvester import harvest_sync
-from harvester.config import FailureLimit, parse_deadline, parse_duration
 from harvester.errors import ConfigError
-from harvester.sim import SIM_SECRET
+from harvester.settings.config import FailureLimit, parse_deadline, parse_duration
+from harvester.sim.server import SIM_SECRET
 
 from .conftest import canonical, expected_events, point_at, read_ndjson, run_harvester
 
@@ -259,7 +259,7 @@ def test_status_fills_a_templated_output_as_the_nightly_run_did(
 
 
 def test_status_names_the_harvester_running_the_job(tmp_path: Path) -> None:
-    from harvester.journal import Journal
+    from harvester.store.journal import Journal
 
     out = tmp_path / "e.ndjson"
     journal = Journal.open({"events": out, "failures": tmp_path / "f.ndjson"}, {"input": "x"})

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from harvester.errors import ApiUnavailable, FatalApiError
-from harvester.job import harvest, retry_failed
-from harvester.sim import SimConfig, Simulator, events_for
+from harvester.run.job import harvest, retry_failed
+from harvester.sim.server import SimConfig, Simulator, events_for
 from harvester.stats import RunStats
-from harvester.status import job_status
+from harvester.store.status import job_status
 
 from .conftest import (
     At,

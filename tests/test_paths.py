@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from harvester.errors import AlreadyRunning, ConfigError, OutputError
-from harvester.job import harvest, retry_failed
-from harvester.journal import Journal
-from harvester.sim import Simulator
+from harvester.run.job import harvest, retry_failed
+from harvester.sim.server import Simulator
+from harvester.store.journal import Journal
 
 from .conftest import (
     HARVESTER,

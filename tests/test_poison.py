@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from harvester.errors import FatalApiError
-from harvester.job import harvest
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
+from harvester.run.job import harvest
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 
 from .conftest import (
     HARVESTER,
@@ -178,7 +178,7 @@ def test_memory_stays_bounded_whatever_the_server_sends(
 async def test_what_nobody_foresaw_fails_one_call_and_the_run_goes_on(
     api: Hostile, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harvester import ndjson
+    from harvester.store import ndjson
 
     (tmp_path / "calls.txt").write_text("\n".join(GOOD[:10]) + "\n")
     real = ndjson.event_lines
@@ -188,7 +188,7 @@ async def test_what_nobody_foresaw_fails_one_call_and_the_run_goes_on(
             raise KeyError("something no one planned for")
         return real(call_id, events)
 
-    monkeypatch.setattr("harvester.pool.event_lines", odd)
+    monkeypatch.setattr("harvester.run.pool.event_lines", odd)
     settings = make_settings(api, tmp_path)
 
     stats = await harvest(settings, clock=clock)
@@ -202,7 +202,7 @@ async def test_what_nobody_foresaw_fails_one_call_and_the_run_goes_on(
 async def test_a_crash_keeps_what_was_done_and_the_same_command_goes_on(
     api: Hostile, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harvester.journal import Journal
+    from harvester.store.journal import Journal
 
     (tmp_path / "calls.txt").write_text("\n".join(GOOD) + "\n")
     settings = make_settings(api, tmp_path, commit_calls=1000)
@@ -216,7 +216,7 @@ async def test_a_crash_keeps_what_was_done_and_the_same_command_goes_on(
             raise RuntimeError("a bug")
         return real(self, records)
 
-    monkeypatch.setattr("harvester.job.FILE_BATCH", 10)
+    monkeypatch.setattr("harvester.run.job.FILE_BATCH", 10)
     with monkeypatch.context() as patch:
         patch.setattr(Journal, "claim", breaks_later)
         with pytest.raises(RuntimeError, match="a bug"):

@@ -12,10 +12,10 @@ import orjson
 import pytest
 
 from harvester.errors import FatalApiError
-from harvester.job import harvest
-from harvester.journal import Batch, Journal
-from harvester.sim import FAULT_KINDS, Simulator
+from harvester.run.job import harvest
+from harvester.sim.server import FAULT_KINDS, Simulator
 from harvester.stats import RunStats
+from harvester.store.journal import Batch, Journal
 
 from .conftest import (
     FakeClock,

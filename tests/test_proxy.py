@@ -24,8 +24,8 @@ from aiohttp import web
 
 from harvester.credentials import proxy_from_environment
 from harvester.errors import FatalApiError
-from harvester.job import harvest
-from harvester.sim import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator
+from harvester.run.job import harvest
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator
 
 from .conftest import (
     FakeClock,

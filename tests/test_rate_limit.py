@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from harvester.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
-from harvester.job import harvest
-from harvester.progress import Progress
-from harvester.retry import OWN_429S
-from harvester.sim import SimConfig, Simulator, call_id_for, events_for
+from harvester.fetch.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
+from harvester.fetch.retry import OWN_429S
+from harvester.report.progress import Progress
+from harvester.run.job import harvest
+from harvester.sim.server import SimConfig, Simulator, call_id_for, events_for
 from harvester.stats import RunStats
 
 from .conftest import (

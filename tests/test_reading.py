@@ -24,10 +24,10 @@ import orjson
 import pytest
 
 from harvester import logs
-from harvester.progress import Progress
-from harvester.sim import events_for
+from harvester.report.progress import Progress
+from harvester.run.stopper import Stopper
+from harvester.sim.server import events_for
 from harvester.stats import RunStats
-from harvester.stopper import Stopper
 
 from .conftest import (
     HARVESTER,

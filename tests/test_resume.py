@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from harvester.errors import ConfigError, OutputError
-from harvester.job import harvest
-from harvester.sim import SimConfig, Simulator
+from harvester.run.job import harvest
+from harvester.sim.server import SimConfig, Simulator
 
 from .conftest import (
     HARVESTER,
@@ -349,12 +349,12 @@ async def test_a_write_error_stops_the_run_and_the_next_run_resumes_cleanly(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr("harvester.files.os.fsync", failing_fsync)
+    monkeypatch.setattr("harvester.store.files.os.fsync", failing_fsync)
     with pytest.raises(OutputError, match="No space left on device") as caught:
         await harvest(settings, clock=clock)
     assert str(output_of(settings)) in str(caught.value)
     written = output_of(settings).stat().st_size
-    monkeypatch.setattr("harvester.files.os.fsync", real_fsync)
+    monkeypatch.setattr("harvester.store.files.os.fsync", real_fsync)
 
     stats = await harvest(settings, clock=clock)
 

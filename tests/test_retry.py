@@ -16,11 +16,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester.client import CallEventsClient
 from harvester.errors import CallFailed, RateLimited, TransientError
-from harvester.limiter import RateLimiter
-from harvester.retry import Retrier
-from harvester.sim import call_id_for, events_for
+from harvester.fetch.client import CallEventsClient
+from harvester.fetch.limiter import RateLimiter
+from harvester.fetch.retry import Retrier
+from harvester.sim.server import call_id_for, events_for
 from harvester.stats import RunStats
 
 from .conftest import FakeClock, make_settings

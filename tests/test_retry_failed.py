@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from harvester.errors import ConfigError
-from harvester.job import harvest, retry_failed
-from harvester.sim import Simulator
-from harvester.stats import summary_document
+from harvester.report.summary import summary_document
+from harvester.run.job import harvest, retry_failed
+from harvester.sim.server import Simulator
 
 from .conftest import (
     FakeClock,
@@ -145,7 +145,7 @@ def test_the_command(sim_process: dict[str, str], tmp_path: Path) -> None:
 async def test_retry_failed_cut_short_after_a_commit_is_mended_by_the_next_open(
     sim: Simulator, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harvester.journal import Journal
+    from harvester.store.journal import Journal
 
     ids = await first_run(sim, clock, tmp_path)
     settings = make_settings(sim, tmp_path, commit_calls=2)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from harvester.errors import ConfigError
-from harvester.shard import Shard
+from harvester.settings.shard import Shard
 
 IDS = [f"c-{n:08x}call" for n in range(3000)]
 
@@ -25,7 +25,7 @@ def test_the_shards_of_a_job_split_every_call_once(count: int) -> None:
 def test_a_call_belongs_to_the_same_shard_in_every_process() -> None:
     # Python's own hash() changes from process to process (PYTHONHASHSEED): a shard must not.
     code = (
-        "import sys; from harvester.shard import Shard; "
+        "import sys; from harvester.settings.shard import Shard; "
         "print(''.join('1' if Shard(2, 5).owns(call) else '0' for call in sys.argv[1:]))"
     )
     calls = IDS[:300]

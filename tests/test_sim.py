@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.job import harvest
-from harvester.sim import Simulator
+from harvester.run.job import harvest
+from harvester.sim.server import Simulator
 
 from .conftest import (
     FakeClock,

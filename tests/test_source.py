@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from harvester import chunks
-from harvester.chunks import MAX_LINE, Gunzip, Lines
 from harvester.errors import InputError
-from harvester.source import InvalidRecord, Record, RecordFeed
+from harvester.input import chunks
+from harvester.input.chunks import MAX_LINE, Gunzip, Lines
+from harvester.input.source import InvalidRecord, Record, RecordFeed
 
 
 async def read_lines(spec: Path | str, size: int = 1024, **options: Any) -> list[Record]:

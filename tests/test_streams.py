@@ -16,8 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester import cli, progress
-from harvester.progress import count_records
+from harvester.cli import commands as cli
+from harvester.input.chunks import count_records
+from harvester.report import progress
 
 from .conftest import (
     HARVESTER,
@@ -220,7 +221,7 @@ def test_counting_for_the_progress_total_never_opens_a_fifo_for_good(
     fifo = tmp_path / "calls.fifo"
     os.mkfifo(fifo)
     # As if the file became a FIFO between is_stream's look and the count's open.
-    monkeypatch.setattr("harvester.progress.is_stream", lambda spec: False)
+    monkeypatch.setattr("harvester.input.chunks.is_stream", lambda spec: False)
     counts: list[int | None] = []
     counting = threading.Thread(target=lambda: counts.append(count_records(str(fifo))))
     counting.daemon = True  # if it is stuck in open(), the test still ends

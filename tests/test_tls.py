@@ -9,8 +9,8 @@ import pytest
 import trustme
 
 from harvester.errors import FatalApiError
-from harvester.job import harvest
-from harvester.sim import SimConfig, Simulator
+from harvester.run.job import harvest
+from harvester.sim.server import SimConfig, Simulator
 
 from .conftest import FakeClock, make_settings, write_calls
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import CONFIG_KEYS, environment_names, load_settings
 from harvester.errors import ConfigError
+from harvester.settings.config import CONFIG_KEYS, environment_names, load_settings
 
 from .conftest import run_harvester
 

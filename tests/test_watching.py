@@ -13,8 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import __version__
-from harvester.progress import Progress, count_records
-from harvester.sim import SIM_SECRET
+from harvester.input.chunks import count_records
+from harvester.report.progress import Progress
+from harvester.sim.server import SIM_SECRET
 from harvester.stats import RunStats
 
 from .conftest import run_harvester
@@ -202,7 +203,7 @@ def test_the_bar_knows_a_files_size(tmp_path: Path) -> None:
 
 
 def test_metrics_are_exact_however_large() -> None:
-    from harvester import metrics
+    from harvester.report import metrics
 
     stats = RunStats(calls=1_234_567, ok=1_234_566, failed=1, events=98_765_432)
     stats.job = {"calls": 1_234_567, "ok": 1_234_566, "failed": 1, "events": 98_765_432}

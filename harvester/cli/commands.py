@@ -1,0 +1,612 @@
+"""The command line: parses, runs, reports. No harvesting logic lives here.
+
+Exit codes of ``harvester run``:
+  0 every call harvested; 1 finished, some calls in the failures file;
+  2 usage, config or input error; 3 aborted by a fatal API answer (401/403, TLS);
+  4 an output file could not be written; 5 stopped at --deadline / --max-duration (resumable);
+  6 the API is unreachable or down (resumable: nothing is lost); 7 nothing to harvest, with
+  --fail-on-empty; 70 an internal error (a bug); 75 another harvester runs this job now (this
+  run changed nothing); 130 / 143 stopped by SIGINT / SIGTERM (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from harvester import __version__, exits, logs
+from harvester.credentials import redact_url, redact_urls_in
+from harvester.errors import (
+    ApiError,
+    ConfigError,
+    FatalApiError,
+    HarvesterError,
+    TransientError,
+    status_of,
+)
+from harvester.logs import event
+from harvester.report import metrics
+from harvester.report.progress import METRICS_READ_LIMIT, Progress
+from harvester.report.summary import summary_document, summary_line
+from harvester.run.dryrun import Tally, dry_run, dry_run_lines
+from harvester.run.job import harvest, ping, retry_failed
+from harvester.run.nights import harvest_nights, nights_of, retry_nights
+from harvester.run.stopper import Stopper
+from harvester.settings.config import (
+    CONFIG_KEYS,
+    CONFIG_VARIABLE,
+    Settings,
+    load_settings,
+    read_config,
+    render_path,
+)
+from harvester.settings.options import CHECK, RETRY, RUN, STATUS, add_options, path
+from harvester.settings.shard import Shard
+from harvester.settings.window import parse_window, parse_zone
+from harvester.sim.command import add_sim_command, serve_sim
+from harvester.stats import RunStats
+from harvester.store.files import replace_file
+from harvester.store.status import job_status, night_lines, status_lines
+from harvester.suggest import did_you_mean
+
+log = logging.getLogger("harvester")
+
+T = TypeVar("T")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harvester`` command."""
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said by the command's own parser (its usage, not the top level's), with the flag
+        # that was probably meant.
+        command = commands.choices.get(args.command, parser) if args.command else parser
+        command.error(_unrecognized(unknown, command))
+    # Errors in the settings are logged as asked, before they are loaded.
+    logs.configure(_log_format(args), getattr(args, "verbose", False))
+    if args.command in ("run", "retry-failed"):
+        _steady_memory()
+        code = exits.INTERNAL
+        try:
+            code = _run(args)
+        finally:
+            if code != exits.OK:  # --quiet held it back for this very case
+                logs.release_held()
+        return code
+    if args.command == "sim":
+        return serve_sim(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "status":
+        return _status(args)
+    parser.print_help(sys.stderr)
+    return exits.USAGE
+
+
+def _log_format(args: argparse.Namespace) -> str:
+    """The log format asked for: the flag's, else the config file's (looked up alone first, so
+    that what is wrong in that very file is said in it), else text. A config file that is not
+    a regular file (a pipe) is read once, by the settings, and not looked into here."""
+    given: str | None = getattr(args, "log_format", None)
+    config = _config_path(args)
+    if given is None and config is not None:
+        with contextlib.suppress(Exception):  # whatever is wrong, the settings will say it
+            if config.is_file():
+                found = read_config(config).get("log_format")
+                given = found if found in ("text", "json") else None
+    return given or "text"
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """The config file: --config, else HARVESTER_CONFIG, else none."""
+    given: Path | None = getattr(args, "config", None)
+    if given is None and os.environ.get(CONFIG_VARIABLE):
+        return Path(os.environ[CONFIG_VARIABLE])
+    return given
+
+
+def _steady_memory() -> None:
+    """Keep a long run's memory flat.
+
+    glibc raises its mmap threshold each time a big block is freed; after that, the commit
+    buffers (a megabyte or so each) come from the heap, fragment it, and the resident size
+    creeps up over a long run (about 30% over 300,000 calls). A fixed threshold keeps big
+    buffers in mmap, returned whole when freed (bench/memory.py). Elsewhere: nothing to do.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, say): its allocator does not do this
+
+
+_M_MMAP_THRESHOLD = -3
+
+
+def _unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """What argparse says of arguments it does not know, with the nearest flag of each."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    said = [
+        f"{word}{did_you_mean(word.split('=')[0], flags)}" if word.startswith("-") else word
+        for word in unknown
+    ]
+    return f"unrecognized arguments: {' '.join(said)}"
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
+    # No abbreviations: --fr taken for --fresh would discard a job's progress on a typo.
+    parser = argparse.ArgumentParser(
+        prog="harvester",
+        allow_abbrev=False,
+        description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
+    )
+    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        RUN,
+        allow_abbrev=False,
+        help="harvest the events of every call in a call list",
+        description="Fetch the events of every call in --input and write them to --output as "
+        "NDJSON. Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. "
+        "Settings: config file < environment < flags (see config.example.toml).",
+        epilog="Run the same command again after any interruption: it resumes, and every event "
+        "lands exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
+        "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
+        "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
+        "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
+        "later); 7 the input or window holds no call (with --fail-on-empty); 70 internal error; "
+        "75 another harvester runs this job now (nothing changed); 130/143 stopped by "
+        "SIGINT/SIGTERM (resumable).",
+    )
+    add_options(run, RUN)
+    again = commands.add_parser(
+        RETRY,
+        allow_abbrev=False,
+        help="harvest again the calls of an output's failures file that are worth it",
+        description="Harvest again the calls listed in the failures file of --output (not "
+        "unknown calls, unless --include-not-found), append their events to the same output "
+        "exactly once, and leave in the failures file only what still fails. An --output "
+        "holding {date} or {shard} takes the run's --yesterday/--since and --shard to fill "
+        "them.",
+        epilog="Exit codes as for run.",
+    )
+    add_options(again, RETRY)
+    again.add_argument(
+        "--include-not-found", action="store_true", help="retry unknown calls (404) too"
+    )
+    check = commands.add_parser(
+        CHECK,
+        allow_abbrev=False,
+        help="check the settings and credentials with one cheap request",
+        description="Validate the settings, print them (secrets redacted), and ask the API for "
+        "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
+        "credentials or the user id, 6 when it cannot be reached or is down, 2 for a settings "
+        "error.",
+    )
+    add_options(check, CHECK)
+    status = commands.add_parser(
+        STATUS,
+        allow_abbrev=False,
+        help="where a job stands, without running it",
+        description="Read the state beside --output and say what the job harvests, how far it "
+        "got (calls done, failed by code), how its last run ended, and whether a harvester is "
+        "running it now. Changes nothing. Exit 0, or 2 when there is no job there. An --output "
+        "holding {date} or {shard} takes the run's --yesterday/--since, --tz and --shard to "
+        "fill them.",
+    )
+    # Not required by argparse, so that a misspelt --output is said as such (did you mean).
+    status.add_argument("--output", "-o", metavar="PATH", type=path, help="the job's output")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_options(status, STATUS)
+    add_sim_command(commands)
+    return parser, commands
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return exits.USAGE
+    stats = RunStats()
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    logs.configure(settings.log_format, args.verbose, settings.quiet)
+    if getattr(args, "dry_run", False):
+        return _dry_run(settings, args.fresh)
+    event(
+        logging.INFO,
+        "start",
+        "harvester %s: %s, pid %d",
+        __version__,
+        args.command,
+        os.getpid(),
+        version=__version__,
+        command=args.command,
+        pid=os.getpid(),
+    )
+    progress = Progress(
+        stats,
+        sys.stderr,
+        show=settings.progress and not settings.quiet,
+        log_every=settings.log_every,
+        metrics_file=settings.metrics_file,
+        shard=settings.shard,
+    )
+    stopper = Stopper(settings.grace, settings.time_allowed(started_at))
+    if settings.deadline is not None:
+        _say_deadline(settings.deadline, started_at)
+    code, status, error = _harvest(args, settings, stats, progress, stopper)
+    if code in (exits.USAGE, exits.OUTPUT, exits.RUNNING) and not stats.job:
+        # Refused before the job was opened: an earlier run's summary stays as it was, and its
+        # metrics but for the last exit code (not for 75: another run holds the job and writes
+        # them), for whoever reads them.
+        event(logging.ERROR, "error", "error: %s (exit %d)", error, code, exit_code=code)
+        if code != exits.RUNNING and settings.metrics_file is not None:
+            _note_refusal(settings.metrics_file, code, settings)
+        return code
+    elapsed = time.monotonic() - started
+    progress.finish(code)
+    if settings.metrics_file is not None:
+        asyncio.run(progress.write_metrics())
+    if error is not None:
+        planned = code in (exits.DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
+        level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
+        name = "stopped" if planned else "error"
+        # The exit code is said here when no summary line (which says it) follows.
+        end = "" if stats.job else f" (exit {code})"
+        event(level, name, "%s%s%s", prefix, error, end, exit_code=code, status=status)
+    summary = summary_document(settings, stats, status, code, started_at, elapsed)
+    if error is not None:
+        summary["error"] = error
+    if stats.job:
+        fields = {k: v for k, v in summary.items() if k != "this_run"}
+        event(logs.summary_level(code), "summary", "%s", summary_line(summary), **fields)
+    if settings.summary is not None:
+        try:
+            document = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+            asyncio.run(replace_file(settings.summary, document))
+        except OSError as exc:
+            log.error("error: cannot write summary %s: %s", settings.summary, exc.strerror)
+            return code or exits.OUTPUT
+    return code
+
+
+def _note_refusal(path: Path, code: int, settings: Settings) -> None:
+    """``harvester_last_exit_code`` of the metrics file set to ``code``: what an alert on a run
+    that was refused reads. Only a metrics file of ours is rewritten, a regular file that no
+    other path of the run names: the refusal may be about that very path (a device, another
+    file of the run), and nothing else may be replaced by it."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return
+        with path.open("rb") as file:
+            previous = file.read(METRICS_READ_LIMIT).decode(errors="replace")
+        others = [settings.output, settings.failures, settings.summary, settings.calls_output]
+        if settings.input not in (None, "-"):
+            others.append(Path(str(settings.input)))
+        if any(other is not None and other.exists() and path.samefile(other) for other in others):
+            return
+    except OSError:
+        return
+    if not metrics.is_ours(previous):
+        return
+    text = metrics.refused(previous, code)
+    try:
+        asyncio.run(replace_file(path, text.encode()))
+    except OSError as exc:
+        log.warning("cannot write the metrics file %s: %s", path, exc.strerror)
+
+
+def _dry_run(settings: Settings, fresh: bool) -> int:
+    """``--dry-run``: what the run would do, on stdout; nothing fetched, nothing written. A
+    signal stops it at once (exit 130 / 143), its scratch folder removed."""
+    if settings.nights and fresh:
+        log.error("error: --fresh starts one job over, and --nights holds several (exit 2)")
+        return exits.USAGE
+    stopper = Stopper(0.0)
+    try:
+        tallies = _run_async(_dry(settings, fresh, stopper))
+    except HarvesterError as exc:
+        code = exits.OF_STATUS[status_of(exc)]
+        error = str(exc)
+        if isinstance(exc, FatalApiError) and exc.status in (401, 403):
+            error += f" (check {settings.credentials_from}, and the user id)"
+        event(logging.ERROR, "error", "error: %s (exit %d)", error, code, exit_code=code)
+        return code
+    if tallies is None:
+        assert stopper.signal is not None
+        code = exits.SIGNAL_BASE + stopper.signal
+        log.info("dry run stopped: nothing was fetched or written (exit %d)", code)
+        return code
+    if settings.log_format == "json":
+        document = {"dry_run": True, "jobs": [dataclasses.asdict(t) for t in tallies]}
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+    else:
+        text = "\n".join(dry_run_lines(tallies))
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    # A damaged input stops the run there (exit 2): so does its dry run, having said where.
+    return exits.USAGE if any(tally.damaged for tally in tallies) else exits.OK
+
+
+async def _dry(settings: Settings, fresh: bool, stopper: Stopper) -> list[Tally] | None:
+    """The dry run, or None once a signal asked it to stop (it is cancelled then: a FIFO's
+    open or a long list does not hold it)."""
+    stopper.install()
+    counting = asyncio.ensure_future(dry_run(settings, fresh=fresh))
+    stopping = asyncio.ensure_future(stopper.event.wait())
+    try:
+        await asyncio.wait([counting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if counting.done():
+            return counting.result()
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counting
+        return None
+    finally:
+        stopping.cancel()
+        stopper.hold()
+
+
+def _harvest(
+    args: argparse.Namespace,
+    settings: Settings,
+    stats: RunStats,
+    progress: Progress,
+    stopper: Stopper,
+) -> tuple[int, str, str | None]:
+    """Run the job; its exit code, status and error message (None when it finished)."""
+    work: Coroutine[Any, Any, RunStats]
+    if args.command == RETRY:
+        retry = retry_nights if settings.nights else retry_failed
+        work = retry(
+            settings, include_not_found=args.include_not_found, stats=stats, stop=stopper.event
+        )
+    elif settings.nights:
+        if args.fresh:
+            return (
+                exits.USAGE,
+                "usage-error",
+                "--fresh starts one job over, and --nights holds several: to start a night "
+                "over, run it alone with --since DAY --until NEXT-DAY --fresh",
+            )
+        work = harvest_nights(settings, stats=stats, stop=stopper.event)
+    else:
+        work = harvest(settings, stats=stats, stop=stopper.event, fresh=args.fresh)
+    try:
+        # Counted for the bar and the log lines (and then what a stopped run's summary says is
+        # left); with no progress shown, no second pass over the input.
+        spec = settings.input if args.command == RUN and settings.progress else None
+        _run_async(_supervised(work, progress, stopper, spec))
+    except Exception as exc:
+        status = status_of(exc)  # the same words as the ledger's record of the run
+        error = str(exc)
+        if status == "crashed":  # a bug: say so plainly, keep the traceback for the report
+            log.error("internal error, please report it with this log", exc_info=exc)
+            what = redact_urls_in(f"{type(exc).__name__}: {exc}")
+            error = f"internal error: {what}; run the same command to resume"
+        elif isinstance(exc, FatalApiError) and exc.status in (401, 403):
+            error += f" (check {settings.credentials_from}, and the user id)"
+        return exits.OF_STATUS[status], status, error
+    if stats.nights:
+        return _worst_night(settings, stats, stopper)
+    if stopper.signal is not None or stopper.deadline_reached:
+        return _stopped(stopper)
+    if stats.completed and not stats.job.get("calls"):
+        source = f"the call list {settings.input}" if settings.input else "the window"
+        if settings.fail_on_empty:
+            return exits.EMPTY, "empty", f"{source} holds no call at all (--fail-on-empty)"
+        log.warning("nothing to harvest: %s holds no call at all", source)
+    allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
+    return (
+        (exits.OK if stats.job.get("failed", 0) <= allowed else exits.FAILURES),
+        "completed",
+        None,
+    )
+
+
+def _worst_night(
+    settings: Settings, stats: RunStats, stopper: Stopper
+) -> tuple[int, str, str | None]:
+    """A run of several nights ends as its worst night: each night's exit code (in its entry
+    of ``stats.nights``), and the worst's code, status and error."""
+    code, status, error = _stopped(stopper)
+    for entry in stats.nights:
+        entry["exit_code"] = exits.of_night(
+            entry, fail_on_empty=settings.fail_on_empty, stopped=code
+        )
+        if entry["status"] == "stopped":
+            entry["status"], entry["error"] = status, error
+    code = exits.worst([entry["exit_code"] for entry in stats.nights])
+    worst = next(entry for entry in stats.nights if entry["exit_code"] == code)
+    if code in (exits.OK, exits.FAILURES, exits.EMPTY):
+        return code, "completed", None
+    return code, worst["status"], worst.get("error")
+
+
+def _stopped(stopper: Stopper) -> tuple[int, str, str]:
+    """The exit code, status and message of a run the stopper stopped."""
+    if stopper.signal is not None:
+        name = signal.Signals(stopper.signal).name
+        error = f"stopped by {name}; run the same command again to resume"
+        return exits.SIGNAL_BASE + stopper.signal, "stopped", error
+    error = "stopped at the deadline; run the same command again to resume"
+    return exits.DEADLINE, "deadline", error
+
+
+def _say_deadline(deadline: datetime, now: datetime) -> None:
+    """The deadline as the run will keep it: a time of day already past today is tomorrow's."""
+    if deadline <= now:
+        log.info("deadline %s has passed: the run stops at once", deadline.isoformat())
+        return
+    local_now = now.astimezone(deadline.tzinfo)
+    day = "tomorrow, " if deadline.date() > local_now.date() else ""
+    log.info(
+        "deadline: %s%s (in %.0f min); the run stops cleanly there, exit 5",
+        day,
+        deadline.isoformat(timespec="minutes"),
+        (deadline - now).total_seconds() / 60,
+    )
+
+
+_SIGNAL_CODES = (exits.SIGINT, exits.SIGTERM)
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """Settings from the config file, the environment and the flags given; None (after saying
+    why) when they are not valid."""
+    # Only what was given on the command line; None leaves the file's or environment's value.
+    flags = {name: getattr(args, name, None) for name in CONFIG_KEYS}
+    try:
+        return load_settings(flags, os.environ, _config_path(args), as_flags=True)
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return None
+
+
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on uvloop where it is installed (a default dependency where it
+    builds), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    # libuv aborts the process (an assertion, exit 134) when it closes one of its own files
+    # that took the number of a closed stdin, stdout or stderr: asyncio's loop has no such
+    # rule, and the run then says what is wrong as usual (a closed stdin with -i -, say).
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+async def _supervised(
+    work: Coroutine[Any, Any, Any], progress: Progress, stopper: Stopper, input_spec: str | None
+) -> None:
+    """Run ``work`` with signal handling and the progress beside it (``Progress.watching``)."""
+    stopper.install()
+    try:
+        await progress.watching(work, input_spec)
+    finally:
+        stopper.hold()
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.output is None:
+        log.error("error: status needs the job's output: --output PATH (exit 2)")
+        return exits.USAGE
+    try:
+        status = _nights_status(args) if args.nights else job_status(_job_output(args))
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return exits.USAGE
+    if args.json:
+        text = orjson.dumps(status, option=orjson.OPT_INDENT_2).decode()
+    elif args.nights:
+        text = "\n".join(night_lines(status["nights"]))
+    else:
+        text = "\n".join(status_lines(status))
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # | head: whoever reads has read enough; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return exits.OK
+
+
+def _nights_status(args: argparse.Namespace) -> dict[str, Any]:
+    """Where each night of a nightly job stands: ``{"nights": [...]}``, oldest first."""
+    if args.since or args.until or args.yesterday:
+        raise ConfigError("give either --nights N or a window (--yesterday, --since), not both")
+    if not 1 <= args.nights <= 366:
+        raise ConfigError(f"--nights must be between 1 and 366, not {args.nights}")
+    if "{date}" not in str(args.output):
+        raise ConfigError(f"--output {args.output} has no {{date}}: give the nightly template")
+    zone = parse_zone(args.tz if args.tz is not None else "UTC")
+    shard = Shard.parse(args.shard) if args.shard else None
+    template = render_path("--output", args.output, None, shard, keep_date=True)
+    today = datetime.now(UTC).astimezone(zone).date()
+    nights = nights_of(template, today, args.nights)
+    return {"nights": [{"date": str(day), **state} for day, _, state in nights]}
+
+
+def _job_output(args: argparse.Namespace) -> Path:
+    """``--output`` with ``{date}`` and ``{shard}`` filled from the window and shard flags, as
+    the run that wrote it filled them."""
+    zone = parse_zone(args.tz if args.tz is not None else "UTC")
+    window = parse_window(args.since, args.until, args.yesterday, zone, datetime.now(UTC))
+    shard = Shard.parse(args.shard) if args.shard else None
+    return render_path("--output", args.output, window, shard)
+
+
+# -- check -----------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return exits.USAGE
+    print("effective settings (config file < environment < flags):")
+    for name in CONFIG_KEYS:
+        value = getattr(settings, name)
+        if value is not None:
+            shown = redact_url(value) if name in ("base_url", "proxy") else value
+            print(f"  {name} = {shown}")  # Secret prints as ***
+    try:
+        elapsed = asyncio.run(ping(settings))
+    except FatalApiError as exc:
+        if exc.status in (401, 403):
+            log.error(
+                "error: the API refused: %s. Check %s (401) and that user id %s is the account "
+                "they belong to (403)",
+                exc,
+                settings.credentials_from,
+                settings.user_id,
+            )
+        else:
+            log.error("error: %s", exc)
+        return exits.FATAL_API
+    except TransientError as exc:
+        if exc.code.startswith("proxy-"):  # the proxy's fault, not the API's
+            log.error("error: %s", exc.message)
+            return exits.UNAVAILABLE
+        log.error(
+            "error: the API at %s cannot be reached or is down: %s. Check the base URL and the "
+            "network, or try again later",
+            settings.base_url,
+            exc,
+        )
+        return exits.UNAVAILABLE
+    except ApiError as exc:
+        log.error("error: the API at %s did not answer as it should: %s", settings.base_url, exc)
+        return exits.FATAL_API
+    print(f"ok: the API accepted the credentials for {settings.user_id} ({elapsed * 1000:.0f} ms)")
+    return exits.OK

@@ -1,0 +1,456 @@
+"""Admission of requests: one ``RateLimiter`` shared by every worker and the call list.
+
+Every request takes a turn (``acquire``) before it is sent, so the limiter, not the number of
+workers, sets the pace:
+
+- **Pacing.** Turns are spaced evenly at the current rate: never a burst.
+- **Pool-wide pause.** A 429's reset time holds every turn until then (plus a little spread, so
+  the pool does not hit the API in one burst at the reset instant).
+- **Learning the limit** (no ``--rate``; with ``--rate R`` the same law runs under a ceiling of
+  R, from a limit of R taken as confirmed). A 429 is evidence, not truth:
+
+  1. *Ramp.* With no evidence yet, the rate starts at ``INITIAL_RATE``, rises at the first
+     answer to what keeps ``ON_THE_WIRE`` requests on the wire, and doubles every
+     ``RAMP_ROUND_TRIPS`` round trips while answers come back.
+  2. *Measure.* A 429 with a reset closes the server's window: the answers served since that
+     window began, per second, are a *sample* of the limit (a reset further away than the
+     window, or the same gap between resets twice, means a longer window). No sample comes from
+     an answer already on its way when the window shut (the same reset again), nor from a
+     window in which we waited more than ``PAUSED_SHARE`` of the time (our pause shaped it); a
+     429 without a reset (or with one that is past, zero or unreadable) cuts the rate to
+     what recent clean windows served (by half when that is no lower), at most once a round
+     trip; once such 429s have come back for longer than a window (a limit that tells no
+     reset, not a burst of strays), the ramp does not start again for ``BEST_HORIZON``.
+  3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
+     little lower (a token bucket's burst makes a window serve more than its rate). The same
+     sample at two paces ``PACES_APART``, or ``IN_A_ROW`` windows in a row, is a limit:
+     confirmed there, paced ``SAFETY`` under it. Anything else is weak: a stray 429 (a proxy's,
+     a busy gateway's), a lower limit, another client on the limit. While 429s come no more
+     often than strays would (``STRAY_PRIOR`` under a confirmed limit, or what a trial found),
+     it only pauses. Otherwise the pace steps down on *trial*: under the sample, at most by half
+     (by ``STEP_DOWN`` under a confirmed limit, and not under one we are probing past).
+  4. *Trial.* If at the lower pace 429s do not get rarer (``STRAY_RATIO`` of their share, and
+     few: ``STRAY_MAX``), they are not ours: the pace goes back (no higher than what was served
+     clean) and their share is remembered (fading over ``STRAY_MEMORY``). Strays' samples move
+     with our pace; a limit's do not: the next 429 at the lower pace tells which.
+  5. *Shut window.* A second 429 with the very same reset means the window shut for every
+     request in flight, as a limit shuts it and a stray never does: if the first was let pass,
+     the pace steps down now.
+  6. *Climb.* Each window of our own clock (a *bin*) with no 429 of ours: below what the API
+     served clean in the last ``BEST_HORIZON`` seconds, the rate goes straight back to it; on
+     weak evidence, it grows by ``CLIMB``, a little more and a little less in turn, so that
+     overshoots come at two paces; at a confirmed limit it waits ``PROBE_AFTER`` seconds, then
+     probes up by ``PROBE_STEP``, the step doubling each clean window: a level held clean
+     ``AGREE`` above the limit means it was raised, and the climb finds it.
+
+So a steady trickle of stray 429s costs their pauses, a lower limit is followed within a few
+windows, a raised one found within seconds, and two harvesters on one limit each measure their
+own share of it. All of it runs on an injectable clock. Here: pacing, pauses, the ramp and the
+measurements (steps 1 and 2); the law of steps 3 to 6, and its numbers, in
+``harvester.fetch.ratelaw``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from harvester.clock import Clock, sleep_unless
+from harvester.errors import Stopping
+from harvester.fetch.ratelaw import BEST_HORIZON, PROBE_STEP, SAFETY, SHARE_OF, RateLaw
+from harvester.logs import event
+
+# With no evidence: where the rate starts, how fast it grows, and the most it grows to.
+INITIAL_RATE = 100.0
+RAMP_ROUND_TRIPS = 128
+ON_THE_WIRE = 6
+MAX_RATE = 1_000_000.0
+# The server's window until its 429s say otherwise (Catapult documents 1 request per 1000 ms).
+DEFAULT_WINDOW = 1.0
+# Waiters released together by the end of a pause are spread over this many seconds.
+PAUSE_SPREAD = 0.05
+# A turn this close is given at once: sleeping for less costs more than it paces. Turns given
+# out are dealt again when the rate grows by more than this factor.
+EARLY = 0.002
+REDEAL = 1.2
+# Two 429s whose resets are this close close the same window; two gaps between resets this
+# close (a share of them) are the same.
+SAME_RESET = 0.05
+SAME_GAP = 0.02
+# Two 429s announcing a reset this close announce one: the window is shut (X-RateLimit-Reset
+# is in milliseconds).
+SHUT_RESET = 0.002
+# Answers are counted in buckets of 1/BUCKETS of a window, kept for HORIZON windows: enough to
+# measure the window a 429 closes, in constant memory.
+BUCKETS = 100
+HORIZON = 3
+LONGEST_WINDOW = 300.0
+# A window in which we waited more than this share of the time gives no sample.
+PAUSED_SHARE = 0.15
+# A reset this far away is learnt from only once a second call meets one (one call's may be its
+# own), and the call refused again right after its pause is refused on its own. Pauses longer
+# than PAUSE_TOLD seconds are logged. Targets followed at most.
+LONG_PAUSE = 30.0
+PAUSE_TOLD = 5.0
+MAX_STREAKS = 1024
+# A call refused again after this many other requests were served since its first 429 in a
+# row, with this share of the others refused at most, is refused on its own (under a limit, a
+# call is refused twice in a row by chance about as often as the share of 429s, squared).
+OWN_SERVED = 10
+OWN_SHARE = 0.1
+
+
+@dataclass(slots=True)
+class _Streak:
+    """A target's 429s in a row: the answers served and the 429s met (every call's) when the
+    first came, whether the last that counted for the pool paused it for long, and how many
+    of its own came since the first."""
+
+    served: int
+    refused: int
+    long: bool
+    mine: int = 0
+
+
+class RateLimiter(RateLaw):
+    """Pacing, pool-wide pauses and the learned rate, on an injectable clock."""
+
+    def __init__(self, rate: float, clock: Clock, stop: asyncio.Event | None = None) -> None:
+        self._clock = clock
+        self._stop = stop  # once set, no turn is given: requests not yet sent are not sent
+        self._started = now = clock.monotonic()
+        self._ceiling = rate * SAFETY if rate > 0 else MAX_RATE
+        self._rate = self._ceiling if rate > 0 else INITIAL_RATE
+        self._interval = 1.0 / self._rate
+        self._plan = 0  # changes when a pause or a lower rate voids the turns given out
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self._window = DEFAULT_WINDOW
+        self._last_reset: float | None = None
+        self._longer = False  # the last 429's reset showed a window longer than we knew
+        self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
+        self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
+        self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
+        self._round_trip = None  # smoothed seconds from turn to answer
+        # [bucket start, answers] for answers other than 429, oldest first.
+        self._answers: deque[list[float]] = deque()
+        # What is known of the limit: a configured rate counts as confirmed.
+        self._ramping = rate <= 0
+        self._grown_at = now
+        self._estimate = rate if rate > 0 else None
+        self._confirmed = rate > 0
+        self._samples = deque(maxlen=4)
+        self._dwell = 0  # clean windows at the current probing step
+        self._climbs = 0
+        self._last_429 = -math.inf
+        self._last_cut = -math.inf
+        self._cuts_since = -math.inf
+        self._step = PROBE_STEP
+        # The share of 429s among recent requests, and running totals.
+        self._outcomes = deque(maxlen=SHARE_OF)  # (time, a 429?)
+        self._requests = 0
+        self._limited = 0
+        self._trial = None
+        self._stray_share = 0.0
+        self._stray_at = now
+        # The current bin (one window of our own clock) and the clean bins of BEST_HORIZON.
+        self._bin_start = now
+        self._bin_served = 0
+        self._bin_limited = 0
+        self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
+        self._clean = deque()  # (bin end, served per second)
+        # Targets whose last 429 counted for the pool, and when the pool was last told to wait.
+        self._streaks: dict[str, _Streak] = {}
+        self._own_429s = 0  # 429s judged a call's own (none of the law's counts holds them)
+        self._long_from: str | None = None  # the call whose far reset taught nothing yet
+        self._told_until = -math.inf
+
+    @property
+    def rate(self) -> float:
+        """Requests per second now allowed."""
+        return self._rate
+
+    async def acquire(self) -> float:
+        """Wait for this request's turn; returns the time it was given (monotonic). Raises
+        ``Stopping`` once the run is stopping, at once, however long the turn would be."""
+        clock = self._clock
+        stop = self._stop
+        while True:
+            if stop is not None and stop.is_set():
+                raise Stopping("the run is stopping: not sent")
+            now = clock.monotonic()
+            slot = self._next_slot
+            if slot < now:
+                slot = now
+            resume = self._paused_until
+            if resume > now:
+                resume += random.uniform(0, PAUSE_SPREAD)
+                if resume > slot:
+                    slot = resume
+            self._next_slot = slot + self._interval
+            if slot <= now + EARLY:
+                return now
+            plan = self._plan
+            if not await sleep_unless(clock, slot - now, stop):
+                raise Stopping("the run is stopping: not sent")
+            # A pause or a new rate announced while we slept: take a turn again under it.
+            if plan == self._plan:
+                return clock.monotonic()
+
+    def answered(self, sent_at: float) -> None:
+        """A request got an answer that was not a 429."""
+        # Every answer comes here: plain arithmetic on locals, and no call but to close a
+        # bucket, a bin or change the rate (the same law as _count and _set_rate spell out).
+        now = self._clock.monotonic()
+        window = self._window
+        answers = self._answers
+        if answers and now < (bucket := answers[-1])[0] + window / BUCKETS:
+            bucket[1] += 1
+        else:
+            answers.append([now, 1])
+            while answers[0][0] < now - HORIZON * window:
+                answers.popleft()
+        sample = now - sent_at
+        if sample < 1e-4:
+            sample = 1e-4
+        trip = self._round_trip
+        trip = self._round_trip = sample if trip is None else 0.9 * trip + 0.1 * sample
+        self._outcomes.append((now, False))  # _count(False, now)
+        self._requests += 1
+        if now >= self._bin_start + window:
+            self._close_bin(now)
+        self._bin_served += 1
+        trial = self._trial
+        if trial is not None and self._requests - trial.requests >= trial.length:
+            self._trial = None  # the lower pace held: the decrease stands
+            # With nothing ever measured (429s without a reset only), nothing says where a
+            # limit would be: ramp up again, as at the start; but not while such 429s have come
+            # back for longer than a window (a limit that tells no reset, not one burst of
+            # strays): then the climb of clean windows finds it.
+            self._ramping = (
+                self._estimate is None
+                and not self._samples
+                and (
+                    now - self._last_cut > BEST_HORIZON
+                    or self._last_cut - self._cuts_since < self._window
+                )
+            )
+        if self._ramping:
+            doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
+            self._grown_at = now
+            rate = self._rate
+            if rate < self._ceiling:  # at the ceiling, growing changes nothing
+                grown = rate * 2 ** min(doublings, 10.0)
+                # At once to what keeps a few requests on the wire: fast on a fast network,
+                # and on a slow one still no flood when the first 429 comes back.
+                self._set_rate(grown if grown > ON_THE_WIRE / trip else ON_THE_WIRE / trip)
+
+    @property
+    def paused_until(self) -> float:
+        """Until when (monotonic clock seconds) the pool is paused; in the past when it is not."""
+        return self._paused_until
+
+    def rate_limited(
+        self, retry_at: float | None, target: str | None = None, cause: str = "a 429"
+    ) -> bool:
+        """A 429 for ``target`` (a call id; None for a page of the call list): hold the pool
+        until ``retry_at`` (monotonic; None if the API did not say) and learn from it what it
+        says of the limit. ``cause`` says what asked for the pause, for the log.
+
+        Returns True when the 429 is the target's own, not the account's (see ``_own``):
+        then nothing is learnt from it, and the pool waits for a near reset only (up to
+        ``PAUSE_TOLD`` seconds: when in doubt, every request waits); the target waits alone."""
+        now = self._clock.monotonic()
+        if target is not None and self._own(target):
+            self._own_429s += 1
+            if retry_at is not None and retry_at - now <= PAUSE_TOLD:
+                self._pause(retry_at, now, cause)
+            return True
+        self._count(True, now)
+        self._bin_limited += 1
+        long = retry_at is not None and retry_at - now >= LONG_PAUSE
+        if target is not None:
+            self._in_streak(target, long)
+            if long and self._long_from in (None, target):
+                # A far reset may be one call's own: wait for it, but learn nothing of the limit
+                # from it until another call meets one too.
+                assert retry_at is not None
+                self._long_from = target
+                self._pause(retry_at, now, cause)
+                return False
+            if long:  # a second call's far reset: the limit's, learnt from below
+                self._long_from = None
+        if retry_at is None:
+            if now - self._last_cut < (self._round_trip or 0.0):
+                return False  # answers already in flight at the last cut say nothing new
+            self._judge(None, now)
+            return False
+        last = self._last_reset
+        echo = last is not None and abs(retry_at - last) < SAME_RESET
+        sample = None if echo else self._measure(retry_at, now)
+        self._pause(retry_at, now, cause)
+        if echo:
+            # Another answer to a request already on its way. With the very same reset, the
+            # window is shut for all of them, as a limit shuts it (strays come one by one, each
+            # with a reset of its own): the first was ours after all.
+            if last is not None and abs(retry_at - last) <= SHUT_RESET:
+                self._bin_ours = True
+                if self._excused:
+                    self._excused = False
+                    self._overran(now)
+            return False
+        self._excused = sample is None  # a window we waited in says nothing of the limit
+        if sample is not None:
+            self._judge(sample, now)
+        return False
+
+    def pause_until(self, when: float, cause: str = "") -> None:
+        """Admit nothing before ``when`` (monotonic clock seconds); a pause of more than
+        ``PAUSE_TOLD`` seconds is logged with its end and its ``cause``."""
+        if when > self._paused_until:
+            self._paused_until = when
+            self._void_turns()
+            self._tell_pause(when, cause)
+
+    def _pause(self, until: float, now: float, cause: str) -> None:
+        """``pause_until``, the pause kept for ``_measure``: a window we waited in says
+        nothing of the limit."""
+        if until > self._paused_until:
+            self._pauses.append((now, until))
+        self.pause_until(until, cause)
+
+    def forget(self, target: str) -> None:
+        """``target``'s call has ended (harvested, or given up): its 429s are over."""
+        self._streaks.pop(target, None)
+
+    # -- a target's own 429s -----------------------------------------------------------------
+
+    def _own(self, target: str) -> bool:
+        """True when this 429 is ``target``'s own, not the account's limit: since its first
+        429 in a row, at least ``OWN_SERVED`` other requests were served and at most
+        ``OWN_SHARE`` of the others were refused (a limit refuses every call alike: one refused
+        again and again while others pass is refused on its own); or its last 429 paused the
+        pool for ``LONG_PAUSE`` or more, and now that its reset has passed it is refused again."""
+        streak = self._streaks.get(target)
+        if streak is None:
+            return False
+        if streak.long:
+            return True
+        served = self._requests - self._limited - streak.served
+        # Every 429 since its first, other calls' own ones too, but this call's.
+        others = self._limited + self._own_429s - streak.refused - streak.mine
+        own = served >= OWN_SERVED and others <= OWN_SHARE * (served + others)
+        streak.mine += 1
+        return own
+
+    def _in_streak(self, target: str, long: bool) -> None:
+        """``target`` had a 429 that counted for the pool (``long``: it paused the pool for
+        ``LONG_PAUSE`` or more). Its first in a row marks what was served and refused until
+        then, which its next 429s are judged against."""
+        streaks = self._streaks
+        streak = streaks.get(target)
+        if streak is not None:
+            streak.long = long
+            return
+        if len(streaks) >= MAX_STREAKS:  # calls that ended without ``forget`` (cancelled)
+            del streaks[next(iter(streaks))]
+        refused = self._limited + self._own_429s
+        streaks[target] = _Streak(self._requests - self._limited, refused, long)
+
+    def _tell_pause(self, when: float, cause: str) -> None:
+        now = self._clock.monotonic()
+        if when - now < PAUSE_TOLD or when < self._told_until + PAUSE_TOLD:
+            return
+        self._told_until = when
+        until = datetime.fromtimestamp(self._clock.time() + when - now, UTC)
+        event(
+            logging.WARNING,
+            "paused",
+            "every request waits until %s UTC (%.0f s from now): %s",
+            until.strftime("%H:%M:%S"),
+            when - now,
+            cause,
+            until=until.isoformat(timespec="seconds"),
+            seconds=round(when - now, 1),
+            cause=cause,
+        )
+
+    # -- evidence ----------------------------------------------------------------------------
+
+    def _count(self, limited: bool, now: float) -> None:
+        """One more request answered: the recent share of 429s, the totals, the bins."""
+        self._outcomes.append((now, limited))
+        self._requests += 1
+        self._limited += limited
+        if now >= self._bin_start + self._window:
+            self._close_bin(now)
+
+    def _measure(self, retry_at: float, now: float) -> float | None:
+        """The served rate of the server window that the reset at ``retry_at`` closes."""
+        last = self._last_reset
+        window = self._window
+        gap = retry_at - last if last is not None else 0.0
+        self._longer = retry_at - now > window
+        if self._longer:
+            # The server's window is longer than we thought, and holds all since the last reset.
+            window, opened = retry_at - now, last if last is not None else -math.inf
+        elif (
+            window < gap < 3 * window
+            and all(abs(gap - other) <= SAME_GAP * gap for other in self._gaps)
+            and len(self._gaps) == self._gaps.maxlen
+            and abs(gap / window - round(gap / window)) > SAME_GAP
+        ):
+            # Resets the same time apart, three times running, further than a window but not a
+            # whole number of windows (429s every other window would be): a longer window.
+            # (Only so: the time between two strays' 429s may be anything.)
+            window, opened = gap, retry_at - gap
+        else:
+            opened = retry_at - window
+        self._gaps.append(gap)
+        self._window = window = min(window, LONGEST_WINDOW)
+        self._last_reset = retry_at
+        # The server counted a request when it arrived, half a round trip before its answer;
+        # whole buckets only: better to count a few answers short than to overshoot.
+        arrived = opened + (self._round_trip or 0.0) / 2
+        pauses = self._pauses
+        while pauses and pauses[0][1] < now - HORIZON * LONGEST_WINDOW:
+            pauses.popleft()
+        paused = sum(max(0.0, min(end, now) - max(start, arrived)) for start, end in pauses)
+        if paused > PAUSED_SHARE * (now - arrived):
+            return None  # we waited in this window: what it served says nothing of the limit
+        counted = [(start, count) for start, count in self._answers if start >= arrived]
+        if not counted:
+            return None
+        served = sum(count for _, count in counted)
+        # Served in one window, however late in it we began; a window seen only in part (the
+        # first, when it is longer than we thought) is measured from our first answer in it.
+        span = window if math.isfinite(opened) else retry_at - counted[0][0]
+        return served / max(span, window / BUCKETS)
+
+    def _served_lately(self, now: float) -> float:
+        """Answers other than 429 per second over the last window (or since the start, when
+        that is sooner)."""
+        span = min(self._window, now - self._started)
+        if span <= 0:
+            return 0.0
+        since = now - span
+        return sum(count for start, count in self._answers if start >= since) / span
+
+    def _set_rate(self, rate: float) -> None:
+        before = self._rate
+        self._rate = rate = min(max(rate, 0.01), self._ceiling)
+        self._interval = 1.0 / rate
+        # Slower: turns given out were too early. Much faster: they were too late, and what
+        # the new pace does would not show for a while (the climb would outrun the pace).
+        if rate < before or rate > REDEAL * before:
+            self._void_turns()
+
+    def _void_turns(self) -> None:
+        """Turns already given out no longer hold; waiting requests take new ones."""
+        self._plan += 1
+        self._next_slot = 0.0

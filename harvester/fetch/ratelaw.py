@@ -1,0 +1,320 @@
+"""The law that sets a ``RateLimiter``'s pace from what the API's 429s say (steps 3 to 6 of
+``harvester.fetch.limiter``'s docstring): which 429s are a limit, which are strays, when to step
+down on trial, when to climb back and how fast. ``RateLimiter`` measures; this decides.
+
+The numbers below are the policy. ``tests/test_limiter.py`` plays the scenarios in simulated
+time (``tests/ratemodel.py``), ``bench/ratelimit.py`` against the simulator in real time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from harvester.clock import Clock
+
+# Pace this far under a known limit: room for the jitter between our clock and the server's.
+SAFETY = 0.97
+# Two samples of the limit agree when within this share of each other; samples this close
+# under a confirmed limit are noise, not a lower limit.
+AGREE = 0.05
+LOWER_AGREE = 0.03
+# A sample is a count: a request or two more or less is no news, however small the limit.
+COUNT_SLACK = 2
+# Two samples say the same limit only when measured at paces this far apart.
+PACES_APART = 0.15
+# On weak evidence, the rate grows by this factor each clean window; a 429 far under a
+# confirmed limit first steps the pace down by this factor, to see.
+CLIMB = 1.5
+CLIMB_SPREAD = 0.1
+STEP_DOWN = 0.8
+# At a confirmed limit: seconds without a 429 before probing above it, and the first step.
+PROBE_AFTER = 5.0
+PROBE_STEP = 0.03
+# "Recently served without complaint": clean windows of the last this many seconds.
+BEST_HORIZON = 20.0
+# A trial judges after this many requests at the lower pace, and succeeds after
+# max(TRIAL_REQUESTS, TRIAL_429S / share before) without its 429s staying as common as before.
+TRIAL_MIN = 30
+TRIAL_REQUESTS = 50
+TRIAL_429S = 1.5
+STRAY_RATIO = 0.5
+# Strays are occasional: a share of 429s above this is ours, however it came about.
+STRAY_MAX = 0.1
+# The stray share fades by e every this many seconds; 429s count as strays while the last
+# SHARE_OF requests (of the last SHARE_SECONDS) hold no more of them than strays would, give
+# or take chance.
+STRAY_MEMORY = 10.0
+SHARE_OF = 200
+SHARE_SECONDS = 10.0
+# Under a confirmed limit, 429s far under it are taken for strays at this share at least.
+STRAY_PRIOR = 0.005
+# Samples older than this many windows say nothing about the next one; this many in as many
+# windows in a row that agree show a limit even at one pace.
+RECENT_WINDOWS = 5
+IN_A_ROW = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    """The served rate of a window a 429 closed, and our pace when it came."""
+
+    time: float
+    value: float
+    pace: float
+
+
+@dataclass(slots=True)
+class _Trial:
+    """A decrease on probation (see the module docstring, step 4)."""
+
+    pace_before: float
+    requests: int  # requests answered, 429s included, when it began
+    limited: int  # 429s among them
+    share_before: float  # share of 429s among the last SHARE_OF requests before it
+    sample: float | None  # the sample that caused it
+    length: int  # requests after which it has succeeded
+
+
+class RateLaw:
+    """The learned pace's state machine; ``RateLimiter`` is one, and adds the pacing, the
+    pauses and the measurements this reads."""
+
+    # Kept by ``RateLimiter``: the clock, the pace and what it measured.
+    _clock: Clock
+    _rate: float
+    _ceiling: float
+    _window: float
+    _longer: bool
+    _round_trip: float | None
+    # The law's own.
+    _ramping: bool
+    _estimate: float | None
+    _confirmed: bool
+    _samples: deque[_Sample]
+    _dwell: int
+    _climbs: int
+    _last_429: float
+    _last_cut: float
+    _cuts_since: float  # the first of the recent cuts for 429s without a reset
+    _step: float
+    _outcomes: deque[tuple[float, bool]]
+    _requests: int
+    _limited: int
+    _trial: _Trial | None
+    _stray_share: float
+    _stray_at: float
+    _bin_start: float
+    _bin_served: int
+    _bin_limited: int
+    _bin_ours: bool
+    _clean: deque[tuple[float, float]]
+
+    def _set_rate(self, rate: float) -> None:
+        raise NotImplementedError
+
+    def _served_lately(self, now: float) -> float:
+        raise NotImplementedError
+
+    def _judge(self, sample: float | None, now: float) -> None:
+        """What a 429 does to the pace: ``sample`` is the served rate of the window it closed,
+        None for a 429 without a reset."""
+        pace = self._rate
+        if sample is not None:
+            recent = now - RECENT_WINDOWS * self._window
+            before = [s for s in self._samples if s.time >= recent]
+            trial = self._trial
+            if trial is not None and trial.sample is not None:
+                before.append(_Sample(now, trial.sample, trial.pace_before))
+            self._samples.append(_Sample(now, sample, pace))
+            tolerance = self._tolerance()
+            agreeing = [s.value for s in before if _same_limit(sample, pace, s, tolerance)]
+            if not self._confirmed:
+                agreeing += self._window_after_window(now, tolerance)
+            estimate = self._estimate
+            slack = COUNT_SLACK / self._window
+            if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
+                # About the limit we knew, or past it. At its pace (not probing past it), a 429
+                # says the limit is a little lower than that, whatever the window served (a
+                # token bucket's burst makes one serve more than its rate).
+                at_pace = pace <= (1 + PROBE_STEP / 2) * SAFETY * estimate
+                limit = min(sample, (1 - PROBE_STEP) * estimate) if at_pace else sample
+                self._confirm(limit, now)
+                return
+            if agreeing:
+                self._confirm(max(sample, *agreeing), now)  # the same at two paces: a limit
+                return
+        if not self._trial_over(now):
+            return
+        if self._strays(now):
+            self._excused = True
+            return
+        self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
+        self._bin_ours = True
+        if sample is None:
+            # No reset to measure a window by: down to what recent clean windows served (a
+            # limit's level), or by half when that is no lower.
+            if now - self._last_cut > BEST_HORIZON:
+                self._cuts_since = now  # the first of the cuts that come back again and again
+            self._last_cut = now
+            clean = SAFETY * max((rate for _, rate in self._clean), default=0.0)
+            # Or what the last window served, when the pace is far above it (a ramp's pace is
+            # a bound, not what is sent: halving it may take many 429s to reach the limit).
+            served = SAFETY * self._served_lately(now)
+            if 0 < served < pace / 2:
+                self._try(served, None)
+            else:
+                self._try(clean if pace / 2 < clean < pace else pace / 2, None)
+        elif self._longer:
+            self._set_rate(SAFETY * sample)  # a window longer than we knew, measured whole
+        elif self._confirmed:
+            # Far under a limit we knew, and not alone: a lower limit, another client on it, or
+            # strays. Step down a little and see: a lower limit answers the same again.
+            self._try(max(SAFETY * sample, STEP_DOWN * pace), sample)
+        else:
+            # Not under a limit we knew, though: probing past it, we have not seen it move.
+            known = SAFETY * (self._estimate or 0.0)
+            self._try(max(SAFETY * sample, pace / 2, min(known, pace)), sample)
+
+    def _overran(self, now: float) -> None:
+        """A 429 let pass as a stray (or from a window we waited in) turned out to shut the
+        window for the requests behind it: our pace is over a limit. Slow down, no trial."""
+        self._trial = None
+        self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
+        sample = self._samples[-1].value if self._samples else None
+        rate = self._rate * (STEP_DOWN if self._confirmed else 0.5)
+        if sample is not None and now - self._samples[-1].time < self._window:
+            rate = max(rate, SAFETY * sample)
+        self._confirmed = False
+        self._set_rate(rate)
+
+    def _window_after_window(self, now: float, tolerance: float) -> list[float]:
+        """The last ``IN_A_ROW`` samples when they came in as many windows in a row and agree:
+        a limit met every window, at whatever pace (strays are not that regular)."""
+        last = list(self._samples)[-IN_A_ROW:]
+        if len(last) < IN_A_ROW or now - last[0].time > (IN_A_ROW - 0.5) * self._window:
+            return []
+        values = [s.value for s in last]
+        if max(values) - min(values) > tolerance * max(values):
+            return []
+        return values
+
+    def _trial_over(self, now: float) -> bool:
+        """False while a trial is too young to judge. Ends a trial old enough, restoring the
+        pace when slowing down did not make 429s rarer (and they are few): strays."""
+        trial = self._trial
+        if trial is None:
+            return True
+        done = self._requests - trial.requests
+        if done < TRIAL_MIN:
+            return False
+        self._trial = None
+        share = (self._limited - trial.limited) / done
+        if STRAY_RATIO * trial.share_before <= share <= STRAY_MAX:
+            # Strays came before and during: the lower share is theirs (few events). Back to
+            # the pace before, but no higher than what was served clean: it may have been a
+            # climb's overshoot.
+            self._stray_share, self._stray_at = min(share, trial.share_before), now
+            served = SAFETY * max((rate for _, rate in self._clean), default=trial.pace_before)
+            self._set_rate(max(self._rate, min(trial.pace_before, served)))
+        return True
+
+    def _tolerance(self) -> float:
+        """How close two samples must be to say the same limit: closer to overrule a confirmed
+        one (strays' samples, bent by the pauses they cause, agree now and then)."""
+        return LOWER_AGREE if self._confirmed else AGREE
+
+    def _strays(self, now: float) -> bool:
+        """True when 429s come no more often than strays would (or, under a confirmed limit,
+        this one is alone among the last requests): pause, do not slow down."""
+        share = self._stray_share * math.exp(-(now - self._stray_at) / STRAY_MEMORY)
+        if share < 1e-4:
+            self._stray_share = share = 0.0
+        if self._confirmed:
+            share = max(share, STRAY_PRIOR)  # a known limit is not given up for a stray or two
+        if not share:
+            return False
+        # As many as strays would give among the last requests, and chance on top. (Only a
+        # trial renews the strays' share: 429s that fit it may as well be a limit's.)
+        requests, limited = self._recent(now)
+        expected = share * requests
+        return limited <= expected + 3 * math.sqrt(expected) + 1
+
+    def _recent(self, now: float) -> tuple[int, int]:
+        """(requests, 429s among them) of the last ``SHARE_OF`` requests, within the last
+        ``SHARE_SECONDS``: at a few requests a second, what happened a minute ago is old."""
+        since = now - SHARE_SECONDS
+        recent = [limited for when, limited in self._outcomes if when >= since]
+        return len(recent), sum(recent)
+
+    def _confirm(self, limit: float, now: float) -> None:
+        self._trial = None
+        self._bin_ours = True
+        self._last_429, self._step, self._dwell = now, PROBE_STEP, 0
+        if self._estimate is None or limit < (1 - AGREE) * self._estimate:
+            self._clean.clear()  # a lower limit: what was served before says nothing now
+        self._estimate, self._confirmed, self._ramping = limit, True, False
+        self._set_rate(SAFETY * limit)
+
+    def _try(self, rate: float, sample: float | None) -> None:
+        """Set ``rate``, on trial against the pace before."""
+        before = self._rate
+        requests, limited = self._recent(self._clock.monotonic())
+        share = limited / max(requests, 1)
+        length = max(TRIAL_REQUESTS, int(TRIAL_429S / max(share, 1e-3)))
+        self._trial = _Trial(before, self._requests, self._limited, share, sample, length)
+        self._set_rate(rate)
+
+    def _close_bin(self, now: float) -> None:
+        """A window of our own clock is over: climb if it was clean."""
+        window = self._window
+        served, limited, ours = self._bin_served, self._bin_limited, self._bin_ours
+        self._bin_start = now - (now - self._bin_start) % window
+        self._bin_served = self._bin_limited = 0
+        self._bin_ours = False
+        clean = self._clean
+        while clean and clean[0][0] < now - BEST_HORIZON:
+            clean.popleft()
+        expected = self._stray_share * (served + limited)
+        allowed = expected + 3 * math.sqrt(expected)
+        if ours or limited > allowed or self._trial is not None or self._ramping:
+            return
+        clean.append((now, served / window))
+        best = SAFETY * max(rate for _, rate in clean)
+        if self._confirmed and self._estimate is not None:
+            best = min(best, SAFETY * self._estimate)
+        if self._rate < best:
+            self._set_rate(best)
+        elif not self._confirmed:
+            self._climb()
+        elif now - self._last_429 >= PROBE_AFTER and self._rate < self._ceiling:
+            # Each step holds until it has had room for a 429: at a few requests a window, a
+            # step of a few percent may take more than one.
+            self._dwell += 1
+            if self._dwell * self._step * served < 1:
+                return
+            self._dwell = 0
+            if self._estimate is not None and self._rate > (1 + AGREE) * self._estimate:
+                self._confirmed = False  # served clean above it: the limit was raised; climb
+                self._climb()
+                return
+            self._set_rate(self._rate * (1 + self._step))
+            self._step *= 2
+
+    def _climb(self) -> None:
+        """Grow by ``CLIMB``, a little more and a little less in turn: overshoots at two paces
+        tell a limit (the same sample) from strays (samples that move with the pace)."""
+        self._climbs += 1
+        self._set_rate(self._rate * CLIMB * (1 + CLIMB_SPREAD * (-1) ** self._climbs))
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= AGREE * max(a, b)
+
+
+def _same_limit(value: float, pace: float, other: _Sample, tolerance: float) -> bool:
+    """True when two samples agree although measured at paces apart: a limit, not our pace
+    (stray 429s give samples that move with it)."""
+    apart = abs(pace - other.pace) >= PACES_APART * max(pace, other.pace)
+    return apart and abs(value - other.value) <= tolerance * max(value, other.value)

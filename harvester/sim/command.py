@@ -1,0 +1,234 @@
+"""``harvester sim``: serve the bundled Catapult API simulator (``harvester.sim.server``) on
+loopback, for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import signal
+from typing import TYPE_CHECKING, Any
+
+from harvester.settings.options import path
+
+if TYPE_CHECKING:  # the simulator (aiohttp's server) is imported only to serve
+    from harvester.sim.server import SimConfig
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+log = logging.getLogger("harvester")
+
+
+def add_sim_command(commands: Any) -> None:
+    """The ``sim`` subcommand and its flags."""
+    sim = commands.add_parser(
+        "sim",
+        allow_abbrev=False,
+        help="serve the bundled Catapult API simulator on loopback",
+        description="Serve a stand-in for the Catapult API (events and list-calls endpoints) "
+        "with basic auth, a fixed-window rate limit and injectable faults.",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=_port, default=0, help="port (default 0: a free one)")
+    sim.add_argument(
+        "--calls", type=_count, default=1000, help="calls in the registry (default 1000)"
+    )
+    sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
+    sim.add_argument(
+        "--rate-limit",
+        type=_count,
+        default=0,
+        help="requests per window, then 429 (default 0: none)",
+    )
+    sim.add_argument(
+        "--window", type=_positive, default=1.0, help="rate-limit window in seconds (default 1)"
+    )
+    sim.add_argument(
+        "--limit-kind",
+        choices=("fixed", "sliding", "bucket"),
+        default="fixed",
+        help="fixed windows (Catapult's), a sliding window, or a token bucket (default fixed)",
+    )
+    sim.add_argument(
+        "--burst", type=_count, default=0, help="a token bucket's size (default: --rate-limit)"
+    )
+    sim.add_argument(
+        "--limit-schedule",
+        metavar="T:N,...",
+        default="",
+        help="from T seconds after the first request on, the limit is N (e.g. 10:200,30:50)",
+    )
+    sim.add_argument("--latency", type=_seconds, default=0.0, help="seconds before each answer")
+    sim.add_argument(
+        "--events-page-size", type=_count, default=0, help="page events with Link headers"
+    )
+    sim.add_argument("--open-world", action="store_true", help="every well-formed call id exists")
+    sim.add_argument(
+        "--days", type=_positive, default=3.0, help="the calls start over the days before today (3)"
+    )
+    sim.add_argument(
+        "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
+    )
+    sim.add_argument(
+        "--faults-on-list", action="store_true", help="inject --fault faults into the call list too"
+    )
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND=P",
+        help="inject a fault with probability P per request; kinds: "
+        "500 502 503 504 reset truncate html slow 429 429-retry-after 429-bare",
+    )
+    sim.add_argument(
+        "--max-faults-per-call",
+        type=_count,
+        default=2,
+        help="faults a call sees in a row at most (default 2)",
+    )
+    sim.add_argument(
+        "--faults-between",
+        metavar="START:END",
+        default="",
+        help="inject faults only between these seconds from the first request (e.g. 0:3)",
+    )
+    sim.add_argument(
+        "--fault-reset",
+        type=_seconds,
+        default=0.5,
+        help="seconds ahead an injected 429 announces its reset (default 0.5)",
+    )
+    sim.add_argument("--ready-file", type=path, help="write the base URL here once serving")
+    sim.add_argument("--ids-file", type=path, help="write the registry's call ids here")
+
+
+def serve_sim(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; the exit code."""
+    from harvester.sim.server import Simulator
+
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    simulator = Simulator(config)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        url = await simulator.start(args.host, args.port)
+        if args.ids_file is not None:
+            args.ids_file.write_text("".join(f"{c}\n" for c in simulator.call_ids()))
+        log.info("simulator serving %s", url)
+        log.info(
+            "use (paste into a shell): export CATAPULT_BASE_URL=%s CATAPULT_USER_ID=%s "
+            "CATAPULT_API_TOKEN=%s CATAPULT_API_SECRET=%s",
+            *(shlex.quote(value) for value in (url, config.user_id, config.token, config.secret)),
+        )
+        if args.ready_file is not None:
+            tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
+            tmp.write_text(url + "\n")
+            tmp.replace(args.ready_file)
+        try:
+            await stop.wait()
+        finally:
+            await simulator.stop()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        log.error("error: cannot serve on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> SimConfig | None:
+    """The simulator's configuration from the flags; None (after saying why) when they do
+    not make one."""
+    from harvester.sim.server import FAULT_KINDS, SimConfig
+
+    faults: dict[str, float] = {}
+    for spec in args.fault:
+        kind, _, probability = spec.partition("=")
+        if kind not in FAULT_KINDS:
+            log.error("error: unknown fault %r; kinds: %s", kind, " ".join(FAULT_KINDS))
+            return None
+        try:
+            faults[kind] = float(probability or "0.1")
+            if not 0 <= faults[kind] <= 1:
+                raise ValueError
+        except ValueError:
+            log.error("error: --fault %s: the probability must be a number from 0 to 1", spec)
+            return None
+    config = SimConfig(
+        calls=args.calls,
+        seed=args.seed,
+        rate_limit=args.rate_limit,
+        window=args.window,
+        latency=args.latency,
+        events_page_size=args.events_page_size,
+        days=args.days,
+        list_cursor=args.list_cursor,
+        faults_on_list=args.faults_on_list,
+        open_world=args.open_world,
+        faults=faults,
+        max_faults_per_call=args.max_faults_per_call,
+        limit_kind=args.limit_kind,
+        burst=args.burst,
+        fault_reset=args.fault_reset,
+    )
+    try:
+        config.limit_schedule = {
+            float(when): int(limit)
+            for when, _, limit in (part.partition(":") for part in args.limit_schedule.split(","))
+            if when
+        }
+        if args.faults_between:
+            start, _, end = args.faults_between.partition(":")
+            config.faults_from, config.faults_until = float(start), float(end or "inf")
+    except ValueError:
+        log.error("error: --limit-schedule takes T:N,... and --faults-between START:END")
+        return None
+    return config
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535; 0: a free one)")
+    return port
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """Seconds, 0 or more, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A number above 0, for argparse."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value

@@ -1,0 +1,516 @@
+"""Crash-safe output: the events and failures files (and the listed calls, when kept), and a
+ledger that says how much of them counts (``harvester.store.ledger``).
+
+A commit (every ``commit_calls`` calls or ``commit_seconds`` seconds) appends a batch to the
+output files, fsyncs them, then records the batch's calls and the files' new sizes in one SQLite
+transaction (WAL, ``synchronous=FULL``). Data is on disk before the record that points at it.
+On start, each file is cut back to its committed size: whatever a crash left past it belongs to
+calls the ledger does not have, which are fetched again. So every event lands exactly once,
+however and whenever the process dies. The failures file can always be made again from the
+ledger (``harvester.store.failures``).
+
+Everything here is blocking I/O, run on one dedicated thread by the sink: a commit is one hop
+to that thread, which writes, fsyncs and commits the SQLite transaction in order. It is not
+written through aiofiles, which would make each write and fsync a hop of its own and split
+what must happen in order on one thread across many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import enum
+import functools
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
+
+from harvester.errors import ConfigError, OutputChanged, OutputError
+from harvester.store import failures
+from harvester.store.files import (
+    DAMAGED,
+    EMPTY_GZIP,
+    AppendFile,
+    check_no_data,
+    differs,
+    fsync_directory,
+)
+from harvester.store.ledger import (
+    FAILED,
+    OK,
+    RUN_KEYS,
+    SCHEMA_VERSION,
+    TOTAL_KEYS,
+    RunRecord,
+    check_identity,
+    connect,
+    damaged,
+    discard,
+    ledger_errors,
+    load_meta,
+    lookup,
+    save_meta,
+    state_dir,
+    take_lock,
+)
+
+log = logging.getLogger("harvester")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Verdict(enum.Enum):
+    """What to do with an input record."""
+
+    NEW = "new"  # fetch it
+    DONE = "done"  # reached an outcome in an earlier run: skip
+    DUPLICATE = "duplicate"  # the same call stands on another line: skip
+
+
+@dataclass
+class Batch:
+    """What one commit writes: output bytes and the ledger rows that vouch for them."""
+
+    events: bytearray = field(default_factory=bytearray)
+    failures: bytearray = field(default_factory=bytearray)
+    calls: bytearray = field(default_factory=bytearray)  # listed call records, if kept
+    rows: list[tuple[str, int, int]] = field(default_factory=list)
+    ok: int = 0
+    failed: int = 0
+    event_count: int = 0
+    failure_codes: Counter[str] = field(default_factory=Counter)
+    list_cursor: str | None = None  # a listing run's place, up to which all is committed
+    list_cursor_time: datetime | None = None  # the oldest start of the page before it
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def size(self) -> int:
+        """Bytes of output the batch holds."""
+        return len(self.events) + len(self.failures) + len(self.calls)
+
+
+# What to do when something else changed an output file.
+_RESTORE = (
+    "Restore the file from a backup and run the same command again, or start over with --fresh "
+    "(every call is fetched again)"
+)
+_REBUILT = "The next run rebuilds it from the ledger (the reasons listed so far are lost)"
+
+
+def _open_files(
+    paths: dict[str, Path], meta: dict[str, Any], connection: sqlite3.Connection, state: Path
+) -> dict[str, AppendFile]:
+    """Each output file opened for appending after its committed size (a lost or damaged
+    failures file rebuilt from the ledger first), a new ``.gz`` one valid gzip from the start.
+
+    Raises ``ConfigError`` for an output file that is not the one the ledger vouches for: one
+    shorter, ending in other bytes, or, after a run that ended cleanly (or saw the file changed
+    under it, ``meta["changed"]``), holding bytes past its committed size, which no crash of
+    harvester left there. Once the file is as committed again, the job goes on."""
+    sizes, tails = meta["sizes"], meta.setdefault("tails", {})
+    seen = meta.pop("changed", None)  # what a run saw something else do to its files
+    exact = bool(seen) or meta.get("clean", False)
+    failures_path = paths["failures"]
+    changed = differs(failures_path, sizes["failures"], tails.get("failures"), exact=exact)
+    if changed:
+        log.warning(
+            "%s: %s; rebuilt it from the ledger, one line per failed call (their reasons are "
+            "lost; retry-failed takes them on)",
+            failures_path,
+            changed,
+        )
+        failures.swap(connection, meta, failures_path, failures.ledger_lines(connection))
+    for name, path in paths.items():
+        changed = differs(path, sizes[name], tails.get(name), exact=exact)
+        if name != "failures" and changed:
+            said = f" (a run saw: {seen})" if seen else ""
+            raise ConfigError(
+                f"{path}: {changed}: it is not what harvester committed to it{said}. {_RESTORE}"
+            )
+    files: dict[str, AppendFile] = {}
+    try:
+        for name, path in paths.items():
+            remedy = _REBUILT if name == "failures" else _RESTORE
+            files[name] = file = AppendFile.open(path, sizes[name], remedy)
+            if path.suffix == ".gz" and file.size == 0:
+                sizes[name] = file.append(EMPTY_GZIP, compress=False)
+            tails[name] = file.checksum
+        # New files survive a power loss only once their folder's entries are on disk too.
+        for folder in {*(path.parent for path in paths.values()), state}:
+            fsync_directory(folder)
+    except BaseException:
+        for file in files.values():
+            file.close()
+        raise
+    return files
+
+
+def _grown(
+    meta: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
+) -> bool:
+    """True when ``identity`` differs from the job's only by a call list that grew at its end."""
+    before = meta["identity"]
+    same = {"size", "head_sha256"}
+    others = (set(before) | set(identity)) - same
+    changed = any(before.get(key) != identity.get(key) for key in others)
+    return not changed and before != identity and grew(before)
+
+
+def _unmake(directory: Path, made: list[Path]) -> None:
+    """Remove the state folder ``directory`` of a job refused as it was opened, and the
+    folders ``made`` for it: the ledger begun and the lock are all they hold (a refusal comes
+    before any output file is made). Whatever else is found there is left, and so is its
+    folder."""
+    for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    for folder in made:  # the state folder first, then its parents, as far as made
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _ledger_guarded(method: F) -> F:
+    """``method`` of a ``Journal``, its SQLite errors said as harvester's
+    (``ledger.ledger_errors``)."""
+
+    @functools.wraps(method)
+    def guarded(journal: Journal, *args: Any, **kwargs: Any) -> Any:
+        with ledger_errors(journal.ledger):
+            return method(journal, *args, **kwargs)
+
+    return cast(F, guarded)
+
+
+class Journal:
+    """The output files and the ledger of one output path. Open with ``Journal.open``."""
+
+    def __init__(
+        self,
+        paths: dict[str, Path],
+        connection: sqlite3.Connection,
+        lock: BinaryIO,
+        files: dict[str, AppendFile],
+        meta: dict[str, Any],
+    ) -> None:
+        self.paths = paths
+        self.ledger = state_dir(paths["events"]) / "ledger.sqlite"
+        self._db = connection
+        self._lock = lock
+        self._files = files
+        self.meta = meta
+        # Keys claimed by this run and not yet committed: the calls on their way.
+        self._pending: set[str] = set()
+        # Keys that had failed, taken on again by this run (retry-failed).
+        self._retaken: set[str] = set()
+        # Every byte appended is committed (the files were just cut back to the ledger's sizes).
+        self._clean = True
+        # How this run began and ended, where a full disk cannot stop it being said.
+        self._record: RunRecord | None = None
+        # The job's counters as they stood before this invocation sent anything.
+        self._before = {key: meta["totals"][key] for key in RUN_KEYS}
+        self._elapsed_before: float = meta["elapsed_s"]
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        paths: dict[str, Path],
+        identity: dict[str, Any],
+        *,
+        fresh: bool = False,
+        grew: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Journal:
+        """Take the lock, check the state belongs to this run, and cut the files back to their
+        committed sizes. ``fresh`` discards earlier progress instead.
+
+        ``paths`` names the output files: ``events`` and ``failures``, and ``calls`` when the
+        listed calls' records are kept. A path ending in ``.gz`` is written gzip-compressed,
+        one gzip member per commit, so it is a valid gzip file after every commit.
+
+        Raises ``ConfigError`` (exit 2) for a lock held by another harvester or a state made by
+        another run, ``OutputError`` (exit 4) when the files cannot be opened.
+        """
+        output = paths["events"]
+        directory = state_dir(output)
+        # The folders this open makes, kept only once the job is accepted: a refused run
+        # leaves nothing behind.
+        made = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            lock = (directory / "lock").open("a+b", buffering=0)
+        except OSError as exc:
+            raise OutputError(f"cannot create {directory}: {exc.strerror}") from None
+        ledger = directory / "ledger.sqlite"
+        connection: sqlite3.Connection | None = None
+        journal: Journal | None = None
+        try:
+            take_lock(lock, directory)
+            if fresh:
+                discard(directory, paths.values())
+            connection = connect(ledger)
+            with ledger_errors(ledger):
+                journal = cls._opened(paths, identity, ledger, connection, lock, grew)
+            journal._record = RunRecord.reserve(directory)
+            if journal.meta.get("failures_dirty"):
+                journal.compact_failures()  # a retry-failed run was cut short
+            return journal
+        except BaseException as exc:
+            if journal is not None:
+                journal.close()
+            else:
+                if connection is not None:
+                    connection.close()
+                with contextlib.suppress(OSError):
+                    lock.close()
+                if made and isinstance(exc, ConfigError):
+                    _unmake(directory, made)
+            raise
+
+    @classmethod
+    def _opened(
+        cls,
+        paths: dict[str, Path],
+        identity: dict[str, Any],
+        ledger: Path,
+        connection: sqlite3.Connection,
+        lock: BinaryIO,
+        grew: Callable[[dict[str, Any]], bool] | None,
+    ) -> Journal:
+        """The rest of ``open``, once the lock is held and the ledger connected."""
+        meta = load_meta(connection, ledger)
+        if not meta:  # a new ledger, or one that never got as far as its first record
+            check_no_data(paths.values())
+        if meta and grew is not None and _grown(meta, identity, grew):
+            log.info(
+                "the call list grew since the last run (%s -> %s bytes, what it held "
+                "unchanged): going on with its new calls",
+                meta["identity"].get("size"),
+                identity.get("size"),
+            )
+            meta["identity"], meta["completed"] = identity, False
+        check_identity(meta, identity, ledger.parent)
+        if meta and set(meta["sizes"]) != set(paths):
+            raise damaged(ledger)
+        failures.finish_swap(connection, meta, paths["failures"])
+        if not meta:
+            meta = {
+                "schema": SCHEMA_VERSION,
+                "identity": identity,
+                "sizes": dict.fromkeys(paths, 0),
+                "totals": dict.fromkeys(TOTAL_KEYS, 0),
+                "failure_codes": {},
+                "completed": False,
+                "invocations": 0,
+                "elapsed_s": 0.0,
+            }
+        files = _open_files(paths, meta, connection, ledger.parent)
+        meta["invocations"] += 1
+        meta["clean"] = False  # until this run's last append is committed (``close``)
+        journal = cls(paths, connection, lock, files, meta)
+        # Durable before any data is written: from now on, data without a ledger entry is
+        # ours, uncommitted, and is cut back on the next open.
+        with connection:
+            journal._write_meta()
+        return journal
+
+    # -- the run's questions -----------------------------------------------------------------
+
+    @_ledger_guarded
+    def claim(self, records: list[tuple[str, int]]) -> list[Verdict]:
+        """Decide, for each (key, input line), whether it is new, done earlier, or a duplicate;
+        new ones are on their way from now until committed."""
+        pending = self._pending
+        found = self.lookup(key for key, _ in records if key not in pending)
+        verdicts = []
+        for key, line in records:
+            if key in pending:
+                verdicts.append(Verdict.DUPLICATE)
+            elif key in found:
+                verdicts.append(Verdict.DONE if found[key] == line else Verdict.DUPLICATE)
+            else:
+                pending.add(key)
+                verdicts.append(Verdict.NEW)
+        return verdicts
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole job's counters as committed."""
+        meta = self.meta
+        return {
+            **meta["totals"],
+            "failures_by_code": dict(meta["failure_codes"]),
+            "elapsed_s": round(meta["elapsed_s"], 3),
+            "bytes": sum(meta["sizes"].values()),
+            "invocations": meta["invocations"],
+            "completed": meta["completed"],
+        }
+
+    @_ledger_guarded
+    def harvested_call(self) -> str | None:
+        """A call harvested by this job so far, if any."""
+        row = self._db.execute("SELECT call_id FROM calls WHERE outcome = ? LIMIT 1", (OK,))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
+
+    @_ledger_guarded
+    def lookup(self, keys: Iterable[str], outcome: int | None = None) -> dict[str, int]:
+        """The input line of each of ``keys`` the ledger already has (with ``outcome``)."""
+        return lookup(self._db, keys, outcome)
+
+    # -- the failures file ----------------------------------------------------------------------
+
+    @_ledger_guarded
+    def committed_failures(self) -> list[bytes]:
+        """The lines of the failures file that the ledger vouches for (rebuilt from the ledger
+        first if the file is damaged)."""
+        path = self.paths["failures"]
+        try:
+            return failures.read_committed(path, self.meta["sizes"]["failures"])
+        except DAMAGED as exc:
+            log.warning(
+                "%s is damaged (%s): rebuilt it from the ledger, one line per failed call (their "
+                "reasons are lost; retry-failed takes them on)",
+                path,
+                exc,
+            )
+        self._swap_failures(failures.ledger_lines(self._db))
+        try:
+            return failures.read_committed(path, self.meta["sizes"]["failures"])
+        except DAMAGED as exc:
+            raise OutputError(f"cannot read {path}: {exc}") from None
+
+    @_ledger_guarded
+    def retake(self, keys: list[str]) -> list[tuple[int, str]]:
+        """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending.
+
+        From now until ``compact_failures`` the failures file may list a call twice, or one
+        that has since succeeded; the ledger remembers that, so any later open compacts it.
+        """
+        found = self.lookup(keys, outcome=FAILED)
+        self._pending.update(found)
+        self._retaken.update(found)
+        if found:
+            self.meta["failures_dirty"] = True
+            with self._db:
+                self._write_meta()
+        return [(line, key) for key, line in found.items()]
+
+    @_ledger_guarded
+    def compact_failures(self) -> None:
+        """Make the failures file one line per call the ledger holds as failed, in input order
+        (see ``failures.compacted``)."""
+        lines, codes = failures.compacted(self._db, self.committed_failures())
+        self._swap_failures(lines, codes)
+
+    def _swap_failures(self, lines: Iterable[bytes], codes: dict[str, int] | None = None) -> None:
+        path = self.paths["failures"]
+        self._files["failures"].close()
+        failures.swap(self._db, self.meta, path, lines, codes)
+        self._files["failures"] = AppendFile.open(path, self.meta["sizes"]["failures"], _REBUILT)
+
+    # -- committing --------------------------------------------------------------------------
+
+    @_ledger_guarded
+    def commit(self, batch: Batch, run_totals: dict[str, int], elapsed_s: float) -> None:
+        """Make ``batch`` durable: data first, then the ledger rows that point at it.
+
+        ``run_totals`` are this invocation's request counters, added to the job's as of now.
+        """
+        files = self._files
+        self._clean = False  # from the first byte appended until the ledger vouches for all
+        try:
+            for file in files.values():  # every one still the file written, before any is touched
+                file.check()
+            sizes = {name: file.append(getattr(batch, name)) for name, file in files.items()}
+        except OutputChanged as exc:
+            # Kept, so that the next run refuses the job until the file is as committed again.
+            self.meta["changed"] = f"{exc.what} while harvester was writing it"
+            with contextlib.suppress(sqlite3.Error), self._db:
+                self._write_meta()
+            raise
+        # The ledger's state after this commit, made aside: until the transaction is through,
+        # the state in hand stays the committed one, so that nothing written later (how the
+        # run ended, on a disk that refused this commit) records sizes no rows vouch for.
+        meta = copy.deepcopy(self.meta)
+        meta["tails"] = {name: file.checksum for name, file in files.items()}
+        totals = meta["totals"]
+        # A call taken on again (retry-failed) was counted once already, as failed.
+        again = sum(key in self._retaken for key, _, _ in batch.rows) if self._retaken else 0
+        totals["calls"] += batch.ok + batch.failed - again
+        totals["ok"] += batch.ok
+        totals["failed"] += batch.failed - again
+        totals["events"] += batch.event_count
+        for key in RUN_KEYS:
+            totals[key] = self._before[key] + run_totals[key]
+        # Every pass over the input meets its duplicates again: the most one pass met.
+        totals["duplicates"] = max(totals.get("duplicates", 0), run_totals.get("duplicates", 0))
+        codes = Counter(meta["failure_codes"])
+        codes.update(batch.failure_codes)
+        meta["failure_codes"] = dict(codes)
+        meta["sizes"] = sizes
+        if batch.list_cursor is not None:
+            meta["list_cursor"] = batch.list_cursor
+            time = batch.list_cursor_time
+            meta["list_cursor_time"] = time.isoformat() if time is not None else None
+        meta["elapsed_s"] = self._elapsed_before + elapsed_s
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO calls (call_id, line, outcome) VALUES (?, ?, ?)",
+                batch.rows,
+            )
+            save_meta(self._db, meta)
+        self.meta = meta
+        self._pending.difference_update(key for key, _, _ in batch.rows)
+        self._clean = True
+
+    @_ledger_guarded
+    def note_run(self, **fields: Any) -> None:
+        """Record how this invocation stands (``started_at``, ``command``, ``status``...), for
+        ``harvester status``."""
+        # A run's start begins its record afresh: nothing of the last run's end carries over.
+        before = {} if "started_at" in fields else self.meta.get("last_run", {})
+        last = self.meta["last_run"] = {
+            **before,
+            **fields,
+            "invocation": self.meta["invocations"],
+        }
+        # The record beside the ledger first: on a full disk, it is the one written.
+        if self._record is not None:
+            self._record.write(last)
+        with self._db:
+            self._write_meta()
+
+    @_ledger_guarded
+    def mark_completed(self, completed: bool = True) -> None:
+        """Record that every input record has reached an outcome (or, ``completed`` false, that
+        a run is reading the input through again and may find more)."""
+        self.meta["completed"] = completed
+        with self._db:
+            self._write_meta()
+
+    def close(self) -> None:
+        """Close files, ledger and lock (nothing is committed here). When every byte appended
+        was committed, the ledger says so: bytes found past a committed size on the next open
+        are then none of harvester's, and refused rather than cut off."""
+        if self._clean:
+            self.meta["clean"] = True
+            with contextlib.suppress(sqlite3.Error), self._db:
+                self._write_meta()
+        closers = [file.close for file in self._files.values()]
+        if self._record is not None:
+            closers.append(self._record.close)
+        for close in (*closers, self._db.close, self._lock.close):
+            with contextlib.suppress(OSError, sqlite3.Error):
+                close()
+
+    def _write_meta(self) -> None:
+        save_meta(self._db, self.meta)

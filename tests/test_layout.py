@@ -1,0 +1,85 @@
+"""The package's layout shows the flow: a subpackage a stage, and imports only go down, from
+the command line to the settings and the shared vocabulary below them all; the store knows
+nothing of HTTP."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "harvester"
+
+# The floors, lowest first. The modules loose in the package are the vocabulary every stage
+# shares (errors, exit codes, the clock, ids, the log, the run's counters); the library's
+# entry (api) stands on top, with the command line.
+FLOORS = ("settings", "fetch", "sim", "input", "store", "run", "report", "cli", "api", "__main__")
+
+
+def floor_of(module: str) -> int:
+    """The floor of ``harvester.X...``: -1 for the shared vocabulary."""
+    parts = module.split(".")
+    if len(parts) < 2 or parts[0] != "harvester":
+        raise ValueError(module)
+    return FLOORS.index(parts[1]) if parts[1] in FLOORS else -1
+
+
+def stage_of(module: str) -> str:
+    """The stage (subpackage) of a module; ``harvester`` for the shared vocabulary."""
+    part = module.split(".")[1]
+    return part if part in FLOORS else "harvester"
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        dotted = ".".join(("harvester", *path.relative_to(PACKAGE).with_suffix("").parts))
+        found.append((dotted.removesuffix(".__init__"), path))
+    return found
+
+
+def imports_of(path: Path) -> list[str]:
+    """The harvester modules ``path`` imports when it is loaded (not those a function imports
+    when it runs: the package's lazy ``harvest``)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harvester"):
+            if node.module == "harvester":
+                names += [f"harvester.{alias.name}" for alias in node.names]
+            else:
+                names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names if a.name.startswith("harvester")]
+    return [name for name in names if name != "harvester.__version__"]
+
+
+def test_every_stage_is_a_subpackage_that_says_what_it_does() -> None:
+    for stage in FLOORS[:-2]:
+        init = PACKAGE / stage / "__init__.py"
+        assert init.is_file(), stage
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{stage} says what it does"
+
+
+def test_imports_only_go_down() -> None:
+    upward = []
+    for module, path in modules():
+        for imported in imports_of(path):
+            if imported == module or stage_of(imported) == stage_of(module):
+                continue
+            if floor_of(imported) >= floor_of(module):
+                upward.append(f"{module} -> {imported}")
+    assert upward == [], "imports that do not go down"
+
+
+@pytest.mark.parametrize(
+    "stage", ["harvester.store", "harvester.settings", "harvester.input.source"]
+)
+def test_what_knows_nothing_of_http_does_not_load_it(stage: str) -> None:
+    load = [m for m, _ in modules() if m == stage or m.startswith(stage + ".")]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in load)
+    code += "print('aiohttp' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", f"{stage} loads aiohttp"
