@@ -32,12 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harvester import __version__, exits
-from harvester.errors import ConfigError, status_of
+from harvester import __version__
+from harvester.errors import ConfigError
 from harvester.logs import event, summary_level
 from harvester.report.progress import Progress
 from harvester.report.summary import summary_document, summary_line
-from harvester.run import job
+from harvester.run import job, outcome
 from harvester.run.nights import harvest_nights
 from harvester.settings.config import Settings, load_settings
 from harvester.stats import RunStats
@@ -52,11 +52,12 @@ async def harvest(
 ) -> RunStats:
     """Harvest as ``harvester run`` would (resuming, exactly once); returns the counters, the
     whole job's in ``.job`` (``calls``, ``ok``, ``failed``, ``events``...), and how the run
-    ended in ``.status`` (completed or stopped) and, once completed, ``.exit_code`` as the
-    command's: 0, or 1 when more calls failed than ``max_failures`` allows. Set ``stop`` to
-    stop cleanly (what is done is committed). With ``nights`` (or ``yesterday``), one entry a
-    night in ``.nights``, each with its ``exit_code``, and ``.exit_code`` the worst of them (a
-    night stopped counts as 5)."""
+    ended in ``.status`` (completed or stopped) and ``.exit_code`` as the command's, by the
+    same rule (``harvester.run.outcome``): 0, 1 when more calls failed than ``max_failures``
+    allows, 7 for nothing at all with ``fail_on_empty``, 5 for a run stopped through ``stop``
+    (as at a deadline). Set ``stop`` to stop cleanly (what is done is committed). With
+    ``nights`` (or ``yesterday``), one entry a night in ``.nights``, each with its
+    ``exit_code``, and ``.exit_code`` the worst of them (a night stopped counts as 5)."""
     settings = load_settings(options, os.environ, Path(config) if config is not None else None)
     if settings.nights and fresh:
         raise ConfigError("fresh starts one job over; run the night alone with since/until")
@@ -85,9 +86,8 @@ async def harvest(
         counted = settings.input if settings.progress else None  # else no second pass
         await progress.watching(_harvest(settings, stats, fresh, stop), counted)
     except Exception as exc:
-        status = status_of(exc)
-        error = str(exc) if status != "crashed" else f"internal error ({type(exc).__name__})"
-        ending: tuple[int, str, str | None] = (exits.OF_STATUS[status], status, error)
+        ended = outcome.of_error(exc, settings.credentials_from)
+        ending: tuple[int, str, str | None] = (ended.code, ended.status, ended.error)
         await _summarise(settings, stats, progress, ending, started_at, started)
         raise
     ending = (stats.exit_code or 0, stats.status, None)
@@ -98,23 +98,15 @@ async def harvest(
 async def _harvest(
     settings: Settings, stats: RunStats, fresh: bool, stop: asyncio.Event | None
 ) -> None:
-    """The job itself; ``stats`` gets its counters, status and exit code."""
+    """The job itself; ``stats`` gets its counters, and how it ended: its status and exit code
+    as the command's (``harvester.run.outcome``; a stop asked for counts as the deadline)."""
     if settings.nights:
         await harvest_nights(settings, stats=stats, stop=stop)
-        for entry in stats.nights:
-            entry["exit_code"] = exits.of_night(
-                entry, fail_on_empty=settings.fail_on_empty, stopped=exits.DEADLINE
-            )
-        stats.exit_code = exits.worst([entry["exit_code"] for entry in stats.nights])
-        stats.status = "completed" if stats.completed else "stopped"
-        return
-    await job.harvest(settings, stats=stats, fresh=fresh, stop=stop)
-    if stats.completed:
-        allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
-        stats.status = "completed"
-        stats.exit_code = 0 if stats.job.get("failed", 0) <= allowed else 1
     else:
-        stats.status = "stopped"  # resumable: call again with the same options
+        await job.harvest(settings, stats=stats, fresh=fresh, stop=stop)
+    ended = outcome.of_run(settings, stats, None)
+    stats.exit_code = ended.code
+    stats.status = "completed" if stats.completed else "stopped"
 
 
 async def _summarise(

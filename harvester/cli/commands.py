@@ -18,7 +18,6 @@ import ctypes
 import dataclasses
 import logging
 import os
-import signal
 import stat
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 import orjson
 
 from harvester import __version__, exits, logs
-from harvester.credentials import redact_url, redact_urls_in
+from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
     ConfigError,
@@ -43,6 +42,7 @@ from harvester.logs import event
 from harvester.report import metrics
 from harvester.report.progress import METRICS_READ_LIMIT, Progress
 from harvester.report.summary import summary_document, summary_line
+from harvester.run import outcome
 from harvester.run.dryrun import Tally, dry_run, dry_run_lines
 from harvester.run.job import harvest, ping, retry_failed
 from harvester.run.nights import harvest_nights, nights_of, retry_nights
@@ -402,59 +402,16 @@ def _harvest(
         spec = settings.input if args.command == RUN and settings.progress else None
         _run_async(_supervised(work, progress, stopper, spec))
     except Exception as exc:
-        status = status_of(exc)  # the same words as the ledger's record of the run
-        error = str(exc)
-        if status == "crashed":  # a bug: say so plainly, keep the traceback for the report
+        if status_of(exc) == "crashed":  # a bug: said plainly, the traceback kept for a report
             log.error("internal error, please report it with this log", exc_info=exc)
-            what = redact_urls_in(f"{type(exc).__name__}: {exc}")
-            error = f"internal error: {what}; run the same command to resume"
-        elif isinstance(exc, FatalApiError) and exc.status in (401, 403):
-            error += f" (check {settings.credentials_from}, and the user id)"
-        return exits.OF_STATUS[status], status, error
-    if stats.nights:
-        return _worst_night(settings, stats, stopper)
-    if stopper.signal is not None or stopper.deadline_reached:
-        return _stopped(stopper)
-    if stats.completed and not stats.job.get("calls"):
+        ended = outcome.of_error(exc, settings.credentials_from)
+        return ended.code, ended.status, ended.error
+    asked = stopper.signal is not None or stopper.deadline_reached
+    ended = outcome.of_run(settings, stats, outcome.stopped(stopper.signal) if asked else None)
+    if ended.status == "completed" and not stats.nights and not stats.job.get("calls"):
         source = f"the call list {settings.input}" if settings.input else "the window"
-        if settings.fail_on_empty:
-            return exits.EMPTY, "empty", f"{source} holds no call at all (--fail-on-empty)"
         log.warning("nothing to harvest: %s holds no call at all", source)
-    allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
-    return (
-        (exits.OK if stats.job.get("failed", 0) <= allowed else exits.FAILURES),
-        "completed",
-        None,
-    )
-
-
-def _worst_night(
-    settings: Settings, stats: RunStats, stopper: Stopper
-) -> tuple[int, str, str | None]:
-    """A run of several nights ends as its worst night: each night's exit code (in its entry
-    of ``stats.nights``), and the worst's code, status and error."""
-    code, status, error = _stopped(stopper)
-    for entry in stats.nights:
-        entry["exit_code"] = exits.of_night(
-            entry, fail_on_empty=settings.fail_on_empty, stopped=code
-        )
-        if entry["status"] == "stopped":
-            entry["status"], entry["error"] = status, error
-    code = exits.worst([entry["exit_code"] for entry in stats.nights])
-    worst = next(entry for entry in stats.nights if entry["exit_code"] == code)
-    if code in (exits.OK, exits.FAILURES, exits.EMPTY):
-        return code, "completed", None
-    return code, worst["status"], worst.get("error")
-
-
-def _stopped(stopper: Stopper) -> tuple[int, str, str]:
-    """The exit code, status and message of a run the stopper stopped."""
-    if stopper.signal is not None:
-        name = signal.Signals(stopper.signal).name
-        error = f"stopped by {name}; run the same command again to resume"
-        return exits.SIGNAL_BASE + stopper.signal, "stopped", error
-    error = "stopped at the deadline; run the same command again to resume"
-    return exits.DEADLINE, "deadline", error
+    return ended.code, ended.status, ended.error
 
 
 def _say_deadline(deadline: datetime, now: datetime) -> None:
