@@ -50,11 +50,11 @@ def check_base_url(url: str) -> None:
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
-    except ValueError:
+    except ValueError as exc:
         raise ConfigError(
             f"base URL {shown!r} cannot be parsed; it must look like "
             "https://api.catapult.inetwork.com"
-        ) from None
+        ) from exc
     if parts.scheme not in ("https", "http") or not host or not url.isprintable() or " " in url:
         raise ConfigError(f"base URL {shown!r} must look like https://api.catapult.inetwork.com")
     if port == 0:

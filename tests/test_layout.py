@@ -83,3 +83,22 @@ def test_what_knows_nothing_of_http_does_not_load_it(stage: str) -> None:
     code += "print('aiohttp' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", f"{stage} loads aiohttp"
+
+
+def test_errors_keep_their_causes() -> None:
+    """An error raised while handling another names it as its cause (``raise ... from exc``):
+    never ``from None``, which would hide what a report of a bug needs."""
+    hidden = []
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.cause, ast.Constant):
+                hidden.append(f"{module}:{node.lineno}")
+    assert hidden == []
+
+    from harvester.errors import ConfigError
+    from harvester.settings.config import load_settings
+
+    env = {"CATAPULT_API_TOKEN": "t", "CATAPULT_API_SECRET": "s", "CATAPULT_USER_ID": "u-abc"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"input": "x", "output": Path("e"), "concurrency": "many"}, env)
+    assert isinstance(caught.value.__cause__, ValueError)

@@ -350,7 +350,7 @@ class CallEventsClient:
         except (ValueError, TypeError, LookupError) as exc:
             raise CallFailed(
                 200, "bad-next-link", f"the next link cannot be used ({_kind(exc)})"
-            ) from None
+            ) from exc
         if foreign:
             # Following it would send our credentials to another host.
             raise CallFailed(200, "foreign-next-link", f"next link points off {self._origin}")
@@ -491,11 +491,11 @@ def _parse_events(
 ) -> tuple[list[Event], list[Inexact | None] | None]:
     try:
         events, inexact = read_array(body)
-    except ValueError:
+    except ValueError as exc:
         content_type = clip(response.content_type, 60)
         raise TransientError(
             200, "invalid-body", f"answer is not JSON ({content_type}, {len(body)} bytes)"
-        ) from None
+        ) from exc
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise TransientError(200, "invalid-body", "answer is not a JSON array of event objects")
     return events, inexact

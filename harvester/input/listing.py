@@ -104,10 +104,10 @@ async def list_window(
                     "api-unavailable",
                     f"cannot read the call list at {shown}: {exc}. Nothing is lost: run the same "
                     "command again once the API is back",
-                ) from None
+                ) from exc
             raise FatalApiError(
                 exc.status, "listing-failed", f"cannot read the call list at {shown}: {exc}"
-            ) from None
+            ) from exc
         resuming = False
         calls: list[ListedCall] = []
         undated = 0

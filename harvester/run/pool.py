@@ -150,7 +150,7 @@ class Pool:
             error = _the_error(caught)
             if not isinstance(error, OutputError):
                 await sink.commit()  # keep what was done before the run stopped
-            raise error from None
+            raise error from (error.__cause__ or caught)  # its own cause, if it has one
         if self._input_error is not None:
             raise self._input_error
         return not stop.is_set()

@@ -66,10 +66,10 @@ class FailureLimit:
             count = int(text)
             if count < 0:
                 raise ValueError
-        except ValueError:
+        except ValueError as exc:
             raise ConfigError(
                 f"{spec!r} must be a count (10) or a share of the calls (0.5%)"
-            ) from None
+            ) from exc
         return cls(count=count)
 
     def allowed(self, calls: int) -> int:
@@ -209,19 +209,19 @@ def load_settings(
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         data = read_config(path)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise ConfigError(
             f"config file {path} does not exist (check --config, or HARVESTER_CONFIG)"
-        ) from None
+        ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"config file {path} is not UTF-8 text, as TOML must be ({exc.reason} at byte "
             f"{exc.start})"
-        ) from None
+        ) from exc
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     if any(data.get(key) for key in _SECRETS) and _readable_by_others(path):
         log.warning(
             "config file %s holds a secret and others can read it: chmod 600 %s (or keep the "
@@ -490,10 +490,10 @@ def parse_deadline(value: object, now: datetime, zone: ZoneInfo) -> datetime:
             moment = datetime.fromisoformat(value)
         else:
             moment = _next_time_of_day(time.fromisoformat(value), now, zone)
-    except ValueError:
+    except ValueError as exc:
         raise ConfigError(
             f"{value!r} must be a time of day (06:00) or a date and time (2026-11-27T06:00:00Z)"
-        ) from None
+        ) from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
@@ -610,7 +610,7 @@ def _named(name: str, parse: Callable[..., Any], *args: Any) -> Any:
     try:
         return parse(*args)
     except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 def _number(name: str, value: Any, whole: bool) -> int | float:
@@ -618,8 +618,8 @@ def _number(name: str, value: Any, whole: bool) -> int | float:
         raise ConfigError(f"{name} must be a number, not {value!r}")
     try:
         number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from exc
     if not whole:
         return number
     if not number.is_integer():

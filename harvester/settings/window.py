@@ -50,11 +50,11 @@ def parse_zone(name: str) -> ZoneInfo:
     """The time zone ``name`` names (``UTC``, ``Europe/Berlin``)."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError) as exc:
         near = did_you_mean(name, available_timezones()) if isinstance(name, str) else ""
         raise ConfigError(
             f"unknown time zone {name!r}{near}: use an IANA name like UTC or Europe/Berlin"
-        ) from None
+        ) from exc
 
 
 def parse_window(
@@ -81,9 +81,9 @@ def parse_window(
 def _instant(text: str, zone: ZoneInfo, flag: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+    except ValueError as exc:
         raise ConfigError(
             f"{flag} {text!r} is not a date or time; use ISO 8601, e.g. 2026-11-25 or "
             "2026-11-25T00:00:00Z"
-        ) from None
+        ) from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)

@@ -79,7 +79,7 @@ def finish_swap(connection: sqlite3.Connection, meta: dict[str, Any], path: Path
             os.replace(tmp, path)
             fsync_directory(path.parent)
     except OSError as exc:
-        raise OutputError(f"cannot replace {path}: {exc.strerror}") from None
+        raise OutputError(f"cannot replace {path}: {exc.strerror}") from exc
     meta["sizes"]["failures"] = pending["size"]
     meta.setdefault("tails", {})["failures"] = pending.get("tail")
     del meta["failures_swap"]
@@ -110,7 +110,7 @@ def swap(
             size = raw.tell()
             tail = tail_checksum(raw.fileno(), size)
     except OSError as exc:
-        raise OutputError(f"cannot write {tmp}: {exc.strerror}") from None
+        raise OutputError(f"cannot write {tmp}: {exc.strerror}") from exc
     if codes is not None:
         meta["failure_codes"] = codes
     meta.pop("failures_dirty", None)

@@ -89,7 +89,7 @@ def check_writable(flag: str, path: Path) -> None:
         raise OutputError(
             f"{flag} {path} cannot be written ({folder}: {exc.strerror}): fix the permissions or "
             "choose another path; nothing was fetched"
-        ) from None
+        ) from exc
 
 
 def check_no_data(paths: Iterable[Path]) -> None:
@@ -107,7 +107,7 @@ def fsync_directory(folder: Path) -> None:
     try:
         _sync_folder(folder)
     except OSError as exc:
-        raise OutputError(f"cannot sync {folder}: {exc.strerror}") from None
+        raise OutputError(f"cannot sync {folder}: {exc.strerror}") from exc
 
 
 def _sync_folder(folder: Path) -> None:
@@ -142,7 +142,7 @@ def differs(path: Path, size: int, checksum: int | None, *, exact: bool = False)
     except FileNotFoundError:
         return "it is missing" if size > 0 else None
     except OSError as exc:
-        raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+        raise OutputError(f"cannot open {path}: {exc.strerror}") from exc
     return None
 
 
@@ -187,7 +187,7 @@ class AppendFile:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+            raise OutputError(f"cannot open {path}: {exc.strerror}") from exc
         try:
             if os.fstat(fd).st_size > size:
                 os.ftruncate(fd, size)
@@ -195,7 +195,7 @@ class AppendFile:
             return cls(path, fd, size, remedy)
         except OSError as exc:
             os.close(fd)
-            raise OutputError(f"cannot open {path}: {exc.strerror}") from None
+            raise OutputError(f"cannot open {path}: {exc.strerror}") from exc
         except BaseException:
             os.close(fd)
             raise
@@ -215,7 +215,7 @@ class AppendFile:
         except FileNotFoundError:
             self._changed("was removed")
         except OSError as exc:
-            raise OutputError(f"cannot look at {self.path}: {exc.strerror}") from None
+            raise OutputError(f"cannot look at {self.path}: {exc.strerror}") from exc
         if (at_path.st_dev, at_path.st_ino) != self._identity:
             self._changed("was replaced by another file")
         if mine.st_size < expected:
@@ -242,7 +242,7 @@ class AppendFile:
             raise OutputError(
                 f"cannot write {self.path}: {exc.strerror}. Nothing past the last commit counts; "
                 "free some space or fix the permissions, then run the same command again"
-            ) from None
+            ) from exc
         self.check(self.size + len(data))
         self.size += len(data)
         self._tail = (self._tail + data[-TAIL:])[-TAIL:]

@@ -249,7 +249,7 @@ class Journal:
             directory.mkdir(parents=True, exist_ok=True)
             lock = (directory / "lock").open("a+b", buffering=0)
         except OSError as exc:
-            raise OutputError(f"cannot create {directory}: {exc.strerror}") from None
+            raise OutputError(f"cannot create {directory}: {exc.strerror}") from exc
         ledger = directory / "ledger.sqlite"
         connection: sqlite3.Connection | None = None
         journal: Journal | None = None
@@ -386,7 +386,7 @@ class Journal:
         try:
             return failures.read_committed(path, self.meta["sizes"]["failures"])
         except DAMAGED as exc:
-            raise OutputError(f"cannot read {path}: {exc}") from None
+            raise OutputError(f"cannot read {path}: {exc}") from exc
 
     @_ledger_guarded
     def retake(self, keys: list[str]) -> list[tuple[int, str]]:

@@ -93,7 +93,7 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise OutputError(f"cannot lock {directory}: {exc.strerror}") from None
+            raise OutputError(f"cannot lock {directory}: {exc.strerror}") from exc
         lock.seek(0)
         holder = lock.read().decode(errors="replace").strip() or "unknown"
         holder = holder if holder.isdigit() else "unknown"
@@ -101,7 +101,7 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
             f"another harvester (pid {holder}) is running this job now ({directory}): this "
             "run is turned away and changes nothing; the other goes on",
             holder,
-        ) from None
+        ) from exc
     try:
         lock.seek(0)
         lock.truncate()
@@ -111,7 +111,7 @@ def take_lock(lock: BinaryIO, directory: Path) -> None:
         raise OutputError(
             f"cannot write {directory / 'lock'}: {exc.strerror}. Free some space or fix the "
             "permissions, then run the same command again"
-        ) from None
+        ) from exc
 
 
 # The last run's record, beside the ledger (see ``RunRecord``), and its fixed size.
@@ -153,7 +153,7 @@ class RunRecord:
             raise OutputError(
                 f"cannot write {path}: {exc.strerror}. Free some space or fix the permissions, "
                 "then run the same command again"
-            ) from None
+            ) from exc
         return cls(fd)
 
     def write(self, record: dict[str, Any]) -> bool:
@@ -291,8 +291,8 @@ def load_meta(connection: sqlite3.Connection, ledger: Path) -> dict[str, Any]:
         return {}
     try:
         meta = orjson.loads(row[0])
-    except orjson.JSONDecodeError:
-        raise damaged(ledger) from None
+    except orjson.JSONDecodeError as exc:
+        raise damaged(ledger) from exc
     if not isinstance(meta, dict):
         raise damaged(ledger)
     if meta.get("schema") != SCHEMA_VERSION:
