@@ -102,3 +102,9 @@ def test_errors_keep_their_causes() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"input": "x", "output": Path("e"), "concurrency": "many"}, env)
     assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_the_pool_talks_to_the_store_through_the_sink() -> None:
+    pool = PACKAGE / "run" / "pool.py"
+    store = [name for name in imports_of(pool) if name.startswith("harvester.store")]
+    assert store == ["harvester.store.sink"]

@@ -47,10 +47,7 @@ from harvester.run.outage import OutageGuard, about_the_url
 from harvester.settings.config import Settings
 from harvester.settings.shard import Shard
 from harvester.stats import RunStats
-from harvester.store.journal import Verdict
-from harvester.store.ledger import line_key
-from harvester.store.ndjson import Failure, event_lines
-from harvester.store.sink import Sink
+from harvester.store.sink import Failure, Sink, Verdict, event_lines, line_key
 
 log = logging.getLogger("harvester")
 

@@ -27,9 +27,13 @@ from harvester.stats import RunStats
 from harvester.store import failures
 from harvester.store.files import DAMAGED
 from harvester.store.journal import Batch, Journal, Verdict
-from harvester.store.ledger import FAILED, OK
-from harvester.store.ndjson import Failure
+from harvester.store.ledger import FAILED, OK, line_key
+from harvester.store.ndjson import Failure, event_lines
 from harvester.store.place import ListingPlace
+
+# The store as the pool sees it: the sink, what its claims answer, and what it is handed (an
+# outcome's lines, a failure, the key of an input line that names no call).
+__all__ = ["Failure", "ListingPlace", "Sink", "Verdict", "event_lines", "line_key", "open_sink"]
 
 # A commit is due at commit_calls calls or at this many bytes of output, whichever comes first.
 COMMIT_BYTES = 32 * 1024 * 1024
