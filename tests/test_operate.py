@@ -15,7 +15,7 @@ import pytest
 
 from harvester import harvest_sync
 from harvester.errors import ConfigError
-from harvester.settings.config import FailureLimit, parse_deadline, parse_duration
+from harvester.settings.values import FailureLimit, parse_deadline, parse_duration
 from harvester.sim.server import SIM_SECRET
 
 from .conftest import canonical, expected_events, point_at, read_ndjson, run_harvester

@@ -29,13 +29,11 @@ from typing import Any, TypeVar
 import orjson
 
 from harvester import __version__, exits, logs
-from harvester.credentials import redact_url
+from harvester.cli import inspect
+from harvester.cli import parser as cli_parser
 from harvester.errors import (
-    ApiError,
-    ConfigError,
     FatalApiError,
     HarvesterError,
-    TransientError,
     status_of,
 )
 from harvester.logs import event
@@ -44,25 +42,16 @@ from harvester.report.progress import METRICS_READ_LIMIT, Progress
 from harvester.report.summary import summary_document, summary_line
 from harvester.run import outcome
 from harvester.run.dryrun import Tally, dry_run, dry_run_lines
-from harvester.run.job import harvest, ping, retry_failed
-from harvester.run.nights import harvest_nights, nights_of, retry_nights
+from harvester.run.job import harvest, retry_failed
+from harvester.run.nights import harvest_nights, retry_nights
 from harvester.run.stopper import Stopper
 from harvester.settings.config import (
-    CONFIG_KEYS,
-    CONFIG_VARIABLE,
     Settings,
-    load_settings,
-    read_config,
-    render_path,
 )
-from harvester.settings.options import CHECK, RETRY, RUN, STATUS, add_options, path
-from harvester.settings.shard import Shard
-from harvester.settings.window import parse_window, parse_zone
-from harvester.sim.command import add_sim_command, serve_sim
+from harvester.settings.options import RETRY, RUN
+from harvester.sim.command import serve_sim
 from harvester.stats import RunStats
 from harvester.store.files import replace_file
-from harvester.store.status import job_status, night_lines, status_lines
-from harvester.suggest import did_you_mean
 
 log = logging.getLogger("harvester")
 
@@ -71,15 +60,15 @@ T = TypeVar("T")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harvester`` command."""
-    parser, commands = _parser()
+    parser, commands = cli_parser.parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # Said by the command's own parser (its usage, not the top level's), with the flag
         # that was probably meant.
         command = commands.choices.get(args.command, parser) if args.command else parser
-        command.error(_unrecognized(unknown, command))
+        command.error(cli_parser.unrecognized(unknown, command))
     # Errors in the settings are logged as asked, before they are loaded.
-    logs.configure(_log_format(args), getattr(args, "verbose", False))
+    logs.configure(cli_parser.log_format(args), getattr(args, "verbose", False))
     if args.command in ("run", "retry-failed"):
         _steady_memory()
         code = exits.INTERNAL
@@ -92,33 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sim":
         return serve_sim(args)
     if args.command == "check":
-        return _check(args)
+        return inspect.check(args)
     if args.command == "status":
-        return _status(args)
+        return inspect.status(args)
     parser.print_help(sys.stderr)
     return exits.USAGE
-
-
-def _log_format(args: argparse.Namespace) -> str:
-    """The log format asked for: the flag's, else the config file's (looked up alone first, so
-    that what is wrong in that very file is said in it), else text. A config file that is not
-    a regular file (a pipe) is read once, by the settings, and not looked into here."""
-    given: str | None = getattr(args, "log_format", None)
-    config = _config_path(args)
-    if given is None and config is not None:
-        with contextlib.suppress(Exception):  # whatever is wrong, the settings will say it
-            if config.is_file():
-                found = read_config(config).get("log_format")
-                given = found if found in ("text", "json") else None
-    return given or "text"
-
-
-def _config_path(args: argparse.Namespace) -> Path | None:
-    """The config file: --config, else HARVESTER_CONFIG, else none."""
-    given: Path | None = getattr(args, "config", None)
-    if given is None and os.environ.get(CONFIG_VARIABLE):
-        return Path(os.environ[CONFIG_VARIABLE])
-    return given
 
 
 def _steady_memory() -> None:
@@ -141,90 +108,11 @@ def _steady_memory() -> None:
 _M_MMAP_THRESHOLD = -3
 
 
-def _unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
-    """What argparse says of arguments it does not know, with the nearest flag of each."""
-    flags = [flag for action in parser._actions for flag in action.option_strings]
-    said = [
-        f"{word}{did_you_mean(word.split('=')[0], flags)}" if word.startswith("-") else word
-        for word in unknown
-    ]
-    return f"unrecognized arguments: {' '.join(said)}"
-
-
-def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
-    # No abbreviations: --fr taken for --fresh would discard a job's progress on a typo.
-    parser = argparse.ArgumentParser(
-        prog="harvester",
-        allow_abbrev=False,
-        description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
-    )
-    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser(
-        RUN,
-        allow_abbrev=False,
-        help="harvest the events of every call in a call list",
-        description="Fetch the events of every call in --input and write them to --output as "
-        "NDJSON. Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. "
-        "Settings: config file < environment < flags (see config.example.toml).",
-        epilog="Run the same command again after any interruption: it resumes, and every event "
-        "lands exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
-        "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
-        "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
-        "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
-        "later); 7 the input or window holds no call (with --fail-on-empty); 70 internal error; "
-        "75 another harvester runs this job now (nothing changed); 130/143 stopped by "
-        "SIGINT/SIGTERM (resumable).",
-    )
-    add_options(run, RUN)
-    again = commands.add_parser(
-        RETRY,
-        allow_abbrev=False,
-        help="harvest again the calls of an output's failures file that are worth it",
-        description="Harvest again the calls listed in the failures file of --output (not "
-        "unknown calls, unless --include-not-found), append their events to the same output "
-        "exactly once, and leave in the failures file only what still fails. An --output "
-        "holding {date} or {shard} takes the run's --yesterday/--since and --shard to fill "
-        "them.",
-        epilog="Exit codes as for run.",
-    )
-    add_options(again, RETRY)
-    again.add_argument(
-        "--include-not-found", action="store_true", help="retry unknown calls (404) too"
-    )
-    check = commands.add_parser(
-        CHECK,
-        allow_abbrev=False,
-        help="check the settings and credentials with one cheap request",
-        description="Validate the settings, print them (secrets redacted), and ask the API for "
-        "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
-        "credentials or the user id, 6 when it cannot be reached or is down, 2 for a settings "
-        "error.",
-    )
-    add_options(check, CHECK)
-    status = commands.add_parser(
-        STATUS,
-        allow_abbrev=False,
-        help="where a job stands, without running it",
-        description="Read the state beside --output and say what the job harvests, how far it "
-        "got (calls done, failed by code), how its last run ended, and whether a harvester is "
-        "running it now. Changes nothing. Exit 0, or 2 when there is no job there. An --output "
-        "holding {date} or {shard} takes the run's --yesterday/--since, --tz and --shard to "
-        "fill them.",
-    )
-    # Not required by argparse, so that a misspelt --output is said as such (did you mean).
-    status.add_argument("--output", "-o", metavar="PATH", type=path, help="the job's output")
-    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    add_options(status, STATUS)
-    add_sim_command(commands)
-    return parser, commands
-
-
 # -- run -------------------------------------------------------------------------------------
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = cli_parser.settings_of(args)
     if settings is None:
         return exits.USAGE
     stats = RunStats()
@@ -432,18 +320,6 @@ def _say_deadline(deadline: datetime, now: datetime) -> None:
 _SIGNAL_CODES = (exits.SIGINT, exits.SIGTERM)
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    """Settings from the config file, the environment and the flags given; None (after saying
-    why) when they are not valid."""
-    # Only what was given on the command line; None leaves the file's or environment's value.
-    flags = {name: getattr(args, name, None) for name in CONFIG_KEYS}
-    try:
-        return load_settings(flags, os.environ, _config_path(args), as_flags=True)
-    except ConfigError as exc:
-        log.error("error: %s", exc)
-        return None
-
-
 def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on uvloop where it is installed (a default dependency where it
     builds), else on asyncio's own loop."""
@@ -471,99 +347,3 @@ async def _supervised(
         await progress.watching(work, input_spec)
     finally:
         stopper.hold()
-
-
-# -- status ----------------------------------------------------------------------------------
-
-
-def _status(args: argparse.Namespace) -> int:
-    if args.output is None:
-        log.error("error: status needs the job's output: --output PATH (exit 2)")
-        return exits.USAGE
-    try:
-        status = _nights_status(args) if args.nights else job_status(_job_output(args))
-    except ConfigError as exc:
-        log.error("error: %s", exc)
-        return exits.USAGE
-    if args.json:
-        text = orjson.dumps(status, option=orjson.OPT_INDENT_2).decode()
-    elif args.nights:
-        text = "\n".join(night_lines(status["nights"]))
-    else:
-        text = "\n".join(status_lines(status))
-    try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:  # | head: whoever reads has read enough; nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return exits.OK
-
-
-def _nights_status(args: argparse.Namespace) -> dict[str, Any]:
-    """Where each night of a nightly job stands: ``{"nights": [...]}``, oldest first."""
-    if args.since or args.until or args.yesterday:
-        raise ConfigError("give either --nights N or a window (--yesterday, --since), not both")
-    if not 1 <= args.nights <= 366:
-        raise ConfigError(f"--nights must be between 1 and 366, not {args.nights}")
-    if "{date}" not in str(args.output):
-        raise ConfigError(f"--output {args.output} has no {{date}}: give the nightly template")
-    zone = parse_zone(args.tz if args.tz is not None else "UTC")
-    shard = Shard.parse(args.shard) if args.shard else None
-    template = render_path("--output", args.output, None, shard, keep_date=True)
-    today = datetime.now(UTC).astimezone(zone).date()
-    nights = nights_of(template, today, args.nights)
-    return {"nights": [{"date": str(day), **state} for day, _, state in nights]}
-
-
-def _job_output(args: argparse.Namespace) -> Path:
-    """``--output`` with ``{date}`` and ``{shard}`` filled from the window and shard flags, as
-    the run that wrote it filled them."""
-    zone = parse_zone(args.tz if args.tz is not None else "UTC")
-    window = parse_window(args.since, args.until, args.yesterday, zone, datetime.now(UTC))
-    shard = Shard.parse(args.shard) if args.shard else None
-    return render_path("--output", args.output, window, shard)
-
-
-# -- check -----------------------------------------------------------------------------------
-
-
-def _check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if settings is None:
-        return exits.USAGE
-    print("effective settings (config file < environment < flags):")
-    for name in CONFIG_KEYS:
-        value = getattr(settings, name)
-        if value is not None:
-            shown = redact_url(value) if name in ("base_url", "proxy") else value
-            print(f"  {name} = {shown}")  # Secret prints as ***
-    try:
-        elapsed = asyncio.run(ping(settings))
-    except FatalApiError as exc:
-        if exc.status in (401, 403):
-            log.error(
-                "error: the API refused: %s. Check %s (401) and that user id %s is the account "
-                "they belong to (403)",
-                exc,
-                settings.credentials_from,
-                settings.user_id,
-            )
-        else:
-            log.error("error: %s", exc)
-        return exits.FATAL_API
-    except TransientError as exc:
-        if exc.code.startswith("proxy-"):  # the proxy's fault, not the API's
-            log.error("error: %s", exc.message)
-            return exits.UNAVAILABLE
-        log.error(
-            "error: the API at %s cannot be reached or is down: %s. Check the base URL and the "
-            "network, or try again later",
-            settings.base_url,
-            exc,
-        )
-        return exits.UNAVAILABLE
-    except ApiError as exc:
-        log.error("error: the API at %s did not answer as it should: %s", settings.base_url, exc)
-        return exits.FATAL_API
-    print(f"ok: the API accepted the credentials for {settings.user_id} ({elapsed * 1000:.0f} ms)")
-    return exits.OK

@@ -34,7 +34,8 @@ from harvester.fetch.retry import Retrier
 from harvester.input.listing import ListedCall, Page, list_window
 from harvester.run.job import check_paths, identity_of, output_paths, retry_failed
 from harvester.run.pool import Pool, SourceBatch
-from harvester.settings.config import Settings, render_path
+from harvester.settings.config import Settings
+from harvester.settings.values import render_path
 from harvester.settings.window import Window, night, parse_zone
 from harvester.stats import RunStats
 from harvester.store.place import ListingPlace

@@ -8,16 +8,14 @@ import dataclasses
 import errno
 import logging
 import os
-import re
 import stat
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from harvester.credentials import Secret, check_base_url, check_proxy, proxy_from_environment
 from harvester.credentials import redact_url as redact_url
@@ -25,6 +23,13 @@ from harvester.errors import ConfigError
 from harvester.ids import is_user_id
 from harvester.settings.options import flag_of, key_of_flag
 from harvester.settings.shard import Shard
+from harvester.settings.values import (
+    FailureLimit,
+    check_placeholders,
+    parse_deadline,
+    parse_duration,
+    render_path,
+)
 from harvester.settings.window import Window, parse_window, parse_zone
 from harvester.suggest import did_you_mean
 
@@ -42,42 +47,6 @@ ENVIRONMENT = {
 }
 PREFIX = "HARVESTER_"
 CONFIG_VARIABLE = "HARVESTER_CONFIG"
-
-
-@dataclass(frozen=True, slots=True)
-class FailureLimit:
-    """``--max-failures``: how many failed calls a finished run may have and still exit 0, a
-    count (``10``) or a share of the job's calls (``0.5%``)."""
-
-    count: int = 0
-    percent: float | None = None
-
-    @classmethod
-    def parse(cls, spec: object) -> FailureLimit:
-        text = str(spec).strip() if isinstance(spec, str | int) else ""
-        try:
-            if isinstance(spec, bool) or not text:
-                raise ValueError
-            if text.endswith("%"):
-                percent = float(text[:-1])
-                if not 0 <= percent <= 100:
-                    raise ValueError
-                return cls(percent=percent)
-            count = int(text)
-            if count < 0:
-                raise ValueError
-        except ValueError as exc:
-            raise ConfigError(
-                f"{spec!r} must be a count (10) or a share of the calls (0.5%)"
-            ) from exc
-        return cls(count=count)
-
-    def allowed(self, calls: int) -> int:
-        """Failed calls allowed out of ``calls``."""
-        return int(calls * self.percent / 100) if self.percent is not None else self.count
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +88,7 @@ class Settings:
     log_format: str = "text"
     log_every: float = 30.0
     metrics_file: Path | None = None
-    max_failures: FailureLimit = FailureLimit()
+    max_failures: FailureLimit = field(default_factory=FailureLimit)
     fail_on_empty: bool = False
     max_duration: float | None = None  # seconds
     deadline: datetime | None = None  # the moment; a time of day is the next one after load
@@ -462,47 +431,6 @@ def _check_credentials(settings: Settings, user_id_name: str) -> None:
         )
 
 
-def parse_duration(value: object) -> float:
-    """``90``, ``90s``, ``15m``, ``5h``, ``1d`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = str(value).strip().lower() if isinstance(value, str | int | float) else ""
-    unit = units.get(text[-1:], 0)
-    try:
-        seconds = float(text[:-1]) * unit if unit else float(text)
-    except ValueError:
-        seconds = -1
-    if isinstance(value, bool) or not seconds > 0:
-        raise ConfigError(f"{value!r} must be a duration such as 90s, 15m or 5h")
-    return seconds
-
-
-def parse_deadline(value: object, now: datetime, zone: ZoneInfo) -> datetime:
-    """``--deadline``: a time of day (``06:00``: the next one after ``now``, in the ``tz``
-    zone) or an ISO 8601 date and time (a zone-less one in ``tz``)."""
-    try:
-        if isinstance(value, datetime):
-            moment = value
-        elif isinstance(value, time):
-            moment = _next_time_of_day(value, now, zone)
-        elif not isinstance(value, str):
-            raise ValueError
-        elif "T" in value or len(value) > 8:
-            moment = datetime.fromisoformat(value)
-        else:
-            moment = _next_time_of_day(time.fromisoformat(value), now, zone)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{value!r} must be a time of day (06:00) or a date and time (2026-11-27T06:00:00Z)"
-        ) from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
-
-
-def _next_time_of_day(clock_time: time, now: datetime, zone: ZoneInfo) -> datetime:
-    local = now.astimezone(zone)
-    moment = datetime.combine(local.date(), clock_time, zone)
-    return moment + timedelta(days=1) if moment <= local else moment
-
-
 def _render_paths(settings: Settings, names: dict[str, str]) -> Settings:
     """Fill ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) in the paths; with
     nights, the paths of a night keep ``{date}`` for each night to fill."""
@@ -525,42 +453,6 @@ def _render_paths(settings: Settings, names: dict[str, str]) -> Settings:
         if (path := getattr(settings, key)) is not None
     }
     return dataclasses.replace(settings, **values)
-
-
-def check_placeholders(name: str, text: str) -> None:
-    """Refuse a ``{name}`` in a path that harvester does not fill (a typo of ``{date}``)."""
-    unknown = sorted(set(_PLACEHOLDER.findall(text)) - {"date", "shard"})
-    if unknown:
-        raise ConfigError(
-            f"{name} {text} holds {{{unknown[0]}}}, which harvester does not fill"
-            f"{did_you_mean('{' + unknown[0] + '}', ('{date}', '{shard}'))}: a path may hold "
-            "{date} and {shard}"
-        )
-
-
-_PLACEHOLDER = re.compile(r"\{([^{}/]*)\}")
-
-
-def render_path(
-    name: str, path: Path, window: Window | None, shard: Shard | None, *, keep_date: bool = False
-) -> Path:
-    """``path`` with ``{date}`` (the window's start date) and ``{shard}`` (K of K/N) filled
-    (``{date}`` left for each night to fill, with ``keep_date``); ``name`` is the setting's,
-    for the error when the window or the shard is missing."""
-    text = str(path)
-    check_placeholders(name, text)
-    if "{date}" in text and not keep_date:
-        if window is None:
-            raise ConfigError(
-                f"{name} {text} holds {{date}}, which needs a window (--nights, --yesterday or "
-                "--since)"
-            )
-        text = text.replace("{date}", window.day.isoformat())
-    if "{shard}" in text:
-        if shard is None:
-            raise ConfigError(f"{name} {text} holds {{shard}}, which needs --shard K/N")
-        text = text.replace("{shard}", str(shard.index))
-    return Path(text)
 
 
 # The type each setting holds, None aside: the real types, not their names.
