@@ -34,6 +34,7 @@ from typing import Any
 
 from harvester import __version__
 from harvester.errors import ConfigError
+from harvester.exits import Status
 from harvester.logs import event, summary_level
 from harvester.report.progress import Progress
 from harvester.report.summary import summary_document, summary_line
@@ -106,7 +107,7 @@ async def _harvest(
         await job.harvest(settings, stats=stats, fresh=fresh, stop=stop)
     ended = outcome.of_run(settings, stats, None)
     stats.exit_code = ended.code
-    stats.status = "completed" if stats.completed else "stopped"
+    stats.status = Status.COMPLETED if stats.completed else Status.STOPPED
 
 
 async def _summarise(

@@ -26,6 +26,8 @@ nothing else imports aiohttp (but the simulator, which is a server).
 
 from __future__ import annotations
 
+from harvester.exits import Status
+
 
 class HarvesterError(Exception):
     """Base of every error harvester raises on purpose."""
@@ -114,16 +116,16 @@ class ApiUnavailable(FatalApiError):
     calls it could not do are left for the next run (not listed as failed)."""
 
 
-def status_of(error: BaseException) -> str:
+def status_of(error: BaseException) -> Status:
     """How a run that raised ``error`` ended, as the summary and ``harvester status`` say."""
     for kind, status in (
-        (AlreadyRunning, "already-running"),
-        (ApiUnavailable, "api-unavailable"),
-        (FatalApiError, "aborted"),
-        (OutputError, "output-error"),
-        (ConfigError, "usage-error"),
-        (InputError, "usage-error"),
+        (AlreadyRunning, Status.ALREADY_RUNNING),
+        (ApiUnavailable, Status.API_UNAVAILABLE),
+        (FatalApiError, Status.ABORTED),
+        (OutputError, Status.OUTPUT_ERROR),
+        (ConfigError, Status.USAGE_ERROR),
+        (InputError, Status.USAGE_ERROR),
     ):
         if isinstance(error, kind):
             return status
-    return "crashed"
+    return Status.CRASHED

@@ -5,6 +5,7 @@ worst of its nights'."""
 from __future__ import annotations
 
 import signal
+from enum import StrEnum
 from typing import Any
 
 OK = 0
@@ -21,14 +22,41 @@ SIGNAL_BASE = 128
 SIGINT = SIGNAL_BASE + signal.SIGINT
 SIGTERM = SIGNAL_BASE + signal.SIGTERM
 
+
+class Status(StrEnum):
+    """How a run (or a night of one) ended, as the summary, the ledger and ``status`` say it;
+    ``RUNNING`` while it goes on."""
+
+    COMPLETED = "completed"
+    STOPPED = "stopped"  # by a signal, or at once by a second one
+    DEADLINE = "deadline"  # at --deadline or --max-duration (or a library caller's stop)
+    EMPTY = "empty"  # nothing at all to harvest, with --fail-on-empty
+    RUNNING = "running"
+    ALREADY_RUNNING = "already-running"
+    USAGE_ERROR = "usage-error"
+    API_UNAVAILABLE = "api-unavailable"
+    ABORTED = "aborted"
+    OUTPUT_ERROR = "output-error"
+    CRASHED = "crashed"
+
+
+class NightState(StrEnum):
+    """Where a night of a nightly job stands before a run takes it on."""
+
+    COMPLETED = "completed"
+    UNFINISHED = "unfinished"
+    RUNNING = "running"
+    NOT_STARTED = "not started"
+
+
 # The exit code of each way a run can fail (``errors.status_of``).
 OF_STATUS = {
-    "already-running": RUNNING,
-    "usage-error": USAGE,
-    "api-unavailable": UNAVAILABLE,
-    "aborted": FATAL_API,
-    "output-error": OUTPUT,
-    "crashed": INTERNAL,
+    Status.ALREADY_RUNNING: RUNNING,
+    Status.USAGE_ERROR: USAGE,
+    Status.API_UNAVAILABLE: UNAVAILABLE,
+    Status.ABORTED: FATAL_API,
+    Status.OUTPUT_ERROR: OUTPUT,
+    Status.CRASHED: INTERNAL,
 }
 
 # Worst first: what needs a person before what the next run mends, before what went well.
@@ -58,10 +86,10 @@ def of_night(entry: dict[str, Any], *, fail_on_empty: bool, stopped: int) -> int
     """A night's exit code, from its entry in a run's ``nights`` (``harvester.run.nights``):
     ``stopped`` for a night the run was stopped in (by a signal, the deadline)."""
     status = entry["status"]
-    if status == "completed":
+    if status == Status.COMPLETED:
         if fail_on_empty and not entry["calls"]:
             return EMPTY
         return FAILURES if entry.get("failed_over_limit") else OK
-    if status == "stopped":
+    if status == Status.STOPPED:
         return stopped
     return OF_STATUS.get(status, INTERNAL)

@@ -16,13 +16,14 @@ import pytest
 from harvester.errors import InputError
 from harvester.input import chunks
 from harvester.input.source import InvalidRecord, RecordFeed
+from harvester.settings.values import InputFormat
 from harvester.sim.server import call_id_for
 from tests.conftest import read_ndjson, run_harvester
 
 
 async def read(path: Path, form: str | None = None) -> list[str | InvalidRecord]:
     """Every id (or invalid record) of the call list at ``path``, as the pool takes them."""
-    feed = RecordFeed(str(path), form)
+    feed = RecordFeed(str(path), InputFormat(form) if form else None)
     try:
         await feed.opened()
         records: list[str | InvalidRecord] = []

@@ -36,6 +36,7 @@ from harvester.errors import (
     HarvesterError,
     status_of,
 )
+from harvester.exits import Status
 from harvester.logs import event
 from harvester.report import metrics
 from harvester.report.progress import METRICS_READ_LIMIT, Progress
@@ -277,7 +278,7 @@ def _harvest(
         if args.fresh:
             return (
                 exits.USAGE,
-                "usage-error",
+                Status.USAGE_ERROR,
                 "--fresh starts one job over, and --nights holds several: to start a night "
                 "over, run it alone with --since DAY --until NEXT-DAY --fresh",
             )
@@ -290,13 +291,13 @@ def _harvest(
         spec = settings.input if args.command == RUN and settings.progress else None
         _run_async(_supervised(work, progress, stopper, spec))
     except Exception as exc:
-        if status_of(exc) == "crashed":  # a bug: said plainly, the traceback kept for a report
+        if status_of(exc) == Status.CRASHED:  # a bug: said plainly, the traceback kept for a report
             log.error("internal error, please report it with this log", exc_info=exc)
         ended = outcome.of_error(exc, settings.credentials_from)
         return ended.code, ended.status, ended.error
     asked = stopper.signal is not None or stopper.deadline_reached
     ended = outcome.of_run(settings, stats, outcome.stopped(stopper.signal) if asked else None)
-    if ended.status == "completed" and not stats.nights and not stats.job.get("calls"):
+    if ended.status == Status.COMPLETED and not stats.nights and not stats.job.get("calls"):
         source = f"the call list {settings.input}" if settings.input else "the window"
         log.warning("nothing to harvest: %s holds no call at all", source)
     return ended.code, ended.status, ended.error

@@ -44,6 +44,7 @@ import orjson
 
 from harvester.errors import InputError
 from harvester.input.chunks import BOM, MAX_LINE, ChunkReader, Lines, is_stream
+from harvester.settings.values import InputFormat
 
 log = logging.getLogger("harvester")
 
@@ -308,7 +309,9 @@ class RecordFeed:
     a FIFO without a writer or a stdin that never ends holds neither the loop nor the exit.
     """
 
-    def __init__(self, spec: str, form: str | None = None, id_column: str | None = None) -> None:
+    def __init__(
+        self, spec: str, form: InputFormat | None = None, id_column: str | None = None
+    ) -> None:
         self._spec = spec
         self._form = form
         self._fields = (id_column,) if id_column else ID_FIELDS
@@ -389,13 +392,13 @@ class RecordFeed:
                 if not more:
                     break
                 head += more
-            hint = "csv" if name.endswith(".csv") else None
-            hint = "ndjson" if name.endswith((".ndjson", ".jsonl")) else hint
-            kind = _sniff(head[:MAX_LINE], True, self._fields, hint) or hint or "text"
-        if kind == "csv":
+            hint = InputFormat.CSV if name.endswith(".csv") else None
+            hint = InputFormat.NDJSON if name.endswith((".ndjson", ".jsonl")) else hint
+            kind = _sniff(head[:MAX_LINE], True, self._fields, hint) or hint or InputFormat.TEXT
+        if kind == InputFormat.CSV:
             self._lines = Lines(universal=True)
             self._csv = _CsvRows(self._input.name, self._fields)
-        elif kind == "ndjson":
+        elif kind == InputFormat.NDJSON:
             self._parse = _ndjson_records(self._fields)
         if head:
             self._lines.feed(head)
@@ -510,8 +513,8 @@ def _not_an_id(text: str) -> tuple[str, str]:
 
 
 def _sniff(
-    head: bytes, whole: bool, fields: tuple[str, ...], hint: str | None = None
-) -> str | None:
+    head: bytes, whole: bool, fields: tuple[str, ...], hint: InputFormat | None = None
+) -> InputFormat | None:
     """The format the first line with something on it says; None if there is none yet (the
     last line of ``head`` counts only if ``whole``). A first line that names an id column is a
     CSV header (with any of ``DELIMITERS``); several cells make a CSV where the name says so
@@ -525,11 +528,11 @@ def _sniff(
         if not line or line.startswith(b"#"):
             continue
         if line.startswith(b"{"):
-            return "ndjson"
+            return InputFormat.NDJSON
         text = line.decode("utf-8", "replace")
         for delimiter in DELIMITERS:
             cells = [c.strip().strip('"').lower() for c in text.split(delimiter)]
-            if any(c in names for c in cells) or (hint == "csv" and len(cells) > 1):
-                return "csv"
-        return "text"
+            if any(c in names for c in cells) or (hint == InputFormat.CSV and len(cells) > 1):
+                return InputFormat.CSV
+        return InputFormat.TEXT
     return None

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from harvester import __version__
+from harvester.exits import Status
 from harvester.logs import counted
 from harvester.settings.config import Settings
 from harvester.stats import RunStats
@@ -13,7 +14,7 @@ from harvester.stats import RunStats
 _JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_limited")
 
 # The statuses of a run stopped on request (a signal, the deadline): the next run goes on.
-STOPPED = ("stopped", "deadline")
+STOPPED = (Status.STOPPED, Status.DEADLINE)
 
 
 def summary_document(

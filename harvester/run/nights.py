@@ -28,6 +28,7 @@ from typing import Any
 
 from harvester.clock import Clock, SystemClock
 from harvester.errors import AlreadyRunning, ConfigError, HarvesterError, status_of
+from harvester.exits import NightState, Status
 from harvester.fetch.client import CallEventsClient
 from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.retry import Retrier
@@ -58,12 +59,12 @@ class Night:
     day: date
     settings: Settings
     paths: dict[str, Path]
-    state: str = "not started"  # completed, unfinished, not started (before this run)
+    state: str = NightState.NOT_STARTED  # before this run
     sink: Sink | None = None
     stats: RunStats = field(default_factory=RunStats)  # its job's, for its sink
     feed: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(AHEAD))
     over: asyncio.Event = field(default_factory=asyncio.Event)  # its pool has ended
-    status: str = ""  # how it ended in this run: completed, stopped, or an error's status
+    status: str = ""  # how it ended in this run (a ``Status``); "" until it has
     error: str | None = None
 
     @property
@@ -99,7 +100,10 @@ def plan(settings: Settings) -> list[Night]:
     nights = []
     for day, output, state in nights_of(settings.output, settings.today, settings.nights):
         own = night_settings(settings, day)
-        if state["state"] in ("completed", "unfinished"):  # a running one turns this run away
+        if state["state"] in (
+            NightState.COMPLETED,
+            NightState.UNFINISHED,
+        ):  # a running one turns this run away
             _same_job(own, output, state)
         nights.append(Night(day, own, output_paths(own, own.window), state["state"]))
     return nights
@@ -150,11 +154,11 @@ def night_state(output: Path) -> dict[str, Any]:
     try:
         status = job_status(output)
     except ConfigError:
-        return {"state": "not started", "output": str(output)}
+        return {"state": NightState.NOT_STARTED, "output": str(output)}
     if status["running_pid"]:
-        state = "running"
+        state = NightState.RUNNING
     else:
-        state = "completed" if status["completed"] else "unfinished"
+        state = NightState.COMPLETED if status["completed"] else NightState.UNFINISHED
     return {"state": state, **status}
 
 
@@ -180,10 +184,10 @@ async def harvest_nights(
     nights = plan(settings)
     for each in nights:
         check_paths(each.settings, each.paths, None)
-    running = [each for each in nights if each.state == "running"]
+    running = [each for each in nights if each.state == NightState.RUNNING]
     if running:
         raise _already(running[0])
-    pending = [each for each in nights if each.state != "completed"]
+    pending = [each for each in nights if each.state != NightState.COMPLETED]
     stats.nights_behind = len(pending)
     _say_plan(nights, pending)
     async with contextlib.AsyncExitStack() as opened:
@@ -195,7 +199,7 @@ async def harvest_nights(
         if pending:
             await _harvest(settings, stats, clock, stop, pending)
     stats.nights = [_report(each, settings) for each in nights]
-    stats.nights_behind = sum(entry["status"] != "completed" for entry in stats.nights)
+    stats.nights_behind = sum(entry["status"] != Status.COMPLETED for entry in stats.nights)
     stats.completed = stats.nights_behind == 0
     # The nights' counters added up; requests are counted for the run, not for each night.
     run = {"requests": stats.requests, "retries": stats.retries, "rate_limited": stats.rate_limited}
@@ -235,7 +239,7 @@ def _completed_meanwhile(each: Night) -> bool:
     """A night completed by another run between our look and our lock: nothing to do."""
     assert each.sink is not None
     if each.sink.meta["completed"]:
-        each.state, each.status = "completed", "completed"
+        each.state, each.status = NightState.COMPLETED, Status.COMPLETED
         return True
     return False
 
@@ -368,7 +372,7 @@ async def _night(
         async with sink.recording("run", stop):
             if await pool.run(_fed(each), stop):
                 await sink.mark_completed()
-                each.status = "completed"
+                each.status = Status.COMPLETED
                 stats.nights_behind -= 1
                 done = sink.snapshot()
                 log.info("night %s: completed (%s)", each.day, _counts(done))
@@ -379,13 +383,13 @@ async def _night(
                         each.day,
                     )
             else:
-                each.status = "stopped"
+                each.status = Status.STOPPED
     except HarvesterError as exc:
         each.status, each.error = status_of(exc), str(exc)
         log.info("night %s: %s", each.day, each.status)
     except Exception as exc:  # a bug: this night's, said as such; the others go on
         log.error("night %s: internal error", each.day, exc_info=exc)
-        each.status, each.error = "crashed", f"internal error: {type(exc).__name__}"
+        each.status, each.error = Status.CRASHED, f"internal error: {type(exc).__name__}"
     finally:
         each.over.set()
 
@@ -408,13 +412,13 @@ async def retry_nights(
         raise ConfigError("no output: give --output PATH, the template of an earlier run")
     stats = stats if stats is not None else RunStats()
     stop = stop if stop is not None else asyncio.Event()
-    nights = [each for each in plan(settings) if each.state != "not started"]
-    running = [each for each in nights if each.state == "running"]
+    nights = [each for each in plan(settings) if each.state != NightState.NOT_STARTED]
+    running = [each for each in nights if each.state == NightState.RUNNING]
     if running:
         raise _already(running[0])
     for each in nights:
         if stop.is_set():
-            each.status = "stopped"
+            each.status = Status.STOPPED
             continue
         try:
             await retry_failed(
@@ -424,7 +428,7 @@ async def retry_nights(
                 clock=clock,
                 stop=stop,
             )
-            each.status = "completed" if not stop.is_set() else "stopped"
+            each.status = Status.COMPLETED if not stop.is_set() else Status.STOPPED
         except AlreadyRunning:
             raise
         except HarvesterError as exc:
@@ -441,18 +445,20 @@ async def retry_nights(
 def _report(each: Night, settings: Settings) -> dict[str, Any]:
     """A night's entry in the summary: its date, how it stands, and its job's counters."""
     job = each.sink.snapshot() if each.sink is not None else _ledger_totals(each)
-    status = each.status or ("completed" if each.state == "completed" else "not started")
+    status = each.status or (
+        Status.COMPLETED if each.state == NightState.COMPLETED else NightState.NOT_STARTED
+    )
     entry: dict[str, Any] = {
         "date": str(each.day),
         "status": status,
-        "earlier": each.sink is None and each.state == "completed" and not each.status,
+        "earlier": each.sink is None and each.state == NightState.COMPLETED and not each.status,
         "job_completed": bool(job.get("completed")),
         **{key: job.get(key, 0) for key in ("calls", "ok", "failed", "events", "invocations")},
         "failures_by_code": job.get("failures_by_code", {}),
         "output": str(each.paths["events"]),
         "failures_file": str(each.paths["failures"]),
     }
-    if status == "completed":
+    if status == Status.COMPLETED:
         allowed = settings.max_failures.allowed(entry["calls"])
         entry["failed_over_limit"] = entry["failed"] > allowed
     if each.error is not None:
@@ -485,5 +491,5 @@ def _together(nights: list[dict[str, Any]]) -> dict[str, Any]:
         for code, count in entry["failures_by_code"].items():
             codes[code] = codes.get(code, 0) + count
     together["failures_by_code"] = codes
-    together["completed"] = all(entry["status"] == "completed" for entry in nights)
+    together["completed"] = all(entry["status"] == Status.COMPLETED for entry in nights)
     return together

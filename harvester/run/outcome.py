@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from harvester import exits
 from harvester.errors import FatalApiError, status_of
+from harvester.exits import Status
 from harvester.settings.config import Settings
 from harvester.stats import RunStats
 
@@ -18,7 +19,7 @@ class Outcome:
     run finished)."""
 
     code: int
-    status: str
+    status: Status
     error: str | None = None
 
 
@@ -28,16 +29,16 @@ def stopped(signum: int | None = None) -> Outcome:
     if signum is not None:
         name = signal.Signals(signum).name
         error = f"stopped by {name}; run the same command again to resume"
-        return Outcome(exits.SIGNAL_BASE + signum, "stopped", error)
+        return Outcome(exits.SIGNAL_BASE + signum, Status.STOPPED, error)
     error = "stopped at the deadline; run the same command again to resume"
-    return Outcome(exits.DEADLINE, "deadline", error)
+    return Outcome(exits.DEADLINE, Status.DEADLINE, error)
 
 
 def of_error(exc: Exception, credentials_from: str) -> Outcome:
     """A run that raised ``exc``: the exit code of its status, and what to say of it."""
     status = status_of(exc)  # the same words as the ledger's record of the run
     error = str(exc)
-    if status == "crashed":  # a bug: its kind is said; the log keeps the traceback
+    if status == Status.CRASHED:  # a bug: its kind is said; the log keeps the traceback
         error = f"internal error: {type(exc).__name__}; run the same command to resume"
     elif isinstance(exc, FatalApiError) and exc.status in (401, 403):
         error += f" (check {credentials_from}, and the user id)"
@@ -56,10 +57,12 @@ def of_run(settings: Settings, stats: RunStats, stop: Outcome | None) -> Outcome
         return stopped()
     if not stats.job.get("calls") and settings.fail_on_empty:
         source = f"the call list {settings.input}" if settings.input else "the window"
-        return Outcome(exits.EMPTY, "empty", f"{source} holds no call at all (--fail-on-empty)")
+        return Outcome(
+            exits.EMPTY, Status.EMPTY, f"{source} holds no call at all (--fail-on-empty)"
+        )
     allowed = settings.max_failures.allowed(stats.job.get("calls", 0))
     failed_over = stats.job.get("failed", 0) > allowed
-    return Outcome(exits.FAILURES if failed_over else exits.OK, "completed")
+    return Outcome(exits.FAILURES if failed_over else exits.OK, Status.COMPLETED)
 
 
 def _worst_night(settings: Settings, stats: RunStats, stop: Outcome) -> Outcome:
@@ -69,10 +72,10 @@ def _worst_night(settings: Settings, stats: RunStats, stop: Outcome) -> Outcome:
         entry["exit_code"] = exits.of_night(
             entry, fail_on_empty=settings.fail_on_empty, stopped=stop.code
         )
-        if entry["status"] == "stopped":
+        if entry["status"] == Status.STOPPED:
             entry["status"], entry["error"] = stop.status, stop.error
     code = exits.worst([entry["exit_code"] for entry in stats.nights])
     worst = next(entry for entry in stats.nights if entry["exit_code"] == code)
     if code in (exits.OK, exits.FAILURES, exits.EMPTY):
-        return Outcome(code, "completed")
+        return Outcome(code, Status.COMPLETED)
     return Outcome(code, worst["status"], worst.get("error"))

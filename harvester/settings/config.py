@@ -25,6 +25,7 @@ from harvester.settings.options import flag_of, key_of_flag
 from harvester.settings.shard import Shard
 from harvester.settings.values import (
     FailureLimit,
+    InputFormat,
     check_placeholders,
     parse_deadline,
     parse_duration,
@@ -56,7 +57,7 @@ class Settings:
     make."""
 
     input: str | None = None
-    input_format: str | None = None  # text, csv or ndjson; None: as the content says
+    input_format: InputFormat | None = None  # None: as the content says
     id_column: str | None = None  # the CSV column or NDJSON field of the ids
     output: Path | None = None
     failures: Path | None = None
@@ -327,9 +328,6 @@ def _validate(
         _named(names.get("proxy", "proxy"), check_proxy, proxy)
     for key, (low, high) in _RANGES.items():
         _check_range(names.get(key, key), getattr(settings, key), low, high)
-    if settings.input_format not in (None, "text", "csv", "ndjson"):
-        name = names.get("input_format", "input_format")
-        raise ConfigError(f"{name} must be text, csv or ndjson, not {settings.input_format!r}")
     if settings.id_column is not None and not settings.id_column.strip():
         raise ConfigError(f"{names.get('id_column', 'id_column')} is empty")
     if settings.log_format not in ("text", "json"):
@@ -463,6 +461,7 @@ _TYPES = {
 # Settings given as text (or a TOML number) and parsed into a value of their own.
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "shard": lambda value: Shard.parse(str(value)),
+    "input_format": InputFormat.parse,
     "max_failures": FailureLimit.parse,
     "max_duration": parse_duration,
     "deadline": lambda value: value,  # parsed last: it needs tz and the time of loading

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harvester.settings.values import InputFormat
+
 RUN, RETRY, CHECK, STATUS = "run", "retry-failed", "check", "status"
 _JOBS = (RUN, RETRY)
 _ALL = (RUN, RETRY, CHECK)
@@ -71,7 +73,7 @@ OPTIONS = (
         ("--input-format",),
         "the call list's format, when its content may mislead (default: as its first line says)",
         (RUN,),
-        extra={"choices": ("text", "csv", "ndjson")},
+        extra={"choices": tuple(InputFormat)},
     ),
     Option(
         ("--id-column",),

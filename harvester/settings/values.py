@@ -1,11 +1,13 @@
-"""The settings' values read from text: a failure limit (a count or a share), a duration, a
-deadline (a time of day or a moment), and the path templates' placeholders."""
+"""The settings' values read from text: a call list's format, a failure limit (a count or a
+share), a duration, a deadline (a time of day or a moment), and the path templates'
+placeholders."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from enum import StrEnum
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -13,6 +15,23 @@ from harvester.errors import ConfigError
 from harvester.settings.shard import Shard
 from harvester.settings.window import Window
 from harvester.suggest import did_you_mean
+
+
+class InputFormat(StrEnum):
+    """How a call list is written (``--input-format``; by default as its content says)."""
+
+    TEXT = "text"  # one call id a line
+    CSV = "csv"  # a header naming the id column
+    NDJSON = "ndjson"  # a JSON object a line
+
+    @classmethod
+    def parse(cls, value: object) -> InputFormat:
+        if isinstance(value, str) and value in _FORMATS:
+            return cls(value)
+        raise ConfigError(f"must be text, csv or ndjson, not {value!r}")
+
+
+_FORMATS = frozenset(form.value for form in InputFormat)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from harvester.errors import AlreadyRunning, ConfigError, OutputError
+from harvester.exits import Status
 
 SCHEMA_VERSION = 1
 OK, FAILED = 1, 2
@@ -189,7 +190,7 @@ def record_forced_end(exit_code: int, reason: str) -> None:
     ended_at = datetime.now(UTC).isoformat(timespec="seconds")
     for record in list(_OPEN_RECORDS):
         if record._last:
-            fields = {"status": "stopped", "exit_code": exit_code, "reason": reason}
+            fields = {"status": Status.STOPPED, "exit_code": exit_code, "reason": reason}
             record.write({**record._last, **fields, "ended_at": ended_at})
 
 

@@ -22,6 +22,7 @@ import aiofiles
 from harvester import exits
 from harvester.clock import Clock
 from harvester.errors import HarvesterError, OutputError, status_of
+from harvester.exits import Status
 from harvester.settings.config import Settings
 from harvester.stats import RunStats
 from harvester.store import failures
@@ -154,16 +155,16 @@ class Sink:
             self._journal.note_run,
             command=command,
             started_at=started_at,
-            status="running",
+            status=Status.RUNNING,
             ended_at=None,
         )
-        status = "stopped"
+        status = Status.STOPPED
         # Why a run failed, in our words, and its exit code: a 401 and an API that cannot be
         # reached both end a run early, and only the reason tells them apart.
         why: dict[str, Any] = {}
         try:
             yield
-            status = "completed" if not stop.is_set() else "stopped"
+            status = Status.COMPLETED if not stop.is_set() else Status.STOPPED
         except Exception as exc:
             status = status_of(exc)
             if isinstance(exc, HarvesterError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from harvester import exits
 from harvester.errors import ConfigError, OutputError
+from harvester.exits import Status
 from harvester.input.chunks import count_records
 from harvester.logs import counted
 from harvester.store.files import differs
@@ -68,7 +69,7 @@ def _last_run(ledger: object, record: dict[str, Any] | None) -> dict[str, Any] |
     if record is None or last is None:
         return last or record
     same = record.get("invocation") == last.get("invocation") is not None
-    if same and last.get("status") == "running" and record.get("status") != "running":
+    if same and last.get("status") == Status.RUNNING and record.get("status") != Status.RUNNING:
         return record
     return last
 
@@ -163,7 +164,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             f"({counted(status['invocations'], 'run')} in all)"
         )
         lines.append(f"outcome:   {_how_it_ended(last, pid)}")
-        if last.get("reason") and last.get("status") not in ("running", "completed", "stopped"):
+        over = (Status.RUNNING, Status.COMPLETED, Status.STOPPED)
+        if last.get("reason") and last.get("status") not in over:
             lines.append(f"why:       {last['reason']}")
     lines.append(f"running:   {'yes, pid ' + str(pid) if pid else 'no'}")
     for path, reason in status["damaged"].items():
@@ -173,36 +175,40 @@ def status_lines(status: dict[str, Any]) -> list[str]:
 
 # What the status a failed run's record holds (``errors.status_of``) means.
 _FAILED = {
-    "aborted": "the API refused the run (credentials, access, TLS or the base URL)",
-    "api-unavailable": "the API could not be reached or was down; nothing is lost, the same "
-    "command resumes",
-    "output-error": "an output file or the ledger could not be written",
-    "usage-error": "refused: a settings or input error",
-    "already-running": "turned away: another harvester was running the job",
-    "crashed": "an internal error (a bug)",
+    Status.ABORTED: "the API refused the run (credentials, access, TLS or the base URL)",
+    Status.API_UNAVAILABLE: "the API could not be reached or was down; nothing is lost, the "
+    "same command resumes",
+    Status.OUTPUT_ERROR: "an output file or the ledger could not be written",
+    Status.USAGE_ERROR: "refused: a settings or input error",
+    Status.ALREADY_RUNNING: "turned away: another harvester was running the job",
+    Status.CRASHED: "an internal error (a bug)",
 }
+
+
+_STATUSES = frozenset(status.value for status in Status)
 
 
 def _how_it_ended(last: dict[str, Any], pid: int | None) -> str:
     """How the last run ended, in words: completed, stopped, or failed with its exit code."""
-    how = last.get("status")
-    if how == "running":
+    recorded = str(last.get("status"))
+    how = Status(recorded) if recorded in _STATUSES else None
+    if how == Status.RUNNING:
         if pid:
             return "running now"
         return "no end recorded (killed, or the machine went down): the same command resumes"
-    if how == "completed":
+    if how == Status.COMPLETED:
         return "completed"
-    if how == "stopped":
+    if how == Status.STOPPED:
         code = last.get("exit_code")
         if isinstance(code, int) and last.get("reason"):  # stopped at once, as it said
             return f"{last['reason']} (exit code {code})"
         return "stopped before the end (a signal or the deadline): the same command resumes"
     code = last.get("exit_code")
     if not isinstance(code, int):
-        code = exits.OF_STATUS.get(str(how), exits.INTERNAL)
-    words = _FAILED.get(str(how), "")
+        code = exits.OF_STATUS.get(how, exits.INTERNAL) if how else exits.INTERNAL
+    words = _FAILED.get(how, "") if how else ""
     # The status as the summary names it, then in words.
-    return f"failed with exit code {code} ({how})" + (f": {words}" if words else "")
+    return f"failed with exit code {code} ({how or recorded})" + (f": {words}" if words else "")
 
 
 def _done(status: dict[str, Any]) -> str:
