@@ -27,95 +27,85 @@ def render(stats: RunStats, run_seconds: float, last: LastRuns, shard: Shard | N
     """The exposition text for the job (``stats.job``), this run (``stats``), and the runs
     before (``last``): what a batch job's metrics should be, gauges of its last run. Every
     series of a ``shard``'s file carries its label."""
-    job = stats.job
-    lines: list[str] = []
     # A shard's file says which it is: the shards of one job may share a textfile collector,
     # which refuses two files with the same series.
     own = f'shard="{shard}"' if shard is not None else ""
-
-    def metric(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
+    lines: list[str] = []
+    for name, text, samples in _gauges(stats, run_seconds, last):
         lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"# TYPE {name} gauge")
         for labels, value in samples:
-            inner = ",".join(part for part in (own, labels.strip("{}")) if part)
-            lines.append(
-                f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}"
-            )
-
-    metric(
-        "harvester_calls",
-        "gauge",
-        "Calls of the job by outcome, over every run so far.",
-        [
-            ('{outcome="ok"}', job.get("ok", 0)),
-            ('{outcome="failed"}', job.get("failed", 0)),
-        ],
-    )
-    metric(
-        "harvester_run_calls",
-        "gauge",
-        "Input records of this run by what became of them.",
-        [
-            ('{outcome="ok"}', stats.ok),
-            ('{outcome="failed"}', stats.failed),
-            ('{outcome="skipped"}', stats.skipped),
-            ('{outcome="duplicate"}', stats.duplicates),
-        ],
-    )
-    metric("harvester_events", "gauge", "Events written by the job.", [("", job.get("events", 0))])
-    metric(
-        "harvester_requests",
-        "gauge",
-        "HTTP requests of this run by answer status.",
-        [(f'{{status="{status}"}}', count) for status, count in sorted(stats.statuses.items())]
-        or [('{status="none"}', 0)],
-    )
-    metric("harvester_retries", "gauge", "Retries of this run.", [("", stats.retries)])
-    metric(
-        "harvester_rate_limited", "gauge", "429 answers of this run.", [("", stats.rate_limited)]
-    )
-    metric(
-        "harvester_bytes_written",
-        "gauge",
-        "Bytes of output the job has committed.",
-        [
-            ("", job.get("bytes", 0)),
-        ],
-    )
-    metric(
-        "harvester_run_duration_seconds",
-        "gauge",
-        "How long this run has taken.",
-        [
-            ("", round(run_seconds, 3)),
-        ],
-    )
-    metric(
-        "harvester_nights_behind",
-        "gauge",
-        "Nights of the job (--nights) not completed yet; 0 for a job of no nights.",
-        [("", stats.nights_behind)],
-    )
-    metric(
-        "harvester_last_exit_code",
-        "gauge",
-        "The exit code of the last run that wrote this file (0: every call harvested); "
-        "-1 while its first run has not ended.",
-        [("", last.exit_code if last.exit_code is not None else NOT_ENDED)],
-    )
-    metric(
-        "harvester_last_success_timestamp_seconds",
-        "gauge",
-        "When a run last exited 0 (UNIX time); 0 when none has.",
-        [("", round(last.success, 3) if last.success is not None else 0)],
-    )
-    metric(
-        "harvester_build_info",
-        "gauge",
-        "The version of harvester that wrote this file.",
-        [(f'{{version="{__version__}"}}', 1)],
-    )
+            inner = ",".join(part for part in (own, labels) if part)
+            series = f"{name}{{{inner}}}" if inner else name
+            lines.append(f"{series} {_number(value)}")
     return "\n".join(lines) + "\n"
+
+
+Samples = list[tuple[str, float]]  # (labels without braces, value)
+
+
+def _gauges(stats: RunStats, run_seconds: float, last: LastRuns) -> list[tuple[str, str, Samples]]:
+    """Each family of the file: its name, its help, its samples."""
+    job = stats.job
+    requests = [(f'status="{status}"', count) for status, count in sorted(stats.statuses.items())]
+    exit_code = last.exit_code if last.exit_code is not None else NOT_ENDED
+    success = round(last.success, 3) if last.success is not None else 0
+    return [
+        (
+            "harvester_calls",
+            "Calls of the job by outcome, over every run so far.",
+            [('outcome="ok"', job.get("ok", 0)), ('outcome="failed"', job.get("failed", 0))],
+        ),
+        (
+            "harvester_run_calls",
+            "Input records of this run by what became of them.",
+            [
+                ('outcome="ok"', stats.ok),
+                ('outcome="failed"', stats.failed),
+                ('outcome="skipped"', stats.skipped),
+                ('outcome="duplicate"', stats.duplicates),
+            ],
+        ),
+        ("harvester_events", "Events written by the job.", [("", job.get("events", 0))]),
+        (
+            "harvester_requests",
+            "HTTP requests of this run by answer status.",
+            requests or [('status="none"', 0)],
+        ),
+        ("harvester_retries", "Retries of this run.", [("", stats.retries)]),
+        ("harvester_rate_limited", "429 answers of this run.", [("", stats.rate_limited)]),
+        (
+            "harvester_bytes_written",
+            "Bytes of output the job has committed.",
+            [("", job.get("bytes", 0))],
+        ),
+        (
+            "harvester_run_duration_seconds",
+            "How long this run has taken.",
+            [("", round(run_seconds, 3))],
+        ),
+        (
+            "harvester_nights_behind",
+            "Nights of the job (--nights) not completed yet; 0 for a job of no nights.",
+            [("", stats.nights_behind)],
+        ),
+        (
+            "harvester_last_exit_code",
+            "The exit code of the last run that wrote this file (0: every call harvested); "
+            "-1 while its first run has not ended.",
+            [("", exit_code)],
+        ),
+        (
+            "harvester_last_success_timestamp_seconds",
+            "When a run last exited 0 (UNIX time); 0 when none has.",
+            [("", success)],
+        ),
+        (
+            "harvester_build_info",
+            "The version of harvester that wrote this file.",
+            [(f'version="{__version__}"', 1)],
+        ),
+    ]
 
 
 def refused(previous: str, exit_code: int) -> str:
