@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import heapq
 import io
 import logging
@@ -450,6 +451,34 @@ def expected_events(ids: list[str]) -> list[dict[str, Any]]:
 def canonical(events: list[dict[str, Any]]) -> list[bytes]:
     """Events in a fixed order, for comparing outputs whose call order may differ."""
     return sorted(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events)
+
+
+def assert_exactly_once(output: Path, ids: list[str]) -> None:
+    """``output`` (gunzipped, if its name ends in ``.gz``) holds every event of the calls
+    ``ids`` exactly once, in any order, and nothing else."""
+    data = output.read_bytes()
+    if output.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    lines = data.splitlines()
+    assert len(lines) == len(set(lines)), f"an event was written twice to {output}"
+    assert canonical([orjson.loads(line) for line in lines]) == canonical(expected_events(ids))
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """Wait until ``condition()`` is true, polling; fail saying ``what`` was waited for if it is
+    not within ``timeout`` seconds. (For a process or thread; a coroutine awaits ``until``.)"""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.01)
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """``wait_until`` for a coroutine: the event loop runs on between looks."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,13 @@ import pytest
 
 from harvester.sim.server import SIM_SECRET
 
-from .conftest import HARVESTER, canonical, expected_events, read_ndjson, run_harvester
+from .conftest import (
+    HARVESTER,
+    assert_exactly_once,
+    expected_events,
+    read_ndjson,
+    run_harvester,
+)
 
 
 def registry(env: dict[str, str]) -> list[str]:
@@ -47,7 +53,7 @@ def test_a_clean_run_exits_0_with_exact_output_and_a_summary(
     )
 
     assert done.returncode == 0, done.stderr
-    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    assert_exactly_once(out, ids)
     report = orjson.loads(summary.read_bytes())
     assert report["status"] == "completed" and report["exit_code"] == 0
     assert report["job_completed"] is True
@@ -108,7 +114,7 @@ def test_stdin_gzip_input(sim_process: dict[str, str], tmp_path: Path) -> None:
     )
 
     assert done.returncode == 0, done.stderr
-    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    assert_exactly_once(out, ids)
 
 
 def test_empty_input_exits_0(sim_process: dict[str, str], tmp_path: Path) -> None:
@@ -291,7 +297,7 @@ def test_a_truncated_gzip_call_list_is_a_one_line_error_after_the_calls_before_i
 
     assert done.returncode == 2, done.stderr
     assert b"damaged after line" in done.stderr and b"Traceback" not in done.stderr
-    assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(ids))
+    assert_exactly_once(tmp_path / "out.ndjson", ids)
     assert orjson.loads(summary.read_bytes())["status"] == "usage-error"
 
 
@@ -496,7 +502,7 @@ def test_a_list_read_in_the_wrong_format_stops_before_anything_is_committed(
     assert not out.exists() and not (tmp_path / "e.failures.ndjson").exists()
     right = run_harvester(sim_process, *wrong)  # as the content says: a CSV
     assert right.returncode == 0, right.stderr
-    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    assert_exactly_once(out, ids)
 
 
 def test_a_refused_call_list_writes_nothing_and_the_fixed_one_runs(

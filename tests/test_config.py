@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from harvester.credentials import Secret
 from harvester.errors import ConfigError
-from harvester.settings.config import CONFIG_KEYS, Settings, load_settings
+from harvester.settings.config import CONFIG_KEYS, ENVIRONMENT, Settings, load_settings
 from harvester.settings.options import OPTIONS
 
 ENV = {
@@ -158,9 +160,19 @@ def test_every_example_value_works_as_written(tmp_path: Path, line: str) -> None
     given = [line]
     if line.startswith("until") or "{date}" in line:
         given.append('since = "2026-11-25"')  # what the example says it goes with
-    config.write_text("\n".join(given) + "\n")
+    text = "\n".join(given) + "\n"
+    config.write_text(text)
     config.chmod(0o600)
-    load_settings({}, ENV, config)
+    key, value = line.split(" = ")
+    now = datetime(2026, 12, 1, 3, tzinfo=UTC)  # "yesterday" and a deadline, reckoned alike
+    if value == '""':  # a credential left for the environment to give: it does
+        assert load_settings({}, ENV, config, now=now) == load_settings({}, ENV, now=now)
+        return
+    # Read from the file, it is what the same value means as a flag (the environment kept
+    # from giving the key, as it would beat the file).
+    environ = {name: v for name, v in ENV.items() if ENVIRONMENT.get(name) != key}
+    from_file = load_settings({}, environ, config, now=now)
+    assert from_file == load_settings(tomllib.loads(text), environ, now=now)
 
 
 @pytest.mark.parametrize(

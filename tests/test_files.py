@@ -18,6 +18,8 @@ from harvester.store import files
 from harvester.store.files import replace_file
 from harvester.threads import DaemonExecutor
 
+from .conftest import until
+
 
 async def test_a_new_file_is_written_whole_and_readable_by_a_collector(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "folder" / "summary.json"
@@ -61,10 +63,12 @@ async def test_a_write_cancelled_half_way_leaves_the_old_file_as_it_was(
     writing.cancel()  # as the progress ticker is at the end of a run
     with pytest.raises(asyncio.CancelledError):
         await writing
-    await asyncio.sleep(0.1)  # the removal, shielded, finishes on its own
-
+    # The temporary file's removal, shielded, finishes on its own.
+    await until(
+        lambda: [p.name for p in tmp_path.iterdir()] == ["harvester.prom"],
+        "the temporary file removed",
+    )
     assert target.read_bytes() == b"old, whole\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["harvester.prom"]
 
 
 async def test_a_reader_never_sees_part_of_a_file(tmp_path: Path) -> None:

@@ -19,7 +19,13 @@ from harvester.run.nights import harvest_nights
 from harvester.sim.server import SimConfig, Simulator
 from harvester.store.status import job_status
 
-from .conftest import FakeClock, canonical, expected_events, make_settings, read_ndjson
+from .conftest import (
+    FakeClock,
+    assert_exactly_once,
+    canonical,
+    make_settings,
+    read_ndjson,
+)
 
 ANCHOR = datetime(2026, 11, 26, tzinfo=UTC)
 
@@ -69,7 +75,7 @@ async def test_the_window_is_exact_at_both_edges_and_listing_stops_early(
     assert since_call["id"] in ids, "since is inclusive"
     assert until_call["id"] not in ids, "until is exclusive"
     assert len(ids) == 300
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert_exactly_once(settings.output, ids)
     assert canonical(read_ndjson(tmp_path / "out" / "calls.ndjson")) == canonical(expected)
     # Pages of 100, newest first: the first call before `since` is number 1001, on page 11.
     assert len(list_requests(registry)) == 11 < 30
@@ -101,7 +107,7 @@ async def test_yesterday_is_the_previous_day_in_the_time_zone(
         )
     ]
     output = tmp_path / "out" / "e-2026-11-25.ndjson"
-    assert canonical(read_ndjson(output)) == canonical(expected_events(ids))
+    assert_exactly_once(output, ids)
     assert [(night["date"], night["status"]) for night in stats.nights] == [
         ("2026-11-25", "completed")
     ]
@@ -199,9 +205,7 @@ async def test_a_stopped_listing_run_resumes_where_it_was_not_from_the_top(
     assert "page=0" not in resumed_from and "page=" in resumed_from
     assert first_run_lists + len(list_requests(registry)) < 2 * 6  # 6 pages in all
     ids = [r["id"] for r in registry.calls_between(datetime(2026, 11, 25, tzinfo=UTC), ANCHOR)]
-    output = read_ndjson(settings.output)
-    assert len(output) == len({orjson.dumps(e) for e in output})
-    assert canonical(output) == canonical(expected_events(ids))
+    assert_exactly_once(settings.output, ids)
     assert stats.job["calls"] == len(ids) == 500
 
 
@@ -217,7 +221,7 @@ async def test_listing_retries_like_everything_else_and_events_start_before_it_e
     stats = await harvest(settings, clock=clock)
 
     ids = [r["id"] for r in registry.calls_between(since, until)]
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert_exactly_once(settings.output, ids)
     assert stats.failed == 0
     pages = list_requests(registry)
     assert len(pages) > len(set(pages)), "some list pages misbehaved and were asked for again"
@@ -241,7 +245,7 @@ async def test_an_open_window_resumes_and_picks_up_newer_calls(
     stats = await harvest(settings, clock=clock)
 
     ids = [r["id"] for r in registry.calls_between(since, ANCHOR)]
-    assert canonical(read_ndjson(settings.output)) == canonical(expected_events(ids))
+    assert_exactly_once(settings.output, ids)
     assert stats.skipped == len(first)
 
 

@@ -18,7 +18,12 @@ from harvester.errors import ConfigError
 from harvester.settings.values import FailureLimit, parse_deadline, parse_duration
 from harvester.sim.server import SIM_SECRET
 
-from .conftest import canonical, expected_events, point_at, read_ndjson, run_harvester
+from .conftest import (
+    assert_exactly_once,
+    point_at,
+    read_ndjson,
+    run_harvester,
+)
 
 
 def run_list(
@@ -89,7 +94,7 @@ def test_the_library_runs_the_same_job(
 
     assert stats.completed and stats.job["ok"] == len(ids)
     assert (stats.status, stats.exit_code) == ("completed", 0)
-    assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
+    assert_exactly_once(tmp_path / "e.ndjson", ids)
     with pytest.raises(ConfigError, match="unknown setting"):
         harvest_sync(input="x", output="y", colour="blue")
 
@@ -167,7 +172,7 @@ def test_summary_of_a_deadline_run_says_so(sim_process: dict[str, str], tmp_path
 
     done = run_list(sim_process, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert canonical(read_ndjson(tmp_path / "e.ndjson")) == canonical(expected_events(ids))
+    assert_exactly_once(tmp_path / "e.ndjson", ids)
 
 
 def test_a_deadline_already_past_today_is_said_to_be_tomorrows(

@@ -22,8 +22,7 @@ from harvester.store.status import job_status
 from .conftest import (
     At,
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     make_settings,
     output_of,
     read_ndjson,
@@ -66,7 +65,7 @@ async def test_an_outage_mid_run_fails_no_call_and_the_next_run_takes_them_on(
     async with Simulator(SimConfig(calls=50), clock=clock) as back:  # the API is back
         stats = await harvest(make_settings(back, tmp_path, **flags), clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert settings.failures_path.read_bytes() == b""
     assert (stats.job["ok"], stats.job["failed"]) == (len(ids), 0)
     assert stats.skipped == len(done)
@@ -103,7 +102,7 @@ async def test_calls_that_always_fail_never_stop_the_run_however_many_in_a_row(
     failures = read_ndjson(settings.failures_path)
     assert sorted(f["callId"] for f in failures) == sorted(poison)
     assert {f["code"] for f in failures} == {"unavailable"}
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(good))
+    assert_exactly_once(output_of(settings), good)
 
 
 async def test_retry_failed_cut_short_by_an_outage_still_lists_each_call_once(
@@ -136,9 +135,7 @@ async def test_retry_failed_cut_short_by_an_outage_still_lists_each_call_once(
 
     assert read_ndjson(settings.failures_path) == []
     assert (stats.job["ok"], stats.job["failed"]) == (len(ids), 0)
-    lines = output_of(settings).read_bytes().splitlines()
-    assert len(lines) == len(set(lines))
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 def test_the_command_exits_6_and_the_same_command_later_finishes(
@@ -165,7 +162,7 @@ def test_the_command_exits_6_and_the_same_command_later_finishes(
     done = run_harvester(sim_process, *args)
 
     assert done.returncode == 0, done.stderr
-    assert canonical(read_ndjson(tmp_path / "out.ndjson")) == canonical(expected_events(ids))
+    assert_exactly_once(tmp_path / "out.ndjson", ids)
 
 
 async def test_a_base_url_with_a_wrong_path_fails_no_call(

@@ -18,10 +18,8 @@ from harvester.store.journal import Journal
 from .conftest import (
     HARVESTER,
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     make_settings,
-    read_ndjson,
     run_harvester,
     write_calls,
 )
@@ -253,4 +251,4 @@ def test_fresh_through_a_symlinked_output_keeps_the_link_and_the_job_resumable(
     assert (fresh.returncode, again.returncode) == (0, 0), again.stderr
     assert link.is_symlink(), "--fresh replaced the file it points at, not the link"
     assert b"completed earlier" in again.stderr
-    assert canonical(read_ndjson(link)) == canonical(expected_events(ids))
+    assert_exactly_once(link, ids)

@@ -23,8 +23,7 @@ from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 from .conftest import (
     HARVESTER,
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     make_settings,
     output_of,
     read_ndjson,
@@ -63,7 +62,7 @@ async def test_poison_answers_fail_their_own_call_and_never_the_run(
     stats = await harvest(settings, clock=clock)
 
     harvested = [i for i in ids if not i.startswith("c-poison-") or expected_code(i) is None]
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(harvested))
+    assert_exactly_once(output_of(settings), harvested)
     failures = read_ndjson(settings.failures_path)
     assert {f["callId"]: f["code"] for f in failures} == {
         i: expected_code(i) for i in POISON if expected_code(i) is not None
@@ -161,7 +160,7 @@ def test_memory_stays_bounded_whatever_the_server_sends(
     assert b"Traceback" not in stderr
     print(f"peak RSS {peak:.0f} MiB")
     assert 20 < peak < 400, f"peak RSS {peak:.0f} MiB"
-    assert canonical(read_ndjson(out)) == canonical(expected_events([*GOOD[:30]]))
+    assert_exactly_once(out, [*GOOD[:30]])
     failed = read_ndjson(tmp_path / "events.failures.ndjson")
     assert sorted(f["callId"] for f in failed) == sorted(i for i in ids if "poison" in i)
     assert (
@@ -227,5 +226,5 @@ async def test_a_crash_keeps_what_was_done_and_the_same_command_goes_on(
     api.requests.clear()
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(GOOD))
+    assert_exactly_once(output_of(settings), GOOD)
     assert stats.skipped == len(done) and not done & set(api.requests)

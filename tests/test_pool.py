@@ -19,11 +19,12 @@ from harvester.store.journal import Batch, Journal
 
 from .conftest import (
     FakeClock,
-    canonical,
+    assert_exactly_once,
     expected_events,
     make_settings,
     output_of,
     read_ndjson,
+    until,
     write_calls,
 )
 from .hostile import Hostile, poison_id
@@ -43,7 +44,7 @@ async def test_every_event_of_every_call_once_with_call_id(
     data = output_of(settings).read_bytes()
     assert data.endswith(b"\n") and b"\n\n" not in data, "one event a line, each line whole"
     assert all(isinstance(orjson.loads(line), dict) for line in data.splitlines())
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert (stats.calls, stats.ok, stats.failed) == (len(ids), len(ids), 0)
     assert stats.events == len(expected_events(ids))
     assert stats.requests == len(ids) == len(sim.requests)
@@ -76,9 +77,7 @@ async def test_a_slow_page_is_that_page_late(
     await harvest(settings, clock=clock)
 
     assert sim.statuses["slow"] > 0
-    lines = output_of(settings).read_bytes().splitlines()
-    assert len(lines) == len(set(lines))
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "slow"])
@@ -94,7 +93,7 @@ async def test_output_is_exact_under_each_fault(
     stats = await harvest(settings, clock=clock)
 
     assert sim.statuses[kind] > 0, "the fault was injected"
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert (stats.ok, stats.failed) == (len(ids), 0)
     assert stats.requests == len(sim.requests)
     if kind == "reset":
@@ -117,7 +116,7 @@ async def test_a_slow_answer_times_out_and_is_retried(
     stats = await harvest(settings, clock=clock)
 
     assert sim.statuses["slow"] > 0
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert stats.failed == 0
 
 
@@ -215,7 +214,7 @@ async def test_duplicates_are_fetched_once(
 
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert (stats.calls, stats.duplicates, stats.requests) == (4, 5, 4)
 
 
@@ -229,7 +228,7 @@ async def test_event_pages_are_followed_and_joined(
 
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     pages = sum((len(expected_events([i])) + 1) // 2 for i in ids)
     assert stats.requests == pages == len(sim.requests)
     assert any("cursor=" in path for path in sim.requests)
@@ -326,7 +325,7 @@ async def test_calls_still_in_flight_when_the_grace_period_ends_are_abandoned_an
     again = await harvest(settings, clock=clock)
 
     assert again.completed and again.ok == len(ids)
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 async def test_calls_waiting_for_their_turn_are_dropped_at_once_when_the_run_stops(
@@ -339,9 +338,8 @@ async def test_calls_waiting_for_their_turn_are_dropped_at_once_when_the_run_sto
     stop = asyncio.Event()
     stats = RunStats()
     run = asyncio.create_task(harvest(settings, stop=stop, stats=stats))  # the real clock
-    while not sim.log:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # the first call is answered; the next ones wait for a turn
+    # The first call is answered; the next ones wait for a turn, 5 s away.
+    await until(lambda: stats.ok == 1, "the first call answered")
 
     started = time.monotonic()
     stop.set()
@@ -351,7 +349,7 @@ async def test_calls_waiting_for_their_turn_are_dropped_at_once_when_the_run_sto
     assert len(sim.requests) == 1 == stats.ok and stats.failed == 0
     again = await harvest(make_settings(sim, tmp_path))
     assert again.completed
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 async def test_calls_waiting_to_be_tried_again_are_dropped_at_once_when_the_run_stops(

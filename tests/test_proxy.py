@@ -29,8 +29,7 @@ from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, 
 
 from .conftest import (
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     make_settings,
     output_of,
     read_ndjson,
@@ -144,7 +143,7 @@ async def test_every_request_goes_through_the_proxy_given(
 
     await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert len(proxy.seen) == len(ids) == len(sim.requests)
 
 

@@ -26,8 +26,7 @@ from harvester.stats import RunStats
 from .conftest import (
     At,
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     make_settings,
     output_of,
     read_ndjson,
@@ -47,7 +46,7 @@ async def test_the_pool_waits_for_the_reset_and_loses_nothing(
 
     stats = await harvest(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert stats.failed == 0
     assert stats.rate_limited == sum(1 for e in sim.log if e.status == 429) > 0
     # 30 calls at 3 per one-second window need ten windows: nine more after the first.
@@ -133,7 +132,7 @@ async def test_429s_do_not_use_up_max_attempts(
     stats = await harvest(settings, clock=clock)
 
     assert (stats.ok, stats.failed, stats.rate_limited) == (4, 0, 20)
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 async def test_a_call_rate_limited_past_the_bound_is_given_up(

@@ -32,10 +32,8 @@ from harvester.stats import RunStats
 from .conftest import (
     HARVESTER,
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     opened,
-    read_ndjson,
     run_harvester,
     simulator_process,
     start_harvester,
@@ -434,9 +432,7 @@ def test_two_signals_50_ms_apart_exit_with_our_code_and_lose_nothing(
     assert "no end recorded" not in shown and "stopped" in shown, shown
     again = run_harvester(sim_process, *args)
     assert again.returncode == 0, again.stderr
-    lines = output.read_bytes().splitlines()
-    assert len(lines) == len(set(lines)), "an event was written twice"
-    assert canonical(read_ndjson(output)) == canonical(expected_events(ids))
+    assert_exactly_once(output, ids)
 
 
 def test_a_retry_names_its_call_as_a_failure_does(tmp_path: Path) -> None:

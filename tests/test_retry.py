@@ -23,7 +23,7 @@ from harvester.fetch.retry import Retrier
 from harvester.sim.server import call_id_for, events_for
 from harvester.stats import RunStats
 
-from .conftest import FakeClock, make_settings
+from .conftest import FakeClock, make_settings, until
 from .hostile import serving
 
 CALL = call_id_for(3, 0)
@@ -222,14 +222,13 @@ async def test_a_cancelled_call_is_never_retried(
 ) -> None:
     async with scripted_call(clock, tmp_path, script) as call:
         task = asyncio.create_task(call.events())
-        while call.api.requests[CALL] < len(script):
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.02)  # the request is with the server, which does not answer
+        # Counted as it reaches the server, which then does not answer.
+        await until(lambda: call.api.requests[CALL] >= len(script), "the last request sent")
 
         task.cancel()
 
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # time for a retry to arrive, were one (wrongly) sent
         assert call.api.requests[CALL] == len(script)
         assert call.stats.retries == len(script) - 1

@@ -22,8 +22,7 @@ from harvester.sim.server import Simulator
 
 from .conftest import (
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     invocations,
     make_settings,
     opened,
@@ -59,9 +58,7 @@ async def test_passing_failures_are_harvested_and_the_rest_stays_listed_once(
 
     stats = await retry_failed(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
-    lines = output_of(settings).read_bytes().splitlines()
-    assert len(lines) == len(set(lines))
+    assert_exactly_once(output_of(settings), ids)
     after = read_ndjson(settings.failures_path)
     assert Counter(f["callId"] for f in after) == Counter([*UNKNOWN, "c-bad/id"])
     assert (stats.job["calls"], stats.job["ok"], stats.job["failed"]) == (len(ids) + 3, len(ids), 3)
@@ -102,7 +99,7 @@ async def test_a_later_run_of_the_same_job_still_resumes_cleanly(
 
     assert sim.requests == [], "the job is complete: nothing fetched again"
     assert stats.job["ok"] == len(ids)
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 async def test_nothing_to_retry_without_state(
@@ -138,7 +135,7 @@ def test_the_command(sim_process: dict[str, str], tmp_path: Path) -> None:
     summary = str(tmp_path / "s")
     again = run_harvester(sim_process, "retry-failed", "-o", str(out), "--summary", summary)
     assert again.returncode == 1, again.stderr  # the unknown call still fails
-    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    assert_exactly_once(out, ids)
     assert [f["callId"] for f in read_ndjson(out.with_name("e.failures.ndjson"))] == [UNKNOWN[0]]
 
 
@@ -191,7 +188,7 @@ async def test_a_lost_failures_file_is_rebuilt_from_the_ledger_and_retried(
 
     stats = await retry_failed(settings, clock=clock, include_not_found=True)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert Counter(f["callId"] for f in read_ndjson(settings.failures_path)) == Counter(
         [*UNKNOWN, "c-bad/id"]
     )
@@ -273,9 +270,7 @@ def test_retry_failed_killed_again_and_again_leaves_one_line_per_failed_call(
         done = run_harvester(env, "retry-failed", *common)
     assert done.returncode == 0, done.stderr
     assert read_ndjson(out.with_name("e.failures.ndjson")) == []
-    lines = out.read_bytes().splitlines()
-    assert len(lines) == len(set(lines))
-    assert canonical(read_ndjson(out)) == canonical(expected_events(ids))
+    assert_exactly_once(out, ids)
 
 
 async def test_a_failures_file_damaged_in_place_is_mended_by_one_retry_failed(
@@ -290,7 +285,7 @@ async def test_a_failures_file_damaged_in_place_is_mended_by_one_retry_failed(
 
     stats = await retry_failed(settings, clock=clock)
 
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
     assert Counter(f["callId"] for f in read_ndjson(settings.failures_path)) == Counter(
         [*UNKNOWN, "c-bad/id"]
     )

@@ -11,11 +11,9 @@ from harvester.sim.server import Simulator
 
 from .conftest import (
     FakeClock,
-    canonical,
-    expected_events,
+    assert_exactly_once,
     make_settings,
     output_of,
-    read_ndjson,
     run_harvester,
     write_calls,
 )
@@ -38,7 +36,7 @@ async def test_a_sliding_window_never_admits_more_than_its_limit_in_any_window(
     times = admitted(sim)
     assert max(sum(1 for t in times if start <= t < start + 1) for start in times) <= 5
     assert any(e.status == 429 for e in sim.log)
-    assert canonical(read_ndjson(output_of(settings))) == canonical(expected_events(ids))
+    assert_exactly_once(output_of(settings), ids)
 
 
 async def test_a_token_bucket_allows_its_burst_then_its_rate(

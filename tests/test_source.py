@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gzip
 import os
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -18,6 +19,8 @@ from harvester.errors import InputError
 from harvester.input import chunks
 from harvester.input.chunks import MAX_LINE, Gunzip, Lines
 from harvester.input.source import InvalidRecord, Record, RecordFeed
+
+from .conftest import until
 
 
 async def read_lines(spec: Path | str, size: int = 1024, **options: Any) -> list[Record]:
@@ -346,6 +349,20 @@ async def test_a_fifo_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
         writer.join()
 
 
+def opening_on_the_input_thread() -> bool:
+    """True while a ``harvester-input`` thread runs the reader's open (as its Python stack
+    shows): a close from then on cannot call the open off, which waits for a writer."""
+    opening = chunks.ChunkReader._open_on_thread.__code__
+    stacks = sys._current_frames()
+    for thread in threading.enumerate():
+        frame = stacks.get(thread.ident or 0) if thread.name == "harvester-input" else None
+        while frame is not None:
+            if frame.f_code is opening:
+                return True
+            frame = frame.f_back
+    return False
+
+
 async def test_closing_a_feed_that_waits_on_a_fifo_leaves_no_thread_to_wait_for(
     tmp_path: Path,
 ) -> None:
@@ -353,7 +370,7 @@ async def test_closing_a_feed_that_waits_on_a_fifo_leaves_no_thread_to_wait_for(
     os.mkfifo(fifo)
     feed = RecordFeed(str(fifo))
     opening = asyncio.ensure_future(feed.opened())
-    await asyncio.sleep(0.05)
+    await until(opening_on_the_input_thread, "open() called on the input's thread")
     feed.close()
     with pytest.raises(asyncio.CancelledError):
         await opening
