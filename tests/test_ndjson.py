@@ -54,3 +54,28 @@ def test_failure_lines_have_the_documented_fields() -> None:
         "message": "gone",
         "attempts": 1,
     }
+
+
+def test_a_line_naming_no_call_keeps_its_ledger_key_in_its_own_field() -> None:
+    """Its key is stored (``inputLine``), not read back out of its message; a file written
+    before keeps being read by its message."""
+    from harvester.store.failures import _key_of_line
+    from harvester.store.ledger import line_key
+    from harvester.store.ndjson import Failure
+
+    failure = Failure(
+        key=line_key(7),
+        line=7,
+        call_id=None,
+        status=None,
+        code="invalid-input",
+        message="not valid JSON (at byte 3)",  # says nothing of the line
+    )
+    record = orjson.loads(failure.as_line())
+    assert record["inputLine"] == 7 and record["callId"] is None
+    assert _key_of_line(failure.as_line()) == line_key(7)
+    earlier = failure_line(None, None, "invalid-input", "input line 9: not a call id", 0)
+    assert "inputLine" not in orjson.loads(earlier)
+    assert _key_of_line(earlier) == line_key(9)
+    named = failure_line("c-abc", 404, "call-not-found", "gone", 1)
+    assert "inputLine" not in orjson.loads(named) and _key_of_line(named) == "c-abc"

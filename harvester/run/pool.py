@@ -86,7 +86,14 @@ class Call:
     ) -> Failure:
         """Its line in the failures file."""
         return Failure(
-            self.call_id, self.line, self.call_id, status, code, message, attempts, self.listed
+            key=self.call_id,
+            line=self.line,
+            call_id=self.call_id,
+            status=status,
+            code=code,
+            message=message,
+            attempts=attempts,
+            listed=self.listed,
         )
 
 
@@ -218,7 +225,15 @@ class Pool:
         if isinstance(record, InvalidRecord):
             reason = f"input line {record.line}: {record.reason}"
             key = line_key(record.line)
-            await self._invalid(Failure(key, record.line, None, None, "invalid-input", reason))
+            failure = Failure(
+                key=key,
+                line=record.line,
+                call_id=None,
+                status=None,
+                code="invalid-input",
+                message=reason,
+            )
+            await self._invalid(failure)
             return
         if isinstance(record, ListedCall):
             call = Call(record.call_id, 0, record.record)

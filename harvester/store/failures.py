@@ -133,7 +133,8 @@ def ledger_lines(
         if key in known:
             yield known[key]
         elif key.startswith(LINE_KEY):
-            yield failure_line(None, None, "invalid-input", f"input line {line}: {REBUILT}", 0)
+            message = f"input line {line}: {REBUILT}"
+            yield failure_line(None, None, "invalid-input", message, 0, line)
         else:
             code = "reason-lost" if is_call_id(key) else "invalid-call-id"
             yield failure_line(key, None, code, REBUILT, 0)
@@ -141,11 +142,15 @@ def ledger_lines(
 
 def _key_of_line(line: bytes) -> str | None:
     """The ledger key of a failures line: its call id, or for an input line that names no
-    call, the line number its message starts with (``input line N: ...``)."""
+    call, its ``inputLine`` (in a file of an earlier version, the line number its message
+    starts with: ``input line N: ...``)."""
     record = _failure_record(line)
     call_id = record.get("callId")
     if isinstance(call_id, str):
         return call_id
+    number = record.get("inputLine")
+    if call_id is None and isinstance(number, int) and not isinstance(number, bool):
+        return line_key(number)
     message = record.get("message")
     if call_id is None and isinstance(message, str):
         number, colon, _ = message.removeprefix("input line ").partition(":")

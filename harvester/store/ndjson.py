@@ -28,22 +28,28 @@ def event_lines(call_id: str, events: list[dict[str, Any]]) -> bytes:
 
 
 def failure_line(
-    call_id: str | None, status: int | None, code: str, message: str, attempts: int
+    call_id: str | None,
+    status: int | None,
+    code: str,
+    message: str,
+    attempts: int,
+    input_line: int | None = None,
 ) -> bytes:
-    """One line of the failures file."""
-    return orjson.dumps(
-        {
-            "callId": call_id,
-            "status": status,
-            "code": code,
-            "message": message,
-            "attempts": attempts,
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+    """One line of the failures file; ``input_line`` for a line of the call list that names no
+    call (its ledger key, kept as such rather than read back out of the message)."""
+    record: dict[str, object] = {
+        "callId": call_id,
+        "status": status,
+        "code": code,
+        "message": message,
+        "attempts": attempts,
+    }
+    if call_id is None and input_line is not None:
+        record["inputLine"] = input_line
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
     """A call (or an input line naming none) that is not harvested, and why.
 
@@ -62,4 +68,6 @@ class Failure:
 
     def as_line(self) -> bytes:
         """Its line in the failures file."""
-        return failure_line(self.call_id, self.status, self.code, self.message, self.attempts)
+        return failure_line(
+            self.call_id, self.status, self.code, self.message, self.attempts, self.line
+        )
