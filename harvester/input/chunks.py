@@ -134,8 +134,9 @@ def _open_input(spec: str) -> io.FileIO:
         # interpreter needs to close sys.stdin at exit.
         try:
             return io.FileIO(os.dup(sys.stdin.fileno()), "r")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read stdin: {exc}") from exc
+        except (OSError, ValueError) as exc:  # said in our words: the system's reason at most
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is closed"
+            raise InputError(f"cannot read stdin: {why}") from exc
     path = Path(spec)
     try:
         if path.is_dir():

@@ -286,8 +286,9 @@ class Pool:
                 failure = call.failure(exc.code, exc.message, exc.status, exc.attempts)
                 await outage.unanswered(failure)
                 continue
-            except orjson.JSONEncodeError as exc:  # nested past what JSON can be written at
-                message = f"an event cannot be written as JSON: {clip(str(exc))}"
+            except orjson.JSONEncodeError:  # nested past what JSON can be written at
+                # orjson's words are not ours: what it refuses is said here.
+                message = "an event cannot be written as JSON (nested too deep, or not JSON)"
                 await self._fail(call.failure("malformed-answer", message, 200, 1))
                 continue
             except Stopping:

@@ -385,8 +385,9 @@ class Journal:
         self._swap_failures(failures.ledger_lines(self._db))
         try:
             return failures.read_committed(path, self.meta["sizes"]["failures"])
-        except DAMAGED as exc:
-            raise OutputError(f"cannot read {path}: {exc}") from exc
+        except DAMAGED as exc:  # said in our words: the system's reason, or what zlib found
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "damaged gzip"
+            raise OutputError(f"cannot read {path}: {why}") from exc
 
     @_ledger_guarded
     def retake(self, keys: list[str]) -> list[tuple[int, str]]:
