@@ -16,7 +16,7 @@ from aiohttp import web
 from yarl import URL
 
 from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
-from harvester.fetch.client import CallEventsClient
+from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
 from harvester.run.job import harvest
 from harvester.sim.server import Simulator, call_id_for, events_for
@@ -42,7 +42,7 @@ async def client_of(
     settings = make_settings(sim, tmp_path, **flags)
     stats = RunStats()
     limiter = RateLimiter(settings.rate, clock)
-    async with CallEventsClient(settings, limiter, stats, clock) as client:
+    async with CallEventsClient(ClientSettings.of(settings), limiter, stats, clock) as client:
         yield Client(client, limiter, stats)
 
 

@@ -108,3 +108,13 @@ def test_the_pool_talks_to_the_store_through_the_sink() -> None:
     pool = PACKAGE / "run" / "pool.py"
     store = [name for name in imports_of(pool) if name.startswith("harvester.store")]
     assert store == ["harvester.store.sink"]
+
+
+def test_the_client_and_the_retry_policy_take_only_their_own_settings() -> None:
+    import typing
+
+    from harvester.fetch.client import CallEventsClient, ClientSettings
+    from harvester.fetch.retry import Retrier, RetrySettings
+
+    assert typing.get_type_hints(CallEventsClient.__init__)["settings"] is ClientSettings
+    assert typing.get_type_hints(Retrier.__init__)["settings"] is RetrySettings

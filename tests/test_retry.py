@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 
 from harvester.errors import CallFailed, RateLimited, TransientError
-from harvester.fetch.client import CallEventsClient
+from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
-from harvester.fetch.retry import Retrier
+from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.sim.server import call_id_for, events_for
 from harvester.stats import RunStats
 
@@ -99,8 +99,15 @@ async def scripted_call(
         settings = make_settings(api, tmp_path, **flags)
         stats = RunStats()
         limiter = RateLimiter(settings.rate, clock)
-        async with CallEventsClient(settings, limiter, stats, clock) as client:
-            yield Call(api, Retrier(settings, stats, clock), client, limiter, stats, clock)
+        async with CallEventsClient(ClientSettings.of(settings), limiter, stats, clock) as client:
+            yield Call(
+                api,
+                Retrier(RetrySettings.of(settings), stats, clock),
+                client,
+                limiter,
+                stats,
+                clock,
+            )
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 from urllib.parse import quote, urlsplit
 
@@ -25,11 +26,12 @@ from yarl import URL
 
 from harvester import __version__
 from harvester.clock import Clock
+from harvester.credentials import Secret, redact_url
 from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
 from harvester.fetch.exactjson import Inexact, read_array
 from harvester.fetch.limiter import RateLimiter
 from harvester.ids import is_call_id
-from harvester.settings.config import Settings, redact_url
+from harvester.settings.config import Settings
 from harvester.stats import RunStats
 
 log = logging.getLogger("harvester")
@@ -53,6 +55,35 @@ _EPOCH_MILLISECONDS_FROM = 100_000_000_000
 _EPOCH_SECONDS_FROM = 1_000_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What the client takes of the settings, and nothing else."""
+
+    base_url: str
+    user_id: str
+    api_token: Secret
+    api_secret: Secret
+    proxy: str | None
+    timeout: float
+    concurrency: int
+    max_body_mb: float
+    max_events: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ClientSettings:
+        return cls(
+            base_url=settings.base_url,
+            user_id=settings.user_id,
+            api_token=settings.api_token,
+            api_secret=settings.api_secret,
+            proxy=settings.proxy,
+            timeout=settings.timeout,
+            concurrency=settings.concurrency,
+            max_body_mb=settings.max_body_mb,
+            max_events=settings.max_events,
+        )
+
+
 class CallEventsClient:
     """``GET /v1/users/{userId}/calls/{callId}/events``, with Link paging, on one session.
 
@@ -61,7 +92,7 @@ class CallEventsClient:
     """
 
     def __init__(
-        self, settings: Settings, limiter: RateLimiter, stats: RunStats, clock: Clock
+        self, settings: ClientSettings, limiter: RateLimiter, stats: RunStats, clock: Clock
     ) -> None:
         self._settings = settings
         self._limiter = limiter

@@ -182,12 +182,24 @@ class wait_for_reset(wait_base):
         return self.otherwise(state)
 
 
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """What the retry policy takes of the settings: when a call is given up."""
+
+    max_attempts: int
+    max_rate_limited: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetrySettings:
+        return cls(settings.max_attempts, settings.max_rate_limited)
+
+
 class Retrier:
     """Runs one API operation (a call's events, a page of the call list) under the policy."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: RetrySettings,
         stats: RunStats,
         clock: Clock,
         stop: asyncio.Event | None = None,

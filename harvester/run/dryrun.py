@@ -26,9 +26,9 @@ from typing import Any
 
 from harvester.clock import Clock, SystemClock
 from harvester.errors import InputError, OutputError
-from harvester.fetch.client import CallEventsClient
+from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
-from harvester.fetch.retry import Retrier
+from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.ids import is_call_id
 from harvester.input.chunks import grew_from, is_stream
 from harvester.input.listing import ListedCall, Page, list_window
@@ -305,8 +305,8 @@ async def _listed(
     stop = asyncio.Event()
     limiter = RateLimiter(settings.rate, clock, stop)
     stats = RunStats()
-    async with CallEventsClient(settings, limiter, stats, clock) as client:
-        retrier = Retrier(settings, stats, clock, stop, limiter)
+    async with CallEventsClient(ClientSettings.of(settings), limiter, stats, clock) as client:
+        retrier = Retrier(RetrySettings.of(settings), stats, clock, stop, limiter)
         pages: AsyncGenerator[Page, None] = list_window(
             client, retrier, window, settings.list_page_size
         )

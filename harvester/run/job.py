@@ -21,9 +21,9 @@ import orjson
 
 from harvester.clock import Clock, SystemClock
 from harvester.errors import ConfigError
-from harvester.fetch.client import CallEventsClient
+from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
-from harvester.fetch.retry import Retrier
+from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.ids import is_call_id
 from harvester.input.chunks import grew_from, is_stream
 from harvester.input.listing import Page, list_window
@@ -162,8 +162,8 @@ async def _run(
 ) -> None:
     """Every call of ``feed``, or of the window's call list, through the pool into ``sink``."""
     limiter = RateLimiter(settings.rate, clock, stop)
-    async with CallEventsClient(settings, limiter, stats, clock) as client:
-        retrier = Retrier(settings, stats, clock, stop, limiter)
+    async with CallEventsClient(ClientSettings.of(settings), limiter, stats, clock) as client:
+        retrier = Retrier(RetrySettings.of(settings), stats, clock, stop, limiter)
         if feed is not None:
             batches = _file_batches(feed)
         else:
@@ -239,8 +239,10 @@ async def _retry(
     try:
         if again:
             limiter = RateLimiter(settings.rate, clock, stop)
-            async with CallEventsClient(settings, limiter, stats, clock) as client:
-                retrier = Retrier(settings, stats, clock, stop, limiter)
+            async with CallEventsClient(
+                ClientSettings.of(settings), limiter, stats, clock
+            ) as client:
+                retrier = Retrier(RetrySettings.of(settings), stats, clock, stop, limiter)
                 pool = Pool(settings, stats, client, retrier, sink, clock, claim=_retaken)
                 await pool.run(_one_batch(again), stop)
     finally:
@@ -258,7 +260,9 @@ async def ping(settings: Settings, clock: Clock | None = None) -> float:
     """
     clock = clock if clock is not None else SystemClock()
     stats = RunStats()
-    async with CallEventsClient(settings, RateLimiter(0, clock), stats, clock) as client:
+    async with CallEventsClient(
+        ClientSettings.of(settings), RateLimiter(0, clock), stats, clock
+    ) as client:
         started = clock.monotonic()
         await client.calls_page(client.calls_url(1))
         return clock.monotonic() - started

@@ -29,9 +29,9 @@ from typing import Any
 from harvester.clock import Clock, SystemClock
 from harvester.errors import AlreadyRunning, ConfigError, HarvesterError, status_of
 from harvester.exits import NightState, Status
-from harvester.fetch.client import CallEventsClient
+from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
-from harvester.fetch.retry import Retrier
+from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.input.listing import ListedCall, Page, list_window
 from harvester.run.job import check_paths, identity_of, output_paths, retry_failed
 from harvester.run.pool import Pool, SourceBatch
@@ -265,8 +265,8 @@ async def _harvest(
 ) -> None:
     """The pending nights, in one pass over the call list (see the module docstring)."""
     limiter = RateLimiter(settings.rate, clock, stop)
-    async with CallEventsClient(settings, limiter, stats, clock) as client:
-        retrier = Retrier(settings, stats, clock, stop, limiter)
+    async with CallEventsClient(ClientSettings.of(settings), limiter, stats, clock) as client:
+        retrier = Retrier(RetrySettings.of(settings), stats, clock, stop, limiter)
         span = Window(pending[0].window.since, pending[-1].window.until, pending[0].day)
         pages = list_window(client, retrier, span, settings.list_page_size, _resume_from(pending))
         async with asyncio.TaskGroup() as group:
