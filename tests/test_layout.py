@@ -110,11 +110,20 @@ def test_the_pool_talks_to_the_store_through_the_sink() -> None:
     assert store == ["harvester.store.sink"]
 
 
-def test_the_client_and_the_retry_policy_take_only_their_own_settings() -> None:
+def test_the_stages_take_only_their_own_settings() -> None:
+    """The client, the retry policy, the pool and the sink each get a small value of what they
+    use, built once from ``Settings``, never the whole of it."""
     import typing
 
     from harvester.fetch.client import CallEventsClient, ClientSettings
     from harvester.fetch.retry import Retrier, RetrySettings
+    from harvester.run.pool import Pool, PoolSettings
+    from harvester.store.sink import CommitSettings, Sink, open_sink
 
     assert typing.get_type_hints(CallEventsClient.__init__)["settings"] is ClientSettings
     assert typing.get_type_hints(Retrier.__init__)["settings"] is RetrySettings
+    assert typing.get_type_hints(Pool.__init__)["settings"] is PoolSettings
+    assert typing.get_type_hints(Sink.__init__)["commit"] is CommitSettings
+    assert typing.get_type_hints(open_sink)["commit"] is CommitSettings
+    store = [name for _, path in modules() if "/store/" in str(path) for name in imports_of(path)]
+    assert "harvester.settings.config" not in store, "the store sees no Settings"

@@ -28,7 +28,7 @@ from harvester.ids import is_call_id
 from harvester.input.chunks import grew_from, is_stream
 from harvester.input.listing import Page, list_window
 from harvester.input.source import RecordFeed
-from harvester.run.pool import Pool, SourceBatch
+from harvester.run.pool import Pool, PoolSettings, SourceBatch
 from harvester.settings.config import Settings
 from harvester.settings.window import Window
 from harvester.stats import RunStats
@@ -36,7 +36,7 @@ from harvester.store.files import check_files, check_writable
 from harvester.store.journal import Verdict
 from harvester.store.ledger import stored_identity
 from harvester.store.place import ListingPlace
-from harvester.store.sink import Sink, open_sink
+from harvester.store.sink import CommitSettings, Sink, open_sink
 
 log = logging.getLogger("harvester")
 
@@ -92,7 +92,7 @@ async def harvest(
         # A call list that grew at its end is the same job, going on (see ``grew_from``).
         grew = partial(grew_from, settings.input) if settings.input is not None else None
         async with open_sink(
-            paths, identity, settings, stats, clock, fresh=fresh, grew=grew
+            paths, identity, commit_of(settings), stats, clock, fresh=fresh, grew=grew
         ) as sink:
             stats.job = sink.snapshot()
             stats.events_before = int(stats.job.get("events", 0))
@@ -116,6 +116,11 @@ async def harvest(
         if feed is not None:
             feed.close()
     return stats
+
+
+def commit_of(settings: Settings) -> CommitSettings:
+    """When the job's sink commits, from the settings."""
+    return CommitSettings(settings.commit_calls, settings.commit_seconds)
 
 
 def identity_of(
@@ -173,9 +178,8 @@ async def _run(
             pages = list_window(client, retrier, window, settings.list_page_size, resume_from)
             batches = _listed_batches(pages, stats)
         claim = sink.claim
-        pool = Pool(
-            settings, stats, client, retrier, sink, clock, claim=claim, shard=settings.shard
-        )
+        own = PoolSettings.of(settings)
+        pool = Pool(own, stats, client, retrier, sink, clock, claim=claim, shard=settings.shard)
         if await pool.run(batches, stop):
             await sink.mark_completed()
 
@@ -210,7 +214,7 @@ async def retry_failed(
     check_paths(settings, paths, None)
     stats.files = {name: str(path) for name, path in paths.items()}
     skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
-    async with open_sink(paths, identity, settings, stats, clock) as sink:
+    async with open_sink(paths, identity, commit_of(settings), stats, clock) as sink:
         if not sink.meta["completed"]:
             log.info(
                 "this job is not finished (%d calls done so far): retrying the failures listed "
@@ -243,7 +247,8 @@ async def _retry(
                 ClientSettings.of(settings), limiter, stats, clock
             ) as client:
                 retrier = Retrier(RetrySettings.of(settings), stats, clock, stop, limiter)
-                pool = Pool(settings, stats, client, retrier, sink, clock, claim=_retaken)
+                own_pool = PoolSettings.of(settings)
+                pool = Pool(own_pool, stats, client, retrier, sink, clock, claim=_retaken)
                 await pool.run(_one_batch(again), stop)
     finally:
         # However the run ended (an outage, a 401, a signal): one line per call still

@@ -33,8 +33,8 @@ from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.input.listing import ListedCall, Page, list_window
-from harvester.run.job import check_paths, identity_of, output_paths, retry_failed
-from harvester.run.pool import Pool, SourceBatch
+from harvester.run.job import check_paths, commit_of, identity_of, output_paths, retry_failed
+from harvester.run.pool import Pool, PoolSettings, SourceBatch
 from harvester.settings.config import Settings
 from harvester.settings.values import render_path
 from harvester.settings.window import Window, night, parse_zone
@@ -215,7 +215,7 @@ async def _opened_sink(each: Night, clock: Clock) -> AsyncIterator[Sink]:
     identity = identity_of(own, {"window": each.window.identity()}, each.paths)
     opened = False
     try:
-        async with open_sink(each.paths, identity, own, each.stats, clock) as sink:
+        async with open_sink(each.paths, identity, commit_of(own), each.stats, clock) as sink:
             opened = True
             each.stats.job = sink.snapshot()
             yield sink
@@ -365,9 +365,8 @@ async def _night(
     sink = each.sink
     assert sink is not None
     sink.place = ListingPlace()
-    pool = Pool(
-        settings, stats, client, retrier, sink, clock, claim=sink.claim, shard=settings.shard
-    )
+    own = PoolSettings.of(settings)
+    pool = Pool(own, stats, client, retrier, sink, clock, claim=sink.claim, shard=settings.shard)
     try:
         async with sink.recording("run", stop):
             if await pool.run(_fed(each), stop):

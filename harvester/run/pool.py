@@ -97,12 +97,34 @@ class Call:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """What the pool takes of the settings: its workers, their grace on a stop, whether the
+    listed calls' records are kept, and the API and user its messages name."""
+
+    concurrency: int
+    grace: float
+    keeps_records: bool
+    base_url: str
+    user_id: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> PoolSettings:
+        return cls(
+            concurrency=settings.concurrency,
+            grace=settings.grace,
+            keeps_records=settings.calls_output is not None,
+            base_url=settings.base_url,
+            user_id=settings.user_id,
+        )
+
+
 class Pool:
     """Takes every call of a source through a fixed number of workers into the sink."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: PoolSettings,
         stats: RunStats,
         client: CallEventsClient,
         retrier: Retrier,
@@ -128,7 +150,7 @@ class Pool:
         self._url_confirmed = False  # the base URL and user are right: something worked
         self._input_error: InputError | None = None  # the call list broke off here
         self._queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
-        self._keeps_records = settings.calls_output is not None
+        self._keeps_records = settings.keeps_records
 
     async def run(self, batches: AsyncGenerator[SourceBatch, None], stop: asyncio.Event) -> bool:
         """Take every call of ``batches`` to an outcome, committed; False when ``stop`` cut it

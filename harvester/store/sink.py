@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,6 @@ from harvester import exits
 from harvester.clock import Clock
 from harvester.errors import HarvesterError, OutputError, status_of
 from harvester.exits import Status
-from harvester.settings.config import Settings
 from harvester.stats import RunStats
 from harvester.store import failures
 from harvester.store.files import DAMAGED
@@ -34,7 +34,16 @@ from harvester.store.place import ListingPlace
 
 # The store as the pool sees it: the sink, what its claims answer, and what it is handed (an
 # outcome's lines, a failure, the key of an input line that names no call).
-__all__ = ["Failure", "ListingPlace", "Sink", "Verdict", "event_lines", "line_key", "open_sink"]
+__all__ = [
+    "CommitSettings",
+    "Failure",
+    "ListingPlace",
+    "Sink",
+    "Verdict",
+    "event_lines",
+    "line_key",
+    "open_sink",
+]
 
 # A commit is due at commit_calls calls or at this many bytes of output, whichever comes first.
 COMMIT_BYTES = 32 * 1024 * 1024
@@ -47,11 +56,19 @@ REASON_LIMIT = 1000
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class CommitSettings:
+    """When the sink commits: every ``calls`` calls or ``seconds`` seconds, whichever first."""
+
+    calls: int
+    seconds: float
+
+
 @contextlib.asynccontextmanager
 async def open_sink(
     paths: dict[str, Path],
     identity: dict[str, Any],
-    settings: Settings,
+    commit: CommitSettings,
     stats: RunStats,
     clock: Clock,
     *,
@@ -63,7 +80,7 @@ async def open_sink(
     with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
         journal = await on_thread(disk, Journal.open, paths, identity, fresh=fresh, grew=grew)
         try:
-            yield Sink(journal, disk, settings, stats, clock)
+            yield Sink(journal, disk, commit, stats, clock)
         finally:
             await on_thread(disk, journal.close)
 
@@ -87,7 +104,7 @@ class Sink:
         self,
         journal: Journal,
         disk: ThreadPoolExecutor,
-        settings: Settings,
+        commit: CommitSettings,
         stats: RunStats,
         clock: Clock,
     ) -> None:
@@ -95,8 +112,8 @@ class Sink:
         self._disk = disk
         self._stats = stats
         self._clock = clock
-        self._calls = settings.commit_calls
-        self._seconds = settings.commit_seconds
+        self._calls = commit.calls
+        self._seconds = commit.seconds
         self._batch = Batch()
         self._lock = asyncio.Lock()
         self._due = asyncio.Event()
