@@ -37,72 +37,74 @@ def unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
 
 
 def parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
+    """The command line's parser, and its commands' (by name, in ``.choices``)."""
     # No abbreviations: --fr taken for --fresh would discard a job's progress on a typo.
-    parser = argparse.ArgumentParser(
+    top = argparse.ArgumentParser(
         prog="harvester",
         allow_abbrev=False,
         description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
     )
-    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser(
-        RUN,
-        allow_abbrev=False,
-        help="harvest the events of every call in a call list",
-        description="Fetch the events of every call in --input and write them to --output as "
-        "NDJSON. Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. "
-        "Settings: config file < environment < flags (see config.example.toml).",
-        epilog="Run the same command again after any interruption: it resumes, and every event "
-        "lands exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
+    top.add_argument("--version", action="version", version=f"harvester {__version__}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (brief, description, epilog) in _COMMANDS.items():
+        command = commands.add_parser(
+            name, allow_abbrev=False, help=brief, description=description, epilog=epilog
+        )
+        if name == STATUS:
+            # Not required by argparse, so that a misspelt --output is said as such.
+            command.add_argument(
+                "--output", "-o", metavar="PATH", type=path, help="the job's output"
+            )
+            command.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        add_options(command, name)
+        if name == RETRY:
+            command.add_argument(
+                "--include-not-found", action="store_true", help="retry unknown calls (404) too"
+            )
+    add_sim_command(commands)
+    return top, commands
+
+
+# Each command's help line, description and epilog.
+_COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    RUN: (
+        "harvest the events of every call in a call list",
+        "Fetch the events of every call in --input and write them to --output as NDJSON. "
+        "Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. Settings: config "
+        "file < environment < flags (see config.example.toml).",
+        "Run the same command again after any interruption: it resumes, and every event lands "
+        "exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
         "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
         "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
         "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
         "later); 7 the input or window holds no call (with --fail-on-empty); 70 internal error; "
         "75 another harvester runs this job now (nothing changed); 130/143 stopped by "
         "SIGINT/SIGTERM (resumable).",
-    )
-    add_options(run, RUN)
-    again = commands.add_parser(
-        RETRY,
-        allow_abbrev=False,
-        help="harvest again the calls of an output's failures file that are worth it",
-        description="Harvest again the calls listed in the failures file of --output (not "
-        "unknown calls, unless --include-not-found), append their events to the same output "
-        "exactly once, and leave in the failures file only what still fails. An --output "
-        "holding {date} or {shard} takes the run's --yesterday/--since and --shard to fill "
-        "them.",
-        epilog="Exit codes as for run.",
-    )
-    add_options(again, RETRY)
-    again.add_argument(
-        "--include-not-found", action="store_true", help="retry unknown calls (404) too"
-    )
-    check = commands.add_parser(
-        CHECK,
-        allow_abbrev=False,
-        help="check the settings and credentials with one cheap request",
-        description="Validate the settings, print them (secrets redacted), and ask the API for "
-        "one call of the user's call list. Exit 0 when that works, 3 when the API refuses the "
-        "credentials or the user id, 6 when it cannot be reached or is down, 2 for a settings "
-        "error.",
-    )
-    add_options(check, CHECK)
-    status = commands.add_parser(
-        STATUS,
-        allow_abbrev=False,
-        help="where a job stands, without running it",
-        description="Read the state beside --output and say what the job harvests, how far it "
-        "got (calls done, failed by code), how its last run ended, and whether a harvester is "
-        "running it now. Changes nothing. Exit 0, or 2 when there is no job there. An --output "
-        "holding {date} or {shard} takes the run's --yesterday/--since, --tz and --shard to "
-        "fill them.",
-    )
-    # Not required by argparse, so that a misspelt --output is said as such (did you mean).
-    status.add_argument("--output", "-o", metavar="PATH", type=path, help="the job's output")
-    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    add_options(status, STATUS)
-    add_sim_command(commands)
-    return parser, commands
+    ),
+    RETRY: (
+        "harvest again the calls of an output's failures file that are worth it",
+        "Harvest again the calls listed in the failures file of --output (not unknown calls, "
+        "unless --include-not-found), append their events to the same output exactly once, "
+        "and leave in the failures file only what still fails. An --output holding {date} or "
+        "{shard} takes the run's --yesterday/--since and --shard to fill them.",
+        "Exit codes as for run.",
+    ),
+    CHECK: (
+        "check the settings and credentials with one cheap request",
+        "Validate the settings, print them (secrets redacted), and ask the API for one call of "
+        "the user's call list. Exit 0 when that works, 3 when the API refuses the credentials "
+        "or the user id, 6 when it cannot be reached or is down, 2 for a settings error.",
+        None,
+    ),
+    STATUS: (
+        "where a job stands, without running it",
+        "Read the state beside --output and say what the job harvests, how far it got (calls "
+        "done, failed by code), how its last run ended, and whether a harvester is running it "
+        "now. Changes nothing. Exit 0, or 2 when there is no job there. An --output holding "
+        "{date} or {shard} takes the run's --yesterday/--since, --tz and --shard to fill them.",
+        None,
+    ),
+}
 
 
 def log_format(args: argparse.Namespace) -> str:

@@ -48,8 +48,6 @@ def _gauges(stats: RunStats, run_seconds: float, last: LastRuns) -> list[tuple[s
     """Each family of the file: its name, its help, its samples."""
     job = stats.job
     requests = [(f'status="{status}"', count) for status, count in sorted(stats.statuses.items())]
-    exit_code = last.exit_code if last.exit_code is not None else NOT_ENDED
-    success = round(last.success, 3) if last.success is not None else 0
     return [
         (
             "harvester_calls",
@@ -84,6 +82,16 @@ def _gauges(stats: RunStats, run_seconds: float, last: LastRuns) -> list[tuple[s
             "How long this run has taken.",
             [("", round(run_seconds, 3))],
         ),
+        *_of_the_runs(stats, last),
+    ]
+
+
+def _of_the_runs(stats: RunStats, last: LastRuns) -> list[tuple[str, str, Samples]]:
+    """The families of how the job stands over its runs, always there: nights behind, the last
+    run's exit code, the last success, the version."""
+    exit_code = last.exit_code if last.exit_code is not None else NOT_ENDED
+    success = round(last.success, 3) if last.success is not None else 0
+    return [
         (
             "harvester_nights_behind",
             "Nights of the job (--nights) not completed yet; 0 for a job of no nights.",
