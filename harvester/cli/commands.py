@@ -144,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     stopper = Stopper(settings.grace, settings.time_allowed(started_at))
     if settings.deadline is not None:
         _say_deadline(settings.deadline, started_at)
-    code, status, error = _harvest(args, settings, stats, progress, stopper)
+    ended = _harvest(args, settings, stats, progress, stopper)
+    code, error = ended.code, ended.error
     if code in (exits.USAGE, exits.OUTPUT, exits.RUNNING) and not stats.job:
         # Refused before the job was opened: an earlier run's summary stays as it was, and its
         # metrics but for the last exit code (not for 75: another run holds the job and writes
@@ -153,18 +154,30 @@ def _run(args: argparse.Namespace) -> int:
         if code != exits.RUNNING and settings.metrics_file is not None:
             _note_refusal(settings.metrics_file, code, settings)
         return code
-    elapsed = time.monotonic() - started
     progress.finish(code)
     if settings.metrics_file is not None:
         asyncio.run(progress.write_metrics())
+    return _report(settings, stats, ended, started_at, time.monotonic() - started)
+
+
+def _report(
+    settings: Settings,
+    stats: RunStats,
+    ended: outcome.Outcome,
+    started_at: datetime,
+    elapsed: float,
+) -> int:
+    """Say how the run ended (its error, its summary line) and write the summary file; the
+    exit code (4 when the summary file cannot be written after a run that exited 0)."""
+    code, error = ended.code, ended.error
     if error is not None:
         planned = code in (exits.DEADLINE, *_SIGNAL_CODES)  # asked for: not an error
         level, prefix = (logging.INFO, "") if planned else (logging.ERROR, "error: ")
         name = "stopped" if planned else "error"
         # The exit code is said here when no summary line (which says it) follows.
         end = "" if stats.job else f" (exit {code})"
-        event(level, name, "%s%s%s", prefix, error, end, exit_code=code, status=status)
-    summary = summary_document(settings, stats, status, code, started_at, elapsed)
+        event(level, name, "%s%s%s", prefix, error, end, exit_code=code, status=ended.status)
+    summary = summary_document(settings, stats, ended.status, code, started_at, elapsed)
     if error is not None:
         summary["error"] = error
     if stats.job:
@@ -266,8 +279,8 @@ def _harvest(
     stats: RunStats,
     progress: Progress,
     stopper: Stopper,
-) -> tuple[int, str, str | None]:
-    """Run the job; its exit code, status and error message (None when it finished)."""
+) -> outcome.Outcome:
+    """Run the job; how it ended (``harvester.run.outcome``)."""
     work: Coroutine[Any, Any, RunStats]
     if args.command == RETRY:
         retry = retry_nights if settings.nights else retry_failed
@@ -276,7 +289,7 @@ def _harvest(
         )
     elif settings.nights:
         if args.fresh:
-            return (
+            return outcome.Outcome(
                 exits.USAGE,
                 Status.USAGE_ERROR,
                 "--fresh starts one job over, and --nights holds several: to start a night "
@@ -293,14 +306,13 @@ def _harvest(
     except Exception as exc:
         if status_of(exc) == Status.CRASHED:  # a bug: said plainly, the traceback kept for a report
             log.error("internal error, please report it with this log", exc_info=exc)
-        ended = outcome.of_error(exc, settings.credentials_from)
-        return ended.code, ended.status, ended.error
+        return outcome.of_error(exc, settings.credentials_from)
     asked = stopper.signal is not None or stopper.deadline_reached
     ended = outcome.of_run(settings, stats, outcome.stopped(stopper.signal) if asked else None)
     if ended.status == Status.COMPLETED and not stats.nights and not stats.job.get("calls"):
         source = f"the call list {settings.input}" if settings.input else "the window"
         log.warning("nothing to harvest: %s holds no call at all", source)
-    return ended.code, ended.status, ended.error
+    return ended
 
 
 def _say_deadline(deadline: datetime, now: datetime) -> None:

@@ -102,20 +102,27 @@ async def harvest(
                 growing = is_stream(settings.input)
             else:
                 growing = window is not None and window.growing(now)
-            if sink.meta["completed"]:
-                if not growing:
-                    log.info("this job was completed earlier; nothing to do (--fresh starts over)")
-                    stats.completed = True
-                    return stats
-                await sink.reopen()
-            if sink.meta["invocations"] > 1:
-                log.info("resuming: %d calls were done earlier", sink.meta["totals"]["calls"])
-            async with sink.recording("run", stop):
-                await _run(settings, stats, clock, stop, sink, feed, window)
+            if await _goes_on(sink, stats, growing):
+                async with sink.recording("run", stop):
+                    await _run(settings, stats, clock, stop, sink, feed, window)
     finally:
         if feed is not None:
             feed.close()
     return stats
+
+
+async def _goes_on(sink: Sink, stats: RunStats, growing: bool) -> bool:
+    """Whether the job opened in ``sink`` has anything to do: not when it was completed
+    earlier, unless its list grows (then it is open again); said either way."""
+    if sink.meta["completed"]:
+        if not growing:
+            log.info("this job was completed earlier; nothing to do (--fresh starts over)")
+            stats.completed = True
+            return False
+        await sink.reopen()
+    if sink.meta["invocations"] > 1:
+        log.info("resuming: %d calls were done earlier", sink.meta["totals"]["calls"])
+    return True
 
 
 def commit_of(settings: Settings) -> CommitSettings:
