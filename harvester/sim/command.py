@@ -35,6 +35,14 @@ def add_sim_command(commands: Any) -> None:
         "--calls", type=_count, default=1000, help="calls in the registry (default 1000)"
     )
     sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
+    _limit_options(sim)
+    _fault_options(sim)
+    sim.add_argument("--ready-file", type=path, help="write the base URL here once serving")
+    sim.add_argument("--ids-file", type=path, help="write the registry's call ids here")
+
+
+def _limit_options(sim: argparse.ArgumentParser) -> None:
+    """The simulator's rate limit, its pace and its shape of the API's answers."""
     sim.add_argument(
         "--rate-limit",
         type=_count,
@@ -70,6 +78,10 @@ def add_sim_command(commands: Any) -> None:
     sim.add_argument(
         "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
     )
+
+
+def _fault_options(sim: argparse.ArgumentParser) -> None:
+    """The faults the simulator injects."""
     sim.add_argument(
         "--faults-on-list", action="store_true", help="inject --fault faults into the call list too"
     )
@@ -99,8 +111,6 @@ def add_sim_command(commands: Any) -> None:
         default=0.5,
         help="seconds ahead an injected 429 announces its reset (default 0.5)",
     )
-    sim.add_argument("--ready-file", type=path, help="write the base URL here once serving")
-    sim.add_argument("--ids-file", type=path, help="write the registry's call ids here")
 
 
 def serve_sim(args: argparse.Namespace) -> int:
