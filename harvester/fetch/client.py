@@ -277,6 +277,11 @@ class CallEventsClient:
             return self._tls_refused(str(reason))
         if isinstance(exc, aiohttp.ClientSSLError):
             return self._tls_refused(_tls_reason(exc))
+        return self._connection_in_our_words(exc)
+
+    def _connection_in_our_words(self, exc: Exception) -> ApiError | None:
+        """``_in_our_words`` for what is not a timeout, nor the proxy's or TLS's refusal: the
+        connection, and an answer that cannot be read."""
         if isinstance(exc, aiohttp.ClientConnectorError) and exc.host == self._proxy_host:
             why = "cannot resolve it" if isinstance(exc, aiohttp.ClientConnectorDNSError) else ""
             return TransientError(

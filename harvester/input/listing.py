@@ -109,24 +109,7 @@ async def list_window(
                 exc.status, "listing-failed", f"cannot read the call list at {shown}: {exc}"
             ) from exc
         resuming = False
-        calls: list[ListedCall] = []
-        undated = 0
-        reached_back = False
-        oldest: datetime | None = None
-        for number, call in enumerate(records):
-            moment = start_time(call)
-            call_id = call.get("id")
-            if moment is None or not isinstance(call_id, str):
-                undated += 1
-                continue
-            oldest = moment if oldest is None else min(oldest, moment)
-            if moment < window.since:
-                reached_back = True  # newest first: everything after this is older still
-                break
-            if moment < window.until:
-                wrong = inexact[number] if inexact is not None else None
-                line = b"" if wrong else orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)
-                calls.append(ListedCall(call_id, line, wrong, moment))
+        calls, undated, oldest, reached_back = _in_window(records, inexact, window)
         more = None if reached_back or next_url is None else str(next_url)
         if more is not None and more in followed:
             yield Page(calls, None, len(records), undated, oldest)  # this page's calls are good
@@ -142,3 +125,27 @@ async def list_window(
             return
         followed.add(more)
         url = URL(more, encoded=True)
+
+
+def _in_window(
+    records: list[dict[str, Any]], inexact: list[Inexact | None] | None, window: Window
+) -> tuple[list[ListedCall], int, datetime | None, bool]:
+    """Of one page (newest first): its calls in ``window``, how many had no usable start, the
+    oldest start it reached, and whether it reached back past the window's start."""
+    calls: list[ListedCall] = []
+    undated = 0
+    oldest: datetime | None = None
+    for number, call in enumerate(records):
+        moment = start_time(call)
+        call_id = call.get("id")
+        if moment is None or not isinstance(call_id, str):
+            undated += 1
+            continue
+        oldest = moment if oldest is None else min(oldest, moment)
+        if moment < window.since:
+            return calls, undated, oldest, True  # newest first: the rest is older still
+        if moment < window.until:
+            wrong = inexact[number] if inexact is not None else None
+            line = b"" if wrong else orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)
+            calls.append(ListedCall(call_id, line, wrong, moment))
+    return calls, undated, oldest, False
