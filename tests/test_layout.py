@@ -127,3 +127,15 @@ def test_the_stages_take_only_their_own_settings() -> None:
     assert typing.get_type_hints(open_sink)["commit"] is CommitSettings
     store = [name for _, path in modules() if "/store/" in str(path) for name in imports_of(path)]
     assert "harvester.settings.config" not in store, "the store sees no Settings"
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    """Each function reads in one sitting: 60 lines at most."""
+    long = []
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long.append(f"{module}.{node.name}: {length} lines")
+    assert long == []
