@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
-import re
 import sys
 import zlib
 from collections import deque
@@ -43,7 +42,15 @@ from typing import Any
 import orjson
 
 from harvester.errors import InputError
-from harvester.input.chunks import BOM, MAX_LINE, ChunkReader, Lines, is_stream
+from harvester.input.chunks import MAX_LINE, ChunkReader, Lines, is_stream
+from harvester.input.formats import (
+    ANOTHER_FORMAT,
+    DELIMITER_NAMES,
+    DELIMITERS,
+    looks_like_id,
+    not_an_id,
+    sniff,
+)
 from harvester.settings.values import InputFormat
 
 log = logging.getLogger("harvester")
@@ -53,12 +60,6 @@ ID_FIELDS = ("callId", "id")
 # A file is read that far (or to its end) before any record is used; a stream only as far as
 # it has come, since waiting for more would hold up a pipe's first calls.
 CHECKED, NOT_IDS_SHARE = 100, 0.5
-# What separates a CSV's columns: a comma, or else one of the others when it is what makes the
-# header name the id column (a spreadsheet of a locale with decimal commas writes semicolons).
-DELIMITERS = (",", ";", "\t", "|")
-_DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
-# An escape that ``_printable`` wrote: the id held bytes that are not printable text.
-_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[tnr])")
 _TOO_LONG = f"line longer than {MAX_LINE} bytes"
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 # Why the csv module (which reads every line end) gives up on a row, in our words.
@@ -229,14 +230,14 @@ class _CsvRows:
                         log.info(
                             "input %s: a CSV separated by %s, its call ids in column %s",
                             self._name,
-                            _DELIMITER_NAMES[delimiter],
+                            DELIMITER_NAMES[delimiter],
                             _printable(rows[delimiter][self.column].strip()),
                         )
                     return
         # Shown as the delimiter that splits it most would read it: the columns it has.
         delimiter = max(DELIMITERS, key=lambda d: len(rows[d]))
         found = ", ".join(_printable(c.strip()) for c in rows[delimiter])
-        separated = f", separated by {_DELIMITER_NAMES[delimiter]}" if delimiter != "," else ""
+        separated = f", separated by {DELIMITER_NAMES[delimiter]}" if delimiter != "," else ""
         raise InputError(
             f"input {self._name}: the CSV header has no {' or '.join(self._fields)} column "
             f"(found{separated}: {found}); name the column with --id-column, or give the file "
@@ -350,14 +351,14 @@ class RecordFeed:
         however few: it is not what it seems."""
         # Only what does not even try to be a call id: a hostile or mistyped id ("c-../x")
         # is the pool's to list as invalid, one of a list of ids.
-        bad = [r for r in first if isinstance(r, InvalidRecord) or not _looks_like_id(r[1])]
+        bad = [r for r in first if isinstance(r, InvalidRecord) or not looks_like_id(r[1])]
         if len(bad) <= NOT_IDS_SHARE * len(first):
             return
         example = bad[0]
         if isinstance(example, InvalidRecord):
-            line, what, hint = example.line, example.reason, _ANOTHER_FORMAT
+            line, what, hint = example.line, example.reason, ANOTHER_FORMAT
         else:
-            line, (what, hint) = example[0], _not_an_id(example[1])
+            line, (what, hint) = example[0], not_an_id(example[1])
         if len(first) == 1:
             counted = "its only record is not a call id"
         else:
@@ -387,14 +388,14 @@ class RecordFeed:
         head = await self._read(opening=True)
         kind = self._form
         if kind is None:
-            while len(head) < MAX_LINE and _sniff(head, False, self._fields) is None:
+            while len(head) < MAX_LINE and sniff(head, False, self._fields) is None:
                 more = await self._read(opening=True)
                 if not more:
                     break
                 head += more
             hint = InputFormat.CSV if name.endswith(".csv") else None
             hint = InputFormat.NDJSON if name.endswith((".ndjson", ".jsonl")) else hint
-            kind = _sniff(head[:MAX_LINE], True, self._fields, hint) or hint or InputFormat.TEXT
+            kind = sniff(head[:MAX_LINE], True, self._fields, hint) or hint or InputFormat.TEXT
         if kind == InputFormat.CSV:
             self._lines = Lines(universal=True)
             self._csv = _CsvRows(self._input.name, self._fields)
@@ -469,70 +470,3 @@ def _damage(exc: BaseException) -> str:
     if isinstance(exc, zlib.error):
         return "its gzip data is corrupt"
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-
-
-def _looks_like_id(text: str) -> bool:
-    """An attempt at a call id, however bad: ``c-`` and one token (a row of a CSV read as
-    text holds a separator too; one of binary bytes, ``_printable``'s escapes)."""
-    return text[:2].lower() == "c-" and not any(mark in text for mark in ',;|\t "{}\\')
-
-
-_ANOTHER_FORMAT = (
-    "Is it another format? Say which with --input-format text|csv|ndjson, and the id's column "
-    "or field with --id-column"
-)
-
-
-def _not_an_id(text: str) -> tuple[str, str]:
-    """What a record that is not an attempt at a call id holds, and what to do about it."""
-    shown = f"'{text[:60]}'" + ("..." if len(text) > 60 else "")
-    escapes = {found[0] for found in _ESCAPE.findall(text)}
-    if escapes - {"t"}:
-        return (
-            f"binary bytes or control characters, shown escaped: {shown}",
-            "A call list is UTF-8 text (one id a line, a CSV or NDJSON), gzip-compressed or "
-            "not: is this one at all? Save UTF-16 text as UTF-8; unpack other archives first",
-        )
-    if escapes:
-        return (
-            shown,
-            "This looks like a tab-separated file: give it a header row that names the callId "
-            "column (or name yours with --id-column), or put one call id a line",
-        )
-    for delimiter in (",", ";", "|"):
-        if delimiter in text:
-            return (
-                shown,
-                f"This looks like a CSV separated by {_DELIMITER_NAMES[delimiter]} without a "
-                "header row that names the callId column: give it one, or name yours with "
-                "--id-column and say --input-format csv",
-            )
-    if any(c.isspace() for c in text):
-        return f"{shown} holds spaces", _ANOTHER_FORMAT
-    return f"{shown}: a call id is c- and up to 64 letters, digits or hyphens", _ANOTHER_FORMAT
-
-
-def _sniff(
-    head: bytes, whole: bool, fields: tuple[str, ...], hint: InputFormat | None = None
-) -> InputFormat | None:
-    """The format the first line with something on it says; None if there is none yet (the
-    last line of ``head`` counts only if ``whole``). A first line that names an id column is a
-    CSV header (with any of ``DELIMITERS``); several cells make a CSV where the name says so
-    too."""
-    lines = head.removeprefix(BOM).splitlines(keepends=True)
-    if lines and not whole and not lines[-1].endswith((b"\n", b"\r")):
-        lines.pop()
-    names = {field.lower() for field in fields}
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        if line.startswith(b"{"):
-            return InputFormat.NDJSON
-        text = line.decode("utf-8", "replace")
-        for delimiter in DELIMITERS:
-            cells = [c.strip().strip('"').lower() for c in text.split(delimiter)]
-            if any(c in names for c in cells) or (hint == InputFormat.CSV and len(cells) > 1):
-                return InputFormat.CSV
-        return InputFormat.TEXT
-    return None
