@@ -35,9 +35,9 @@ from typing import Any
 from harvester import __version__
 from harvester.errors import ConfigError
 from harvester.exits import Status
-from harvester.logs import event, summary_level
+from harvester.logs import event
 from harvester.report.progress import Progress
-from harvester.report.summary import summary_document, summary_line
+from harvester.report.summary import summarise
 from harvester.run import job, outcome
 from harvester.run.nights import harvest_nights
 from harvester.settings.config import Settings, load_settings
@@ -88,11 +88,10 @@ async def harvest(
         await progress.watching(_harvest(settings, stats, fresh, stop), counted)
     except Exception as exc:
         ended = outcome.of_error(exc, settings.credentials_from)
-        ending: tuple[int, str, str | None] = (ended.code, ended.status, ended.error)
-        await _summarise(settings, stats, progress, ending, started_at, started)
+        await _summarise(settings, stats, progress, ended, started_at, started)
         raise
-    ending = (stats.exit_code or 0, stats.status, None)
-    await _summarise(settings, stats, progress, ending, started_at, started)
+    ended = outcome.Outcome(stats.exit_code or 0, Status(stats.status))
+    await _summarise(settings, stats, progress, ended, started_at, started)
     return stats
 
 
@@ -114,23 +113,17 @@ async def _summarise(
     settings: Settings,
     stats: RunStats,
     progress: Progress,
-    ending: tuple[int, str, str | None],
+    ended: outcome.Outcome,
     started_at: datetime,
     started: float,
 ) -> None:
     """Log how the run ended, as the command's summary line says it, and write the metrics
     file's last state (once the job was opened: a run refused before has no counters, and its
     error is raised to the caller)."""
-    code, status, error = ending
-    progress.finish(code)
+    progress.finish(ended.code)
     if not stats.job and not stats.nights:
         return
-    elapsed = time.monotonic() - started
-    summary = summary_document(settings, stats, status, code, started_at, elapsed)
-    if error is not None:
-        summary["error"] = error
-    fields = {key: value for key, value in summary.items() if key != "this_run"}
-    event(summary_level(code), "summary", "%s", summary_line(summary), **fields)
+    summarise(settings, stats, ended, started_at, time.monotonic() - started)
     await progress.write_metrics()
 
 

@@ -40,7 +40,7 @@ from harvester.exits import Status
 from harvester.logs import event
 from harvester.report import metrics
 from harvester.report.progress import METRICS_READ_LIMIT, Progress
-from harvester.report.summary import summary_document, summary_line
+from harvester.report.summary import summarise
 from harvester.run import outcome
 from harvester.run.dryrun import Tally, dry_run, dry_run_lines
 from harvester.run.job import harvest, retry_failed
@@ -177,12 +177,7 @@ def _report(
         # The exit code is said here when no summary line (which says it) follows.
         end = "" if stats.job else f" (exit {code})"
         event(level, name, "%s%s%s", prefix, error, end, exit_code=code, status=ended.status)
-    summary = summary_document(settings, stats, ended.status, code, started_at, elapsed)
-    if error is not None:
-        summary["error"] = error
-    if stats.job:
-        fields = {k: v for k, v in summary.items() if k != "this_run"}
-        event(logs.summary_level(code), "summary", "%s", summary_line(summary), **fields)
+    summary = summarise(settings, stats, ended, started_at, elapsed)
     if settings.summary is not None:
         try:
             document = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)

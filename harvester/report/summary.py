@@ -7,7 +7,8 @@ from typing import Any
 
 from harvester import __version__
 from harvester.exits import Status
-from harvester.logs import counted
+from harvester.logs import counted, event, summary_level
+from harvester.run.outcome import Outcome
 from harvester.settings.config import Settings
 from harvester.stats import RunStats
 
@@ -15,6 +16,20 @@ _JOB_KEYS = ("calls", "ok", "failed", "events", "requests", "retries", "rate_lim
 
 # The statuses of a run stopped on request (a signal, the deadline): the next run goes on.
 STOPPED = (Status.STOPPED, Status.DEADLINE)
+
+
+def summarise(
+    settings: Settings, stats: RunStats, ended: Outcome, started_at: datetime, elapsed: float
+) -> dict[str, Any]:
+    """The summary document of a run that ended as ``ended`` (with its error), said in the log
+    as the summary line (at the level of its exit) once the job was opened."""
+    summary = summary_document(settings, stats, ended.status, ended.code, started_at, elapsed)
+    if ended.error is not None:
+        summary["error"] = ended.error
+    if stats.job:
+        fields = {key: value for key, value in summary.items() if key != "this_run"}
+        event(summary_level(ended.code), "summary", "%s", summary_line(summary), **fields)
+    return summary
 
 
 def summary_document(

@@ -42,11 +42,13 @@ from harvester.settings.shard import Shard
 from harvester.settings.window import Window
 from harvester.stats import RunStats
 from harvester.store.files import check_files, check_no_data
+from harvester.store.journal import grown
 from harvester.store.ledger import (
     check_identity,
     ledger_errors,
     load_meta,
     lookup,
+    read_only,
     state_dir,
 )
 from harvester.store.status import lock_holder
@@ -185,15 +187,15 @@ def _judged(
     identity = identity_of(settings, source, paths)
     ledger = state_dir(paths["events"]) / "ledger.sqlite"
     earlier: sqlite3.Connection | None = None
+    pid = lock_holder(ledger.with_name("lock"))
     try:
         meta: dict[str, Any] = {}
         if ledger.exists():
             with ledger_errors(ledger):
-                earlier = _read_only(ledger)
+                earlier = read_only(ledger, writing=pid is not None)
                 meta = load_meta(earlier, ledger)
         if meta:
             tally.state = "completed" if meta.get("completed") else "unfinished"
-            pid = lock_holder(ledger.with_name("lock"))
             if pid is not None:  # the run would be turned away (exit 75) until it ends
                 tally.state = (
                     f"running now, pid {pid}: a run would be turned away; counted as it stands"
@@ -203,7 +205,7 @@ def _judged(
             done = counted(calls, "input record")
             tally.note = f"--fresh: the earlier progress ({done} done) would be discarded"
             meta = {}
-        elif meta and grew is not None and _grown(meta["identity"], identity, grew):
+        elif meta and grew is not None and grown(meta["identity"], identity, grew):
             meta = {**meta, "completed": False}  # its new calls would be taken on
         else:
             check_identity(meta, identity, ledger.parent)
@@ -212,8 +214,8 @@ def _judged(
             tally.note = f"completed earlier, nothing to do{again}"
             yield None
             return
-        judge = Judge(scratch / f"seen-{len(list(scratch.iterdir()))}.sqlite", settings.shard)
-        judge.earlier = earlier if meta else None
+        seen = scratch / f"seen-{len(list(scratch.iterdir()))}.sqlite"
+        judge = Judge(seen, settings.shard, earlier if meta else None)
         try:
             yield judge
         finally:
@@ -223,34 +225,15 @@ def _judged(
             earlier.close()
 
 
-def _read_only(ledger: Path) -> sqlite3.Connection:
-    """The ledger, read only; with no write-ahead log beside it (nobody writing, nothing left
-    to fold in), as immutable, so that not even SQLite's shared-memory file is made (as
-    ``status`` reads it)."""
-    wal = ledger.with_name(ledger.name + "-wal")
-    running = lock_holder(ledger.with_name("lock")) is not None
-    still = "" if running or wal.exists() else "&immutable=1"
-    return sqlite3.connect(f"{ledger.resolve().as_uri()}?mode=ro{still}", uri=True)
-
-
-def _grown(
-    before: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
-) -> bool:
-    """True when ``identity`` differs from the job's only by a call list that grew at its
-    end (as the journal has it)."""
-    same = {"size", "head_sha256"}
-    others = (set(before) | set(identity)) - same
-    changed = any(before.get(key) != identity.get(key) for key in others)
-    return not changed and before != identity and grew(before)
-
-
 class Judge:
     """Each call of one job judged as the run's pool would judge it (``Pool._take_on_all``):
     another shard's first, then done by an earlier run or a duplicate, and of the rest, new
     or naming no call. The calls seen are kept in a scratch database, not in memory."""
 
-    def __init__(self, scratch: Path, shard: Shard | None) -> None:
-        self.earlier: sqlite3.Connection | None = None  # the job's ledger, read only
+    def __init__(
+        self, scratch: Path, shard: Shard | None, earlier: sqlite3.Connection | None
+    ) -> None:
+        self._earlier = earlier  # the job's ledger, read only (None: nothing done earlier)
         self._shard = shard
         self._seen = sqlite3.connect(scratch)
         self._seen.execute("PRAGMA journal_mode=OFF")
@@ -270,7 +253,7 @@ class Judge:
             mine = [item for item in keyed if owns(item[1])]
             counts["other_shard"] += len(keyed) - len(mine)
             keyed = mine
-        found = lookup(self.earlier, (key for _, key, _ in keyed)) if self.earlier else {}
+        found = lookup(self._earlier, (key for _, key, _ in keyed)) if self._earlier else {}
         seen = lookup(self._seen, (key for _, key, _ in keyed if key not in found))
         first: dict[str, int] = {}
         for record, key, line in keyed:

@@ -152,11 +152,11 @@ def _open_files(
     return files
 
 
-def _grown(
-    meta: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
+def grown(
+    before: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
 ) -> bool:
-    """True when ``identity`` differs from the job's only by a call list that grew at its end."""
-    before = meta["identity"]
+    """True when ``identity`` differs from the job's (``before``) only by a call list that grew
+    at its end."""
     same = {"size", "head_sha256"}
     others = (set(before) | set(identity)) - same
     changed = any(before.get(key) != identity.get(key) for key in others)
@@ -290,7 +290,7 @@ class Journal:
         meta = load_meta(connection, ledger)
         if not meta:  # a new ledger, or one that never got as far as its first record
             check_no_data(paths.values())
-        if meta and grew is not None and _grown(meta, identity, grew):
+        if meta and grew is not None and grown(meta["identity"], identity, grew):
             log.info(
                 "the call list grew since the last run (%s -> %s bytes, what it held "
                 "unchanged): going on with its new calls",

@@ -67,6 +67,15 @@ def stored_identity(output: Path) -> dict[str, Any]:
     return identity
 
 
+def read_only(ledger: Path, *, writing: bool) -> sqlite3.Connection:
+    """``ledger`` opened to be read, never written. With no write-ahead log beside it and no
+    harvester ``writing`` it (nothing left to fold in), as immutable, so that not even
+    SQLite's shared-memory file is made: looking at a job leaves its state folder as it was."""
+    wal = ledger.with_name(ledger.name + "-wal")
+    still = "" if writing or wal.exists() else "&immutable=1"
+    return sqlite3.connect(f"{ledger.resolve().as_uri()}?mode=ro{still}", uri=True)
+
+
 def lookup(
     connection: sqlite3.Connection, keys: Iterable[str], outcome: int | None = None
 ) -> dict[str, int]:

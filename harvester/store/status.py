@@ -16,7 +16,13 @@ from harvester.exits import Status
 from harvester.input.chunks import count_records
 from harvester.logs import counted
 from harvester.store.files import differs
-from harvester.store.ledger import ledger_error, load_meta, read_run_record, state_dir
+from harvester.store.ledger import (
+    ledger_error,
+    load_meta,
+    read_only,
+    read_run_record,
+    state_dir,
+)
 
 
 def job_status(output: Path) -> dict[str, Any]:
@@ -27,14 +33,8 @@ def job_status(output: Path) -> dict[str, Any]:
     if not ledger.is_file():
         raise ConfigError(f"{output} has no harvester state beside it ({state}): no job there")
     running_pid = lock_holder(state / "lock")
-    # Read-only. With no write-ahead log beside it (nobody writing, nothing left to fold in),
-    # the ledger is read as immutable, so that not even SQLite's shared-memory file is made.
-    wal = ledger.with_name(ledger.name + "-wal")
-    still = "" if running_pid or wal.exists() else "&immutable=1"
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{ledger.as_uri()}?mode=ro{still}", uri=True)
-        ) as db:
+        with contextlib.closing(read_only(ledger, writing=running_pid is not None)) as db:
             meta = load_meta(db, ledger)
     except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
         raise
