@@ -57,12 +57,12 @@ import logging
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from harvester.clock import Clock, sleep_unless
 from harvester.errors import Stopping
-from harvester.fetch.ratelaw import BEST_HORIZON, PROBE_STEP, SAFETY, SHARE_OF, RateLaw
+from harvester.fetch.ratelaw import SAFETY, RateLaw
+from harvester.fetch.streaks import OwnRefusals
 from harvester.logs import event
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
@@ -94,30 +94,12 @@ LONGEST_WINDOW = 300.0
 PAUSED_SHARE = 0.15
 # A reset this far away is learnt from only once a second call meets one (one call's may be its
 # own), and the call refused again right after its pause is refused on its own. Pauses longer
-# than PAUSE_TOLD seconds are logged. Targets followed at most.
+# than PAUSE_TOLD seconds are logged.
 LONG_PAUSE = 30.0
 PAUSE_TOLD = 5.0
-MAX_STREAKS = 1024
-# A call refused again after this many other requests were served since its first 429 in a
-# row, with this share of the others refused at most, is refused on its own (under a limit, a
-# call is refused twice in a row by chance about as often as the share of 429s, squared).
-OWN_SERVED = 10
-OWN_SHARE = 0.1
 
 
-@dataclass(slots=True)
-class _Streak:
-    """A target's 429s in a row: the answers served and the 429s met (every call's) when the
-    first came, whether the last that counted for the pool paused it for long, and how many
-    of its own came since the first."""
-
-    served: int
-    refused: int
-    long: bool
-    mine: int = 0
-
-
-class RateLimiter(RateLaw):
+class RateLimiter:
     """Pacing, pool-wide pauses and the learned rate, on an injectable clock."""
 
     def __init__(self, rate: float, clock: Clock, stop: asyncio.Event | None = None) -> None:
@@ -133,47 +115,36 @@ class RateLimiter(RateLaw):
         self._window = DEFAULT_WINDOW
         self._last_reset: float | None = None
         self._longer = False  # the last 429's reset showed a window longer than we knew
-        self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
         self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
         self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
-        self._round_trip = None  # smoothed seconds from turn to answer
+        self._round_trip: float | None = None  # smoothed seconds from turn to answer
         # [bucket start, answers] for answers other than 429, oldest first.
         self._answers: deque[list[float]] = deque()
-        # What is known of the limit: a configured rate counts as confirmed.
-        self._ramping = rate <= 0
         self._grown_at = now
-        self._estimate = rate if rate > 0 else None
-        self._confirmed = rate > 0
-        self._samples = deque(maxlen=4)
-        self._dwell = 0  # clean windows at the current probing step
-        self._climbs = 0
-        self._last_429 = -math.inf
-        self._last_cut = -math.inf
-        self._cuts_since = -math.inf
-        self._step = PROBE_STEP
-        # The share of 429s among recent requests, and running totals.
-        self._outcomes = deque(maxlen=SHARE_OF)  # (time, a 429?)
-        self._requests = 0
-        self._limited = 0
-        self._trial = None
-        self._stray_share = 0.0
-        self._stray_at = now
-        # The current bin (one window of our own clock) and the clean bins of BEST_HORIZON.
-        self._bin_start = now
-        self._bin_served = 0
-        self._bin_limited = 0
-        self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
-        self._clean = deque()  # (bin end, served per second)
-        # Targets whose last 429 counted for the pool, and when the pool was last told to wait.
-        self._streaks: dict[str, _Streak] = {}
-        self._own_429s = 0  # 429s judged a call's own (none of the law's counts holds them)
+        self._law = RateLaw(self, rate, now)  # what a 429 does to the pace
+        self._own = OwnRefusals()  # calls refused on their own, not by the limit
         self._long_from: str | None = None  # the call whose far reset taught nothing yet
-        self._told_until = -math.inf
+        self._told_until = -math.inf  # when the pool was last told to wait
 
     @property
     def rate(self) -> float:
         """Requests per second now allowed."""
         return self._rate
+
+    @property
+    def ceiling(self) -> float:
+        """The most the pace may reach: under ``--rate``, or ``MAX_RATE``."""
+        return self._ceiling
+
+    @property
+    def window(self) -> float:
+        """The server's window as measured (seconds)."""
+        return self._window
+
+    @property
+    def longer(self) -> bool:
+        """The last 429's reset showed a window longer than we knew."""
+        return self._longer
 
     async def acquire(self) -> float:
         """Wait for this request's turn; returns the time it was given (monotonic). Raises
@@ -204,8 +175,8 @@ class RateLimiter(RateLaw):
 
     def answered(self, sent_at: float) -> None:
         """A request got an answer that was not a 429."""
-        # Every answer comes here: plain arithmetic on locals, and no call but to close a
-        # bucket, a bin or change the rate (the same law as _count and _set_rate spell out).
+        # Every answer comes here: plain arithmetic on locals, and no call but the law's and
+        # to change the rate.
         now = self._clock.monotonic()
         window = self._window
         answers = self._answers
@@ -220,27 +191,7 @@ class RateLimiter(RateLaw):
             sample = 1e-4
         trip = self._round_trip
         trip = self._round_trip = sample if trip is None else 0.9 * trip + 0.1 * sample
-        self._outcomes.append((now, False))  # _count(False, now)
-        self._requests += 1
-        if now >= self._bin_start + window:
-            self._close_bin(now)
-        self._bin_served += 1
-        trial = self._trial
-        if trial is not None and self._requests - trial.requests >= trial.length:
-            self._trial = None  # the lower pace held: the decrease stands
-            # With nothing ever measured (429s without a reset only), nothing says where a
-            # limit would be: ramp up again, as at the start; but not while such 429s have come
-            # back for longer than a window (a limit that tells no reset, not one burst of
-            # strays): then the climb of clean windows finds it.
-            self._ramping = (
-                self._estimate is None
-                and not self._samples
-                and (
-                    now - self._last_cut > BEST_HORIZON
-                    or self._last_cut - self._cuts_since < self._window
-                )
-            )
-        if self._ramping:
+        if self._law.answered(now):  # ramping
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now
             rate = self._rate
@@ -248,7 +199,7 @@ class RateLimiter(RateLaw):
                 grown = rate * 2 ** min(doublings, 10.0)
                 # At once to what keeps a few requests on the wire: fast on a fast network,
                 # and on a slow one still no flood when the first 429 comes back.
-                self._set_rate(grown if grown > ON_THE_WIRE / trip else ON_THE_WIRE / trip)
+                self.set_rate(grown if grown > ON_THE_WIRE / trip else ON_THE_WIRE / trip)
 
     @property
     def paused_until(self) -> float:
@@ -262,20 +213,20 @@ class RateLimiter(RateLaw):
         until ``retry_at`` (monotonic; None if the API did not say) and learn from it what it
         says of the limit. ``cause`` says what asked for the pause, for the log.
 
-        Returns True when the 429 is the target's own, not the account's (see ``_own``):
-        then nothing is learnt from it, and the pool waits for a near reset only (up to
-        ``PAUSE_TOLD`` seconds: when in doubt, every request waits); the target waits alone."""
+        Returns True when the 429 is the target's own, not the account's (see
+        ``harvester.fetch.streaks``): then nothing is learnt from it, and the pool waits for a
+        near reset only (up to ``PAUSE_TOLD`` seconds: when in doubt, every request waits); the
+        target waits alone."""
         now = self._clock.monotonic()
-        if target is not None and self._own(target):
-            self._own_429s += 1
+        law = self._law
+        if target is not None and self._own.own(target, law.requests, law.limited):
             if retry_at is not None and retry_at - now <= PAUSE_TOLD:
                 self._pause(retry_at, now, cause)
             return True
-        self._count(True, now)
-        self._bin_limited += 1
+        law.refused(now)
         long = retry_at is not None and retry_at - now >= LONG_PAUSE
         if target is not None:
-            self._in_streak(target, long)
+            self._own.counted(target, long, law.requests, law.limited)
             if long and self._long_from in (None, target):
                 # A far reset may be one call's own: wait for it, but learn nothing of the limit
                 # from it until another call meets one too.
@@ -286,27 +237,18 @@ class RateLimiter(RateLaw):
             if long:  # a second call's far reset: the limit's, learnt from below
                 self._long_from = None
         if retry_at is None:
-            if now - self._last_cut < (self._round_trip or 0.0):
-                return False  # answers already in flight at the last cut say nothing new
-            self._judge(None, now)
+            law.no_reset(now, self._round_trip or 0.0)
             return False
         last = self._last_reset
         echo = last is not None and abs(retry_at - last) < SAME_RESET
         sample = None if echo else self._measure(retry_at, now)
         self._pause(retry_at, now, cause)
         if echo:
-            # Another answer to a request already on its way. With the very same reset, the
-            # window is shut for all of them, as a limit shuts it (strays come one by one, each
-            # with a reset of its own): the first was ours after all.
+            # Another answer to a request already on its way; the very same reset is news.
             if last is not None and abs(retry_at - last) <= SHUT_RESET:
-                self._bin_ours = True
-                if self._excused:
-                    self._excused = False
-                    self._overran(now)
+                law.same_reset(now)
             return False
-        self._excused = sample is None  # a window we waited in says nothing of the limit
-        if sample is not None:
-            self._judge(sample, now)
+        law.new_reset(sample, now)  # None: a window we waited in says nothing of the limit
         return False
 
     def pause_until(self, when: float, cause: str = "") -> None:
@@ -326,41 +268,7 @@ class RateLimiter(RateLaw):
 
     def forget(self, target: str) -> None:
         """``target``'s call has ended (harvested, or given up): its 429s are over."""
-        self._streaks.pop(target, None)
-
-    # -- a target's own 429s -----------------------------------------------------------------
-
-    def _own(self, target: str) -> bool:
-        """True when this 429 is ``target``'s own, not the account's limit: since its first
-        429 in a row, at least ``OWN_SERVED`` other requests were served and at most
-        ``OWN_SHARE`` of the others were refused (a limit refuses every call alike: one refused
-        again and again while others pass is refused on its own); or its last 429 paused the
-        pool for ``LONG_PAUSE`` or more, and now that its reset has passed it is refused again."""
-        streak = self._streaks.get(target)
-        if streak is None:
-            return False
-        if streak.long:
-            return True
-        served = self._requests - self._limited - streak.served
-        # Every 429 since its first, other calls' own ones too, but this call's.
-        others = self._limited + self._own_429s - streak.refused - streak.mine
-        own = served >= OWN_SERVED and others <= OWN_SHARE * (served + others)
-        streak.mine += 1
-        return own
-
-    def _in_streak(self, target: str, long: bool) -> None:
-        """``target`` had a 429 that counted for the pool (``long``: it paused the pool for
-        ``LONG_PAUSE`` or more). Its first in a row marks what was served and refused until
-        then, which its next 429s are judged against."""
-        streaks = self._streaks
-        streak = streaks.get(target)
-        if streak is not None:
-            streak.long = long
-            return
-        if len(streaks) >= MAX_STREAKS:  # calls that ended without ``forget`` (cancelled)
-            del streaks[next(iter(streaks))]
-        refused = self._limited + self._own_429s
-        streaks[target] = _Streak(self._requests - self._limited, refused, long)
+        self._own.forget(target)
 
     def _tell_pause(self, when: float, cause: str) -> None:
         now = self._clock.monotonic()
@@ -381,14 +289,6 @@ class RateLimiter(RateLaw):
         )
 
     # -- evidence ----------------------------------------------------------------------------
-
-    def _count(self, limited: bool, now: float) -> None:
-        """One more request answered: the recent share of 429s, the totals, the bins."""
-        self._outcomes.append((now, limited))
-        self._requests += 1
-        self._limited += limited
-        if now >= self._bin_start + self._window:
-            self._close_bin(now)
 
     def _measure(self, retry_at: float, now: float) -> float | None:
         """The served rate of the server window that the reset at ``retry_at`` closes."""
@@ -432,7 +332,7 @@ class RateLimiter(RateLaw):
         span = window if math.isfinite(opened) else retry_at - counted[0][0]
         return served / max(span, window / BUCKETS)
 
-    def _served_lately(self, now: float) -> float:
+    def served_lately(self, now: float) -> float:
         """Answers other than 429 per second over the last window (or since the start, when
         that is sooner)."""
         span = min(self._window, now - self._started)
@@ -441,7 +341,8 @@ class RateLimiter(RateLaw):
         since = now - span
         return sum(count for start, count in self._answers if start >= since) / span
 
-    def _set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float) -> None:
+        """Pace at ``rate`` (within 0.01 and the ceiling): the law's one lever."""
         before = self._rate
         self._rate = rate = min(max(rate, 0.01), self._ceiling)
         self._interval = 1.0 / rate

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-
-from harvester.clock import Clock
+from typing import Protocol
 
 # Pace this far under a known limit: room for the jitter between our clock and the server's.
 SAFETY = 0.97
@@ -77,52 +76,124 @@ class _Trial:
     length: int  # requests after which it has succeeded
 
 
+class Gauge(Protocol):
+    """What the law reads of the limiter it is composed into, and the one thing it changes:
+    the pace."""
+
+    @property
+    def rate(self) -> float: ...
+    @property
+    def ceiling(self) -> float: ...
+    @property
+    def window(self) -> float: ...
+    @property
+    def longer(self) -> bool: ...
+    def served_lately(self, now: float) -> float: ...
+    def set_rate(self, rate: float) -> None: ...
+
+
 class RateLaw:
-    """The learned pace's state machine; ``RateLimiter`` is one, and adds the pacing, the
-    pauses and the measurements this reads."""
+    """The learned pace's state machine: told of every answer and every 429 by the
+    ``RateLimiter`` it is composed into, it sets that limiter's pace (``Gauge.set_rate``)."""
 
-    # Kept by ``RateLimiter``: the clock, the pace and what it measured.
-    _clock: Clock
-    _rate: float
-    _ceiling: float
-    _window: float
-    _longer: bool
-    _round_trip: float | None
-    # The law's own.
-    _ramping: bool
-    _estimate: float | None
-    _confirmed: bool
-    _samples: deque[_Sample]
-    _dwell: int
-    _climbs: int
-    _last_429: float
-    _last_cut: float
-    _cuts_since: float  # the first of the recent cuts for 429s without a reset
-    _step: float
-    _outcomes: deque[tuple[float, bool]]
-    _requests: int
-    _limited: int
-    _trial: _Trial | None
-    _stray_share: float
-    _stray_at: float
-    _bin_start: float
-    _bin_served: int
-    _bin_limited: int
-    _bin_ours: bool
-    _clean: deque[tuple[float, float]]
+    def __init__(self, gauge: Gauge, rate: float, now: float) -> None:
+        """``rate``: the configured rate (a limit taken as confirmed), or 0 to learn it."""
+        self._gauge = gauge
+        self._ramping = rate <= 0  # no evidence yet: the limiter ramps up
+        self._estimate = rate if rate > 0 else None
+        self._confirmed = rate > 0
+        self._samples: deque[_Sample] = deque(maxlen=4)
+        self._dwell = 0  # clean windows at the current probing step
+        self._climbs = 0
+        self._last_429 = -math.inf
+        self._last_cut = -math.inf
+        self._cuts_since = -math.inf  # the first of the recent cuts for 429s without a reset
+        self._step = PROBE_STEP
+        self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
+        # The share of 429s among recent requests, and running totals.
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=SHARE_OF)  # (time, a 429?)
+        self.requests = 0  # answered, 429s included
+        self.limited = 0  # 429s the law counted (not a call's own)
+        self._trial: _Trial | None = None
+        self._stray_share = 0.0
+        self._stray_at = now
+        # The current bin (one window of our own clock) and the clean bins of BEST_HORIZON.
+        self._bin_start = now
+        self._bin_served = 0
+        self._bin_limited = 0
+        self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
+        self._clean: deque[tuple[float, float]] = deque()  # (bin end, served per second)
 
-    def _set_rate(self, rate: float) -> None:
-        raise NotImplementedError
+    @property
+    def ramping(self) -> bool:
+        """True while nothing says where a limit is: the limiter ramps the pace up."""
+        return self._ramping
 
-    def _served_lately(self, now: float) -> float:
-        raise NotImplementedError
+    # -- what the limiter tells it ------------------------------------------------------------
+
+    def answered(self, now: float) -> bool:
+        """A request got an answer that was not a 429; returns ``ramping``. Called for every
+        answer: plain arithmetic, and no call but to close a bin."""
+        self._outcomes.append((now, False))
+        self.requests += 1
+        if now >= self._bin_start + self._gauge.window:
+            self._close_bin(now)
+        self._bin_served += 1
+        trial = self._trial
+        if trial is not None and self.requests - trial.requests >= trial.length:
+            self._trial = None  # the lower pace held: the decrease stands
+            # With nothing ever measured (429s without a reset only), nothing says where a
+            # limit would be: ramp up again, as at the start; but not while such 429s have come
+            # back for longer than a window (a limit that tells no reset, not one burst of
+            # strays): then the climb of clean windows finds it.
+            self._ramping = (
+                self._estimate is None
+                and not self._samples
+                and (
+                    now - self._last_cut > BEST_HORIZON
+                    or self._last_cut - self._cuts_since < self._gauge.window
+                )
+            )
+        return self._ramping
+
+    def refused(self, now: float) -> None:
+        """A 429 that counts for the pool (not a call's own) was answered."""
+        self._outcomes.append((now, True))
+        self.requests += 1
+        self.limited += 1
+        if now >= self._bin_start + self._gauge.window:
+            self._close_bin(now)
+        self._bin_limited += 1
+
+    def no_reset(self, now: float, round_trip: float) -> None:
+        """The 429 told no reset (or one past, zero or unreadable)."""
+        if now - self._last_cut >= round_trip:  # answers in flight at the last cut say nothing
+            self._judge(None, now)
+
+    def new_reset(self, sample: float | None, now: float) -> None:
+        """The 429 announced a new reset; ``sample`` is the served rate of the window it
+        closes, None when that window says nothing (we waited in it)."""
+        self._excused = sample is None
+        if sample is not None:
+            self._judge(sample, now)
+
+    def same_reset(self, now: float) -> None:
+        """Another 429 with the very same reset: the window is shut for every request in
+        flight, as a limit shuts it (strays come one by one, each with a reset of its own).
+        The first was ours after all."""
+        self._bin_ours = True
+        if self._excused:
+            self._excused = False
+            self._overran(now)
+
+    # -- the law ------------------------------------------------------------------------------
 
     def _judge(self, sample: float | None, now: float) -> None:
         """What a 429 does to the pace: ``sample`` is the served rate of the window it closed,
         None for a 429 without a reset."""
-        pace = self._rate
+        pace = self._gauge.rate
         if sample is not None:
-            recent = now - RECENT_WINDOWS * self._window
+            recent = now - RECENT_WINDOWS * self._gauge.window
             before = [s for s in self._samples if s.time >= recent]
             trial = self._trial
             if trial is not None and trial.sample is not None:
@@ -133,7 +204,7 @@ class RateLaw:
             if not self._confirmed:
                 agreeing += self._window_after_window(now, tolerance)
             estimate = self._estimate
-            slack = COUNT_SLACK / self._window
+            slack = COUNT_SLACK / self._gauge.window
             if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
                 # About the limit we knew, or past it. At its pace (not probing past it), a 429
                 # says the limit is a little lower than that, whatever the window served (a
@@ -161,21 +232,21 @@ class RateLaw:
             clean = SAFETY * max((rate for _, rate in self._clean), default=0.0)
             # Or what the last window served, when the pace is far above it (a ramp's pace is
             # a bound, not what is sent: halving it may take many 429s to reach the limit).
-            served = SAFETY * self._served_lately(now)
+            served = SAFETY * self._gauge.served_lately(now)
             if 0 < served < pace / 2:
-                self._try(served, None)
+                self._try(served, None, now)
             else:
-                self._try(clean if pace / 2 < clean < pace else pace / 2, None)
-        elif self._longer:
-            self._set_rate(SAFETY * sample)  # a window longer than we knew, measured whole
+                self._try(clean if pace / 2 < clean < pace else pace / 2, None, now)
+        elif self._gauge.longer:
+            self._gauge.set_rate(SAFETY * sample)  # a window longer than we knew, measured whole
         elif self._confirmed:
             # Far under a limit we knew, and not alone: a lower limit, another client on it, or
             # strays. Step down a little and see: a lower limit answers the same again.
-            self._try(max(SAFETY * sample, STEP_DOWN * pace), sample)
+            self._try(max(SAFETY * sample, STEP_DOWN * pace), sample, now)
         else:
             # Not under a limit we knew, though: probing past it, we have not seen it move.
             known = SAFETY * (self._estimate or 0.0)
-            self._try(max(SAFETY * sample, pace / 2, min(known, pace)), sample)
+            self._try(max(SAFETY * sample, pace / 2, min(known, pace)), sample, now)
 
     def _overran(self, now: float) -> None:
         """A 429 let pass as a stray (or from a window we waited in) turned out to shut the
@@ -183,17 +254,17 @@ class RateLaw:
         self._trial = None
         self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
         sample = self._samples[-1].value if self._samples else None
-        rate = self._rate * (STEP_DOWN if self._confirmed else 0.5)
-        if sample is not None and now - self._samples[-1].time < self._window:
+        rate = self._gauge.rate * (STEP_DOWN if self._confirmed else 0.5)
+        if sample is not None and now - self._samples[-1].time < self._gauge.window:
             rate = max(rate, SAFETY * sample)
         self._confirmed = False
-        self._set_rate(rate)
+        self._gauge.set_rate(rate)
 
     def _window_after_window(self, now: float, tolerance: float) -> list[float]:
         """The last ``IN_A_ROW`` samples when they came in as many windows in a row and agree:
         a limit met every window, at whatever pace (strays are not that regular)."""
         last = list(self._samples)[-IN_A_ROW:]
-        if len(last) < IN_A_ROW or now - last[0].time > (IN_A_ROW - 0.5) * self._window:
+        if len(last) < IN_A_ROW or now - last[0].time > (IN_A_ROW - 0.5) * self._gauge.window:
             return []
         values = [s.value for s in last]
         if max(values) - min(values) > tolerance * max(values):
@@ -206,18 +277,18 @@ class RateLaw:
         trial = self._trial
         if trial is None:
             return True
-        done = self._requests - trial.requests
+        done = self.requests - trial.requests
         if done < TRIAL_MIN:
             return False
         self._trial = None
-        share = (self._limited - trial.limited) / done
+        share = (self.limited - trial.limited) / done
         if STRAY_RATIO * trial.share_before <= share <= STRAY_MAX:
             # Strays came before and during: the lower share is theirs (few events). Back to
             # the pace before, but no higher than what was served clean: it may have been a
             # climb's overshoot.
             self._stray_share, self._stray_at = min(share, trial.share_before), now
             served = SAFETY * max((rate for _, rate in self._clean), default=trial.pace_before)
-            self._set_rate(max(self._rate, min(trial.pace_before, served)))
+            self._gauge.set_rate(max(self._gauge.rate, min(trial.pace_before, served)))
         return True
 
     def _tolerance(self) -> float:
@@ -255,20 +326,20 @@ class RateLaw:
         if self._estimate is None or limit < (1 - AGREE) * self._estimate:
             self._clean.clear()  # a lower limit: what was served before says nothing now
         self._estimate, self._confirmed, self._ramping = limit, True, False
-        self._set_rate(SAFETY * limit)
+        self._gauge.set_rate(SAFETY * limit)
 
-    def _try(self, rate: float, sample: float | None) -> None:
+    def _try(self, rate: float, sample: float | None, now: float) -> None:
         """Set ``rate``, on trial against the pace before."""
-        before = self._rate
-        requests, limited = self._recent(self._clock.monotonic())
+        before = self._gauge.rate
+        requests, limited = self._recent(now)
         share = limited / max(requests, 1)
         length = max(TRIAL_REQUESTS, int(TRIAL_429S / max(share, 1e-3)))
-        self._trial = _Trial(before, self._requests, self._limited, share, sample, length)
-        self._set_rate(rate)
+        self._trial = _Trial(before, self.requests, self.limited, share, sample, length)
+        self._gauge.set_rate(rate)
 
     def _close_bin(self, now: float) -> None:
         """A window of our own clock is over: climb if it was clean."""
-        window = self._window
+        window = self._gauge.window
         served, limited, ours = self._bin_served, self._bin_limited, self._bin_ours
         self._bin_start = now - (now - self._bin_start) % window
         self._bin_served = self._bin_limited = 0
@@ -284,29 +355,29 @@ class RateLaw:
         best = SAFETY * max(rate for _, rate in clean)
         if self._confirmed and self._estimate is not None:
             best = min(best, SAFETY * self._estimate)
-        if self._rate < best:
-            self._set_rate(best)
+        if self._gauge.rate < best:
+            self._gauge.set_rate(best)
         elif not self._confirmed:
             self._climb()
-        elif now - self._last_429 >= PROBE_AFTER and self._rate < self._ceiling:
+        elif now - self._last_429 >= PROBE_AFTER and self._gauge.rate < self._gauge.ceiling:
             # Each step holds until it has had room for a 429: at a few requests a window, a
             # step of a few percent may take more than one.
             self._dwell += 1
             if self._dwell * self._step * served < 1:
                 return
             self._dwell = 0
-            if self._estimate is not None and self._rate > (1 + AGREE) * self._estimate:
+            if self._estimate is not None and self._gauge.rate > (1 + AGREE) * self._estimate:
                 self._confirmed = False  # served clean above it: the limit was raised; climb
                 self._climb()
                 return
-            self._set_rate(self._rate * (1 + self._step))
+            self._gauge.set_rate(self._gauge.rate * (1 + self._step))
             self._step *= 2
 
     def _climb(self) -> None:
         """Grow by ``CLIMB``, a little more and a little less in turn: overshoots at two paces
         tell a limit (the same sample) from strays (samples that move with the pace)."""
         self._climbs += 1
-        self._set_rate(self._rate * CLIMB * (1 + CLIMB_SPREAD * (-1) ** self._climbs))
+        self._gauge.set_rate(self._gauge.rate * CLIMB * (1 + CLIMB_SPREAD * (-1) ** self._climbs))
 
 
 def _agree(a: float, b: float) -> bool:
