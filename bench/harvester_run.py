@@ -15,7 +15,7 @@ import eventloop
 import orjson
 
 from harvester.run.job import harvest
-from harvester.settings.config import load_settings
+from harvester.settings.load import load_settings
 
 
 def main(base: str, user: str, ids_file: str, output: str, concurrency: int) -> None:

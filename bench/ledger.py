@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from harvester.sim.server import call_id_for, events_for
-from harvester.store.journal import Batch, Journal
+from harvester.store.batch import Batch
+from harvester.store.journal import Journal
 from harvester.store.ledger import OK
 from harvester.store.ndjson import event_lines
 

@@ -40,7 +40,8 @@ from harvester.report.progress import Progress
 from harvester.report.summary import summarise
 from harvester.run import job, outcome
 from harvester.run.nights import harvest_nights
-from harvester.settings.config import Settings, load_settings
+from harvester.settings.config import Settings
+from harvester.settings.load import load_settings
 from harvester.stats import RunStats
 
 

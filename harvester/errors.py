@@ -20,8 +20,8 @@
             └── ApiUnavailable the API is down (an outage, a wrong base URL): exit 6;
                                nothing is lost, the next run takes the calls on
 
-aiohttp's own exceptions are mapped onto these in exactly one place, ``harvester.fetch.client``;
-nothing else imports aiohttp (but the simulator, which is a server).
+aiohttp's own exceptions are mapped onto these in exactly one place, ``harvester.fetch.errormap``;
+nothing outside ``harvester.fetch`` imports aiohttp (but the simulator, which is a server).
 """
 
 from __future__ import annotations

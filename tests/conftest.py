@@ -27,7 +27,9 @@ import orjson
 import pytest
 
 from harvester.cli import commands as cli
-from harvester.settings.config import ENVIRONMENT, Settings, load_settings
+from harvester.settings.config import Settings
+from harvester.settings.load import load_settings
+from harvester.settings.sources import ENVIRONMENT
 from harvester.sim.server import (
     SIM_SECRET,
     SIM_TOKEN,

@@ -10,8 +10,10 @@ import pytest
 
 from harvester.credentials import Secret
 from harvester.errors import ConfigError
-from harvester.settings.config import CONFIG_KEYS, ENVIRONMENT, Settings, load_settings
+from harvester.settings.config import CONFIG_KEYS, Settings
+from harvester.settings.load import load_settings
 from harvester.settings.options import OPTIONS
+from harvester.settings.sources import ENVIRONMENT
 
 ENV = {
     "CATAPULT_API_TOKEN": "t-token",

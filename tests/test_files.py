@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from harvester.store import files
 from harvester.store.files import replace_file
 from harvester.threads import DaemonExecutor
 
@@ -29,46 +28,43 @@ async def test_a_new_file_is_written_whole_and_readable_by_a_collector(tmp_path:
     assert sorted(p.name for p in target.parent.iterdir()) == ["summary.json"]
 
 
-async def test_a_failed_write_leaves_the_old_file_as_it_was(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_failed_write_leaves_the_old_file_as_it_was(tmp_path: Path) -> None:
     target = tmp_path / "harvester.prom"
     target.write_bytes(b"old, whole\n")
 
-    async def disk_full(fd: int) -> None:
+    def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(files, "_fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        await replace_file(target, b"new " * 100_000)
+        await replace_file(target, b"new " * 100_000, fsync=disk_full)
 
     assert target.read_bytes() == b"old, whole\n"
     assert [p.name for p in tmp_path.iterdir()] == ["harvester.prom"]  # no temporary file left
 
 
-async def test_a_write_cancelled_half_way_leaves_the_old_file_as_it_was(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_write_cancelled_half_way_leaves_the_old_file_as_it_was(tmp_path: Path) -> None:
     target = tmp_path / "harvester.prom"
     target.write_bytes(b"old, whole\n")
-    reached = asyncio.Event()
+    reached, released = threading.Event(), threading.Event()
 
-    async def slow_disk(fd: int) -> None:
+    def slow_disk(fd: int) -> None:  # on the thread the fsync runs on
         reached.set()
-        await asyncio.sleep(3600)
+        released.wait(60)
 
-    monkeypatch.setattr(files, "_fsync", slow_disk)
-    writing = asyncio.ensure_future(replace_file(target, b"new " * 100_000))
-    await reached.wait()
-    writing.cancel()  # as the progress ticker is at the end of a run
-    with pytest.raises(asyncio.CancelledError):
-        await writing
-    # The temporary file's removal, shielded, finishes on its own.
-    await until(
-        lambda: [p.name for p in tmp_path.iterdir()] == ["harvester.prom"],
-        "the temporary file removed",
-    )
-    assert target.read_bytes() == b"old, whole\n"
+    writing = asyncio.ensure_future(replace_file(target, b"new " * 100_000, fsync=slow_disk))
+    try:
+        await until(reached.is_set, "the fsync under way")
+        writing.cancel()  # as the progress ticker is at the end of a run
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        # The temporary file's removal, shielded, finishes on its own.
+        await until(
+            lambda: [p.name for p in tmp_path.iterdir()] == ["harvester.prom"],
+            "the temporary file removed",
+        )
+        assert target.read_bytes() == b"old, whole\n"
+    finally:
+        released.set()  # the disk answers at last: the thread is free again
 
 
 async def test_a_reader_never_sees_part_of_a_file(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from harvester.errors import AlreadyRunning, ConfigError, OutputError
-from harvester.store.journal import Batch, Journal, Verdict
+from harvester.store.batch import Batch
+from harvester.store.journal import Journal, Verdict
 from harvester.store.ledger import FAILED, OK, state_dir
 
 COUNTERS = {"requests": 0, "retries": 0, "rate_limited": 0}
@@ -163,8 +164,8 @@ def test_a_failures_swap_cut_short_by_a_crash_is_finished_on_open(
 
     assert paths["failures"].read_bytes() == b'{"callId":"c-2"}\n'
     assert not list(tmp_path.glob(".*.tmp"))
-    assert "failures_swap" not in reopened.meta
-    assert (reopened.meta["totals"]["ok"], reopened.meta["totals"]["failed"]) == (1, 1)
+    assert reopened.state.failures_swap is None
+    assert (reopened.state.totals["ok"], reopened.state.totals["failed"]) == (1, 1)
 
 
 def test_a_job_refused_as_it_is_opened_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -252,6 +253,6 @@ def test_a_commit_the_disk_refused_is_not_recorded_by_what_is_written_after_it(
         Verdict.NEW,
         Verdict.NEW,
     ]
-    assert again.meta["totals"]["calls"] == 1
+    assert again.state.totals["calls"] == 1
     again.close()
     assert paths["events"].read_bytes() == b'{"callId":"c-1"}\n', "the refused batch cut off"

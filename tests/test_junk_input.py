@@ -15,7 +15,8 @@ import pytest
 
 from harvester.errors import InputError
 from harvester.input import chunks
-from harvester.input.source import InvalidRecord, RecordFeed
+from harvester.input.records import InvalidRecord
+from harvester.input.source import RecordFeed
 from harvester.settings.values import InputFormat
 from harvester.sim.server import call_id_for
 from tests.conftest import read_ndjson, run_harvester

@@ -96,7 +96,7 @@ def test_errors_keep_their_causes() -> None:
     assert hidden == []
 
     from harvester.errors import ConfigError
-    from harvester.settings.config import load_settings
+    from harvester.settings.load import load_settings
 
     env = {"CATAPULT_API_TOKEN": "t", "CATAPULT_API_SECRET": "s", "CATAPULT_USER_ID": "u-abc"}
     with pytest.raises(ConfigError) as caught:

@@ -22,7 +22,8 @@ from aiohttp import web
 
 from harvester.errors import AlreadyRunning, ConfigError
 from harvester.run.nights import Night, _resume_from, harvest_nights, retry_nights
-from harvester.settings.config import Settings, load_settings
+from harvester.settings.config import Settings
+from harvester.settings.load import load_settings
 from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator
 
 from .conftest import (
@@ -179,7 +180,8 @@ def test_a_catch_up_goes_on_from_the_earliest_of_its_nights_places_in_the_list(
 ) -> None:
     def pending(cursor: str | None, time: str | None) -> Night:
         each = Night(day(1), Settings(), {})
-        each.sink = SimpleNamespace(meta={"list_cursor": cursor, "list_cursor_time": time})  # type: ignore[assignment]
+        state = SimpleNamespace(list_cursor=cursor, list_cursor_time=time)
+        each.sink = SimpleNamespace(state=state)  # type: ignore[assignment]
         return each
 
     # Newest first: the later a page's oldest start, the earlier the page in the list.

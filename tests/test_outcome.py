@@ -9,7 +9,7 @@ from typing import Any
 from harvester import exits
 from harvester.errors import ApiUnavailable, FatalApiError
 from harvester.run.outcome import of_error, of_run, stopped
-from harvester.settings.config import load_settings
+from harvester.settings.load import load_settings
 from harvester.stats import RunStats
 
 ENV = {"CATAPULT_API_TOKEN": "t", "CATAPULT_API_SECRET": "s", "CATAPULT_USER_ID": "u-abc"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from harvester.fetch.client import MAX_RATE_LIMIT_WAIT, rate_limit_delay
+from harvester.fetch.reset import MAX_RATE_LIMIT_WAIT, rate_limit_delay
 from harvester.fetch.retry import OWN_429S
 from harvester.report.progress import Progress
 from harvester.run.job import harvest

@@ -343,32 +343,29 @@ def test_a_second_harvester_on_the_same_output_is_refused(
 
 
 async def test_a_write_error_stops_the_run_and_the_next_run_resumes_cleanly(
-    sim: Simulator, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, clock: FakeClock, tmp_path: Path
 ) -> None:
     ids = sim.call_ids()
     write_calls(tmp_path, ids)
     settings = make_settings(sim, tmp_path, commit_calls=5, concurrency=2)
-    real_fsync = os.fsync
     syncs = 0
 
-    def failing_fsync(fd: int) -> None:
+    def filling_disk(fd: int) -> None:
+        """A disk that fills up: the third fsync of a file fails (the run's record and the
+        first commit are through by then)."""
         nonlocal syncs
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder's entries, not data
-            real_fsync(fd)
-            return
-        syncs += 1
-        if syncs > 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fsync(fd)
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # data, not a folder's entries
+            syncs += 1
+            if syncs > 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
 
-    monkeypatch.setattr("harvester.store.files.os.fsync", failing_fsync)
     with pytest.raises(OutputError, match="No space left on device") as caught:
-        await harvest(settings, clock=clock)
+        await harvest(settings, clock=clock, fsync=filling_disk)
     assert str(output_of(settings)) in str(caught.value)
     written = output_of(settings).stat().st_size
-    monkeypatch.setattr("harvester.store.files.os.fsync", real_fsync)
 
-    stats = await harvest(settings, clock=clock)
+    stats = await harvest(settings, clock=clock)  # the disk has room again
 
     assert 0 < stats.skipped < len(ids), "the first run's commits were kept"
     assert written > 0

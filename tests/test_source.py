@@ -18,7 +18,8 @@ import pytest
 from harvester.errors import InputError
 from harvester.input import chunks
 from harvester.input.chunks import MAX_LINE, Gunzip, Lines
-from harvester.input.source import InvalidRecord, Record, RecordFeed
+from harvester.input.records import InvalidRecord, Record
+from harvester.input.source import RecordFeed
 
 from .conftest import until
 

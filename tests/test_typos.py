@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import ConfigError
-from harvester.settings.config import CONFIG_KEYS, environment_names, load_settings
+from harvester.settings.config import CONFIG_KEYS
+from harvester.settings.load import load_settings
+from harvester.settings.sources import environment_names
 
 from .conftest import run_harvester
 

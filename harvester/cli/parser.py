@@ -12,14 +12,10 @@ from typing import Any
 
 from harvester import __version__
 from harvester.errors import ConfigError
-from harvester.settings.config import (
-    CONFIG_KEYS,
-    CONFIG_VARIABLE,
-    Settings,
-    load_settings,
-    read_config,
-)
+from harvester.settings.config import CONFIG_KEYS, Settings
+from harvester.settings.load import load_settings
 from harvester.settings.options import CHECK, RETRY, RUN, STATUS, add_options, path
+from harvester.settings.sources import CONFIG_VARIABLE, read_config
 from harvester.sim.command import add_sim_command
 from harvester.suggest import did_you_mean
 

@@ -1,2 +1,3 @@
-"""Fetching: the HTTP client (the only importer of aiohttp) and its error map, the answer's exact
-JSON, the retry policy, the rate limiter and its law."""
+"""Fetching: the HTTP client, the answers it reads and the map of aiohttp's errors to ours (the
+only importers of aiohttp), the answer's exact JSON, the 429's reset, the retry policy, the rate
+limiter and its law."""

@@ -12,13 +12,14 @@ from harvester.settings.values import InputFormat
 # header name the id column (a spreadsheet of a locale with decimal commas writes semicolons).
 DELIMITERS = (",", ";", "\t", "|")
 DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
-# An escape that ``_printable`` wrote: the id held bytes that are not printable text.
+# An escape that ``harvester.input.records.printable`` wrote: the id held bytes that are not
+# printable text.
 _ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[tnr])")
 
 
 def looks_like_id(text: str) -> bool:
     """An attempt at a call id, however bad: ``c-`` and one token (a row of a CSV read as
-    text holds a separator too; one of binary bytes, ``_printable``'s escapes)."""
+    text holds a separator too; one of binary bytes, ``printable``'s escapes)."""
     return text[:2].lower() == "c-" and not any(mark in text for mark in ',;|\t "{}\\')
 
 

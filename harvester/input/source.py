@@ -23,47 +23,30 @@ call id at all, the list is not what it seems (binary junk, a CSV read as text, 
 file), and it is refused before any of it is used.
 
 The file is read in large chunks through aiofiles (``ChunkReader``), gunzipped, cut into lines
-and parsed in the event loop a batch at a time (``RecordFeed``): no thread hop per line.
+and parsed in the event loop a batch at a time (``RecordFeed``): no thread hop per line. The lines
+are made records by ``harvester.input.records`` (text, NDJSON) and ``harvester.input.csvrows``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import logging
 import sys
 import zlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from itertools import count
 from typing import Any
-
-import orjson
 
 from harvester.errors import InputError
 from harvester.input.chunks import MAX_LINE, ChunkReader, Lines, is_stream
-from harvester.input.formats import (
-    ANOTHER_FORMAT,
-    DELIMITER_NAMES,
-    DELIMITERS,
-    looks_like_id,
-    not_an_id,
-    sniff,
-)
+from harvester.input.csvrows import CsvRows
+from harvester.input.formats import ANOTHER_FORMAT, looks_like_id, not_an_id, sniff
+from harvester.input.records import InvalidRecord, Record, ndjson_records, text_records
 from harvester.settings.values import InputFormat
-
-log = logging.getLogger("harvester")
 
 ID_FIELDS = ("callId", "id")
 # A list is refused when more than this share of its first CHECKED records hold no call id.
 # A file is read that far (or to its end) before any record is used; a stream only as far as
 # it has come, since waiting for more would hold up a pipe's first calls.
 CHECKED, NOT_IDS_SHARE = 100, 0.5
-_TOO_LONG = f"line longer than {MAX_LINE} bytes"
-_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
-# Why the csv module (which reads every line end) gives up on a row, in our words.
-_UNPARSED = f" (a field over {csv.field_size_limit() // 1024} KiB: a quote left open?)"
 # What a damaged (truncated, corrupt) input raises while it is read.
 _CORRUPT = (OSError, EOFError, zlib.error)
 # What to do then: a repaired file is another file to the ledger.
@@ -71,233 +54,6 @@ _AFTER_DAMAGE = (
     "Put the calls after it in a call list of their own and harvest that to another --output, "
     "or repair the file and start over with --fresh"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidRecord:
-    """A line of the input that names no call; ``line`` counts from 1."""
-
-    line: int
-    reason: str
-
-
-# An id with the input line it came from, or a line that names no call.
-Record = tuple[int, str] | InvalidRecord
-
-
-def _text_records(lines: list[bytes], number: int, out: list[Record]) -> None:
-    """Records of ``lines`` into ``out``; ``number`` is that of the line before them."""
-    # Lines that are all printable ASCII once their ends are stripped (as a list of ids is),
-    # told so in one pass over the batch: checking line by line would cost a quarter more.
-    text_of = bytes.decode if _plain(lines) else _text_of
-    for raw in lines:
-        number += 1
-        if len(raw) > MAX_LINE:
-            out.append(InvalidRecord(number, _TOO_LONG))
-            continue
-        line = raw.strip()
-        if line and not line.startswith(b"#"):
-            out.append((number, text_of(line)))
-
-
-def _plain(lines: list[bytes]) -> bool:
-    """True when every line is printable ASCII, but a CR at its end."""
-    joined = b"\n".join(lines)
-    if not joined.isascii() or joined.translate(None, _PRINTABLE_ASCII).strip(b"\r\n"):
-        return False
-    crs = joined.count(b"\r")
-    return crs == 0 or crs == joined.count(b"\r\n") + joined.endswith(b"\r")
-
-
-def _text_of(line: bytes) -> str:
-    """A stripped line as text, escaped (``_printable``) if it is not printable UTF-8."""
-    try:
-        text = line.decode()
-    except UnicodeDecodeError:
-        return _printable(line.decode("utf-8", "surrogateescape"))
-    return text if text.isprintable() else _printable(text)
-
-
-def _ndjson_records(fields: tuple[str, ...]) -> Callable[[list[bytes], int, list[Record]], None]:
-    """A parser of NDJSON lines whose id is in the first of ``fields`` an object has."""
-
-    def parse(lines: list[bytes], number: int, out: list[Record]) -> None:
-        for raw in lines:
-            number += 1
-            if len(raw) > MAX_LINE:
-                out.append(InvalidRecord(number, _TOO_LONG))
-                continue
-            if not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                # Where, not orjson's words: those may quote the line's bytes.
-                out.append(InvalidRecord(number, f"not valid JSON (at byte {exc.pos + 1})"))
-                continue
-            out.append(_id_of(obj, number, fields))
-
-    return parse
-
-
-def _printable(text: str) -> str:
-    """``text`` with what is not printable escaped as ``repr`` escapes it (``\\t``,
-    ``\\x00``, ``\\u200b``), and the bytes that were not UTF-8 (``surrogateescape``'s lone
-    surrogates) as ``\\xNN``: an id fit for a JSON line, a log and a terminal."""
-    # Only the escapes tell such an id from what it stood for: two ids that differ only there
-    # are the same to the ledger. Both are invalid, so one is at worst counted a duplicate.
-    return "".join(c if c.isprintable() else _escaped(c) for c in text)
-
-
-def _escaped(char: str) -> str:
-    if "\udc80" <= char <= "\udcff":  # the byte 0x80-0xff that ``surrogateescape`` stood for
-        return f"\\x{ord(char) - 0xDC00:02x}"
-    return repr(char)[1:-1]
-
-
-def _id_of(obj: object, number: int, fields: tuple[str, ...]) -> Record:
-    if not isinstance(obj, dict):
-        return InvalidRecord(number, f"not a JSON object but {type(obj).__name__}")
-    for key in fields:
-        if key not in obj:
-            continue
-        value = obj[key]
-        if isinstance(value, str) and value.strip():
-            text = value.strip()
-            return number, text if text.isprintable() else _printable(text)
-        shown = orjson.dumps(value)[:40].decode(errors="replace")
-        return InvalidRecord(number, f"{key} is not a call id string: {shown}")
-    return InvalidRecord(number, f"no {' or '.join(fields)} field")
-
-
-class _CsvRows:
-    """CSV rows from lines that come a chunk at a time.
-
-    ``csv.reader`` pulls lines from this object. A row that runs past the lines given so far (a
-    quoted field with a line break in it) is put back and read again, whole, once more lines
-    are in: the reader keeps nothing between rows. A row's number is that of its last line, as
-    ``csv.reader.line_num`` counts. The columns are separated by commas, or else by the first of
-    ``DELIMITERS`` that makes the header name the id column.
-    """
-
-    def __init__(self, name: str, fields: tuple[str, ...]) -> None:
-        self._name = name
-        self._fields = fields
-        self._pending: deque[tuple[int, bytes]] = deque()
-        self._row: list[tuple[int, bytes]] = []  # the lines of the row being read
-        self._cut = False  # the lines ran out inside a row
-        self._line = 0
-        self._reported = 0  # the last overlong line reported, so that a row read again is not
-        self._overlong: list[Record] = []
-        self._delimiter = ","
-        self._reader = csv.reader(self)
-        self.column: int | None = None  # of the ids, once the header is read
-
-    def push(self, first: int, lines: list[bytes]) -> None:
-        self._pending.extend(zip(count(first), lines, strict=False))
-
-    def header(self, final: bool) -> bool:
-        """Look for the header (the first row neither blank nor a # comment) in the lines so
-        far; True once it is read, or the input ended without one."""
-        while self._pending:
-            row = self._next_row(final)
-            self._overlong.clear()
-            if row is None:
-                return False
-            if isinstance(row, csv.Error):
-                raise InputError(f"input {self._name}: the CSV header cannot be parsed{_UNPARSED}")
-            if row and row[0].strip() and not row[0].startswith("#"):
-                self._read_header(row)
-                return True
-        return final
-
-    def _read_header(self, row: list[str]) -> None:
-        """Find the id column in the header ``row`` (read with commas), or in the header's
-        lines read with another delimiter; ``InputError`` if none has it."""
-        text = "".join(raw.decode("utf-8", "surrogateescape") for _, raw in self._row)
-        rows = {",": row}
-        for delimiter in DELIMITERS:
-            if delimiter not in rows:
-                rows[delimiter] = next(csv.reader([text], delimiter=delimiter), [])
-            columns = [c.strip().removeprefix("\ufeff").lower() for c in rows[delimiter]]
-            for key in self._fields:
-                if key.lower() in columns:
-                    self.column = columns.index(key.lower())
-                    if delimiter != ",":
-                        # The reader keeps nothing between rows: the next is read with this.
-                        self._delimiter = delimiter
-                        self._reader = csv.reader(self, delimiter=delimiter)
-                        log.info(
-                            "input %s: a CSV separated by %s, its call ids in column %s",
-                            self._name,
-                            DELIMITER_NAMES[delimiter],
-                            _printable(rows[delimiter][self.column].strip()),
-                        )
-                    return
-        # Shown as the delimiter that splits it most would read it: the columns it has.
-        delimiter = max(DELIMITERS, key=lambda d: len(rows[d]))
-        found = ", ".join(_printable(c.strip()) for c in rows[delimiter])
-        separated = f", separated by {DELIMITER_NAMES[delimiter]}" if delimiter != "," else ""
-        raise InputError(
-            f"input {self._name}: the CSV header has no {' or '.join(self._fields)} column "
-            f"(found{separated}: {found}); name the column with --id-column, or give the file "
-            "a header row that names it"
-        )
-
-    def records(self, out: list[Record], size: int, final: bool) -> None:
-        """Records from the lines so far, until ``out`` holds ``size``; ``final``: no more
-        lines will come."""
-        column = self.column
-        while len(out) < size and self._pending and column is not None:
-            row = self._next_row(final)
-            out.extend(self._overlong)
-            self._overlong.clear()
-            if row is None:
-                return
-            number = self._line
-            if isinstance(row, csv.Error):
-                out.append(InvalidRecord(number, f"CSV row cannot be parsed{_UNPARSED}"))
-                continue
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            value = row[column].strip() if column < len(row) else ""
-            if not value.isprintable():
-                value = _printable(value)
-            out.append((number, value) if value else InvalidRecord(number, "empty call id cell"))
-
-    def _next_row(self, final: bool) -> list[str] | csv.Error | None:
-        """The next row (or its error); None if the lines so far end inside it."""
-        self._row, self._cut = [], False
-        try:
-            row: list[str] | csv.Error | None = next(self._reader)
-        except StopIteration:
-            row = None
-        except csv.Error as exc:
-            row = exc
-        if self._cut and not final:
-            self._pending.extendleft(reversed(self._row))
-            self._reader = csv.reader(self, delimiter=self._delimiter)
-            return None
-        return row
-
-    def __iter__(self) -> _CsvRows:
-        return self
-
-    def __next__(self) -> str:
-        if not self._pending:
-            self._cut = bool(self._row)
-            raise StopIteration
-        number, raw = line = self._pending.popleft()
-        self._row.append(line)
-        self._line = number
-        if len(raw) > MAX_LINE:
-            if number > self._reported:
-                self._reported = number
-                self._overlong.append(InvalidRecord(number, _TOO_LONG))
-            return "\n"
-        # Bytes that are not UTF-8 stay themselves (as lone surrogates) until ``_printable``
-        # escapes them in the id.
-        return raw.decode("utf-8", "surrogateescape")
 
 
 class RecordFeed:
@@ -321,8 +77,8 @@ class RecordFeed:
         self._stream = is_stream(spec)
         self._opening: asyncio.Task[dict[str, Any]] | None = None
         self._lines = Lines(universal=False)
-        self._parse: Callable[[list[bytes], int, list[Record]], None] = _text_records
-        self._csv: _CsvRows | None = None
+        self._parse: Callable[[list[bytes], int, list[Record]], None] = text_records
+        self._csv: CsvRows | None = None
         self._ended = False  # the input is read to its end
         self._damage: BaseException | None = None  # what reading it raised, raised again
         self._closed = False
@@ -398,9 +154,9 @@ class RecordFeed:
             kind = sniff(head[:MAX_LINE], True, self._fields, hint) or hint or InputFormat.TEXT
         if kind == InputFormat.CSV:
             self._lines = Lines(universal=True)
-            self._csv = _CsvRows(self._input.name, self._fields)
+            self._csv = CsvRows(self._input.name, self._fields)
         elif kind == InputFormat.NDJSON:
-            self._parse = _ndjson_records(self._fields)
+            self._parse = ndjson_records(self._fields)
         if head:
             self._lines.feed(head)
         if self._csv is not None:

@@ -32,25 +32,20 @@ from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.ids import is_call_id
 from harvester.input.chunks import grew_from, is_stream
 from harvester.input.listing import ListedCall, Page, list_window
-from harvester.input.source import InvalidRecord, Record, RecordFeed
+from harvester.input.records import InvalidRecord, Record
+from harvester.input.source import RecordFeed
 from harvester.logs import counted
+from harvester.run.calls import key_of
 from harvester.run.job import FILE_BATCH, files_of, identity_of, output_paths
 from harvester.run.nights import plan
-from harvester.run.pool import key_of
 from harvester.settings.config import Settings
 from harvester.settings.shard import Shard
 from harvester.settings.window import Window
 from harvester.stats import RunStats
 from harvester.store.files import check_files, check_no_data
-from harvester.store.journal import grown
-from harvester.store.ledger import (
-    check_identity,
-    ledger_errors,
-    load_meta,
-    lookup,
-    read_only,
-    state_dir,
-)
+from harvester.store.identity import check_identity, grown
+from harvester.store.ledger import ledger_errors, lookup, read_only, state_dir
+from harvester.store.state import JobState, load_state
 from harvester.store.status import lock_holder
 
 
@@ -189,33 +184,32 @@ def _judged(
     earlier: sqlite3.Connection | None = None
     pid = lock_holder(ledger.with_name("lock"))
     try:
-        meta: dict[str, Any] = {}
+        state: JobState | None = None
         if ledger.exists():
             with ledger_errors(ledger):
                 earlier = read_only(ledger, writing=pid is not None)
-                meta = load_meta(earlier, ledger)
-        if meta:
-            tally.state = "completed" if meta.get("completed") else "unfinished"
+                state = load_state(earlier, ledger)
+        if state is not None:
+            tally.state = "completed" if state.completed else "unfinished"
             if pid is not None:  # the run would be turned away (exit 75) until it ends
                 tally.state = (
                     f"running now, pid {pid}: a run would be turned away; counted as it stands"
                 )
-        if meta and fresh:
-            calls = meta["totals"].get("calls", 0)
-            done = counted(calls, "input record")
+        if state is not None and fresh:
+            done = counted(state.totals.get("calls", 0), "input record")
             tally.note = f"--fresh: the earlier progress ({done} done) would be discarded"
-            meta = {}
-        elif meta and grew is not None and grown(meta["identity"], identity, grew):
-            meta = {**meta, "completed": False}  # its new calls would be taken on
+            state = None
+        elif state is not None and grew is not None and grown(state.identity, identity, grew):
+            state.completed = False  # its new calls would be taken on (read, not written back)
         else:
-            check_identity(meta, identity, ledger.parent)
-        if meta.get("completed") and not growing:
+            check_identity(state, identity)
+        if state is not None and state.completed and not growing:
             again = "" if tally.night else " (--fresh starts over)"
             tally.note = f"completed earlier, nothing to do{again}"
             yield None
             return
         seen = scratch / f"seen-{len(list(scratch.iterdir()))}.sqlite"
-        judge = Judge(seen, settings.shard, earlier if meta else None)
+        judge = Judge(seen, settings.shard, earlier if state is not None else None)
         try:
             yield judge
         finally:

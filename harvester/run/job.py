@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncGenerator, Awaitable
 from datetime import UTC, datetime
 from functools import partial
@@ -28,13 +29,14 @@ from harvester.ids import is_call_id
 from harvester.input.chunks import grew_from, is_stream
 from harvester.input.listing import Page, list_window
 from harvester.input.source import RecordFeed
-from harvester.run.pool import Pool, PoolSettings, SourceBatch
+from harvester.run.calls import SourceBatch
+from harvester.run.pool import Pool, PoolSettings
 from harvester.settings.config import Settings
 from harvester.settings.window import Window
 from harvester.stats import RunStats
-from harvester.store.files import check_files, check_writable
+from harvester.store.files import Fsync, check_files, check_writable
+from harvester.store.identity import stored_identity
 from harvester.store.journal import Verdict
-from harvester.store.ledger import stored_identity
 from harvester.store.place import ListingPlace
 from harvester.store.sink import CommitSettings, Sink, open_sink
 
@@ -56,9 +58,11 @@ async def harvest(
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
     fresh: bool = False,
+    fsync: Fsync = os.fsync,
 ) -> RunStats:
     """Harvest every call of ``settings.input``, or of the window's call list, into
-    ``settings.output``, resuming earlier work.
+    ``settings.output``, resuming earlier work. ``fsync`` makes the output files' writes
+    durable (a test gives a disk that fills up).
 
     Returns this invocation's counters, with the whole job's in ``stats.job``. Raises
     ``InputError`` or ``ConfigError`` before any request when the call list, the window or the
@@ -92,17 +96,11 @@ async def harvest(
         # A call list that grew at its end is the same job, going on (see ``grew_from``).
         grew = partial(grew_from, settings.input) if settings.input is not None else None
         async with open_sink(
-            paths, identity, commit_of(settings), stats, clock, fresh=fresh, grew=grew
+            paths, identity, commit_of(settings), stats, clock, fresh=fresh, grew=grew, fsync=fsync
         ) as sink:
             stats.job = sink.snapshot()
             stats.events_before = int(stats.job.get("events", 0))
-            # A stream cannot be fingerprinted up front, and a window whose end is not past yet
-            # grows with time: read them through; what is done is skipped.
-            if settings.input is not None:
-                growing = is_stream(settings.input)
-            else:
-                growing = window is not None and window.growing(now)
-            if await _goes_on(sink, stats, growing):
+            if await _goes_on(sink, stats, _growing(settings, window, now)):
                 async with sink.recording("run", stop):
                     await _run(settings, stats, clock, stop, sink, feed, window)
     finally:
@@ -111,17 +109,26 @@ async def harvest(
     return stats
 
 
+def _growing(settings: Settings, window: Window | None, now: datetime) -> bool:
+    """Whether the job's list may hold more than when it was last read through: a stream,
+    which cannot be fingerprinted up front, or a window whose end is not past yet (it grows
+    with time). Such a list is read through again; what is done is skipped."""
+    if settings.input is not None:
+        return is_stream(settings.input)
+    return window is not None and window.growing(now)
+
+
 async def _goes_on(sink: Sink, stats: RunStats, growing: bool) -> bool:
     """Whether the job opened in ``sink`` has anything to do: not when it was completed
     earlier, unless its list grows (then it is open again); said either way."""
-    if sink.meta["completed"]:
+    if sink.state.completed:
         if not growing:
             log.info("this job was completed earlier; nothing to do (--fresh starts over)")
             stats.completed = True
             return False
         await sink.reopen()
-    if sink.meta["invocations"] > 1:
-        log.info("resuming: %d calls were done earlier", sink.meta["totals"]["calls"])
+    if sink.state.invocations > 1:
+        log.info("resuming: %d calls were done earlier", sink.state.totals["calls"])
     return True
 
 
@@ -181,7 +188,7 @@ async def _run(
         else:
             assert window is not None
             sink.place = ListingPlace()
-            resume_from = sink.meta.get("list_cursor") or None
+            resume_from = sink.state.list_cursor or None
             pages = list_window(client, retrier, window, settings.list_page_size, resume_from)
             batches = _listed_batches(pages, stats)
         claim = sink.claim
@@ -198,10 +205,11 @@ async def retry_failed(
     stats: RunStats | None = None,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
+    fsync: Fsync = os.fsync,
 ) -> RunStats:
     """Harvest again the calls in ``settings.output``'s failures file that are worth it (not
     unknown calls unless ``include_not_found``), append their events exactly once, and leave
-    in the failures file only what still fails, each call once."""
+    in the failures file only what still fails, each call once. ``fsync`` as ``harvest``'s."""
     stats = stats if stats is not None else RunStats()
     clock = clock if clock is not None else SystemClock()
     stop = stop if stop is not None else asyncio.Event()
@@ -221,12 +229,13 @@ async def retry_failed(
     check_paths(settings, paths, None)
     stats.files = {name: str(path) for name, path in paths.items()}
     skip = _HOPELESS if include_not_found else _HOPELESS | NOT_FOUND
-    async with open_sink(paths, identity, commit_of(settings), stats, clock) as sink:
-        if not sink.meta["completed"]:
+    commit = commit_of(settings)
+    async with open_sink(paths, identity, commit, stats, clock, fsync=fsync) as sink:
+        if not sink.state.completed:
             log.info(
                 "this job is not finished (%d calls done so far): retrying the failures listed "
                 "until now; `harvester run` with the job's flags goes on with the rest",
-                sink.meta["totals"]["calls"],
+                sink.state.totals["calls"],
             )
         async with sink.recording("retry-failed", stop):
             await _retry(settings, stats, clock, stop, sink, skip)

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import glob
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -33,12 +34,14 @@ from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.input.listing import ListedCall, Page, list_window
+from harvester.run.calls import SourceBatch
 from harvester.run.job import check_paths, commit_of, identity_of, output_paths, retry_failed
-from harvester.run.pool import Pool, PoolSettings, SourceBatch
+from harvester.run.pool import Pool, PoolSettings
 from harvester.settings.config import Settings
 from harvester.settings.values import render_path
 from harvester.settings.window import Window, night, parse_zone
 from harvester.stats import RunStats
+from harvester.store.files import Fsync
 from harvester.store.place import ListingPlace
 from harvester.store.sink import Sink, open_sink
 from harvester.store.status import job_status
@@ -168,8 +171,10 @@ async def harvest_nights(
     stats: RunStats | None = None,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
+    fsync: Fsync = os.fsync,
 ) -> RunStats:
-    """Harvest every night of ``settings`` not completed yet (see the module docstring).
+    """Harvest every night of ``settings`` not completed yet (see the module docstring);
+    ``fsync`` makes the output files' writes durable (``harvester.run.job.harvest``'s).
 
     Returns this run's counters, with one entry a night in ``stats.nights`` (its date, its
     status, and its job's counters). Raises before any night is touched when the settings or
@@ -192,7 +197,7 @@ async def harvest_nights(
     _say_plan(nights, pending)
     async with contextlib.AsyncExitStack() as opened:
         for each in pending:
-            each.sink = await opened.enter_async_context(_opened_sink(each, clock))
+            each.sink = await opened.enter_async_context(_opened_sink(each, clock, fsync))
         pending = [each for each in pending if not _completed_meanwhile(each)]
         # What earlier runs wrote of the nights taken on: the progress says the job's events.
         stats.events_before = sum(int(each.stats.job.get("events", 0)) for each in pending)
@@ -208,14 +213,15 @@ async def harvest_nights(
 
 
 @contextlib.asynccontextmanager
-async def _opened_sink(each: Night, clock: Clock) -> AsyncIterator[Sink]:
+async def _opened_sink(each: Night, clock: Clock, fsync: Fsync) -> AsyncIterator[Sink]:
     """The night's sink (its journal, its lock), with the identity ``--since/--until`` of the
     night would give it."""
     own = each.settings
     identity = identity_of(own, {"window": each.window.identity()}, each.paths)
     opened = False
     try:
-        async with open_sink(each.paths, identity, commit_of(own), each.stats, clock) as sink:
+        commit = commit_of(own)
+        async with open_sink(each.paths, identity, commit, each.stats, clock, fsync=fsync) as sink:
             opened = True
             each.stats.job = sink.snapshot()
             yield sink
@@ -238,7 +244,7 @@ def _already(each: Night, pid: str | None = None) -> AlreadyRunning:
 def _completed_meanwhile(each: Night) -> bool:
     """A night completed by another run between our look and our lock: nothing to do."""
     assert each.sink is not None
-    if each.sink.meta["completed"]:
+    if each.sink.state.completed:
         each.state, each.status = NightState.COMPLETED, Status.COMPLETED
         return True
     return False
@@ -283,7 +289,7 @@ def _resume_from(pending: list[Night]) -> str | None:
     places = []
     for each in pending:
         assert each.sink is not None
-        cursor, time = each.sink.meta.get("list_cursor"), each.sink.meta.get("list_cursor_time")
+        cursor, time = each.sink.state.list_cursor, each.sink.state.list_cursor_time
         if not cursor or not isinstance(time, str):
             return None
         places.append((datetime.fromisoformat(time), cursor))
@@ -404,6 +410,7 @@ async def retry_nights(
     stats: RunStats | None = None,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
+    fsync: Fsync = os.fsync,
 ) -> RunStats:
     """``retry-failed`` for each night of ``settings`` that a run has begun, one after the
     other; one entry a night in ``stats.nights``, as ``harvest_nights`` gives them."""
@@ -426,6 +433,7 @@ async def retry_nights(
                 stats=stats,
                 clock=clock,
                 stop=stop,
+                fsync=fsync,
             )
             each.status = Status.COMPLETED if not stop.is_set() else Status.STOPPED
         except AlreadyRunning:

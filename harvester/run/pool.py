@@ -17,15 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import datetime
-from typing import NamedTuple
 
 import orjson
 
 from harvester.clock import Clock
-from harvester.credentials import redact_url, redact_urls_in
+from harvester.credentials import redact_url
 from harvester.errors import (
     ApiUnavailable,
     CallFailed,
@@ -37,12 +35,13 @@ from harvester.errors import (
     Stopping,
     TransientError,
 )
-from harvester.fetch.client import CallEventsClient, clip
+from harvester.fetch.client import CallEventsClient
 from harvester.fetch.retry import Retrier
 from harvester.ids import is_call_id
 from harvester.input.listing import ListedCall
-from harvester.input.source import InvalidRecord, Record
+from harvester.input.records import InvalidRecord, Record
 from harvester.logs import per_call
+from harvester.run.calls import Call, Claim, SourceBatch, key_of, the_error, unexpected
 from harvester.run.outage import OutageGuard, about_the_url
 from harvester.settings.config import Settings
 from harvester.settings.shard import Shard
@@ -58,43 +57,6 @@ log = logging.getLogger("harvester")
 # would otherwise stop every run there); before anything has answered at all, the first.
 OUTAGE_CALLS = 20
 UNPROVEN_FACTOR = 10
-
-
-class SourceBatch(NamedTuple):
-    """What a source yields: records, and for a listing, the next link after them ("" at the
-    end) and the oldest start its page reached (where in time that place in the list is)."""
-
-    records: list[Record | ListedCall]
-    next_url: str | None = None
-    oldest: datetime | None = None
-
-
-# How the records of a batch are claimed: (ledger key, input line) -> what to do with each.
-Claim = Callable[[list[tuple[str, int]]], Awaitable[list[Verdict]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A call taken on: what a worker fetches, and what its outcome is filed under."""
-
-    call_id: str
-    line: int  # its input line; 0 for a call of the API's list, which has none
-    listed: bytes = b""  # its record in the API's list, kept for --calls-output
-
-    def failure(
-        self, code: str, message: str, status: int | None = None, attempts: int = 0
-    ) -> Failure:
-        """Its line in the failures file."""
-        return Failure(
-            key=self.call_id,
-            line=self.line,
-            call_id=self.call_id,
-            status=status,
-            code=code,
-            message=message,
-            attempts=attempts,
-            listed=self.listed,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +135,7 @@ class Pool:
                     await self._outage.settle()
                 await sink.finish(committing)
         except Exception as caught:  # the task group's errors, or the outage guard's
-            error = _the_error(caught)
+            error = the_error(caught)
             if not isinstance(error, OutputError):
                 await sink.commit()  # keep what was done before the run stopped
             raise error from (error.__cause__ or caught)  # its own cause, if it has one
@@ -318,7 +280,7 @@ class Pool:
             except HarvesterError:
                 raise
             except Exception as exc:  # what nobody foresaw fails this call, never the run
-                await self._fail(_unexpected(call, exc))
+                await self._fail(unexpected(call, exc))
                 continue
             if outage.held:
                 await outage.answered()
@@ -410,44 +372,3 @@ class Pool:
 
 def _calls(count: int) -> str:
     return f"{count} call" if count == 1 else f"{count} calls"
-
-
-def _unexpected(call: Call, error: Exception) -> Failure:
-    # Not our words, so possibly a library's holding a URL: its credentials are cut out.
-    described = clip(redact_urls_in(f"{type(error).__name__}: {error}"))
-    log.warning(
-        "call %s failed: unexpected %s (listed as failed, code unexpected-error; please "
-        "report it with this log)",
-        call.call_id,
-        described,
-        exc_info=log.isEnabledFor(logging.DEBUG),
-    )
-    return call.failure("unexpected-error", described, None, 1)
-
-
-def _the_error(error: BaseException) -> BaseException:
-    """Of a task group's errors, the one that matters: the disk's, then the API's, then the
-    input's, then any other."""
-    leaves = list(_leaves(error))
-    for kind in (OutputError, FatalApiError, InputError, HarvesterError):
-        for leaf in leaves:
-            if isinstance(leaf, kind):
-                return leaf
-    return leaves[0]
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
-
-
-def key_of(record: Record | ListedCall) -> tuple[str, int]:
-    """The ledger key and input line of a record."""
-    if isinstance(record, InvalidRecord):
-        return line_key(record.line), record.line
-    if isinstance(record, ListedCall):
-        return record.call_id, 0
-    return record[1], record[0]

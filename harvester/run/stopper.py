@@ -20,7 +20,7 @@ from typing import TextIO
 
 from harvester import exits
 from harvester.logs import event, is_terminal, release_held
-from harvester.store.ledger import record_forced_end
+from harvester.store.last_run import record_forced_end
 
 # The same signal again within this many seconds is the same request to stop: GNU timeout (and
 # other wrappers) send it to the process and then to its whole group, microseconds apart. A

@@ -24,9 +24,10 @@ import orjson
 
 from harvester.errors import OutputError
 from harvester.ids import is_call_id
-from harvester.store.files import fsync_directory, tail_checksum
-from harvester.store.ledger import FAILED, LINE_KEY, line_key, save_meta
+from harvester.store.files import Fsync, fsync_directory, tail_checksum
+from harvester.store.ledger import FAILED, LINE_KEY, line_key
 from harvester.store.ndjson import failure_line
+from harvester.store.state import FailuresSwap, JobState, save_state
 
 REBUILT = "rebuilt from the ledger: the failures file was lost or damaged, and the reason with it"
 
@@ -68,35 +69,40 @@ def compacted(
     return lines(), codes
 
 
-def finish_swap(connection: sqlite3.Connection, meta: dict[str, Any], path: Path) -> None:
-    """Complete a failures-file replacement recorded in ``meta`` (see ``swap``)."""
-    pending = meta.get("failures_swap")
+def finish_swap(
+    connection: sqlite3.Connection, state: JobState, path: Path, fsync: Fsync = os.fsync
+) -> None:
+    """Complete a failures-file replacement recorded in ``state`` (see ``swap``)."""
+    pending = state.failures_swap
     if not pending:
         return
     tmp = Path(pending["tmp"])
     try:
         if tmp.exists():
             os.replace(tmp, path)
-            fsync_directory(path.parent)
+            fsync_directory(path.parent, fsync)
     except OSError as exc:
         raise OutputError(f"cannot replace {path}: {exc.strerror}") from exc
-    meta["sizes"]["failures"] = pending["size"]
-    meta.setdefault("tails", {})["failures"] = pending.get("tail")
-    del meta["failures_swap"]
+    state.sizes["failures"] = pending["size"]
+    state.tails["failures"] = pending.get("tail")
+    state.failures_swap = None
     with connection:
-        save_meta(connection, meta)
+        save_state(connection, state)
 
 
 def swap(
     connection: sqlite3.Connection,
-    meta: dict[str, Any],
+    state: JobState,
     path: Path,
     lines: Iterable[bytes],
     codes: dict[str, int] | None = None,
+    *,
+    fsync: Fsync = os.fsync,
 ) -> None:
     """Make ``lines`` the whole failures file, crash-safely: the new file is written beside the
     old, the ledger records the swap, the file is renamed over, and the ledger closes the swap
-    (``open`` finishes a swap that a crash interrupted). ``codes``: the failures by code now."""
+    (``open`` finishes a swap that a crash interrupted). ``codes``: the failures by code now;
+    ``fsync`` makes the new file and the rename durable."""
     tmp = path.with_name(f".{path.name}.swap.tmp")
     try:
         with tmp.open("w+b") as raw:
@@ -106,18 +112,18 @@ def swap(
             else:
                 raw.writelines(lines)
             raw.flush()
-            os.fsync(raw.fileno())
+            fsync(raw.fileno())
             size = raw.tell()
             tail = tail_checksum(raw.fileno(), size)
     except OSError as exc:
         raise OutputError(f"cannot write {tmp}: {exc.strerror}") from exc
     if codes is not None:
-        meta["failure_codes"] = codes
-    meta.pop("failures_dirty", None)
-    meta["failures_swap"] = {"tmp": str(tmp), "size": size, "tail": tail}
+        state.failure_codes = codes
+    state.failures_dirty = False
+    state.failures_swap = FailuresSwap(tmp=str(tmp), size=size, tail=tail)
     with connection:
-        save_meta(connection, meta)
-    finish_swap(connection, meta, path)
+        save_state(connection, state)
+    finish_swap(connection, state, path, fsync)
 
 
 def ledger_lines(

@@ -16,7 +16,7 @@ import os
 import shlex
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
 
@@ -29,6 +29,10 @@ from harvester.store.ledger import state_dir
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# What makes a file's data (or a folder's entries) durable: ``os.fsync``, or a stand-in given to
+# the store (a test's disk that fills up).
+Fsync = Callable[[int], None]
 
 # An empty gzip file that gzip -t and zcat accept: an empty member, not zero bytes.
 EMPTY_GZIP = gzip.compress(b"", mtime=0)
@@ -102,18 +106,18 @@ def check_no_data(paths: Iterable[Path]) -> None:
             )
 
 
-def fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path, fsync: Fsync = os.fsync) -> None:
     """Make the entries of ``folder`` (files created or renamed in it) durable."""
     try:
-        _sync_folder(folder)
+        _sync_folder(folder, fsync)
     except OSError as exc:
         raise OutputError(f"cannot sync {folder}: {exc.strerror}") from exc
 
 
-def _sync_folder(folder: Path) -> None:
+def _sync_folder(folder: Path, fsync: Fsync) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -165,24 +169,26 @@ class AppendFile:
     """An output file that harvester only ever appends to, and that each append first checks is
     still the file it wrote: the same file (not removed, not replaced) of the size it committed.
     Whatever else writes, cuts or replaces it while a run goes on stops the run (``OutputError``)
-    before anything more is committed. A ``.gz`` path gets a gzip member per append."""
+    before anything more is committed. A ``.gz`` path gets a gzip member per append. Each write
+    is made durable by ``fsync``."""
 
-    def __init__(self, path: Path, fd: int, size: int, remedy: str) -> None:
+    def __init__(self, path: Path, fd: int, size: int, remedy: str, fsync: Fsync) -> None:
         self.path = path
         self.size = size
         self.remedy = remedy  # what to do when something else changed it
         self._fd = fd
+        self._fsync = fsync
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
         self._tail = _tail_of(fd, size)
         self._compress = path.suffix == ".gz"
 
     @classmethod
-    def open(cls, path: Path, size: int, remedy: str) -> AppendFile:
+    def open(cls, path: Path, size: int, remedy: str, fsync: Fsync = os.fsync) -> AppendFile:
         """``path`` opened to append after its first ``size`` bytes, dropping anything past them
         (no commit vouches for it); made, with its folder, when missing. ``differs`` says
         whether the file is the one the ledger vouches for: check it first. ``remedy`` is
-        what to do should something else change it."""
+        what to do should something else change it; ``fsync`` makes each write durable."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -191,8 +197,8 @@ class AppendFile:
         try:
             if os.fstat(fd).st_size > size:
                 os.ftruncate(fd, size)
-                os.fsync(fd)
-            return cls(path, fd, size, remedy)
+                fsync(fd)
+            return cls(path, fd, size, remedy, fsync)
         except OSError as exc:
             os.close(fd)
             raise OutputError(f"cannot open {path}: {exc.strerror}") from exc
@@ -237,7 +243,7 @@ class AppendFile:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
-            os.fsync(self._fd)
+            self._fsync(self._fd)
         except OSError as exc:
             raise OutputError(
                 f"cannot write {self.path}: {exc.strerror}. Nothing past the last commit counts; "
@@ -263,13 +269,14 @@ class AppendFile:
 # -- files off the event loop ----------------------------------------------------------------
 
 
-async def replace_file(path: Path, data: bytes) -> None:
+async def replace_file(path: Path, data: bytes, *, fsync: Fsync = os.fsync) -> None:
     """Replace ``path`` with ``data``: readers see the old file or the whole new one, never a
     part, and the new one is on disk when this returns.
 
-    The data goes to a temporary file in the same folder, is fsynced, renamed over ``path``, and
-    the folder is fsynced so that the rename survives a crash. Whatever fails (or a
-    cancellation), ``path`` is left as it was and the temporary file is removed.
+    The data goes to a temporary file in the same folder, is fsynced (``fsync``, on a thread),
+    renamed over ``path``, and the folder is fsynced so that the rename survives a crash.
+    Whatever fails (or a cancellation), ``path`` is left as it was and the temporary file is
+    removed.
     """
     await aiofiles.os.makedirs(path.parent, exist_ok=True)
     temporary: str | None = None
@@ -281,19 +288,16 @@ async def replace_file(path: Path, data: bytes) -> None:
             await _fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide it from a collector
             await file.write(data)
             await file.flush()
-            await _fsync(file.fileno())
+            await aiofiles.os.wrap(fsync)(file.fileno())
         await aiofiles.os.replace(temporary, path)
         temporary = None
-        await _fsync_folder(path.parent)
+        await _fsync_folder(path.parent, fsync)
     finally:
         if temporary is not None:
             await asyncio.shield(_remove_quietly(temporary))
 
 
 _fchmod = aiofiles.os.wrap(os.fchmod)
-_fsync = aiofiles.os.wrap(os.fsync)
-
-
 _fsync_folder = aiofiles.os.wrap(_sync_folder)
 
 

@@ -1,13 +1,14 @@
 """Crash-safe output: the events and failures files (and the listed calls, when kept), and a
-ledger that says how much of them counts (``harvester.store.ledger``).
+ledger that says how much of them counts (``harvester.store.ledger``, the job's state in it
+``harvester.store.state``).
 
 A commit (every ``commit_calls`` calls or ``commit_seconds`` seconds) appends a batch to the
 output files, fsyncs them, then records the batch's calls and the files' new sizes in one SQLite
 transaction (WAL, ``synchronous=FULL``). Data is on disk before the record that points at it.
-On start, each file is cut back to its committed size: whatever a crash left past it belongs to
-calls the ledger does not have, which are fetched again. So every event lands exactly once,
-however and whenever the process dies. The failures file can always be made again from the
-ledger (``harvester.store.failures``).
+On start, each file is cut back to its committed size (``harvester.store.outputs``): whatever a
+crash left past it belongs to calls the ledger does not have, which are fetched again. So every
+event lands exactly once, however and whenever the process dies. The failures file can always be
+made again from the ledger (``harvester.store.failures``).
 
 Everything here is blocking I/O, run on one dedicated thread by the sink: a commit is one hop
 to that thread, which writes, fsyncs and commits the SQLite transaction in order. It is not
@@ -18,46 +19,38 @@ what must happen in order on one thread across many.
 from __future__ import annotations
 
 import contextlib
-import copy
 import enum
 import functools
 import logging
+import os
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from harvester.errors import ConfigError, OutputChanged, OutputError
 from harvester.store import failures
-from harvester.store.files import (
-    DAMAGED,
-    EMPTY_GZIP,
-    AppendFile,
-    check_no_data,
-    differs,
-    fsync_directory,
-)
+from harvester.store.batch import Batch
+from harvester.store.files import DAMAGED, AppendFile, Fsync, check_no_data
+from harvester.store.identity import check_identity, grown
+from harvester.store.last_run import RunRecord
 from harvester.store.ledger import (
     FAILED,
     OK,
-    RUN_KEYS,
-    SCHEMA_VERSION,
-    TOTAL_KEYS,
-    RunRecord,
-    check_identity,
     connect,
     damaged,
     discard,
     ledger_errors,
-    load_meta,
     lookup,
-    save_meta,
     state_dir,
     take_lock,
+    unmake,
 )
+from harvester.store.outputs import REBUILT, open_outputs
+from harvester.store.state import RUN_KEYS, JobState, load_state, save_state
+
+# ``Batch`` is what a commit takes: the journal's callers name it here.
+__all__ = ["Batch", "Journal", "Verdict"]
 
 log = logging.getLogger("harvester")
 
@@ -70,112 +63,6 @@ class Verdict(enum.Enum):
     NEW = "new"  # fetch it
     DONE = "done"  # reached an outcome in an earlier run: skip
     DUPLICATE = "duplicate"  # the same call stands on another line: skip
-
-
-@dataclass
-class Batch:
-    """What one commit writes: output bytes and the ledger rows that vouch for them."""
-
-    events: bytearray = field(default_factory=bytearray)
-    failures: bytearray = field(default_factory=bytearray)
-    calls: bytearray = field(default_factory=bytearray)  # listed call records, if kept
-    rows: list[tuple[str, int, int]] = field(default_factory=list)
-    ok: int = 0
-    failed: int = 0
-    event_count: int = 0
-    failure_codes: Counter[str] = field(default_factory=Counter)
-    list_cursor: str | None = None  # a listing run's place, up to which all is committed
-    list_cursor_time: datetime | None = None  # the oldest start of the page before it
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def size(self) -> int:
-        """Bytes of output the batch holds."""
-        return len(self.events) + len(self.failures) + len(self.calls)
-
-
-# What to do when something else changed an output file.
-_RESTORE = (
-    "Restore the file from a backup and run the same command again, or start over with --fresh "
-    "(every call is fetched again)"
-)
-_REBUILT = "The next run rebuilds it from the ledger (the reasons listed so far are lost)"
-
-
-def _open_files(
-    paths: dict[str, Path], meta: dict[str, Any], connection: sqlite3.Connection, state: Path
-) -> dict[str, AppendFile]:
-    """Each output file opened for appending after its committed size (a lost or damaged
-    failures file rebuilt from the ledger first), a new ``.gz`` one valid gzip from the start.
-
-    Raises ``ConfigError`` for an output file that is not the one the ledger vouches for: one
-    shorter, ending in other bytes, or, after a run that ended cleanly (or saw the file changed
-    under it, ``meta["changed"]``), holding bytes past its committed size, which no crash of
-    harvester left there. Once the file is as committed again, the job goes on."""
-    sizes, tails = meta["sizes"], meta.setdefault("tails", {})
-    seen = meta.pop("changed", None)  # what a run saw something else do to its files
-    exact = bool(seen) or meta.get("clean", False)
-    failures_path = paths["failures"]
-    changed = differs(failures_path, sizes["failures"], tails.get("failures"), exact=exact)
-    if changed:
-        log.warning(
-            "%s: %s; rebuilt it from the ledger, one line per failed call (their reasons are "
-            "lost; retry-failed takes them on)",
-            failures_path,
-            changed,
-        )
-        failures.swap(connection, meta, failures_path, failures.ledger_lines(connection))
-    for name, path in paths.items():
-        changed = differs(path, sizes[name], tails.get(name), exact=exact)
-        if name != "failures" and changed:
-            said = f" (a run saw: {seen})" if seen else ""
-            raise ConfigError(
-                f"{path}: {changed}: it is not what harvester committed to it{said}. {_RESTORE}"
-            )
-    files: dict[str, AppendFile] = {}
-    try:
-        for name, path in paths.items():
-            remedy = _REBUILT if name == "failures" else _RESTORE
-            files[name] = file = AppendFile.open(path, sizes[name], remedy)
-            if path.suffix == ".gz" and file.size == 0:
-                sizes[name] = file.append(EMPTY_GZIP, compress=False)
-            tails[name] = file.checksum
-        # New files survive a power loss only once their folder's entries are on disk too.
-        for folder in {*(path.parent for path in paths.values()), state}:
-            fsync_directory(folder)
-    except BaseException:
-        for file in files.values():
-            file.close()
-        raise
-    return files
-
-
-def grown(
-    before: dict[str, Any], identity: dict[str, Any], grew: Callable[[dict[str, Any]], bool]
-) -> bool:
-    """True when ``identity`` differs from the job's (``before``) only by a call list that grew
-    at its end."""
-    same = {"size", "head_sha256"}
-    others = (set(before) | set(identity)) - same
-    changed = any(before.get(key) != identity.get(key) for key in others)
-    return not changed and before != identity and grew(before)
-
-
-def _unmake(directory: Path, made: list[Path]) -> None:
-    """Remove the state folder ``directory`` of a job refused as it was opened, and the
-    folders ``made`` for it: the ledger begun and the lock are all they hold (a refusal comes
-    before any output file is made). Whatever else is found there is left, and so is its
-    folder."""
-    for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "lock"):
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
-    for folder in made:  # the state folder first, then its parents, as far as made
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def _ledger_guarded(method: F) -> F:
@@ -191,7 +78,10 @@ def _ledger_guarded(method: F) -> F:
 
 
 class Journal:
-    """The output files and the ledger of one output path. Open with ``Journal.open``."""
+    """The output files and the ledger of one output path. Open with ``Journal.open``.
+
+    ``state`` is the job's state as last committed; ``fsync`` makes every write to the files
+    durable (``os.fsync``, unless the opener gave another)."""
 
     def __init__(
         self,
@@ -199,14 +89,16 @@ class Journal:
         connection: sqlite3.Connection,
         lock: BinaryIO,
         files: dict[str, AppendFile],
-        meta: dict[str, Any],
+        state: JobState,
+        fsync: Fsync = os.fsync,
     ) -> None:
         self.paths = paths
         self.ledger = state_dir(paths["events"]) / "ledger.sqlite"
         self._db = connection
         self._lock = lock
         self._files = files
-        self.meta = meta
+        self.state = state
+        self._fsync = fsync
         # Keys claimed by this run and not yet committed: the calls on their way.
         self._pending: set[str] = set()
         # Keys that had failed, taken on again by this run (retry-failed).
@@ -216,8 +108,8 @@ class Journal:
         # How this run began and ended, where a full disk cannot stop it being said.
         self._record: RunRecord | None = None
         # The job's counters as they stood before this invocation sent anything.
-        self._before = {key: meta["totals"][key] for key in RUN_KEYS}
-        self._elapsed_before: float = meta["elapsed_s"]
+        self._before = {key: state.totals[key] for key in RUN_KEYS}
+        self._elapsed_before = state.elapsed_s
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -229,13 +121,15 @@ class Journal:
         *,
         fresh: bool = False,
         grew: Callable[[dict[str, Any]], bool] | None = None,
+        fsync: Fsync = os.fsync,
     ) -> Journal:
         """Take the lock, check the state belongs to this run, and cut the files back to their
         committed sizes. ``fresh`` discards earlier progress instead.
 
         ``paths`` names the output files: ``events`` and ``failures``, and ``calls`` when the
         listed calls' records are kept. A path ending in ``.gz`` is written gzip-compressed,
-        one gzip member per commit, so it is a valid gzip file after every commit.
+        one gzip member per commit, so it is a valid gzip file after every commit. ``fsync``
+        makes the files' writes durable (the ledger's are SQLite's own).
 
         Raises ``ConfigError`` (exit 2) for a lock held by another harvester or a state made by
         another run, ``OutputError`` (exit 4) when the files cannot be opened.
@@ -259,9 +153,9 @@ class Journal:
                 discard(directory, paths.values())
             connection = connect(ledger)
             with ledger_errors(ledger):
-                journal = cls._opened(paths, identity, ledger, connection, lock, grew)
-            journal._record = RunRecord.reserve(directory)
-            if journal.meta.get("failures_dirty"):
+                journal = cls._opened(paths, identity, ledger, connection, lock, grew, fsync)
+            journal._record = RunRecord.reserve(directory, fsync)
+            if journal.state.failures_dirty:
                 journal.compact_failures()  # a retry-failed run was cut short
             return journal
         except BaseException as exc:
@@ -273,7 +167,7 @@ class Journal:
                 with contextlib.suppress(OSError):
                     lock.close()
                 if made and isinstance(exc, ConfigError):
-                    _unmake(directory, made)
+                    unmake(directory, made)
             raise
 
     @classmethod
@@ -285,42 +179,34 @@ class Journal:
         connection: sqlite3.Connection,
         lock: BinaryIO,
         grew: Callable[[dict[str, Any]], bool] | None,
+        fsync: Fsync,
     ) -> Journal:
         """The rest of ``open``, once the lock is held and the ledger connected."""
-        meta = load_meta(connection, ledger)
-        if not meta:  # a new ledger, or one that never got as far as its first record
+        state = load_state(connection, ledger)
+        if state is None:  # a new ledger, or one that never got as far as its first record
             check_no_data(paths.values())
-        if meta and grew is not None and grown(meta["identity"], identity, grew):
+        elif grew is not None and grown(state.identity, identity, grew):
             log.info(
                 "the call list grew since the last run (%s -> %s bytes, what it held "
                 "unchanged): going on with its new calls",
-                meta["identity"].get("size"),
+                state.identity.get("size"),
                 identity.get("size"),
             )
-            meta["identity"], meta["completed"] = identity, False
-        check_identity(meta, identity, ledger.parent)
-        if meta and set(meta["sizes"]) != set(paths):
+            state.identity, state.completed = identity, False
+        check_identity(state, identity)
+        if state is None:
+            state = JobState.new(identity, list(paths))
+        elif set(state.sizes) != set(paths):
             raise damaged(ledger)
-        failures.finish_swap(connection, meta, paths["failures"])
-        if not meta:
-            meta = {
-                "schema": SCHEMA_VERSION,
-                "identity": identity,
-                "sizes": dict.fromkeys(paths, 0),
-                "totals": dict.fromkeys(TOTAL_KEYS, 0),
-                "failure_codes": {},
-                "completed": False,
-                "invocations": 0,
-                "elapsed_s": 0.0,
-            }
-        files = _open_files(paths, meta, connection, ledger.parent)
-        meta["invocations"] += 1
-        meta["clean"] = False  # until this run's last append is committed (``close``)
-        journal = cls(paths, connection, lock, files, meta)
+        failures.finish_swap(connection, state, paths["failures"], fsync)
+        files = open_outputs(paths, state, connection, ledger.parent, fsync)
+        state.invocations += 1
+        state.clean = False  # until this run's last append is committed (``close``)
+        journal = cls(paths, connection, lock, files, state, fsync)
         # Durable before any data is written: from now on, data without a ledger entry is
         # ours, uncommitted, and is cut back on the next open.
         with connection:
-            journal._write_meta()
+            journal._write_state()
         return journal
 
     # -- the run's questions -----------------------------------------------------------------
@@ -342,18 +228,6 @@ class Journal:
                 verdicts.append(Verdict.NEW)
         return verdicts
 
-    def snapshot(self) -> dict[str, Any]:
-        """The whole job's counters as committed."""
-        meta = self.meta
-        return {
-            **meta["totals"],
-            "failures_by_code": dict(meta["failure_codes"]),
-            "elapsed_s": round(meta["elapsed_s"], 3),
-            "bytes": sum(meta["sizes"].values()),
-            "invocations": meta["invocations"],
-            "completed": meta["completed"],
-        }
-
     @_ledger_guarded
     def harvested_call(self) -> str | None:
         """A call harvested by this job so far, if any."""
@@ -374,7 +248,7 @@ class Journal:
         first if the file is damaged)."""
         path = self.paths["failures"]
         try:
-            return failures.read_committed(path, self.meta["sizes"]["failures"])
+            return failures.read_committed(path, self.state.sizes["failures"])
         except DAMAGED as exc:
             log.warning(
                 "%s is damaged (%s): rebuilt it from the ledger, one line per failed call (their "
@@ -384,7 +258,7 @@ class Journal:
             )
         self._swap_failures(failures.ledger_lines(self._db))
         try:
-            return failures.read_committed(path, self.meta["sizes"]["failures"])
+            return failures.read_committed(path, self.state.sizes["failures"])
         except DAMAGED as exc:  # said in our words: the system's reason, or what zlib found
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "damaged gzip"
             raise OutputError(f"cannot read {path}: {why}") from exc
@@ -400,9 +274,9 @@ class Journal:
         self._pending.update(found)
         self._retaken.update(found)
         if found:
-            self.meta["failures_dirty"] = True
+            self.state.failures_dirty = True
             with self._db:
-                self._write_meta()
+                self._write_state()
         return [(line, key) for key, line in found.items()]
 
     @_ledger_guarded
@@ -415,8 +289,9 @@ class Journal:
     def _swap_failures(self, lines: Iterable[bytes], codes: dict[str, int] | None = None) -> None:
         path = self.paths["failures"]
         self._files["failures"].close()
-        failures.swap(self._db, self.meta, path, lines, codes)
-        self._files["failures"] = AppendFile.open(path, self.meta["sizes"]["failures"], _REBUILT)
+        failures.swap(self._db, self.state, path, lines, codes, fsync=self._fsync)
+        size = self.state.sizes["failures"]
+        self._files["failures"] = AppendFile.open(path, size, REBUILT, self._fsync)
 
     # -- committing --------------------------------------------------------------------------
 
@@ -434,42 +309,26 @@ class Journal:
             sizes = {name: file.append(getattr(batch, name)) for name, file in files.items()}
         except OutputChanged as exc:
             # Kept, so that the next run refuses the job until the file is as committed again.
-            self.meta["changed"] = f"{exc.what} while harvester was writing it"
+            self.state.changed = f"{exc.what} while harvester was writing it"
             with contextlib.suppress(sqlite3.Error), self._db:
-                self._write_meta()
+                self._write_state()
             raise
+        # A call taken on again (retry-failed) was counted once already, as failed.
+        again = sum(key in self._retaken for key, _, _ in batch.rows) if self._retaken else 0
+        counters = {**run_totals, **{key: self._before[key] + run_totals[key] for key in RUN_KEYS}}
         # The ledger's state after this commit, made aside: until the transaction is through,
         # the state in hand stays the committed one, so that nothing written later (how the
         # run ended, on a disk that refused this commit) records sizes no rows vouch for.
-        meta = copy.deepcopy(self.meta)
-        meta["tails"] = {name: file.checksum for name, file in files.items()}
-        totals = meta["totals"]
-        # A call taken on again (retry-failed) was counted once already, as failed.
-        again = sum(key in self._retaken for key, _, _ in batch.rows) if self._retaken else 0
-        totals["calls"] += batch.ok + batch.failed - again
-        totals["ok"] += batch.ok
-        totals["failed"] += batch.failed - again
-        totals["events"] += batch.event_count
-        for key in RUN_KEYS:
-            totals[key] = self._before[key] + run_totals[key]
-        # Every pass over the input meets its duplicates again: the most one pass met.
-        totals["duplicates"] = max(totals.get("duplicates", 0), run_totals.get("duplicates", 0))
-        codes = Counter(meta["failure_codes"])
-        codes.update(batch.failure_codes)
-        meta["failure_codes"] = dict(codes)
-        meta["sizes"] = sizes
-        if batch.list_cursor is not None:
-            meta["list_cursor"] = batch.list_cursor
-            time = batch.list_cursor_time
-            meta["list_cursor_time"] = time.isoformat() if time is not None else None
-        meta["elapsed_s"] = self._elapsed_before + elapsed_s
+        state = self.state.after(batch, again, counters, self._elapsed_before + elapsed_s)
+        state.sizes = sizes
+        state.tails = {name: file.checksum for name, file in files.items()}
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO calls (call_id, line, outcome) VALUES (?, ?, ?)",
                 batch.rows,
             )
-            save_meta(self._db, meta)
-        self.meta = meta
+            save_state(self._db, state)
+        self.state = state
         self._pending.difference_update(key for key, _, _ in batch.rows)
         self._clean = True
 
@@ -478,34 +337,34 @@ class Journal:
         """Record how this invocation stands (``started_at``, ``command``, ``status``...), for
         ``harvester status``."""
         # A run's start begins its record afresh: nothing of the last run's end carries over.
-        before = {} if "started_at" in fields else self.meta.get("last_run", {})
-        last = self.meta["last_run"] = {
+        before = {} if "started_at" in fields else self.state.last_run or {}
+        last = self.state.last_run = {
             **before,
             **fields,
-            "invocation": self.meta["invocations"],
+            "invocation": self.state.invocations,
         }
         # The record beside the ledger first: on a full disk, it is the one written.
         if self._record is not None:
             self._record.write(last)
         with self._db:
-            self._write_meta()
+            self._write_state()
 
     @_ledger_guarded
     def mark_completed(self, completed: bool = True) -> None:
         """Record that every input record has reached an outcome (or, ``completed`` false, that
         a run is reading the input through again and may find more)."""
-        self.meta["completed"] = completed
+        self.state.completed = completed
         with self._db:
-            self._write_meta()
+            self._write_state()
 
     def close(self) -> None:
         """Close files, ledger and lock (nothing is committed here). When every byte appended
         was committed, the ledger says so: bytes found past a committed size on the next open
         are then none of harvester's, and refused rather than cut off."""
         if self._clean:
-            self.meta["clean"] = True
+            self.state.clean = True
             with contextlib.suppress(sqlite3.Error), self._db:
-                self._write_meta()
+                self._write_state()
         closers = [file.close for file in self._files.values()]
         if self._record is not None:
             closers.append(self._record.close)
@@ -513,5 +372,5 @@ class Journal:
             with contextlib.suppress(OSError, sqlite3.Error):
                 close()
 
-    def _write_meta(self) -> None:
-        save_meta(self._db, self.meta)
+    def _write_state(self) -> None:
+        save_state(self._db, self.state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from harvester.errors import HarvesterError, OutputError, status_of
 from harvester.exits import Status
 from harvester.stats import RunStats
 from harvester.store import failures
-from harvester.store.files import DAMAGED
-from harvester.store.journal import Batch, Journal, Verdict
+from harvester.store.batch import Batch
+from harvester.store.files import DAMAGED, Fsync
+from harvester.store.journal import Journal, Verdict
 from harvester.store.ledger import FAILED, OK, line_key
 from harvester.store.ndjson import Failure, event_lines
 from harvester.store.place import ListingPlace
+from harvester.store.state import JobState
 
 # The store as the pool sees it: the sink, what its claims answer, and what it is handed (an
 # outcome's lines, a failure, the key of an input line that names no call).
@@ -74,11 +77,15 @@ async def open_sink(
     *,
     fresh: bool = False,
     grew: Callable[[dict[str, Any]], bool] | None = None,
+    fsync: Fsync = os.fsync,
 ) -> AsyncIterator[Sink]:
-    """The sink of the job writing ``paths``: its journal opened (see ``Journal.open``) on a
-    disk thread of its own, and closed on the way out."""
+    """The sink of the job writing ``paths``: its journal opened (see ``Journal.open``, which
+    ``fresh``, ``grew`` and ``fsync`` are given to) on a disk thread of its own, and closed on
+    the way out."""
     with ThreadPoolExecutor(1, thread_name_prefix="harvester-disk") as disk:
-        journal = await on_thread(disk, Journal.open, paths, identity, fresh=fresh, grew=grew)
+        journal = await on_thread(
+            disk, Journal.open, paths, identity, fresh=fresh, grew=grew, fsync=fsync
+        )
         try:
             yield Sink(journal, disk, commit, stats, clock)
         finally:
@@ -126,13 +133,13 @@ class Sink:
     # -- the job's questions ------------------------------------------------------------------
 
     @property
-    def meta(self) -> dict[str, Any]:
-        """The job's state as last committed (see ``harvester.store.ledger``)."""
-        return self._journal.meta
+    def state(self) -> JobState:
+        """The job's state as last committed (see ``harvester.store.state``)."""
+        return self._journal.state
 
     def snapshot(self) -> dict[str, Any]:
         """The whole job's counters as committed."""
-        return self._journal.snapshot()
+        return self._journal.state.snapshot()
 
     async def claim(self, records: list[tuple[str, int]]) -> list[Verdict]:
         """See ``Journal.claim``."""
@@ -151,7 +158,7 @@ class Sink:
         commit is under way meanwhile); a damaged file is rebuilt on the disk thread first (see
         ``Journal.committed_failures``)."""
         path = self._journal.paths["failures"]
-        size = self._journal.meta["sizes"]["failures"]
+        size = self._journal.state.sizes["failures"]
         try:
             async with aiofiles.open(path, "rb") as file:
                 data = await file.read(size)
@@ -162,7 +169,7 @@ class Sink:
     async def compact_failures(self) -> None:
         """See ``Journal.compact_failures``."""
         await self._on_disk(self._journal.compact_failures)
-        self._stats.job = self._journal.snapshot()
+        self._stats.job = self.snapshot()
 
     @contextlib.asynccontextmanager
     async def recording(self, command: str, stop: asyncio.Event) -> AsyncIterator[None]:
@@ -199,13 +206,13 @@ class Sink:
         """A completed job whose input is read through again (a stream, an open window): not
         completed until this run is."""
         await self._on_disk(self._journal.mark_completed, False)
-        self._stats.job = self._journal.snapshot()
+        self._stats.job = self.snapshot()
 
     async def mark_completed(self) -> None:
         """Record that every input record has reached an outcome."""
         await self._on_disk(self._journal.mark_completed)
         self._stats.completed = True
-        self._stats.job = self._journal.snapshot()
+        self._stats.job = self.snapshot()
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -277,7 +284,7 @@ class Sink:
                 await self._on_disk(self._journal.commit, batch, counters, elapsed)
             finally:
                 self._room.set()
-            stats.job = self._journal.snapshot()
+            stats.job = self.snapshot()
             if place is not None:
                 place.committed(key for key, _, _ in batch.rows)
 

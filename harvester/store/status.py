@@ -16,33 +16,29 @@ from harvester.exits import Status
 from harvester.input.chunks import count_records
 from harvester.logs import counted
 from harvester.store.files import differs
-from harvester.store.ledger import (
-    ledger_error,
-    load_meta,
-    read_only,
-    read_run_record,
-    state_dir,
-)
+from harvester.store.last_run import read_run_record
+from harvester.store.ledger import ledger_error, read_only, state_dir
+from harvester.store.state import JobState, load_state
 
 
 def job_status(output: Path) -> dict[str, Any]:
     """The job writing ``output``: what it harvests, how far it got, its last run, and whether
     a harvester is running it now. ``ConfigError`` when there is no job there."""
-    state = state_dir(output)
-    ledger = state / "ledger.sqlite"
+    folder = state_dir(output)
+    ledger = folder / "ledger.sqlite"
     if not ledger.is_file():
-        raise ConfigError(f"{output} has no harvester state beside it ({state}): no job there")
-    running_pid = lock_holder(state / "lock")
+        raise ConfigError(f"{output} has no harvester state beside it ({folder}): no job there")
+    running_pid = lock_holder(folder / "lock")
     try:
         with contextlib.closing(read_only(ledger, writing=running_pid is not None)) as db:
-            meta = load_meta(db, ledger)
+            state = load_state(db, ledger)
     except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
         raise
     except sqlite3.Error as exc:  # damaged, or not readable: either way no status to give
         raise ConfigError(str(ledger_error(exc, ledger))) from exc
-    if not meta:
+    if state is None:
         raise ConfigError(f"{output}: its job was begun but nothing was recorded yet")
-    identity, totals = meta["identity"], meta["totals"]
+    identity, totals = state.identity, state.totals
     return {
         "output": identity.get("events_path", str(output)),
         "failures_file": identity.get("failures_path"),
@@ -51,20 +47,20 @@ def job_status(output: Path) -> dict[str, Any]:
         "shard": identity.get("shard"),
         "user_id": identity.get("user_id"),
         **{key: totals[key] for key in ("calls", "ok", "failed", "events", "requests")},
-        "failures_by_code": meta["failure_codes"],
-        "completed": meta["completed"],
-        "invocations": meta["invocations"],
-        "elapsed_s": round(meta["elapsed_s"], 3),
+        "failures_by_code": state.failure_codes,
+        "completed": state.completed,
+        "invocations": state.invocations,
+        "elapsed_s": round(state.elapsed_s, 3),
         "input_records": _input_records(identity),
-        "last_run": _last_run(meta.get("last_run"), read_run_record(state)),
+        "last_run": _last_run(state.last_run, read_run_record(folder)),
         "running_pid": running_pid,
-        "damaged": _damaged(meta),
+        "damaged": _damaged(state),
     }
 
 
 def _last_run(ledger: object, record: dict[str, Any] | None) -> dict[str, Any] | None:
     """The last run as recorded: the ledger's record, unless the record file beside it (see
-    ``ledger.RunRecord``) holds that same run's end, which a full disk kept from the ledger."""
+    ``last_run.RunRecord``) holds that same run's end, which a full disk kept from the ledger."""
     last = ledger if isinstance(ledger, dict) else None
     if record is None or last is None:
         return last or record
@@ -89,13 +85,13 @@ def _input_records(identity: dict[str, Any]) -> int | None:
     return count_records(spec)
 
 
-def _damaged(meta: dict[str, Any]) -> dict[str, str]:
+def _damaged(state: JobState) -> dict[str, str]:
     """The job's files that are not what its ledger vouches for, and why."""
     found = {}
-    tails = meta.get("tails") or {}
-    exact = bool(meta.get("changed")) or meta.get("clean", False)  # as the next run sees it
-    for name, size in meta["sizes"].items():
-        path = meta["identity"].get(f"{name}_path")
+    tails = state.tails
+    exact = bool(state.changed) or state.clean  # as the next run sees it
+    for name, size in state.sizes.items():
+        path = state.identity.get(f"{name}_path")
         if not isinstance(path, str):
             continue
         try:

@@ -1,0 +1,79 @@
+"""A 429's word on when to ask again: its ``X-RateLimit-Reset`` or ``Retry-After`` header read
+into seconds to wait, and what it said, for the log."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+from typing import Any
+
+from harvester.fetch.answers import clip
+
+# A reset header further away than this is taken as a clock or unit mistake and capped.
+MAX_RATE_LIMIT_WAIT = 600.0
+# X-RateLimit-Reset from this on is epoch milliseconds (1973 on); from the next on, below it,
+# epoch seconds (2001 to 5138); below both, seconds from now.
+_EPOCH_MILLISECONDS_FROM = 100_000_000_000
+_EPOCH_SECONDS_FROM = 1_000_000_000
+
+
+def rate_limit_delay(headers: Any, now: float) -> float | None:
+    """Seconds to wait after a 429, from ``X-RateLimit-Reset`` (epoch milliseconds; epoch
+    seconds; or, below ``_EPOCH_SECONDS_FROM``, seconds from now) or else ``Retry-After``
+    (seconds or an HTTP date), at most ``MAX_RATE_LIMIT_WAIT``.
+
+    None when neither names a moment still to come: absent, unreadable, zero, or already past
+    (a server clock behind ours). Such a 429 backs off like a failure: it never means "send
+    now".
+    """
+    for delay in (
+        _reset_seconds(headers.get("X-RateLimit-Reset"), now),
+        _retry_after_seconds(headers.get("Retry-After"), now),
+    ):
+        if delay is not None and delay > 0:
+            return min(delay, MAX_RATE_LIMIT_WAIT)
+    return None
+
+
+def _reset_seconds(value: object, now: float) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if number >= _EPOCH_MILLISECONDS_FROM:
+        return number / 1000 - now
+    if number >= _EPOCH_SECONDS_FROM:
+        return number - now
+    return number  # seconds from now, as the IETF's RateLimit-Reset counts them
+
+
+def _retry_after_seconds(value: object, now: float) -> float | None:
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():  # not str.isdigit alone: "²" is a digit to it
+        return float(value)
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return when.timestamp() - now
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+
+
+def reset_said(headers: Any, delay: float | None) -> str:
+    """What a 429's headers said of its reset, for the log."""
+    said = [
+        f"{name}: {clip(headers[name], 40)}"
+        for name in ("X-RateLimit-Reset", "Retry-After")
+        if isinstance(headers.get(name), str)
+    ]
+    text = ", ".join(said) or "no reset header"
+    if delay is not None and delay >= MAX_RATE_LIMIT_WAIT:
+        text += f"; waits are capped at {MAX_RATE_LIMIT_WAIT:.0f} s"
+    return text
