@@ -26,7 +26,51 @@ nothing outside ``harvester.fetch`` imports aiohttp (but the simulator, which is
 
 from __future__ import annotations
 
+import enum
+
 from harvester.exits import Status
+
+
+class FailureCode(enum.StrEnum):
+    """Why a request or a call failed, in harvester's words: the ``code`` of an ``ApiError``
+    and of a line of the failures file. A call the API refused carries the API's own code
+    instead (Catapult's ``code``, such as ``call-not-found``, or ``http-<status>``): that set is
+    open, so codes travel as ``str``, and these are the ones harvester itself gives."""
+
+    # The input line.
+    INVALID_INPUT = "invalid-input"  # a line that names no call
+    INVALID_CALL_ID = "invalid-call-id"  # not a call id: never sent
+    # No answer, or one cut short.
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection-error"
+    TRUNCATED_BODY = "truncated-body"
+    TLS_ERROR = "tls-error"
+    PROXY_UNREACHABLE = "proxy-unreachable"
+    PROXY_REFUSED = "proxy-refused"
+    PROXY_ERROR = "proxy-error"
+    # An answer that is no list of events, or one that cannot be written back as sent.
+    INVALID_BODY = "invalid-body"
+    MALFORMED_ANSWER = "malformed-answer"
+    INEXACT_NUMBER = "inexact-number"
+    DUPLICATE_KEY = "duplicate-key"
+    ANSWER_TOO_LARGE = "answer-too-large"
+    TOO_MANY_EVENTS = "too-many-events"
+    # Paging.
+    TOO_MANY_PAGES = "too-many-pages"
+    EMPTY_PAGES = "empty-pages"
+    NEXT_LINK_LOOP = "next-link-loop"
+    BAD_NEXT_LINK = "bad-next-link"
+    FOREIGN_NEXT_LINK = "foreign-next-link"
+    FOREIGN_URL = "foreign-url"
+    # 429s.
+    CALL_RATE_LIMITED = "call-rate-limited"  # this call's own, past what retrying allows
+    # The run as a whole (``FatalApiError``).
+    API_UNAVAILABLE = "api-unavailable"
+    WRONG_BASE_URL = "wrong-base-url"
+    LISTING_FAILED = "listing-failed"
+    LISTING_LOOP = "listing-loop"
+    # What nobody foresaw (a bug): the call fails, never the run.
+    UNEXPECTED_ERROR = "unexpected-error"
 
 
 class HarvesterError(Exception):
@@ -73,13 +117,13 @@ class ApiError(HarvesterError):
     """An API answer that is not a list of events.
 
     ``status`` is the HTTP status, or None when no answer arrived (reset, timeout).
-    ``code`` is Catapult's error code (``call-not-found``) or one of ours (``timeout``).
+    ``code`` is Catapult's error code (``call-not-found``) or one of ours (``FailureCode``).
     """
 
     def __init__(self, status: int | None, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}" if status is None else f"{status} {code}: {message}")
         self.status = status
-        self.code = code
+        self.code = str(code)  # a plain str: the key of counters written as JSON
         self.message = message
         self.attempts = 0
 

@@ -17,7 +17,7 @@ import orjson
 from harvester import exits
 from harvester.cli.parser import settings_of
 from harvester.credentials import redact_url
-from harvester.errors import ApiError, ConfigError, FatalApiError, TransientError
+from harvester.errors import ApiError, ConfigError, FailureCode, FatalApiError, TransientError
 from harvester.run.job import ping
 from harvester.run.nights import nights_of
 from harvester.settings.config import CONFIG_KEYS
@@ -27,6 +27,10 @@ from harvester.settings.window import parse_window, parse_zone
 from harvester.store.status import job_status, night_lines, status_lines
 
 log = logging.getLogger("harvester")
+# The proxy's failures, told apart from the API's.
+_PROXY_CODES = frozenset(
+    {FailureCode.PROXY_UNREACHABLE, FailureCode.PROXY_REFUSED, FailureCode.PROXY_ERROR}
+)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -102,7 +106,7 @@ def check(args: argparse.Namespace) -> int:
             log.error("error: %s", exc)
         return exits.FATAL_API
     except TransientError as exc:
-        if exc.code.startswith("proxy-"):  # the proxy's fault, not the API's
+        if exc.code in _PROXY_CODES:  # the proxy's fault, not the API's
             log.error("error: %s", exc.message)
             return exits.UNAVAILABLE
         log.error(

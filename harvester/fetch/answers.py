@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from harvester.errors import CallFailed, TransientError
+from harvester.errors import CallFailed, FailureCode, TransientError
 from harvester.fetch.exactjson import Inexact, read_array
 
 Event = dict[str, Any]
@@ -50,10 +50,12 @@ def parse_events(
     except ValueError as exc:
         content_type = clip(response.content_type, 60)
         raise TransientError(
-            200, "invalid-body", f"answer is not JSON ({content_type}, {len(body)} bytes)"
+            200, FailureCode.INVALID_BODY, f"answer is not JSON ({content_type}, {len(body)} bytes)"
         ) from exc
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        raise TransientError(200, "invalid-body", "answer is not a JSON array of event objects")
+        raise TransientError(
+            200, FailureCode.INVALID_BODY, "answer is not a JSON array of event objects"
+        )
     return events, inexact
 
 

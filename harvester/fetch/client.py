@@ -21,7 +21,14 @@ from yarl import URL
 from harvester import __version__
 from harvester.clock import Clock
 from harvester.credentials import Secret, redact_url
-from harvester.errors import ApiError, CallFailed, FatalApiError, RateLimited, TransientError
+from harvester.errors import (
+    ApiError,
+    CallFailed,
+    FailureCode,
+    FatalApiError,
+    RateLimited,
+    TransientError,
+)
 from harvester.fetch.answers import (
     Answer,
     Event,
@@ -154,7 +161,9 @@ class CallEventsClient:
             foreign = True
         if foreign:
             raise CallFailed(
-                None, "foreign-url", f"{redact_url(clip(str(url), 100))} is not on {self._origin}"
+                None,
+                FailureCode.FOREIGN_URL,
+                f"{redact_url(clip(str(url), 100))} is not on {self._origin}",
             )
         answer = await self._get_page(url, self._max_body)
         return ListPage(answer.items, answer.next_url, answer.inexact)
@@ -181,10 +190,14 @@ class CallEventsClient:
             target = str(url_next)
             if target in followed:
                 raise CallFailed(
-                    200, "next-link-loop", "the next link leads back to a page already read"
+                    200,
+                    FailureCode.NEXT_LINK_LOOP,
+                    "the next link leads back to a page already read",
                 )
             if len(followed) >= MAX_PAGES:
-                raise CallFailed(200, "too-many-pages", f"more than {MAX_PAGES} pages of events")
+                raise CallFailed(
+                    200, FailureCode.TOO_MANY_PAGES, f"more than {MAX_PAGES} pages of events"
+                )
             followed.add(target)
             answer = await self._get_page(url_next, budget, call_id)
             if answer.inexact is not None:
@@ -196,7 +209,9 @@ class CallEventsClient:
             empty = 0 if page else empty + 1
             if empty >= EMPTY_PAGES and url_next is not None:
                 raise CallFailed(
-                    200, "empty-pages", f"{EMPTY_PAGES} pages in a row hold no event yet link on"
+                    200,
+                    FailureCode.EMPTY_PAGES,
+                    f"{EMPTY_PAGES} pages in a row hold no event yet link on",
                 )
         self._check_event_count(len(events))
         return events
@@ -205,7 +220,7 @@ class CallEventsClient:
         if count > self._max_events:
             raise CallFailed(
                 200,
-                "too-many-events",
+                FailureCode.TOO_MANY_EVENTS,
                 f"more than {self._max_events} events (max_events; --max-events raises it)",
             )
 
@@ -265,7 +280,7 @@ class CallEventsClient:
     def _too_large(self, size: str) -> CallFailed:
         return CallFailed(
             200,
-            "answer-too-large",
+            FailureCode.ANSWER_TOO_LARGE,
             f"the answer is {size}, more than max_body_mb allows for a call's answers together "
             f"({self._max_body} bytes; --max-body-mb raises it)",
         )
@@ -281,13 +296,17 @@ class CallEventsClient:
             foreign = target.origin() != self._origin
         except (ValueError, TypeError, LookupError) as exc:
             raise CallFailed(
-                200, "bad-next-link", f"the next link cannot be used ({kind(exc)})"
+                200, FailureCode.BAD_NEXT_LINK, f"the next link cannot be used ({kind(exc)})"
             ) from exc
         if foreign:
             # Following it would send our credentials to another host.
-            raise CallFailed(200, "foreign-next-link", f"next link points off {self._origin}")
+            raise CallFailed(
+                200, FailureCode.FOREIGN_NEXT_LINK, f"next link points off {self._origin}"
+            )
         if target.user is not None or target.password is not None:
-            raise CallFailed(200, "bad-next-link", "the next link carries credentials of its own")
+            raise CallFailed(
+                200, FailureCode.BAD_NEXT_LINK, "the next link carries credentials of its own"
+            )
         return target
 
     def _error_pausing_on_429(

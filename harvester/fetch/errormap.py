@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import ContentEncodingError, TransferEncodingError
 from yarl import URL
 
 from harvester.credentials import redact_url
-from harvester.errors import ApiError, CallFailed, FatalApiError, TransientError
+from harvester.errors import ApiError, CallFailed, FailureCode, FatalApiError, TransientError
 from harvester.fetch.answers import clip
 
 
@@ -35,13 +35,15 @@ class ErrorMap:
         exception's own text: aiohttp's carries the URL it was at, and through a proxy that
         is the proxy's URL, with its user and password."""
         if isinstance(exc, TimeoutError):
-            return TransientError(None, "timeout", f"no complete answer within {self._timeout:g} s")
+            return TransientError(
+                None, FailureCode.TIMEOUT, f"no complete answer within {self._timeout:g} s"
+            )
         if isinstance(exc, aiohttp.ClientHttpProxyError):
             return self.proxy_refused(exc.status)
         if isinstance(exc, aiohttp.ClientProxyConnectionError):
             return TransientError(
                 None,
-                "proxy-unreachable",
+                FailureCode.PROXY_UNREACHABLE,
                 f"cannot connect to the proxy {exc.host}:{exc.port} ({_os_reason(exc)}): check "
                 "--proxy or HTTPS_PROXY/HTTP_PROXY",
             )
@@ -59,44 +61,52 @@ class ErrorMap:
             why = "cannot resolve it" if isinstance(exc, aiohttp.ClientConnectorDNSError) else ""
             return TransientError(
                 None,
-                "proxy-unreachable",
+                FailureCode.PROXY_UNREACHABLE,
                 f"cannot connect to the proxy {exc.host}:{exc.port} ({why or _os_reason(exc)}): "
                 "check --proxy or HTTPS_PROXY/HTTP_PROXY",
             )
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return TransientError(None, "connection-error", f"cannot resolve {exc.host}")
+            return TransientError(None, FailureCode.CONNECTION_ERROR, f"cannot resolve {exc.host}")
         if isinstance(exc, aiohttp.ClientConnectorError):
             return TransientError(
                 None,
-                "connection-error",
+                FailureCode.CONNECTION_ERROR,
                 f"cannot connect to {exc.host}:{exc.port} ({_os_reason(exc)})",
             )
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return TransientError(
                 None,
-                "connection-error",
+                FailureCode.CONNECTION_ERROR,
                 f"the server{self._via} closed the connection before answering",
             )
         if isinstance(exc, aiohttp.ClientPayloadError):  # an error answer's body, cut short
             return TransientError(
-                None, "truncated-body", "the connection closed before the answer was complete"
+                None,
+                FailureCode.TRUNCATED_BODY,
+                "the connection closed before the answer was complete",
             )
         if isinstance(exc, aiohttp.InvalidURL):
-            return CallFailed(None, "malformed-answer", "the answer leads to a URL that is not one")
+            return CallFailed(
+                None, FailureCode.MALFORMED_ANSWER, "the answer leads to a URL that is not one"
+            )
         if isinstance(exc, aiohttp.ClientResponseError):
             # The answer's head could not be parsed (oversized or garbled headers, not HTTP).
             return TransientError(
                 None,
-                "malformed-answer",
+                FailureCode.MALFORMED_ANSWER,
                 f"the answer's head{self._via} cannot be read (oversized or garbled headers, or "
                 "not HTTP)",
             )
         if isinstance(exc, aiohttp.ClientError | OSError):
-            return TransientError(None, "connection-error", f"connection lost ({_os_reason(exc)})")
+            return TransientError(
+                None, FailureCode.CONNECTION_ERROR, f"connection lost ({_os_reason(exc)})"
+            )
         if isinstance(exc, ValueError | LookupError | UnicodeError):
             # Something in the answer that aiohttp or yarl cannot take: it fails this call only.
             return CallFailed(
-                None, "malformed-answer", f"the answer holds what cannot be read ({kind(exc)})"
+                None,
+                FailureCode.MALFORMED_ANSWER,
+                f"the answer holds what cannot be read ({kind(exc)})",
             )
         return None
 
@@ -106,19 +116,21 @@ class ErrorMap:
         if status == 407:
             return FatalApiError(
                 status,
-                "proxy-refused",
+                FailureCode.PROXY_REFUSED,
                 f"the proxy {proxy} refused our credentials (407): check the user and password "
                 "in --proxy or HTTPS_PROXY/HTTP_PROXY (http://user:password@host:port)",
             )
         return TransientError(
             None,
-            "proxy-error",
+            FailureCode.PROXY_ERROR,
             f"the proxy {proxy} refused the tunnel to {self._origin} ({status} {phrase(status)})",
         )
 
     def _tls_refused(self, reason: str) -> FatalApiError:
         return FatalApiError(
-            None, "tls-error", f"TLS verification of {self._origin} failed: {clip(reason, 120)}"
+            None,
+            FailureCode.TLS_ERROR,
+            f"TLS verification of {self._origin} failed: {clip(reason, 120)}",
         )
 
 
@@ -133,7 +145,7 @@ def body_cut_short(
     if isinstance(cause, ContentEncodingError) and encoding is not None:
         return TransientError(
             200,
-            "invalid-body",
+            FailureCode.INVALID_BODY,
             f"the answer's body cannot be decompressed (Content-Encoding: {clip(encoding, 40)})",
         )
     received = _bytes_received(response, encoded=encoding is not None)
@@ -144,7 +156,7 @@ def body_cut_short(
     else:
         said = "the answer ended early"
     return TransientError(
-        None, "truncated-body", f"{said}: the connection closed before it was complete"
+        None, FailureCode.TRUNCATED_BODY, f"{said}: the connection closed before it was complete"
     )
 
 

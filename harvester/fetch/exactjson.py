@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from harvester.errors import FailureCode
+
 # Integers orjson reads exactly.
 _INT_RANGE = range(-(2**63), 2**64)
 # Longer digit strings are not made into ints at all (Python refuses past 4,300 digits).
@@ -112,18 +114,24 @@ def _decoder(found: list[Inexact]) -> json.JSONDecoder:
 
     def whole(text: str) -> int:
         if len(text) > _LONGEST_INT:
-            found.append(Inexact("inexact-number", f"holds an integer of {len(text)} digits"))
+            found.append(
+                Inexact(FailureCode.INEXACT_NUMBER, f"holds an integer of {len(text)} digits")
+            )
             return 0
         value = int(text)
         if value not in _INT_RANGE:
-            found.append(Inexact("inexact-number", f"holds {_quote(text)}, beyond 64 bits"))
+            found.append(
+                Inexact(FailureCode.INEXACT_NUMBER, f"holds {_quote(text)}, beyond 64 bits")
+            )
         return value
 
     def real(text: str) -> float:
         value = float(text)
         if not math.isfinite(value) or Decimal(repr(value)) != Decimal(text):
             found.append(
-                Inexact("inexact-number", f"holds {_quote(text)}, more than a double holds")
+                Inexact(
+                    FailureCode.INEXACT_NUMBER, f"holds {_quote(text)}, more than a double holds"
+                )
             )
         return value
 
@@ -136,7 +144,9 @@ def _decoder(found: list[Inexact]) -> json.JSONDecoder:
             seen: set[str] = set()
             for key, _ in items:
                 if key in seen:
-                    found.append(Inexact("duplicate-key", f"gives the key {_quote(key)} twice"))
+                    found.append(
+                        Inexact(FailureCode.DUPLICATE_KEY, f"gives the key {_quote(key)} twice")
+                    )
                     break
                 seen.add(key)
         return document
@@ -153,7 +163,8 @@ def _unwritable(element: Any) -> Inexact | None:
         orjson.dumps(element)
     except orjson.JSONEncodeError:
         return Inexact(
-            "malformed-answer", "cannot be written back as JSON (a lone surrogate, or nesting)"
+            FailureCode.MALFORMED_ANSWER,
+            "cannot be written back as JSON (a lone surrogate, or nesting)",
         )
     return None
 

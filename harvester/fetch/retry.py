@@ -38,7 +38,14 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from harvester.clock import Clock, sleep_unless
-from harvester.errors import ApiError, CallFailed, RateLimited, Stopping, TransientError
+from harvester.errors import (
+    ApiError,
+    CallFailed,
+    FailureCode,
+    RateLimited,
+    Stopping,
+    TransientError,
+)
 from harvester.fetch.limiter import RateLimiter
 from harvester.ids import is_call_id
 from harvester.logs import per_call
@@ -263,7 +270,7 @@ class Retrier:
                 raise
             given_up = CallFailed(
                 429,
-                "call-rate-limited",
+                FailureCode.CALL_RATE_LIMITED,
                 f"answered 429 {tally.rate_limited} times in a row while other calls were "
                 "served: the API limits this call, not the account (retry-failed takes it on "
                 "later)",

@@ -21,6 +21,7 @@ from harvester.credentials import redact_url
 from harvester.errors import (
     ApiError,
     ApiUnavailable,
+    FailureCode,
     FatalApiError,
     TransientError,
 )
@@ -101,12 +102,14 @@ async def list_window(
             if isinstance(exc, TransientError):
                 raise ApiUnavailable(
                     exc.status,
-                    "api-unavailable",
+                    FailureCode.API_UNAVAILABLE,
                     f"cannot read the call list at {shown}: {exc}. Nothing is lost: run the same "
                     "command again once the API is back",
                 ) from exc
             raise FatalApiError(
-                exc.status, "listing-failed", f"cannot read the call list at {shown}: {exc}"
+                exc.status,
+                FailureCode.LISTING_FAILED,
+                f"cannot read the call list at {shown}: {exc}",
             ) from exc
         resuming = False
         calls, undated, oldest, reached_back = _in_window(records, inexact, window)
@@ -115,7 +118,7 @@ async def list_window(
             yield Page(calls, None, len(records), undated, oldest)  # this page's calls are good
             raise FatalApiError(
                 200,
-                "listing-loop",
+                FailureCode.LISTING_LOOP,
                 f"the call list's next link leads back to a page already read "
                 f"({redact_url(more)}): the list cannot be read whole. Report it to the API's "
                 "owners",

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from harvester.credentials import redact_urls_in
-from harvester.errors import FatalApiError, HarvesterError, InputError, OutputError
+from harvester.errors import FailureCode, FatalApiError, HarvesterError, InputError, OutputError
 from harvester.fetch.answers import clip
 from harvester.input.listing import ListedCall
 from harvester.input.records import InvalidRecord, Record
@@ -66,7 +66,7 @@ def unexpected(call: Call, error: Exception) -> Failure:
         described,
         exc_info=log.isEnabledFor(logging.DEBUG),
     )
-    return call.failure("unexpected-error", described, None, 1)
+    return call.failure(FailureCode.UNEXPECTED_ERROR, described, None, 1)
 
 
 def the_error(error: BaseException) -> BaseException:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 
 from harvester.clock import Clock, SystemClock
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, FailureCode
 from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.retry import Retrier, RetrySettings
@@ -45,7 +45,7 @@ log = logging.getLogger("harvester")
 # Records taken from the call list at a time, at most (a slow pipe's come as they arrive).
 FILE_BATCH = 1024
 # Failure codes that say the call will never be harvested, and those of calls that do not exist.
-_HOPELESS = frozenset({"invalid-call-id", "invalid-input"})
+_HOPELESS = frozenset({FailureCode.INVALID_CALL_ID, FailureCode.INVALID_INPUT})
 NOT_FOUND = frozenset({"call-not-found", "resource-not-found", "http-404"})
 
 T = TypeVar("T")

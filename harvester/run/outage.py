@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from harvester.errors import ApiUnavailable, CallFailed, Stopping, TransientError
+from harvester.errors import ApiUnavailable, CallFailed, FailureCode, Stopping, TransientError
 from harvester.store.ndjson import Failure
 
 
@@ -94,7 +94,7 @@ class OutageGuard:
                 if self._answers == answers:
                     raise ApiUnavailable(
                         exc.status,
-                        "api-unavailable",
+                        FailureCode.API_UNAVAILABLE,
                         f"{held} call{'s' if held > 1 else ''} in a row failed after every "
                         f"retry (last: {last.code}: "
                         f"{last.message}), and so did a call that worked before ({exc}). "

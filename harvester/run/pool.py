@@ -27,6 +27,7 @@ from harvester.credentials import redact_url
 from harvester.errors import (
     ApiUnavailable,
     CallFailed,
+    FailureCode,
     FatalApiError,
     HarvesterError,
     InputError,
@@ -214,7 +215,7 @@ class Pool:
                 line=record.line,
                 call_id=None,
                 status=None,
-                code="invalid-input",
+                code=FailureCode.INVALID_INPUT,
                 message=reason,
             )
             await self._invalid(failure)
@@ -236,7 +237,7 @@ class Pool:
             self._stats.calls += 1  # not before: a cancelled put took nothing on
         else:
             reason = "not a call id (c- and up to 64 letters, digits or hyphens); not sent"
-            await self._invalid(call.failure("invalid-call-id", reason))
+            await self._invalid(call.failure(FailureCode.INVALID_CALL_ID, reason))
 
     async def _invalid(self, failure: Failure) -> None:
         self._stats.calls += 1
@@ -273,7 +274,7 @@ class Pool:
             except orjson.JSONEncodeError:  # nested past what JSON can be written at
                 # orjson's words are not ours: what it refuses is said here.
                 message = "an event cannot be written as JSON (nested too deep, or not JSON)"
-                await self._fail(call.failure("malformed-answer", message, 200, 1))
+                await self._fail(call.failure(FailureCode.MALFORMED_ANSWER, message, 200, 1))
                 continue
             except Stopping:
                 return  # not sent: the call is left for the next run
@@ -308,7 +309,7 @@ class Pool:
             last = held[-1]
             raise ApiUnavailable(
                 None,
-                "api-unavailable",
+                FailureCode.API_UNAVAILABLE,
                 f"the API at {api} never answered in this run: {_calls(len(held))} failed "
                 f"without an answer (last: {last.code}: {last.message}). Check the base URL's "
                 "host and port, the network and any proxy. Nothing is lost: run the same "
@@ -325,7 +326,7 @@ class Pool:
                 raise
             raise FatalApiError(
                 exc.status,
-                "wrong-base-url",
+                FailureCode.WRONG_BASE_URL,
                 f"the API at {api} has no call list for user {settings.user_id} ({exc.status} "
                 f"{exc.code}: {exc.message}), so its answers for calls say nothing of the "
                 "calls: check the base URL and the user id. Nothing was listed as failed; run "
@@ -335,7 +336,7 @@ class Pool:
             last = held[-1]
             raise ApiUnavailable(
                 exc.status,
-                "api-unavailable",
+                FailureCode.API_UNAVAILABLE,
                 f"{_calls(len(held))} in a row failed after every retry (last: {last.code}: "
                 f"{last.message}), and so did the call list at {api} ({exc}). Nothing is lost: "
                 "once the API is back (check the base URL and the network too), run the same "
@@ -346,7 +347,7 @@ class Pool:
             last = unanswered[-1]
             raise ApiUnavailable(
                 last.status,
-                "api-unavailable",
+                FailureCode.API_UNAVAILABLE,
                 f"the events endpoint at {api} has not worked for any call of this job: "
                 f"{_calls(len(unanswered))} in a row failed after every retry (last: {last.code}: "
                 f"{last.message}), though the API's call list answers. It is down, not the "

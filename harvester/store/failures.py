@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from harvester.errors import OutputError
+from harvester.errors import FailureCode, OutputError
 from harvester.ids import is_call_id
 from harvester.store.files import Fsync, fsync_directory, tail_checksum
 from harvester.store.ledger import FAILED, LINE_KEY, line_key
@@ -140,9 +140,9 @@ def ledger_lines(
             yield known[key]
         elif key.startswith(LINE_KEY):
             message = f"input line {line}: {REBUILT}"
-            yield failure_line(None, None, "invalid-input", message, 0, line)
+            yield failure_line(None, None, FailureCode.INVALID_INPUT, message, 0, line)
         else:
-            code = "reason-lost" if is_call_id(key) else "invalid-call-id"
+            code = "reason-lost" if is_call_id(key) else FailureCode.INVALID_CALL_ID
             yield failure_line(key, None, code, REBUILT, 0)
 
 

@@ -54,7 +54,8 @@ class Failure:
     """A call (or an input line naming none) that is not harvested, and why.
 
     ``key`` is its ledger key, ``line`` its input line, ``listed`` its call-list record (a
-    nightly run keeping them), ``status`` the HTTP status or None when no answer came.
+    nightly run keeping them), ``status`` the HTTP status or None when no answer came, ``code``
+    a ``harvester.errors.FailureCode`` or the API's own.
     """
 
     key: str
@@ -65,6 +66,10 @@ class Failure:
     message: str
     attempts: int = 0
     listed: bytes = b""
+
+    def __post_init__(self) -> None:
+        # A ``FailureCode`` is a str, but not one orjson takes as the key of a counter.
+        object.__setattr__(self, "code", str(self.code))
 
     def as_line(self) -> bytes:
         """Its line in the failures file."""
