@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harvester.ids import CallRef
 from harvester.sim.server import call_id_for, events_for
 from harvester.store.batch import Batch
 from harvester.store.journal import Journal
@@ -38,7 +39,7 @@ def main() -> None:
         batch = Batch()
         for start in range(0, calls, READ_BATCH):
             chunk = [
-                (call_id, start + n + 1)
+                CallRef(call_id, start + n + 1)
                 for n, call_id in enumerate(ids[start : start + READ_BATCH])
             ]
             journal.claim(chunk)
@@ -60,7 +61,7 @@ def main() -> None:
         started = time.perf_counter()
         for start in range(0, calls, READ_BATCH):
             chunk = [
-                (call_id, start + n + 1)
+                CallRef(call_id, start + n + 1)
                 for n, call_id in enumerate(ids[start : start + READ_BATCH])
             ]
             journal.claim(chunk)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -481,6 +482,19 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 10)
     while not condition():
         assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
         await asyncio.sleep(0.01)
+
+
+def sim_log(env: dict[str, str]) -> list[tuple[float, int | None, str]]:
+    """Every exchange the simulator process of ``env`` has had so far, as (time, status or None
+    while unanswered, path); asked directly, not through any proxy the environment names."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(env["CATAPULT_BASE_URL"] + "/_sim/log", timeout=10) as answer:
+        return [(when, status, path) for when, status, path in orjson.loads(answer.read())]
+
+
+def in_flight(env: dict[str, str]) -> int:
+    """How many requests the simulator process of ``env`` has received and not yet answered."""
+    return sum(status is None for _, status, _ in sim_log(env))
 
 
 @contextlib.contextmanager

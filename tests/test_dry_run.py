@@ -5,11 +5,11 @@ and nothing written; the counts are what the real run then does."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import os
 import signal
 import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,15 @@ from harvester.run.job import harvest
 from harvester.run.nights import harvest_nights
 from harvester.sim.server import SimConfig, Simulator
 
-from .conftest import FakeClock, make_settings, run_harvester, start_harvester, write_calls
+from .conftest import (
+    FakeClock,
+    Forked,
+    make_settings,
+    run_harvester,
+    start_harvester,
+    wait_until,
+    write_calls,
+)
 
 
 def tree(folder: Path) -> dict[str, tuple[int, int]]:
@@ -32,6 +40,25 @@ def tree(folder: Path) -> dict[str, tuple[int, int]]:
         str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
         for path in sorted(folder.rglob("*"))
     }
+
+
+def writer_of(process: Forked, fifo: Path) -> int:
+    """Wait until ``process`` has ``fifo`` open to read (until then, opening it to write without
+    waiting fails with ENXIO); the write end, open, which the caller closes."""
+    writer: list[int] = []
+
+    def opened_to_read() -> bool:
+        assert process.poll() is None, "the run ended before it opened the FIFO"
+        try:
+            writer.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return False
+        return True
+
+    wait_until(opened_to_read, "the run has the FIFO open to read", timeout=20)
+    return writer[0]
 
 
 def event_requests(sim: Simulator) -> list[str]:
@@ -195,7 +222,8 @@ def test_the_command_prints_the_plan_and_writes_nothing(
 def test_a_signal_stops_a_dry_run_at_once_and_it_leaves_nothing(
     sim_process: dict[str, str], tmp_path: Path, signum: int, code: int
 ) -> None:
-    """Even one waiting for a FIFO's writer: exit 128 + the signal, its scratch folder gone."""
+    """Even one blocked on a FIFO whose writer sends nothing: exit 128 + the signal, its scratch
+    folder gone."""
     fifo = tmp_path / "calls.fifo"
     os.mkfifo(fifo)
     scratch = tmp_path / "tmp"
@@ -203,9 +231,12 @@ def test_a_signal_stops_a_dry_run_at_once_and_it_leaves_nothing(
     env = {**sim_process, "TMPDIR": str(scratch)}
     output = tmp_path / "out" / "events.ndjson"
     process = start_harvester(env, "run", "-n", "-i", str(fifo), "-o", str(output))
-    time.sleep(1.0)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=20)
+    writer = writer_of(process, fifo)  # the run has the FIFO open, and waits for its lines
+    try:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=20)  # the writer open, silent: no end of input
+    finally:
+        os.close(writer)
     assert process.returncode == code, stderr
     assert b"nothing was fetched or written" in stderr
     assert list(scratch.iterdir()) == [] and not output.parent.exists()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from harvester.errors import AlreadyRunning, ConfigError, OutputError
+from harvester.ids import CallRef
 from harvester.store.batch import Batch
 from harvester.store.journal import Journal, Verdict
 from harvester.store.ledger import FAILED, OK, state_dir
@@ -38,7 +39,7 @@ def harvested(*calls: str) -> Batch:
 
 def test_claims_say_new_done_or_duplicate(tmp_path: Path) -> None:
     journal = Journal.open(paths_in(tmp_path), IDENTITY)
-    assert journal.claim([("c-1", 1), ("c-2", 2), ("c-1", 3)]) == [
+    assert journal.claim([CallRef("c-1", 1), CallRef("c-2", 2), CallRef("c-1", 3)]) == [
         Verdict.NEW,
         Verdict.NEW,
         Verdict.DUPLICATE,  # on its way already, from line 1
@@ -48,7 +49,7 @@ def test_claims_say_new_done_or_duplicate(tmp_path: Path) -> None:
 
     again = Journal.open(paths_in(tmp_path), IDENTITY)
     # Done on the same line: skipped; the same call on another line: a duplicate.
-    assert again.claim([("c-1", 1), ("c-2", 5), ("c-3", 3)]) == [
+    assert again.claim([CallRef("c-1", 1), CallRef("c-2", 5), CallRef("c-3", 3)]) == [
         Verdict.DONE,
         Verdict.DUPLICATE,
         Verdict.NEW,
@@ -78,7 +79,7 @@ def test_what_a_crash_left_past_the_last_commit_is_cut_back_on_open(tmp_path: Pa
     reopened = Journal.open(paths, IDENTITY)
 
     assert paths["events"].read_bytes() == committed
-    assert reopened.claim([("c-2", 2)]) == [Verdict.NEW], "fetched again, so written once"
+    assert reopened.claim([CallRef("c-2", 2)]) == [Verdict.NEW], "fetched again, so written once"
     reopened.close()
 
 
@@ -248,7 +249,7 @@ def test_a_commit_the_disk_refused_is_not_recorded_by_what_is_written_after_it(
     journal.close()
 
     again = Journal.open(paths, IDENTITY)
-    assert again.claim([("c-1", 1), ("c-2", 1), ("c-3", 2)]) == [
+    assert again.claim([CallRef("c-1", 1), CallRef("c-2", 1), CallRef("c-3", 2)]) == [
         Verdict.DONE,
         Verdict.NEW,
         Verdict.NEW,

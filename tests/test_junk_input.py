@@ -29,7 +29,7 @@ async def read(path: Path, form: str | None = None) -> list[str | InvalidRecord]
         await feed.opened()
         records: list[str | InvalidRecord] = []
         while batch := await feed.batch(1024):
-            records.extend(r if isinstance(r, InvalidRecord) else r[1] for r in batch)
+            records.extend(r if isinstance(r, InvalidRecord) else r.key for r in batch)
         return records
     finally:
         feed.close()
@@ -225,7 +225,7 @@ async def test_damage_met_while_judging_a_small_gzip_list_comes_after_its_calls(
     async def take_all() -> None:
         await feed.opened()  # judged on what came before the damage: ids
         while batch := await feed.batch(7):
-            taken.extend(r[1] for r in batch if not isinstance(r, InvalidRecord))
+            taken.extend(r.key for r in batch if not isinstance(r, InvalidRecord))
 
     try:
         with pytest.raises(InputError, match=r"damaged after line 60 .*cut off"):

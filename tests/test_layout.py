@@ -5,6 +5,7 @@ nothing of HTTP."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,56 @@ def test_no_function_is_longer_than_a_screen() -> None:
                 if length > 60:
                     long.append(f"{module}.{node.name}: {length} lines")
     assert long == []
+
+
+README = PACKAGE.parent / "README.md"
+TABLE_HEADER = "| module | what it does |"
+
+
+def layout_table() -> dict[str, str | None]:
+    """Every module the README's layout table names, as its path from the repository's root,
+    with the package of the group it is named in (``harvester/settings/``; None under a group
+    that is no package, such as **shared** or **top**, whose rows give whole paths). A bare
+    name is in its group's package; a name that is not a Python file (``deploy/``) is no
+    module."""
+    lines = README.read_text().splitlines()
+    assert TABLE_HEADER in lines, f"README.md has no table headed {TABLE_HEADER!r}"
+    named: dict[str, str | None] = {}
+    group: str | None = None
+    for line in lines[lines.index(TABLE_HEADER) + 2 :]:
+        if not line.startswith("|"):
+            break  # the table's end
+        first = line.split("|")[1].strip()
+        names = re.findall(r"`([^`]+)`", first)
+        if first.startswith("**"):
+            group = names[0] if names and names[0].endswith("/") else None
+            continue
+        for name in names:
+            if name.endswith(".py"):
+                named[name if "/" in name or group is None else group + name] = group
+    return named
+
+
+def test_the_readme_layout_table_names_every_module() -> None:
+    """Every module (``__init__`` and ``__main__`` aside) is named in the README's layout
+    table, in the group of its package where the table has one, and the table names no
+    module that is not there."""
+    root = PACKAGE.parent
+    named = layout_table()
+    groups = {group for group in named.values() if group is not None}
+    existing = {
+        path.relative_to(root).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in {"__init__.py", "__main__.py"}
+    }
+    missing = sorted(existing - named.keys())
+    stale = sorted(named.keys() - existing)
+    misplaced = []
+    for module in sorted(existing & named.keys()):
+        package = module.rsplit("/", 1)[0] + "/"
+        if package in groups and named[module] != package:
+            misplaced.append(f"{module} (under {named[module] or 'a group of whole paths'})")
+    assert (missing, stale, misplaced) == ([], [], []), (
+        f"README.md's layout table: missing {missing}; names what is not there {stale}; "
+        f"names outside its package's group {misplaced}"
+    )

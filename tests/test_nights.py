@@ -21,7 +21,8 @@ import pytest
 from aiohttp import web
 
 from harvester.errors import AlreadyRunning, ConfigError
-from harvester.run.nights import Night, _resume_from, harvest_nights, retry_nights
+from harvester.run.night_plan import Night
+from harvester.run.nights import _resume_from, harvest_nights, retry_nights
 from harvester.settings.config import Settings
 from harvester.settings.load import load_settings
 from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, SimConfig, Simulator

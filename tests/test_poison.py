@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from harvester.errors import FatalApiError
+from harvester.ids import CallRef
 from harvester.run.job import harvest
 from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
 
@@ -208,7 +209,7 @@ async def test_a_crash_keeps_what_was_done_and_the_same_command_goes_on(
     real = Journal.claim
     claims = 0
 
-    def breaks_later(self: Journal, records: list[tuple[str, int]]) -> object:
+    def breaks_later(self: Journal, records: list[CallRef]) -> object:
         nonlocal claims
         claims += 1
         if claims == 5:  # the queue holds 16: by now, calls have been finished

@@ -30,6 +30,7 @@ from .conftest import (
     make_settings,
     output_of,
     read_ndjson,
+    until,
     write_calls,
 )
 from .hostile import serving
@@ -293,15 +294,19 @@ async def test_progress_says_until_when_the_api_asked_every_request_to_wait(
     stream = io.StringIO()
     progress = Progress(stats, stream, show=True, log_every=0.05, metrics_file=None)
     caplog.set_level(logging.INFO, "harvester")
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "progress"]
+
     ticking = asyncio.create_task(progress.run())
-    await asyncio.sleep(0.08)
+    await until(logged, "a first progress line")
     stats.paused_until = time.time() + 600
-    until = datetime.fromtimestamp(stats.paused_until, UTC).strftime("%H:%M:%S")
-    await asyncio.sleep(0.1)
+    resumes = datetime.fromtimestamp(stats.paused_until, UTC).strftime("%H:%M:%S")
+    await until(lambda: "paused" in logged()[-1], "a progress line that says it is paused")
     ticking.cancel()
     progress.draw()
 
-    lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "progress"]
+    lines = logged()
     assert "paused" not in lines[0]
-    assert f"paused until {until} UTC" in lines[-1]
-    assert f"paused until {until} UTC" in stream.getvalue()
+    assert f"paused until {resumes} UTC" in lines[-1]
+    assert f"paused until {resumes} UTC" in stream.getvalue()

@@ -33,10 +33,12 @@ from .conftest import (
     HARVESTER,
     FakeClock,
     assert_exactly_once,
+    in_flight,
     opened,
     run_harvester,
     simulator_process,
     start_harvester,
+    wait_until,
 )
 
 # Off a terminal, a text line starts with the local time: ``2026-12-01T03:04:05+01:00 ``.
@@ -469,7 +471,7 @@ def test_a_run_stopped_at_once_says_so_in_status_not_killed(tmp_path: Path) -> N
         args = ["run", "-i", str(listed), "-o", str(output), "--no-progress"]
         process = start_harvester(env, *args, "--concurrency", "4")
         opened(process, output)
-        time.sleep(0.3)  # four calls in flight, each answered in 3 s
+        wait_until(lambda: in_flight(env) >= 4, "four calls in flight, each answered in 3 s")
         process.send_signal(signal.SIGTERM)
         time.sleep(0.05)
         process.send_signal(signal.SIGTERM)

@@ -12,7 +12,6 @@ import sqlite3
 import stat
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from .conftest import (
     output_of,
     read_ndjson,
     run_harvester,
+    sim_log,
     simulator_process,
     start_harvester,
     tiny_filesystem,
@@ -58,14 +58,6 @@ def committed_bytes(folder: Path, day: str, name: str) -> bytes:
     if row is None:
         return b""
     return path.read_bytes()[: orjson.loads(row[0])["sizes"][name]]
-
-
-def sim_log(env: dict[str, str]) -> list[tuple[float, int | None, str]]:
-    """Every exchange the simulator process of ``env`` has had so far, as (time, status or None
-    while unanswered, path); asked directly, not through any proxy the environment names."""
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with direct.open(env["CATAPULT_BASE_URL"] + "/_sim/log", timeout=10) as answer:
-        return [(when, status, path) for when, status, path in orjson.loads(answer.read())]
 
 
 def underway(process: Forked, env: dict[str, str], before: int, answered: int) -> None:

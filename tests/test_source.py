@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from harvester.errors import InputError
+from harvester.ids import CallRef
 from harvester.input import chunks
 from harvester.input.chunks import MAX_LINE, Gunzip, Lines
 from harvester.input.records import InvalidRecord, Record
@@ -41,7 +42,7 @@ async def read_lines(spec: Path | str, size: int = 1024, **options: Any) -> list
 async def read(spec: Path | str, **options: Any) -> list[str | InvalidRecord]:
     """The ids read, in order, and the invalid records where they stand."""
     records = await read_lines(spec, **options)
-    return [r if isinstance(r, InvalidRecord) else r[1] for r in records]
+    return [r if isinstance(r, InvalidRecord) else r.key for r in records]
 
 
 @pytest.fixture(params=[1, 7, chunks.CHUNK], ids=["1-byte-chunks", "7-byte-chunks", "64KiB"])
@@ -58,7 +59,12 @@ async def test_text_with_bom_crlf_comments_blanks_and_spaces(tmp_path: Path, chu
         b"\xef\xbb\xbfc-first\r\n# a comment\r\n\r\n   c-second  \r\n"
         b"\tc-third\n  # indented\nc-last"
     )
-    expected = [(1, "c-first"), (4, "c-second"), (5, "c-third"), (7, "c-last")]
+    expected = [
+        CallRef("c-first", 1),
+        CallRef("c-second", 4),
+        CallRef("c-third", 5),
+        CallRef("c-last", 7),
+    ]
     assert await read_lines(path) == expected
 
 
@@ -80,7 +86,7 @@ async def test_batches_are_cut_anywhere_and_lose_nothing(tmp_path: Path) -> None
         "".join(f"c-{i}\n" if i % 5 else "# every fifth a comment\n" for i in range(3000))
     )
     records = await read_lines(path, size=7)
-    assert records == [(i + 1, f"c-{i}") for i in range(3000) if i % 5]
+    assert records == [CallRef(f"c-{i}", i + 1) for i in range(3000) if i % 5]
 
 
 async def test_csv_with_a_callid_column(tmp_path: Path, chunk: int) -> None:
@@ -101,7 +107,7 @@ async def test_a_quoted_csv_field_over_several_lines_and_chunks(tmp_path: Path, 
         b'# export\ncallId,note\nc-one,"a note\r\nover three\nlines"\nc-two,x\r"c-three",\n'
     )
     # A row's number is its last line's, CR alone ending a line too (as the csv module counts).
-    expected = [(5, "c-one"), (6, "c-two"), (7, "c-three")]
+    expected = [CallRef("c-one", 5), CallRef("c-two", 6), CallRef("c-three", 7)]
     assert await read_lines(path) == expected
 
 
@@ -156,7 +162,7 @@ async def test_gzip_members_one_after_another(tmp_path: Path, chunk: int) -> Non
     path.write_bytes(
         gzip.compress(b"c-one\nc-t") + gzip.compress(b"wo\n") + b"\0" * 9 + gzip.compress(b"c-3")
     )
-    assert await read_lines(path) == [(1, "c-one"), (2, "c-two"), (3, "c-3")]
+    assert await read_lines(path) == [CallRef("c-one", 1), CallRef("c-two", 2), CallRef("c-3", 3)]
 
 
 @pytest.mark.parametrize("feed", [16, 1 << 20])
@@ -275,7 +281,7 @@ async def test_a_truncated_gzip_file_gives_what_came_before_then_an_input_error(
     with pytest.raises(InputError, match=f"damaged after line {len(whole_lines)} ") as error:
         await harvest()
 
-    assert records == [(n, line.decode()) for n, line in enumerate(whole_lines, 1)]
+    assert records == [CallRef(line.decode(), n) for n, line in enumerate(whole_lines, 1)]
     assert "\n" not in str(error.value)
 
 
@@ -298,7 +304,7 @@ async def test_a_big_file_is_read_as_a_stream(tmp_path: Path) -> None:
     try:
         await feed.opened()
         first = await feed.batch(1024)
-        assert first[0] == (1, "c-00000000000000000000")
+        assert first[0] == CallRef("c-00000000000000000000", 1)
         # One chunk has been read, not the file: the offset of the reader's descriptor.
         assert read_so_far(path) <= chunks.CHUNK < path.stat().st_size
         count = len(first)
@@ -316,9 +322,9 @@ async def test_a_pipe_gives_its_lines_as_they_are_written(chunk: int) -> None:
     try:
         await feed.opened()
         # The writer is still there: the first line comes now, not at the end of the list.
-        assert await asyncio.wait_for(feed.batch(1024), 5) == [(1, "c-first")]
+        assert await asyncio.wait_for(feed.batch(1024), 5) == [CallRef("c-first", 1)]
         os.write(write_end, b"ond\n")
-        assert await asyncio.wait_for(feed.batch(1024), 5) == [(2, "c-second")]
+        assert await asyncio.wait_for(feed.batch(1024), 5) == [CallRef("c-second", 2)]
         os.close(write_end)
         assert await feed.batch(1024) == []
     finally:
@@ -344,7 +350,7 @@ async def test_a_fifo_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
         records: list[Record] = []
         while batch := await asyncio.wait_for(feed.batch(1024), 5):
             records.extend(batch)
-        assert records == [(1, "c-one"), (2, "c-two")]
+        assert records == [CallRef("c-one", 1), CallRef("c-two", 2)]
     finally:
         feed.close()
         writer.join()

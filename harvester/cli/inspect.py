@@ -19,7 +19,7 @@ from harvester.cli.parser import settings_of
 from harvester.credentials import redact_url
 from harvester.errors import ApiError, ConfigError, FailureCode, FatalApiError, TransientError
 from harvester.run.job import ping
-from harvester.run.nights import nights_of
+from harvester.run.night_plan import nights_of
 from harvester.settings.config import CONFIG_KEYS
 from harvester.settings.shard import Shard
 from harvester.settings.values import render_path

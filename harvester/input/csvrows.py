@@ -9,6 +9,7 @@ from collections import deque
 from itertools import count
 
 from harvester.errors import InputError
+from harvester.ids import CallRef
 from harvester.input.chunks import MAX_LINE
 from harvester.input.formats import DELIMITER_NAMES, DELIMITERS
 from harvester.input.records import TOO_LONG, InvalidRecord, Record, printable
@@ -112,7 +113,9 @@ class CsvRows:
             value = row[column].strip() if column < len(row) else ""
             if not value.isprintable():
                 value = printable(value)
-            out.append((number, value) if value else InvalidRecord(number, "empty call id cell"))
+            out.append(
+                CallRef(value, number) if value else InvalidRecord(number, "empty call id cell")
+            )
 
     def _next_row(self, final: bool) -> list[str] | csv.Error | None:
         """The next row (or its error); None if the lines so far end inside it."""

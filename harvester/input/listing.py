@@ -98,19 +98,7 @@ async def list_window(
                 url, resuming = client.calls_url(page_size), False
                 followed = {str(url)}
                 continue
-            shown = redact_url(str(url))
-            if isinstance(exc, TransientError):
-                raise ApiUnavailable(
-                    exc.status,
-                    FailureCode.API_UNAVAILABLE,
-                    f"cannot read the call list at {shown}: {exc}. Nothing is lost: run the same "
-                    "command again once the API is back",
-                ) from exc
-            raise FatalApiError(
-                exc.status,
-                FailureCode.LISTING_FAILED,
-                f"cannot read the call list at {shown}: {exc}",
-            ) from exc
+            raise _unreadable(exc, url) from exc
         resuming = False
         calls, undated, oldest, reached_back = _in_window(records, inexact, window)
         more = None if reached_back or next_url is None else str(next_url)
@@ -128,6 +116,22 @@ async def list_window(
             return
         followed.add(more)
         url = URL(more, encoded=True)
+
+
+def _unreadable(exc: ApiError, url: URL) -> FatalApiError:
+    """What a page of the list that cannot be had ends the run with: an outage (exit 6) when
+    no answer came, else the API's refusal (exit 3)."""
+    shown = redact_url(str(url))
+    if isinstance(exc, TransientError):
+        return ApiUnavailable(
+            exc.status,
+            FailureCode.API_UNAVAILABLE,
+            f"cannot read the call list at {shown}: {exc}. Nothing is lost: run the same "
+            "command again once the API is back",
+        )
+    return FatalApiError(
+        exc.status, FailureCode.LISTING_FAILED, f"cannot read the call list at {shown}: {exc}"
+    )
 
 
 def _in_window(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from harvester.ids import CallRef
 from harvester.input.chunks import MAX_LINE
 
 TOO_LONG = f"line longer than {MAX_LINE} bytes"
@@ -25,7 +26,7 @@ class InvalidRecord:
 
 
 # An id with the input line it came from, or a line that names no call.
-Record = tuple[int, str] | InvalidRecord
+Record = CallRef | InvalidRecord
 
 
 def text_records(lines: list[bytes], number: int, out: list[Record]) -> None:
@@ -40,7 +41,7 @@ def text_records(lines: list[bytes], number: int, out: list[Record]) -> None:
             continue
         line = raw.strip()
         if line and not line.startswith(b"#"):
-            out.append((number, text_of(line)))
+            out.append(CallRef(text_of(line), number))
 
 
 def _plain(lines: list[bytes]) -> bool:
@@ -107,7 +108,7 @@ def _id_of(obj: object, number: int, fields: tuple[str, ...]) -> Record:
         value = obj[key]
         if isinstance(value, str) and value.strip():
             text = value.strip()
-            return number, text if text.isprintable() else printable(text)
+            return CallRef(text if text.isprintable() else printable(text), number)
         shown = orjson.dumps(value)[:40].decode(errors="replace")
         return InvalidRecord(number, f"{key} is not a call id string: {shown}")
     return InvalidRecord(number, f"no {' or '.join(fields)} field")

@@ -107,14 +107,14 @@ class RecordFeed:
         however few: it is not what it seems."""
         # Only what does not even try to be a call id: a hostile or mistyped id ("c-../x")
         # is the pool's to list as invalid, one of a list of ids.
-        bad = [r for r in first if isinstance(r, InvalidRecord) or not looks_like_id(r[1])]
+        bad = [r for r in first if isinstance(r, InvalidRecord) or not looks_like_id(r.key)]
         if len(bad) <= NOT_IDS_SHARE * len(first):
             return
         example = bad[0]
         if isinstance(example, InvalidRecord):
             line, what, hint = example.line, example.reason, ANOTHER_FORMAT
         else:
-            line, (what, hint) = example[0], not_an_id(example[1])
+            line, (what, hint) = example.line, not_an_id(example.key)
         if len(first) == 1:
             counted = "its only record is not a call id"
         else:

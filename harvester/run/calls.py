@@ -12,6 +12,7 @@ from typing import NamedTuple
 from harvester.credentials import redact_urls_in
 from harvester.errors import FailureCode, FatalApiError, HarvesterError, InputError, OutputError
 from harvester.fetch.answers import clip
+from harvester.ids import CallRef
 from harvester.input.listing import ListedCall
 from harvester.input.records import InvalidRecord, Record
 from harvester.store.sink import Failure, Verdict, line_key
@@ -28,8 +29,8 @@ class SourceBatch(NamedTuple):
     oldest: datetime | None = None
 
 
-# How the records of a batch are claimed: (ledger key, input line) -> what to do with each.
-Claim = Callable[[list[tuple[str, int]]], Awaitable[list[Verdict]]]
+# How the records of a batch are claimed: each call -> what to do with it.
+Claim = Callable[[list[CallRef]], Awaitable[list[Verdict]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +89,10 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
         yield error
 
 
-def key_of(record: Record | ListedCall) -> tuple[str, int]:
+def key_of(record: Record | ListedCall) -> CallRef:
     """The ledger key and input line of a record."""
+    if isinstance(record, CallRef):
+        return record
     if isinstance(record, InvalidRecord):
-        return line_key(record.line), record.line
-    if isinstance(record, ListedCall):
-        return record.call_id, 0
-    return record[1], record[0]
+        return CallRef(line_key(record.line), record.line)
+    return CallRef(record.call_id, 0)

@@ -37,7 +37,7 @@ from harvester.input.source import RecordFeed
 from harvester.logs import counted
 from harvester.run.calls import key_of
 from harvester.run.job import FILE_BATCH, files_of, identity_of, output_paths
-from harvester.run.nights import plan
+from harvester.run.night_plan import plan
 from harvester.settings.config import Settings
 from harvester.settings.shard import Shard
 from harvester.settings.window import Window
@@ -271,7 +271,7 @@ class Judge:
 def _names_a_call(record: Record | ListedCall) -> bool:
     if isinstance(record, InvalidRecord):
         return False
-    return is_call_id(record.call_id if isinstance(record, ListedCall) else record[1])
+    return is_call_id(record.call_id if isinstance(record, ListedCall) else record.key)
 
 
 async def _listed(

@@ -25,7 +25,7 @@ from harvester.errors import ConfigError, FailureCode
 from harvester.fetch.client import CallEventsClient, ClientSettings
 from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.retry import Retrier, RetrySettings
-from harvester.ids import is_call_id
+from harvester.ids import CallRef, is_call_id
 from harvester.input.chunks import grew_from, is_stream
 from harvester.input.listing import Page, list_window
 from harvester.input.source import RecordFeed
@@ -344,12 +344,12 @@ def _worth_retrying(failures: list[bytes], skip: frozenset[str]) -> list[str]:
     return list(wanted)
 
 
-async def _retaken(records: list[tuple[str, int]]) -> list[Verdict]:
+async def _retaken(records: list[CallRef]) -> list[Verdict]:
     """retry-failed's claim: every call it takes on was taken on again already."""
     return [Verdict.NEW] * len(records)
 
 
-async def _one_batch(records: list[tuple[int, str]]) -> AsyncGenerator[SourceBatch, None]:
+async def _one_batch(records: list[CallRef]) -> AsyncGenerator[SourceBatch, None]:
     yield SourceBatch(list(records))
 
 

@@ -1,30 +1,26 @@
 """Nights: every night of a nightly job harvested exactly once, whatever happens to a run.
 
-``--nights N`` (``--yesterday`` is ``--nights 1``) takes the last N complete days in ``--tz``,
-today excluded, and every earlier night that a run left unfinished beside the same output: each
-night a job of its own, with its own ``{date}`` files and state, the very job ``--since DAY
---until DAY+1`` makes. A night completed earlier is not touched. The others are harvested in
-one pass over the API's call list: it lists calls newest first and has no date filter, so
-reaching a night three days back means paging through the days after it; the pass goes back
-once, to the oldest night's start, and hands each call to its night's pool (one pool a night,
-sharing the client, the rate limiter and the retry policy).
+``--nights N`` (``--yesterday`` is ``--nights 1``) takes the last N complete days and every
+earlier night that a run left unfinished (``harvester.run.night_plan``): each night a job of its
+own, the very job ``--since DAY --until DAY+1`` makes. A night completed earlier is not
+touched. The others are harvested in one pass over the API's call list: it lists calls newest
+first and has no date filter, so reaching a night three days back means paging through the days
+after it; the pass goes back once, to the oldest night's start, and hands each call to its
+night's pool (one pool a night, sharing the client, the rate limiter and the retry policy).
 
 A pass resumes from the newest unfinished night's place in the list, if it has one: the older
-nights' calls all come after it.
+nights' calls all come after it. ``retry_nights`` retries the failures of each night begun,
+one night after the other; both report each night as ``harvester.run.night_report`` has it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import glob
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from harvester.clock import Clock, SystemClock
@@ -35,134 +31,21 @@ from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.retry import Retrier, RetrySettings
 from harvester.input.listing import ListedCall, Page, list_window
 from harvester.run.calls import SourceBatch
-from harvester.run.job import check_paths, commit_of, identity_of, output_paths, retry_failed
+from harvester.run.job import check_paths, commit_of, identity_of, retry_failed
+from harvester.run.night_plan import Night, night_state, plan
+from harvester.run.night_report import entry_of, together
 from harvester.run.pool import Pool, PoolSettings
 from harvester.settings.config import Settings
-from harvester.settings.values import render_path
-from harvester.settings.window import Window, night, parse_zone
+from harvester.settings.window import Window
 from harvester.stats import RunStats
 from harvester.store.files import Fsync
 from harvester.store.place import ListingPlace
 from harvester.store.sink import Sink, open_sink
-from harvester.store.status import job_status
 
 log = logging.getLogger("harvester")
 
-# Pages handed to a night ahead of its pool, at most.
-AHEAD = 2
 # What ends a night's feed: the pass has gone back past the night's start.
 _END = object()
-
-
-@dataclass(eq=False)
-class Night:
-    """One night of the job: its settings (its window, its paths), and, once it is harvested
-    by this run, its sink and what it is fed."""
-
-    day: date
-    settings: Settings
-    paths: dict[str, Path]
-    state: str = NightState.NOT_STARTED  # before this run
-    sink: Sink | None = None
-    stats: RunStats = field(default_factory=RunStats)  # its job's, for its sink
-    feed: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(AHEAD))
-    over: asyncio.Event = field(default_factory=asyncio.Event)  # its pool has ended
-    status: str = ""  # how it ended in this run (a ``Status``); "" until it has
-    error: str | None = None
-
-    @property
-    def window(self) -> Window:
-        assert self.settings.window is not None
-        return self.settings.window
-
-
-def night_settings(settings: Settings, day: date) -> Settings:
-    """The settings of the job of night ``day``: its window, its paths with ``{date}`` filled;
-    what ``--since DAY --until DAY+1`` would make."""
-    window = night(day, parse_zone(settings.tz))
-
-    def filled(path: Path | None, name: str) -> Path | None:
-        return None if path is None else render_path(name, path, window, None)
-
-    return dataclasses.replace(
-        settings,
-        nights=None,
-        yesterday=False,
-        window=window,
-        today=None,
-        output=filled(settings.output, "output"),
-        failures=filled(settings.failures_path, "failures"),
-        calls_output=filled(settings.calls_output, "calls_output"),
-    )
-
-
-def plan(settings: Settings) -> list[Night]:
-    """The nights of the job, oldest first (see ``nights_of``), each with its own settings and
-    its state as its ledger has it (read, not locked)."""
-    assert settings.output is not None and settings.nights and settings.today is not None
-    nights = []
-    for day, output, state in nights_of(settings.output, settings.today, settings.nights):
-        own = night_settings(settings, day)
-        if state["state"] in (
-            NightState.COMPLETED,
-            NightState.UNFINISHED,
-        ):  # a running one turns this run away
-            _same_job(own, output, state)
-        nights.append(Night(day, own, output_paths(own, own.window), state["state"]))
-    return nights
-
-
-def _same_job(own: Settings, output: Path, state: dict[str, Any]) -> None:
-    """Refuse a night whose state beside ``output`` is another job's: another window (another
-    ``--tz``), shard or user. Its date alone would say it is done while the calls of this
-    run's window, or shard, are not."""
-    assert own.window is not None
-    mine = {
-        "window": own.window.identity(),
-        "shard": str(own.shard) if own.shard else None,
-        "user_id": own.user_id,
-    }
-    theirs = {key: state.get(key) for key in mine}
-    if theirs != mine:
-        differs = ", ".join(f"{key} {theirs[key]!r}" for key in mine if theirs[key] != mine[key])
-        raise ConfigError(
-            f"{output} holds the night of another job ({differs}; this run's: "
-            f"{', '.join(f'{key} {mine[key]!r}' for key in mine if theirs[key] != mine[key])}). "
-            "Run with the same --tz, --shard and user as that job, or choose another --output"
-        )
-
-
-def nights_of(template: Path, today: date, count: int) -> list[tuple[date, Path, dict[str, Any]]]:
-    """The nights of the job writing ``template`` (its ``{shard}`` filled): the last ``count``
-    days before ``today``, and any earlier night that a run left unfinished beside the same
-    files; oldest first, each with its output and where it stands (``night_state``)."""
-    recent = {today - timedelta(days=back) for back in range(1, count + 1)}
-    head, _, tail = str(template).partition("{date}")
-    earlier: set[date] = set()
-    for folder in glob.glob(glob.escape(head) + "????-??-??" + glob.escape(tail) + ".state"):
-        with contextlib.suppress(ValueError):
-            earlier.add(date.fromisoformat(folder[len(head) : len(head) + 10]))
-    nights = []
-    for day in sorted(recent | {day for day in earlier if day < min(recent)}):
-        output = Path(f"{head}{day}{tail}")
-        state = night_state(output)
-        if day in recent or state["state"] == "unfinished":
-            nights.append((day, output, state))
-    return nights
-
-
-def night_state(output: Path) -> dict[str, Any]:
-    """Where the night writing ``output`` stands: ``state`` (completed, unfinished, running or
-    not started) and, once begun, its job's status (``harvester.store.status.job_status``)."""
-    try:
-        status = job_status(output)
-    except ConfigError:
-        return {"state": NightState.NOT_STARTED, "output": str(output)}
-    if status["running_pid"]:
-        state = NightState.RUNNING
-    else:
-        state = NightState.COMPLETED if status["completed"] else NightState.UNFINISHED
-    return {"state": state, **status}
 
 
 async def harvest_nights(
@@ -203,12 +86,12 @@ async def harvest_nights(
         stats.events_before = sum(int(each.stats.job.get("events", 0)) for each in pending)
         if pending:
             await _harvest(settings, stats, clock, stop, pending)
-    stats.nights = [_report(each, settings) for each in nights]
+    stats.nights = [entry_of(each, settings) for each in nights]
     stats.nights_behind = sum(entry["status"] != Status.COMPLETED for entry in stats.nights)
     stats.completed = stats.nights_behind == 0
     # The nights' counters added up; requests are counted for the run, not for each night.
     run = {"requests": stats.requests, "retries": stats.retries, "rate_limited": stats.rate_limited}
-    stats.job = {**_together(stats.nights), **run}
+    stats.job = {**together(stats.nights), **run}
     return stats
 
 
@@ -441,62 +324,9 @@ async def retry_nights(
         except HarvesterError as exc:
             each.status, each.error = status_of(exc), str(exc)
         log.info("night %s: %s", each.day, each.status)
-    stats.nights = [_report(each, settings) for each in nights]
+    stats.nights = [entry_of(each, settings) for each in nights]
     stats.nights_behind = sum(not entry["job_completed"] for entry in stats.nights)
     stats.completed = not stop.is_set()
     run = {"requests": stats.requests, "retries": stats.retries, "rate_limited": stats.rate_limited}
-    stats.job = {**_together(stats.nights), **run}
+    stats.job = {**together(stats.nights), **run}
     return stats
-
-
-def _report(each: Night, settings: Settings) -> dict[str, Any]:
-    """A night's entry in the summary: its date, how it stands, and its job's counters."""
-    job = each.sink.snapshot() if each.sink is not None else _ledger_totals(each)
-    status = each.status or (
-        Status.COMPLETED if each.state == NightState.COMPLETED else NightState.NOT_STARTED
-    )
-    entry: dict[str, Any] = {
-        "date": str(each.day),
-        "status": status,
-        "earlier": each.sink is None and each.state == NightState.COMPLETED and not each.status,
-        "job_completed": bool(job.get("completed")),
-        **{key: job.get(key, 0) for key in ("calls", "ok", "failed", "events", "invocations")},
-        "failures_by_code": job.get("failures_by_code", {}),
-        "output": str(each.paths["events"]),
-        "failures_file": str(each.paths["failures"]),
-    }
-    if status == Status.COMPLETED:
-        allowed = settings.max_failures.allowed(entry["calls"])
-        entry["failed_over_limit"] = entry["failed"] > allowed
-    if each.error is not None:
-        entry["error"] = each.error
-    return entry
-
-
-def _committed_bytes(entry: dict[str, Any]) -> int:
-    """The bytes a night's files hold (what the metrics count as written)."""
-    total = 0
-    for key in ("output", "failures_file"):
-        with contextlib.suppress(OSError):
-            total += Path(entry[key]).stat().st_size
-    return total
-
-
-def _ledger_totals(each: Night) -> dict[str, Any]:
-    return night_state(each.paths["events"])
-
-
-def _together(nights: list[dict[str, Any]]) -> dict[str, Any]:
-    """The nights' counters added up: the job's, as a summary's top level counts it."""
-    together: dict[str, Any] = {
-        key: sum(entry[key] for entry in nights) for key in ("calls", "ok", "failed", "events")
-    }
-    together["invocations"] = max((entry["invocations"] for entry in nights), default=0)
-    together["bytes"] = sum(_committed_bytes(entry) for entry in nights)
-    codes: dict[str, int] = {}
-    for entry in nights:
-        for code, count in entry["failures_by_code"].items():
-            codes[code] = codes.get(code, 0) + count
-    together["failures_by_code"] = codes
-    together["completed"] = all(entry["status"] == Status.COMPLETED for entry in nights)
-    return together

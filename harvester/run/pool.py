@@ -231,7 +231,7 @@ class Pool:
                 await self._fail(call.failure(record.inexact.code, reason, 200))
                 return
         else:
-            call = Call(record[1], record[0])
+            call = Call(record.key, record.line)
         if is_call_id(call.call_id):
             await self._queue.put(call)
             self._stats.calls += 1  # not before: a cancelled put took nothing on

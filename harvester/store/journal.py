@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 from harvester.errors import ConfigError, OutputChanged, OutputError
+from harvester.ids import CallRef
 from harvester.store import failures
 from harvester.store.batch import Batch
 from harvester.store.files import DAMAGED, AppendFile, Fsync, check_no_data
@@ -212,9 +213,9 @@ class Journal:
     # -- the run's questions -----------------------------------------------------------------
 
     @_ledger_guarded
-    def claim(self, records: list[tuple[str, int]]) -> list[Verdict]:
-        """Decide, for each (key, input line), whether it is new, done earlier, or a duplicate;
-        new ones are on their way from now until committed."""
+    def claim(self, records: list[CallRef]) -> list[Verdict]:
+        """Decide, for each call, whether it is new, done earlier (the same key on the same
+        input line), or a duplicate; new ones are on their way from now until committed."""
         pending = self._pending
         found = self.lookup(key for key, _ in records if key not in pending)
         verdicts = []
@@ -264,8 +265,8 @@ class Journal:
             raise OutputError(f"cannot read {path}: {why}") from exc
 
     @_ledger_guarded
-    def retake(self, keys: list[str]) -> list[tuple[int, str]]:
-        """Take the failed ones of ``keys`` on again: (input line, key) for each, now pending.
+    def retake(self, keys: list[str]) -> list[CallRef]:
+        """Take the failed ones of ``keys`` on again: each, with its input line, now pending.
 
         From now until ``compact_failures`` the failures file may list a call twice, or one
         that has since succeeded; the ledger remembers that, so any later open compacts it.
@@ -277,7 +278,7 @@ class Journal:
             self.state.failures_dirty = True
             with self._db:
                 self._write_state()
-        return [(line, key) for key, line in found.items()]
+        return [CallRef(key, line) for key, line in found.items()]
 
     @_ledger_guarded
     def compact_failures(self) -> None:

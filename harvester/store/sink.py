@@ -25,6 +25,7 @@ from harvester import exits
 from harvester.clock import Clock
 from harvester.errors import HarvesterError, OutputError, status_of
 from harvester.exits import Status
+from harvester.ids import CallRef
 from harvester.stats import RunStats
 from harvester.store import failures
 from harvester.store.batch import Batch
@@ -141,7 +142,7 @@ class Sink:
         """The whole job's counters as committed."""
         return self._journal.state.snapshot()
 
-    async def claim(self, records: list[tuple[str, int]]) -> list[Verdict]:
+    async def claim(self, records: list[CallRef]) -> list[Verdict]:
         """See ``Journal.claim``."""
         return await self._on_disk(self._journal.claim, records)
 
@@ -149,7 +150,7 @@ class Sink:
         """See ``Journal.harvested_call``."""
         return await self._on_disk(self._journal.harvested_call)
 
-    async def retake(self, keys: list[str]) -> list[tuple[int, str]]:
+    async def retake(self, keys: list[str]) -> list[CallRef]:
         """See ``Journal.retake``."""
         return await self._on_disk(self._journal.retake, keys)
 
