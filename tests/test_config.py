@@ -12,7 +12,7 @@ from harvester.credentials import Secret
 from harvester.errors import ConfigError
 from harvester.settings.config import CONFIG_KEYS, Settings
 from harvester.settings.load import load_settings
-from harvester.settings.options import OPTIONS
+from harvester.settings.options import OPTIONS, flag_of
 from harvester.settings.sources import ENVIRONMENT
 
 ENV = {
@@ -220,7 +220,7 @@ def test_a_time_zone_that_is_not_one_is_named_as_given(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tz \(in .*harvester.toml\): unknown time zone"):
         load_settings({}, ENV, config)
     with pytest.raises(ConfigError, match=r"^--tz: unknown time zone"):
-        load_settings({"tz": "Mars/Olympus"}, ENV, as_flags=True)
+        load_settings({"tz": "Mars/Olympus"}, ENV, name=flag_of)
 
 
 def test_a_credential_systemd_hands_over_is_not_taken_for_a_file_others_read(

@@ -130,6 +130,16 @@ def test_the_stages_take_only_their_own_settings() -> None:
     assert "harvester.settings.config" not in store, "the store sees no Settings"
 
 
+def test_no_module_is_longer_than_one_job() -> None:
+    """A module holds one job: 400 lines at most (the simulator, a whole API in one, 600)."""
+    long = []
+    for module, path in modules():
+        lines = len(path.read_text().splitlines())
+        if lines > (600 if module.startswith("harvester.sim.") else 400):
+            long.append(f"{module}: {lines} lines")
+    assert long == []
+
+
 def test_no_function_is_longer_than_a_screen() -> None:
     """Each function reads in one sitting: 60 lines at most."""
     long = []

@@ -14,6 +14,7 @@ import pytest
 from harvester.errors import ConfigError
 from harvester.settings.config import CONFIG_KEYS
 from harvester.settings.load import load_settings
+from harvester.settings.options import flag_of
 from harvester.settings.sources import environment_names
 
 from .conftest import run_harvester
@@ -52,7 +53,7 @@ def test_a_misspelt_zone_key_setting_or_placeholder_says_what_was_meant(tmp_path
     with pytest.raises(ConfigError, match=r"'commit_every' \(did you mean commit_calls\?\)"):
         load_settings({**flags, "commit_every": 10}, ENV)
     with pytest.raises(ConfigError, match=r"holds \{dat\}.*did you mean \{date\}\?"):
-        load_settings({**flags, "output": Path("e-{dat}.ndjson")}, ENV, as_flags=True)
+        load_settings({**flags, "output": Path("e-{dat}.ndjson")}, ENV, name=flag_of)
 
 
 @pytest.mark.parametrize("flag", ["--output", "--failures", "--summary", "--metrics-file"])

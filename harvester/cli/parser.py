@@ -14,7 +14,7 @@ from harvester import __version__
 from harvester.errors import ConfigError
 from harvester.settings.config import CONFIG_KEYS, Settings
 from harvester.settings.load import load_settings
-from harvester.settings.options import CHECK, RETRY, RUN, STATUS, add_options, path
+from harvester.settings.options import CHECK, RETRY, RUN, STATUS, add_options, flag_of, path
 from harvester.settings.sources import CONFIG_VARIABLE, read_config
 from harvester.sim.command import add_sim_command
 from harvester.suggest import did_you_mean
@@ -131,7 +131,7 @@ def settings_of(args: argparse.Namespace) -> Settings | None:
     # Only what was given on the command line; None leaves the file's or environment's value.
     flags = {name: getattr(args, name, None) for name in CONFIG_KEYS}
     try:
-        return load_settings(flags, os.environ, config_path(args), as_flags=True)
+        return load_settings(flags, os.environ, config_path(args), name=flag_of)
     except ConfigError as exc:
         log.error("error: %s", exc)
         return None

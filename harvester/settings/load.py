@@ -3,14 +3,13 @@ the command-line flags (later wins), then checked."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from harvester.settings.checks import validate
 from harvester.settings.config import Settings
-from harvester.settings.options import flag_of
 from harvester.settings.sources import (
     environment_names,
     from_environment,
@@ -28,14 +27,15 @@ def load_settings(
     config_path: Path | None = None,
     *,
     now: datetime | None = None,
-    as_flags: bool = False,
+    name: Callable[[str], str] = str,
 ) -> Settings:
     """Merge the config file, the environment and the flags (later wins), then validate.
 
     ``flags`` holds only what the user gave on the command line (None means not given).
     ``now`` (the real time unless given) is when ``--yesterday`` and ``--deadline 06:00`` are
     reckoned from. Errors name a value as it was given: its key in the file, its environment
-    variable, or its flag when ``as_flags`` (else its key, as a library caller gives it).
+    variable, or what ``name`` makes of its key when given in ``flags`` (the key itself, as a
+    library caller gives it; the command line passes ``flag_of``).
     """
     merged: dict[str, Any] = {}
     names: dict[str, str] = {}
@@ -48,7 +48,7 @@ def load_settings(
             names[key] = variable
     warn_unknown_variables(environ)
     given = {k: v for k, v in flags.items() if v is not None}
-    names.update((key, flag_of(key) if as_flags else key) for key in given)
+    names.update((key, name(key)) for key in given)
     # A source chosen on the command line sets aside the other one of the file or environment
     # (and a window, the file's other ways of naming one).
     if "input" in given:

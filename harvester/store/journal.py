@@ -351,10 +351,9 @@ class Journal:
             self._write_state()
 
     @_ledger_guarded
-    def mark_completed(self, completed: bool = True) -> None:
-        """Record that every input record has reached an outcome (or, ``completed`` false, that
-        a run is reading the input through again and may find more)."""
-        self.state.completed = completed
+    def mark_completed(self) -> None:
+        """Record that every input record has reached an outcome."""
+        self.state.completed = True
         with self._db:
             self._write_state()
 
