@@ -353,7 +353,15 @@ class Journal:
     @_ledger_guarded
     def mark_completed(self) -> None:
         """Record that every input record has reached an outcome."""
-        self.state.completed = True
+        self._set_completed(True)
+
+    def reopen(self) -> None:
+        """Record that a run reads the input through again and may find more: not completed
+        until it is."""
+        self._set_completed(False)
+
+    def _set_completed(self, completed: bool) -> None:
+        self.state.completed = completed
         with self._db:
             self._write_state()
 

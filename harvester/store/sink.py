@@ -206,7 +206,7 @@ class Sink:
     async def reopen(self) -> None:
         """A completed job whose input is read through again (a stream, an open window): not
         completed until this run is."""
-        await self._on_disk(self._journal.mark_completed, False)
+        await self._on_disk(self._journal.reopen)
         self._stats.job = self.snapshot()
 
     async def mark_completed(self) -> None:
