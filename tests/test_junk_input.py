@@ -63,7 +63,7 @@ def random_bytes(size: int, seed: int) -> bytes:
         (b"c-one;1\nc-two;2\n", "This looks like a CSV separated by semicolons"),
         (b"hello\n", "'hello': a call id is c- and up to 64 letters, digits or hyphens"),
         (b"c-one two\n", "'c-one two' holds spaces"),
-        (b"c-" + b"x" * (2 * chunks.MAX_LINE), f"line longer than {chunks.MAX_LINE} bytes"),
+        (b"c-" + b"x" * chunks.MAX_LINE, f"line longer than {chunks.MAX_LINE} bytes"),  # by 2
         (b"# my calls\n\nc-one\nsee above\nand below\n", "2 of its 3 records are not call ids"),
     ],
     ids=[
