@@ -33,7 +33,7 @@ from typing import Any
 from harvester.sim.server import call_id_for
 
 BEFORE = "573a1c5"
-BATCH = 1024  # harvester.run.pool.FILE_BATCH
+BATCH = 1024  # harvester.run.job.FILE_BATCH
 TICK = 0.005
 
 

@@ -71,6 +71,8 @@ class FailureCode(enum.StrEnum):
     LISTING_LOOP = "listing-loop"
     # What nobody foresaw (a bug): the call fails, never the run.
     UNEXPECTED_ERROR = "unexpected-error"
+    # A failure whose line was lost with a damaged failures file, rebuilt from the ledger.
+    REASON_LOST = "reason-lost"
 
 
 class HarvesterError(Exception):
@@ -134,8 +136,8 @@ class TransientError(ApiError):
 
 class RateLimited(TransientError):
     """429. ``retry_at`` is the monotonic clock time the API allows requests again, if it said;
-    ``own`` says the 429 was judged the call's own, not the account's limit (the pool was not
-    paused for it)."""
+    ``own`` says the 429 was judged the call's own, not the account's limit (nothing was learnt
+    from it, and the pool waited for it only when its reset was near)."""
 
     def __init__(
         self, status: int, code: str, message: str, retry_at: float | None, *, own: bool = False

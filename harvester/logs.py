@@ -181,3 +181,15 @@ def release_held() -> None:
     for handler in log.handlers:
         if isinstance(handler, Held):
             handler.say_held()
+
+
+# The most of a server's or a library's text a log line or the failures file holds.
+MAX_MESSAGE = 300
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` for a log line or the failures file: printable, at most ``limit`` characters."""
+    text = text[: limit + 1]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from harvester.errors import AlreadyRunning, ConfigError, OutputError
@@ -257,3 +258,30 @@ def test_a_commit_the_disk_refused_is_not_recorded_by_what_is_written_after_it(
     assert again.state.totals["calls"] == 1
     again.close()
     assert paths["events"].read_bytes() == b'{"callId":"c-1"}\n', "the refused batch cut off"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("failures_swap", 5),
+        ("failures_swap", {"tmp": "x", "size": -1, "tail": None}),
+        ("last_run", "yesterday"),
+        ("list_cursor", 7),
+        ("changed", ["cut"]),
+    ],
+)
+def test_a_state_row_of_the_wrong_shape_is_a_damaged_ledger_not_a_crash(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    journal = Journal.open(paths_in(tmp_path), IDENTITY)
+    journal.commit(harvested("c-1"), COUNTERS, 0.0)
+    journal.close()
+    ledger = state_dir(paths_in(tmp_path)["events"]) / "ledger.sqlite"
+    with sqlite3.connect(ledger) as db:
+        (row,) = db.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+        state = {**orjson.loads(row), key: value}
+        db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (orjson.dumps(state),))
+    db.close()
+
+    with pytest.raises(ConfigError, match="does not hold what harvester wrote"):
+        Journal.open(paths_in(tmp_path), IDENTITY)

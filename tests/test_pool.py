@@ -15,7 +15,8 @@ from harvester.errors import FatalApiError
 from harvester.run.job import harvest
 from harvester.sim.server import FAULT_KINDS, Simulator
 from harvester.stats import RunStats
-from harvester.store.journal import Batch, Journal
+from harvester.store.batch import Batch
+from harvester.store.journal import Journal
 
 from .conftest import (
     FakeClock,

@@ -32,7 +32,6 @@ from harvester import __version__, exits, logs
 from harvester.cli import inspect
 from harvester.cli import parser as cli_parser
 from harvester.errors import (
-    FatalApiError,
     HarvesterError,
     status_of,
 )
@@ -224,15 +223,13 @@ def _dry_run(settings: Settings, fresh: bool) -> int:
     try:
         tallies = _run_async(_dry(settings, fresh, stopper))
     except HarvesterError as exc:
-        code = exits.OF_STATUS[status_of(exc)]
-        error = str(exc)
-        if isinstance(exc, FatalApiError) and exc.status in (401, 403):
-            error += f" (check {settings.credentials_from}, and the user id)"
-        event(logging.ERROR, "error", "error: %s (exit %d)", error, code, exit_code=code)
+        ended = outcome.of_error(exc, settings.credentials_from)  # as the run would end
+        code = ended.code
+        event(logging.ERROR, "error", "error: %s (exit %d)", ended.error, code, exit_code=code)
         return code
     if tallies is None:
         assert stopper.signal is not None
-        code = exits.SIGNAL_BASE + stopper.signal
+        code = outcome.stopped(stopper.signal).code
         log.info("dry run stopped: nothing was fetched or written (exit %d)", code)
         return code
     if settings.log_format == "json":

@@ -1,5 +1,6 @@
 """Reading the API's answers: a 200's events or records, an error answer's code and message,
-and the clipping of whatever the server sent before it reaches a log line or the failures file.
+with whatever the server sent clipped (``harvester.logs.clip``) before it reaches a log line or
+the failures file.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from yarl import URL
 
 from harvester.errors import CallFailed, FailureCode, TransientError
 from harvester.fetch.exactjson import Inexact, read_array
+from harvester.logs import clip
 
 Event = dict[str, Any]
 
 # Of an error answer, this much is read: enough for any error document, never a flood.
 ERROR_BODY_LIMIT = 64 * 1024
 # What is copied from an answer into the failures file and the log, at most.
-MAX_MESSAGE = 300
 _SAFE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -75,7 +76,7 @@ def error_fields(status: int, body: bytes, response: aiohttp.ClientResponse) -> 
     """Catapult's error ``code`` and ``message``; ours when the body is not Catapult's.
 
     Both are clipped: a code is a short token or ``http-<status>``, a message at most
-    ``MAX_MESSAGE`` printable characters, whatever the server sent.
+    ``harvester.logs.MAX_MESSAGE`` printable characters, whatever the server sent.
     """
     reason = clip(response.reason or "error")
     try:
@@ -103,11 +104,3 @@ async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
-
-
-def clip(text: str, limit: int = MAX_MESSAGE) -> str:
-    """``text`` for a log line or the failures file: printable, at most ``limit`` characters."""
-    text = text[: limit + 1]
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else " " for c in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

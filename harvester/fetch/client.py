@@ -33,7 +33,6 @@ from harvester.fetch.answers import (
     Answer,
     Event,
     ListPage,
-    clip,
     error_fields,
     parse_events,
     read_error_body,
@@ -43,6 +42,7 @@ from harvester.fetch.errormap import ErrorMap, body_cut_short, kind, phrase
 from harvester.fetch.limiter import RateLimiter
 from harvester.fetch.reset import rate_limit_delay, reset_said
 from harvester.ids import is_call_id
+from harvester.logs import clip
 from harvester.settings.config import Settings
 from harvester.stats import RunStats
 

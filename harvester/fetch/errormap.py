@@ -14,7 +14,7 @@ from yarl import URL
 
 from harvester.credentials import redact_url
 from harvester.errors import ApiError, CallFailed, FailureCode, FatalApiError, TransientError
-from harvester.fetch.answers import clip
+from harvester.logs import clip
 
 
 class ErrorMap:

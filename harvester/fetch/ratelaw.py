@@ -124,11 +124,6 @@ class RateLaw:
         self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
         self._clean: deque[tuple[float, float]] = deque()  # (bin end, served per second)
 
-    @property
-    def ramping(self) -> bool:
-        """True while nothing says where a limit is: the limiter ramps the pace up."""
-        return self._ramping
-
     # -- what the limiter tells it ------------------------------------------------------------
 
     def answered(self, now: float) -> bool:

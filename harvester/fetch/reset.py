@@ -7,7 +7,7 @@ import email.utils
 import math
 from typing import Any
 
-from harvester.fetch.answers import clip
+from harvester.logs import clip
 
 # A reset header further away than this is taken as a clock or unit mistake and capped.
 MAX_RATE_LIMIT_WAIT = 600.0

@@ -2,9 +2,9 @@
 
 - Transient failures (connection errors, timeouts, truncated or garbled bodies, 5xx) are retried
   with exponential backoff and jitter, up to ``max_attempts`` attempts.
-- A 429 waits until the announced reset (the client has already paused the whole pool until
-  then) and does not count against ``max_attempts``; only ``max_rate_limited`` 429s in a row for
-  one call give up on it.
+- A 429 waits until the announced reset (the limiter has already paused the whole pool until
+  then, unless the 429 was the call's own) and does not count against ``max_attempts``; only
+  ``max_rate_limited`` 429s in a row for one call give up on it.
 - While nothing has answered in the run, a request without an answer is tried
   ``FIRST_CONTACT_ATTEMPTS`` times at most: an API that is not there is told within seconds.
 - A call whose 429s are its own (refused again and again while other calls are served: the

@@ -11,10 +11,10 @@ from typing import NamedTuple
 
 from harvester.credentials import redact_urls_in
 from harvester.errors import FailureCode, FatalApiError, HarvesterError, InputError, OutputError
-from harvester.fetch.answers import clip
 from harvester.ids import CallRef
 from harvester.input.listing import ListedCall
 from harvester.input.records import InvalidRecord, Record
+from harvester.logs import clip
 from harvester.store.sink import Failure, Verdict, line_key
 
 log = logging.getLogger("harvester")

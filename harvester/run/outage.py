@@ -4,8 +4,9 @@ A call that fails after every retry without a proper answer (connection errors, 
 may have a problem of its own, or the API may be down. ``OutageGuard`` holds such failures back,
 uncommitted, while they come in a row; any answer (a harvested call, a 404) says the API is up
 and releases them to the failures file. When ``threshold`` are held, or when the run ends with
-some held, the guard asks the API for something that worked before in this run (a call
-harvested, else the first page of the call list). If that fails too, the API is down:
+some held, the guard calls its ``probe``: the pool (``Pool._probe``, which also sets the
+``threshold``) asks the API for something that worked before in this run (a call harvested,
+else the first page of the call list). If that fails too, the API is down:
 ``ApiUnavailable`` stops the run, and the held calls, never committed, are taken on by the next
 run. If it works, they failed on their own and go to the failures file. So an outage never
 fills the failures file, and a handful of calls that always fail never stop a run for good.

@@ -142,7 +142,7 @@ def ledger_lines(
             message = f"input line {line}: {REBUILT}"
             yield failure_line(None, None, FailureCode.INVALID_INPUT, message, 0, line)
         else:
-            code = "reason-lost" if is_call_id(key) else FailureCode.INVALID_CALL_ID
+            code = FailureCode.REASON_LOST if is_call_id(key) else FailureCode.INVALID_CALL_ID
             yield failure_line(key, None, code, REBUILT, 0)
 
 

@@ -51,8 +51,6 @@ from harvester.store.outputs import REBUILT, open_outputs
 from harvester.store.state import RUN_KEYS, JobState, load_state, save_state
 
 # ``Batch`` is what a commit takes: the journal's callers name it here.
-__all__ = ["Batch", "Journal", "Verdict"]
-
 log = logging.getLogger("harvester")
 
 F = TypeVar("F", bound=Callable[..., Any])

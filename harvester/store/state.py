@@ -187,6 +187,25 @@ def _well_formed(meta: dict[str, Any]) -> bool:
         and isinstance(meta.get("elapsed_s"), int | float)
         and isinstance(tails := meta.get("tails", {}), dict)
         and all(tail is None or _count(tail) for tail in tails.values())
+        and all(isinstance(meta.get(key), str | None) for key in _TEXTS)
+        and isinstance(meta.get("last_run"), dict | None)
+        and _swap_well_formed(meta.get("failures_swap"))
+    )
+
+
+# The optional entries that are text when present.
+_TEXTS = ("changed", "list_cursor", "list_cursor_time")
+
+
+def _swap_well_formed(swap: object) -> bool:
+    """A failures file being swapped in: its temporary path, size and tail, as written."""
+    if swap is None:
+        return True
+    return (
+        isinstance(swap, dict)
+        and isinstance(swap.get("tmp"), str)
+        and _count(swap.get("size"))
+        and (swap.get("tail") is None or _count(swap.get("tail")))
     )
 
 
