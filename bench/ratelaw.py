@@ -91,6 +91,24 @@ async def sliding(seed: int) -> float:
     return api.served(8, 40)[0] / 100
 
 
+async def steady(seed: int, limit: object) -> tuple[float, float]:
+    """A steady limit of 100/s, adaptive, 16 workers: (share of the limit served, share of
+    requests answered 429) from 8 s to 40 s."""
+    clock, api = seeded(seed, limit)
+    await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+    served, limited = api.served(8, 40)
+    return served / 100, limited
+
+
+def figure(shape: Callable[[], object], which: int) -> Scenario:
+    """One figure of ``steady`` under the limit ``shape`` makes (0: share, 1: 429s)."""
+
+    async def scenario(seed: int) -> float:
+        return (await steady(seed, shape()))[which]
+
+    return scenario
+
+
 # (what, how, the mark, whether more is better)
 SCENARIOS: list[tuple[str, Scenario, float, bool]] = [
     ("no limit, 2% strays: seconds for 1,500 calls", no_limit_strays, 20, False),
@@ -102,6 +120,35 @@ SCENARIOS: list[tuple[str, Scenario, float, bool]] = [
     ("two harvesters on 100/s: fairness", two_clients, 0.6, True),
     ("token bucket 100/s, burst 20: share of 429s", bucket, 0.02, False),
     ("sliding window 100/s: share of the limit", sliding, 0.90, True),
+    # Issue 22: as close to the limit as a smooth pace gets, and almost no 429s.
+    (
+        "bucket 100/s, burst 20: share of the limit",
+        figure(lambda: TokenBucket(100, 20), 0),
+        0.97,
+        True,
+    ),
+    (
+        "bucket 100/s, burst 20: share of 429s",
+        figure(lambda: TokenBucket(100, 20), 1),
+        0.004,
+        False,
+    ),
+    (
+        "bucket 100/s, burst 100: share of the limit",
+        figure(lambda: TokenBucket(100, 100), 0),
+        0.97,
+        True,
+    ),
+    (
+        "bucket 100/s, burst 100: share of 429s",
+        figure(lambda: TokenBucket(100, 100), 1),
+        0.004,
+        False,
+    ),
+    ("sliding 100/s: share of the limit", figure(lambda: SlidingWindow(100), 0), 0.97, True),
+    ("sliding 100/s: share of 429s", figure(lambda: SlidingWindow(100), 1), 0.004, False),
+    ("fixed 100/s: share of the limit", figure(lambda: FixedWindow(100), 0), 0.95, True),
+    ("fixed 100/s: share of 429s", figure(lambda: FixedWindow(100), 1), 0.005, False),
 ]
 
 

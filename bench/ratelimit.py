@@ -2,6 +2,7 @@
 against limits and 429s as real APIs send them.
 
     python bench/ratelimit.py [SECONDS]
+    python bench/ratelimit.py 22 [RUNS]   # issue 22's smooth limits only, RUNS draws each
 
 Each scenario runs the simulator (its own process) and `harvester run` (one process, or two on
 one limit), then reads the simulator's log. Times are seconds from the first request.
@@ -201,9 +202,48 @@ def issue_10() -> None:
         print(f"{scenario:<{width}}  {measured}  ({required})")
 
 
+def issue_22(runs: int = 1) -> None:
+    """Smooth limits at 100/s, adaptive, ``--concurrency 16``, 30 ms latency, 3,500 calls:
+    the share of the limit served and of requests answered 429 from 8 s on, each scenario
+    ``runs`` times (one real-time run is one draw: they differ by more than the law does)."""
+    latency = ["--latency", str(LATENCY)]
+    rows = []
+    shapes = {
+        "fixed window": ["--limit-kind", "fixed"],
+        "sliding window": ["--limit-kind", "sliding"],
+        "token bucket, burst 20": ["--limit-kind", "bucket", "--burst", "20"],
+        "token bucket, burst 100": ["--limit-kind", "bucket", "--burst", "100"],
+    }
+    for name, shape in shapes.items():
+        options = ["--open-world", "--rate-limit", "100", *shape, *latency]
+        draws = []
+        for _ in range(runs):
+            log, _ = run(options, 3500, concurrency=16)
+            achieved, share = served(log, 8)
+            draws.append((achieved / 100, share))
+        limit = sorted(d[0] for d in draws)
+        limited = sorted(d[1] for d in draws)
+        middle = len(draws) // 2
+        measured = (
+            f"{limit[middle]:.3f} of limit ({limit[0]:.3f} to {limit[-1]:.3f}), "
+            f"{limited[middle]:.2%} 429 ({limited[0]:.2%} to {limited[-1]:.2%})"
+        )
+        required = ">= 0.95, <= 0.5%" if name == "fixed window" else ">= 0.97, <= 0.4%"
+        rows.append((f"{name}, 100/s", measured, required))
+    width = max(len(row[0]) for row in rows)
+    print(f"{'issue 22: smooth limits, median of ' + str(runs):<{width}}  measured  (required)")
+    for scenario, measured, required in rows:
+        print(f"{scenario:<{width}}  {measured}  ({required})")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["22"]:
+        issue_22(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+        return
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 15.0
     issue_10()
+    print()
+    issue_22()
     print()
     the_last_release_bench(seconds)
 
