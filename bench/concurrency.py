@@ -1,0 +1,66 @@
+"""Instructions per call at several concurrencies, harvester against the minimal loop: a figure
+that does not drift with the machine's load, to find what of ours grows with the calls in flight.
+
+    python bench/concurrency.py [CONCURRENCY ...]      (default 16 256)
+
+Runs ``bench/baseline.py`` and ``bench/harvester_run.py`` under ``valgrind --tool=callgrind``
+(the client only; the simulator runs on its own, open world) on SMALL and LARGE calls at each
+concurrency, and prints the difference per call: start-up, imports and opening the connections
+cancel out. Under callgrind the client is some 50 times slower than the simulator, so every
+worker has a request in flight: the worst case for what grows with concurrency. Takes about a
+minute a line.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from simproc import running_simulator
+
+from harvester.sim.server import SIM_USER_ID, call_id_for
+
+HERE = Path(__file__).parent
+SMALL, LARGE = 300, 1300
+
+
+def instructions(script: str, calls: int, concurrency: int, env: dict[str, str], work: Path) -> int:
+    """Instructions the client of ``script`` executed for ``calls`` calls."""
+    ids = work / f"ids-{calls}.txt"
+    ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+    profile = work / "callgrind.out"
+    subprocess.run(
+        [
+            *("valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}"),
+            *(sys.executable, str(HERE / script), env["CATAPULT_BASE_URL"], SIM_USER_ID),
+            *(str(ids), str(work / "out.ndjson"), str(concurrency)),
+        ],
+        env={**env, "PYTHONPATH": f"{HERE.parent}:{HERE}"},
+        capture_output=True,
+        check=True,
+    )
+    found = re.search(r"^(?:summary|totals): (\d+)", profile.read_text(errors="replace"), re.M)
+    assert found is not None, "callgrind wrote no total"
+    return int(found.group(1))
+
+
+def main() -> None:
+    levels = [int(arg) for arg in sys.argv[1:]] or [16, 256]
+    print(f"instructions per call ({LARGE} calls less {SMALL}), client only, under callgrind")
+    print(f"{'concurrency':>11} {'baseline':>10} {'harvester':>10} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as folder, running_simulator("--open-world") as env:
+        work = Path(folder)
+        for level in levels:
+            per_call = []
+            for script in ("baseline.py", "harvester_run.py"):
+                small, large = (instructions(script, n, level, env, work) for n in (SMALL, LARGE))
+                per_call.append((large - small) / (LARGE - SMALL))
+            base, ours = per_call
+            print(f"{level:>11} {base:>10.0f} {ours:>10.0f} {ours / base:>6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
