@@ -292,3 +292,22 @@ async def test_a_far_reset_teaches_the_limit_only_once_a_second_call_meets_one(
     limiter.rate_limited(reset, "c-second")  # another call: the account's limit
 
     assert limiter.rate < before / 10, "a window of a minute, learnt"
+
+
+@pytest.mark.parametrize("wait", [0.03, 0.5], ids=["near-turn", "far-turn"])
+async def test_a_stop_while_waiting_for_a_turn_sends_nothing(wait: float) -> None:
+    """A turn near or far, a stop during the wait means the request is not sent: a near one
+    (slept out plainly, the cheap way) notices when the wait ends, a far one at once."""
+    from harvester.clock import SystemClock
+    from harvester.errors import Stopping
+
+    stop = asyncio.Event()
+    limiter = RateLimiter(1 / (wait * SAFETY), SystemClock(), stop)  # turns `wait` apart
+    await limiter.acquire()  # the first turn is now
+    waiting = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0.01)
+    stop.set()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Stopping):
+        await waiting
+    assert asyncio.get_running_loop().time() - started < 0.06, "seen within a near turn's wait"
