@@ -13,12 +13,11 @@ minute a line.
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from instructions import callgrind_total
 from simproc import running_simulator
 
 from harvester.sim.server import SIM_USER_ID, call_id_for
@@ -31,20 +30,9 @@ def instructions(script: str, calls: int, concurrency: int, env: dict[str, str],
     """Instructions the client of ``script`` executed for ``calls`` calls."""
     ids = work / f"ids-{calls}.txt"
     ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
-    profile = work / "callgrind.out"
-    subprocess.run(
-        [
-            *("valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}"),
-            *(sys.executable, str(HERE / script), env["CATAPULT_BASE_URL"], SIM_USER_ID),
-            *(str(ids), str(work / "out.ndjson"), str(concurrency)),
-        ],
-        env={**env, "PYTHONPATH": f"{HERE.parent}:{HERE}"},
-        capture_output=True,
-        check=True,
-    )
-    found = re.search(r"^(?:summary|totals): (\d+)", profile.read_text(errors="replace"), re.M)
-    assert found is not None, "callgrind wrote no total"
-    return int(found.group(1))
+    command = [sys.executable, str(HERE / script), env["CATAPULT_BASE_URL"], SIM_USER_ID]
+    command += [str(ids), str(work / "out.ndjson"), str(concurrency)]
+    return callgrind_total(command, {**env, "PYTHONPATH": f"{HERE.parent}:{HERE}"}, work)
 
 
 def main() -> None:

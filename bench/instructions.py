@@ -29,14 +29,17 @@ def instructions(root: Path, calls: int, env: dict[str, str], work: Path) -> int
     """Instructions the client executed for ``calls`` calls, with the code of ``root``."""
     ids = work / f"ids-{calls}.txt"
     ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+    command = [sys.executable, str(root / "bench" / "harvester_run.py")]
+    command += [env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids), str(work / "out.ndjson"), "16"]
+    return callgrind_total(command, {**env, "PYTHONPATH": str(root)}, work)
+
+
+def callgrind_total(command: list[str], env: dict[str, str], work: Path) -> int:
+    """Instructions ``command`` executed under ``valgrind --tool=callgrind``."""
     profile = work / "callgrind.out"
     subprocess.run(
-        [
-            *("valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}"),
-            *(sys.executable, str(root / "bench" / "harvester_run.py")),
-            *(env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids), str(work / "out.ndjson"), "16"),
-        ],
-        env={**env, "PYTHONPATH": str(root)},
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", *command],
+        env=env,
         capture_output=True,
         check=True,
     )

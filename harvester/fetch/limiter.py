@@ -201,7 +201,7 @@ class RateLimiter:
             sample = 1e-4
         trip = self._round_trip
         trip = self._round_trip = sample if trip is None else 0.9 * trip + 0.1 * sample
-        if self._law.answered(now):  # ramping
+        if self._law.answered(now, window):  # ramping
             doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
             self._grown_at = now
             rate = self._rate

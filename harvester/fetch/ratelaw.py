@@ -126,12 +126,13 @@ class RateLaw:
 
     # -- what the limiter tells it ------------------------------------------------------------
 
-    def answered(self, now: float) -> bool:
-        """A request got an answer that was not a 429; returns ``ramping``. Called for every
-        answer: plain arithmetic, and no call but to close a bin."""
+    def answered(self, now: float, window: float) -> bool:
+        """A request got an answer that was not a 429 (``window``: the limiter's, as the gauge
+        has it); returns ``ramping``. Called for every answer: plain arithmetic, and no call
+        but to close a bin."""
         self._outcomes.append((now, False))
         self.requests += 1
-        if now >= self._bin_start + self._gauge.window:
+        if now >= self._bin_start + window:
             self._close_bin(now)
         self._bin_served += 1
         trial = self._trial
@@ -146,7 +147,7 @@ class RateLaw:
                 and not self._samples
                 and (
                     now - self._last_cut > BEST_HORIZON
-                    or self._last_cut - self._cuts_since < self._gauge.window
+                    or self._last_cut - self._cuts_since < window
                 )
             )
         return self._ramping
