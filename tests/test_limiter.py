@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from harvester.fetch.limiter import INITIAL_RATE, PAUSE_SPREAD, RateLimiter
+from harvester.fetch.limiter import INITIAL_RATE, PAUSE_SPREAD, QUICK_WAIT, RateLimiter
 from harvester.fetch.ratelaw import SAFETY
 
 from .conftest import FakeClock
@@ -105,6 +105,25 @@ async def test_without_429s_the_rate_grows_fast_from_its_start(clock: FakeClock)
         await clock.sleep(0.0005)
         limiter.answered(sent)
     assert limiter.rate >= 1000 * INITIAL_RATE
+
+
+async def test_turns_dealt_at_the_ramps_first_pace_are_taken_as_soon_as_it_grows(
+    clock: FakeClock,
+) -> None:
+    # 256 workers at the start: at the first pace the last turn is 2.55 s away. The first
+    # answer, back in half a millisecond, lifts the pace: every worker is sent within a few
+    # hundredths of a second, not when its turn at the first pace would have come.
+    limiter = RateLimiter(0, clock)
+    start = clock.monotonic()
+    first = await limiter.acquire()
+    waiting = [asyncio.ensure_future(limiter.acquire()) for _ in range(255)]
+    await clock.sleep(0.0005)
+    assert not any(task.done() for task in waiting[1:])
+    limiter.answered(first)
+    assert limiter.rate > 100 * INITIAL_RATE
+    times = await asyncio.gather(*waiting)
+    assert max(times) - start < 2 * QUICK_WAIT
+    assert clock.sleeps.count(QUICK_WAIT) < 2 * 255  # waiting in steps only while it ramps
 
 
 async def test_a_burst_of_429s_without_a_reset_slows_down_once_a_round_trip(

@@ -11,7 +11,8 @@ workers, sets the pace:
 
   1. *Ramp.* With no evidence yet, the rate starts at ``INITIAL_RATE``, rises at the first
      answer to what keeps ``ON_THE_WIRE`` requests on the wire, and doubles every
-     ``RAMP_ROUND_TRIPS`` round trips while answers come back.
+     ``RAMP_ROUND_TRIPS`` round trips while answers come back (the fastest round trip seen:
+     the network's, not our own requests' queueing, so the ramp is as fast at any concurrency).
   2. *Measure.* A 429 with a reset closes the server's window: the answers served since that
      window began, per second, are a *sample* of the limit (a reset further away than the
      window, or the same gap between resets twice, means a longer window). No sample comes from
@@ -120,6 +121,7 @@ class RateLimiter:
         self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
         self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
         self._round_trip: float | None = None  # smoothed seconds from turn to answer
+        self._fastest = math.inf  # the shortest of them
         # [bucket start, answers] for answers other than 429, oldest first.
         self._answers: deque[list[float]] = deque()
         self._grown_at = now
@@ -153,10 +155,8 @@ class RateLimiter:
         ``Stopping`` once the run is stopping: at once, however long the turn would be, or for
         a turn at most ``QUICK_WAIT`` away, when that wait ends."""
         clock = self._clock
-        stop = self._stop
         while True:
-            if stop is not None and stop.is_set():
-                raise Stopping("the run is stopping: not sent")
+            self._check_stop()
             now = clock.monotonic()
             slot = self._next_slot
             if slot < now:
@@ -170,18 +170,35 @@ class RateLimiter:
             if slot <= now + EARLY:
                 return now
             plan = self._plan
-            wait = slot - now
-            if wait <= QUICK_WAIT:
-                # A turn this near is slept out plainly: waking on a stop as well costs two
-                # tasks and a wait, paid by every paced request when many are in flight.
-                await clock.sleep(wait)
-                if stop is not None and stop.is_set():
-                    raise Stopping("the run is stopping: not sent")
-            elif not await sleep_unless(clock, wait, stop):
-                raise Stopping("the run is stopping: not sent")
+            await self._wait_for(slot, now, plan)
             # A pause or a new rate announced while we slept: take a turn again under it.
             if plan == self._plan:
                 return clock.monotonic()
+
+    async def _wait_for(self, slot: float, now: float, plan: int) -> None:
+        """Sleep until ``slot``, or until the turns given out under ``plan`` are dealt again
+        (seen within ``QUICK_WAIT`` while the rate ramps up: a turn given at the ramp's first
+        pace would otherwise be waited for long after the pace has grown)."""
+        clock = self._clock
+        law = self._law
+        while (wait := slot - now) > QUICK_WAIT and law.ramping:
+            await clock.sleep(QUICK_WAIT)
+            self._check_stop()
+            if plan != self._plan:
+                return
+            now = clock.monotonic()
+        if wait <= QUICK_WAIT:
+            # A turn this near is slept out plainly: waking on a stop as well costs two tasks
+            # and a wait, paid by every paced request when many are in flight.
+            await clock.sleep(wait)
+            self._check_stop()
+        elif not await sleep_unless(clock, wait, self._stop):
+            raise Stopping("the run is stopping: not sent")
+
+    def _check_stop(self) -> None:
+        stop = self._stop
+        if stop is not None and stop.is_set():
+            raise Stopping("the run is stopping: not sent")
 
     def answered(self, sent_at: float) -> None:
         """A request got an answer that was not a 429."""
@@ -200,16 +217,23 @@ class RateLimiter:
         if sample < 1e-4:
             sample = 1e-4
         trip = self._round_trip
-        trip = self._round_trip = sample if trip is None else 0.9 * trip + 0.1 * sample
-        if self._law.answered(now, window):  # ramping
-            doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * trip)
+        self._round_trip = sample if trip is None else 0.9 * trip + 0.1 * sample
+        if sample < self._fastest:
+            self._fastest = sample
+        # The ramp's round trip is the fastest seen: the network's, not the time our own
+        # requests queue behind each other, which grows with the calls in flight. The rate
+        # grows once a round trip, as much as each answer of it would have.
+        if self._law.answered(now, window) and now - self._grown_at >= self._fastest:
+            fastest = self._fastest
+            doublings = (now - self._grown_at) / (RAMP_ROUND_TRIPS * fastest)
             self._grown_at = now
             rate = self._rate
             if rate < self._ceiling:  # at the ceiling, growing changes nothing
                 grown = rate * 2 ** min(doublings, 10.0)
                 # At once to what keeps a few requests on the wire: fast on a fast network,
                 # and on a slow one still no flood when the first 429 comes back.
-                self.set_rate(grown if grown > ON_THE_WIRE / trip else ON_THE_WIRE / trip)
+                floor = ON_THE_WIRE / fastest
+                self.set_rate(grown if grown > floor else floor)
 
     @property
     def paused_until(self) -> float:

@@ -124,6 +124,11 @@ class RateLaw:
         self._bin_ours = False  # a 429 in it was judged ours (a limit), not a stray
         self._clean: deque[tuple[float, float]] = deque()  # (bin end, served per second)
 
+    @property
+    def ramping(self) -> bool:
+        """No evidence of a limit yet: the limiter ramps its pace up."""
+        return self._ramping
+
     # -- what the limiter tells it ------------------------------------------------------------
 
     def answered(self, now: float, window: float) -> bool:
