@@ -27,10 +27,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-## bench: every benchmark, about fifteen minutes; figures in bench/README.md
+## bench: every benchmark, about twenty-five minutes; figures in bench/README.md
 bench: $(STAMP)
-	$(PY) bench/run.py 20000 16
+	$(PY) bench/run.py 20000 16 64 256
 	$(PY) bench/ratelimit.py 15
+	$(PY) bench/ratelimit.py 22 3
 	$(PY) bench/ratelaw.py 30
 	$(PY) bench/memory.py 3000 300000 10000000
 	$(PY) bench/input.py 10000000

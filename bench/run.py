@@ -6,11 +6,17 @@ own process so CPU time is its own; all three on uvloop where it installs (``eve
 Prints calls/s, client CPU microseconds per call, and the ratios harvester / baseline (best
 round of each).
 
-    python bench/run.py [CALLS] [CONCURRENCY]
+    python bench/run.py [CALLS] [CONCURRENCY ...] [--rounds N]
+
+Several concurrencies are measured one after the other on the same simulator. Besides the best
+round of each client, the ratios of each round's pair (harvester's round against the baseline's
+round just before it) are printed, median and range: on a machine whose speed drifts with
+other work, a pair a few seconds apart is the fairer comparison.
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,29 +33,45 @@ HERE = Path(__file__).parent
 
 
 def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    scripts = {"baseline": HERE / "baseline.py", "harvester": HERE / "harvester_run.py"}
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in scripts}
+    arguments = sys.argv[1:]
+    rounds = ROUNDS
+    if "--rounds" in arguments:
+        at = arguments.index("--rounds")
+        rounds = int(arguments[at + 1])
+        del arguments[at : at + 2]
+    calls = int(arguments[0]) if arguments else 20_000
+    levels = [int(level) for level in arguments[1:]] or [16]
     with tempfile.TemporaryDirectory() as folder, running_simulator("--open-world") as env:
         work = Path(folder)
         ids = work / "ids.txt"
         ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
-        for _ in range(ROUNDS):
-            for name, script in scripts.items():
-                arguments = [env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids)]
-                arguments += [str(work / f"{name}.ndjson"), str(concurrency)]
-                done = subprocess.run(
-                    [sys.executable, str(script), *arguments],
-                    env=env,
-                    capture_output=True,
-                    check=True,
-                )
-                results[name].append(orjson.loads(done.stdout))
-    report(results, calls, concurrency)
+        for concurrency in levels:
+            results = measure(env, work, ids, concurrency, rounds)
+            report(results, calls, concurrency, rounds)
 
 
-def report(results: dict[str, list[dict[str, Any]]], calls: int, concurrency: int) -> None:
+def measure(
+    env: dict[str, str], work: Path, ids: Path, concurrency: int, rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    scripts = {"baseline": HERE / "baseline.py", "harvester": HERE / "harvester_run.py"}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in scripts}
+    for _ in range(rounds):
+        for name, script in scripts.items():
+            arguments = [env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids)]
+            arguments += [str(work / f"{name}.ndjson"), str(concurrency)]
+            done = subprocess.run(
+                [sys.executable, str(script), *arguments],
+                env=env,
+                capture_output=True,
+                check=True,
+            )
+            results[name].append(orjson.loads(done.stdout))
+    return results
+
+
+def report(
+    results: dict[str, list[dict[str, Any]]], calls: int, concurrency: int, rounds: int
+) -> None:
     best = {
         name: max(runs, key=lambda r: r["calls"] / r["seconds"]) for name, runs in results.items()
     }
@@ -57,7 +79,7 @@ def report(results: dict[str, list[dict[str, Any]]], calls: int, concurrency: in
     loops = "/".join(sorted({run["loop"] for runs in results.values() for run in runs}))
     print(
         f"{calls} calls, concurrency {concurrency}, simulator on loopback, {loops}, "
-        f"best of {ROUNDS}"
+        f"best of {rounds}"
     )
     print(f"{'client':<10} {'calls/s':>9} {'CPU us/call':>12}")
     for name in results:
@@ -70,6 +92,17 @@ def report(results: dict[str, list[dict[str, Any]]], calls: int, concurrency: in
     print(
         f"CPU per call ratio harvester/baseline: {leanest['harvester'] / leanest['baseline']:.2f}"
     )
+    pairs = list(zip(results["baseline"], results["harvester"], strict=True))
+    speed = [
+        (ours["calls"] / ours["seconds"]) / (base["calls"] / base["seconds"])
+        for base, ours in pairs
+    ]
+    cpu = [ours["cpu_s"] / base["cpu_s"] for base, ours in pairs]
+    for name, ratios in (("throughput", speed), ("CPU per call", cpu)):
+        print(
+            f"{name} ratio, round by round: median {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f} to {max(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ workers, sets the pace:
      trip; once such 429s have come back for longer than a window (a limit that tells no
      reset, not a burst of strays), the ramp does not start again for ``BEST_HORIZON``.
   3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
-     little lower (a token bucket's burst makes a window serve more than its rate). The same
+     little lower (a token bucket's burst makes a window serve more than its rate). Probing past
+     it: a sample under what a window of ours was served since is a stray's (probe on); a 429
+     whose reset is the next request away (a token bucket's), met before we were served more
+     above the limit than a window of it (or twice what such a probe was served before: the
+     bucket's savings), leaves the limit where it was, whatever the window served. The same
      sample at two paces ``PACES_APART``, or ``IN_A_ROW`` windows in a row, is a limit:
      confirmed there, paced ``SAFETY`` under it. Anything else is weak: a stray 429 (a proxy's,
      a busy gateway's), a lower limit, another client on the limit. While 429s come no more
@@ -40,9 +44,11 @@ workers, sets the pace:
   6. *Climb.* Each window of our own clock (a *bin*) with no 429 of ours: below what the API
      served clean in the last ``BEST_HORIZON`` seconds, the rate goes straight back to it; on
      weak evidence, it grows by ``CLIMB``, a little more and a little less in turn, so that
-     overshoots come at two paces; at a confirmed limit it waits ``PROBE_AFTER`` seconds, then
-     probes up by ``PROBE_STEP``, the step doubling each clean window: a level held clean
-     ``AGREE`` above the limit means it was raised, and the climb finds it.
+     overshoots come at two paces; at a confirmed limit it waits ``PROBE_AFTER`` seconds (twice
+     as long after each probe that found the limit where it was, up to ``PROBE_AFTER_MAX``),
+     then probes up by ``PROBE_STEP``, the step doubling each clean window: a level held clean
+     ``AGREE`` above the limit, and served there more than savings would give, means it was
+     raised, and the climb finds it.
 
 So a steady trickle of stray 429s costs their pauses, a lower limit is followed within a few
 windows, a raised one found within seconds, and two harvesters on one limit each measure their
@@ -54,17 +60,15 @@ measurements (steps 1 and 2); the law of steps 3 to 6, and its numbers, in
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import random
 from collections import deque
-from datetime import UTC, datetime
 
 from harvester.clock import Clock, sleep_unless
 from harvester.errors import Stopping
 from harvester.fetch.ratelaw import SAFETY, RateLaw
+from harvester.fetch.reset import tell_pause
 from harvester.fetch.streaks import OwnRefusals
-from harvester.logs import event
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
 INITIAL_RATE = 100.0
@@ -79,6 +83,7 @@ PAUSE_SPREAD = 0.05
 # out are dealt again when the rate grows by more than this factor.
 EARLY = 0.002
 REDEAL = 1.2
+_TO_REDEAL = math.log2(REDEAL)  # of a doubling
 # A turn at most this far is waited for without waking on a stop: a stop is seen when it ends.
 QUICK_WAIT = 0.05
 # Two 429s whose resets are this close close the same window; two gaps between resets this
@@ -181,9 +186,19 @@ class RateLimiter:
         pace would otherwise be waited for long after the pace has grown)."""
         clock = self._clock
         law = self._law
-        while (wait := slot - now) > QUICK_WAIT and law.ramping:
-            await clock.sleep(QUICK_WAIT)
-            self._check_stop()
+        # Looked at again as often as the ramp can re-deal turns: until the first answer (which
+        # sets the ramp's pace), every QUICK_WAIT; then as long as the pace takes to grow by
+        # REDEAL, which on a slow network or a slow machine is seconds.
+        fastest = self._fastest
+        step = QUICK_WAIT if fastest == math.inf else RAMP_ROUND_TRIPS * fastest * _TO_REDEAL
+        step = max(step, QUICK_WAIT)
+        while (wait := slot - now) > step and law.ramping:
+            if step > QUICK_WAIT:
+                if not await sleep_unless(clock, step, self._stop):
+                    raise Stopping("the run is stopping: not sent")
+            else:
+                await clock.sleep(step)
+                self._check_stop()
             if plan != self._plan:
                 return
             now = clock.monotonic()
@@ -282,7 +297,9 @@ class RateLimiter:
             if last is not None and abs(retry_at - last) <= SHUT_RESET:
                 law.same_reset(now)
             return False
-        law.new_reset(sample, now)  # None: a window we waited in says nothing of the limit
+        law.new_reset(
+            sample, now, retry_at - now
+        )  # None: a window we waited in says nothing of the limit
         return False
 
     def pause_until(self, when: float, cause: str = "") -> None:
@@ -309,18 +326,7 @@ class RateLimiter:
         if when - now < PAUSE_TOLD or when < self._told_until + PAUSE_TOLD:
             return
         self._told_until = when
-        until = datetime.fromtimestamp(self._clock.time() + when - now, UTC)
-        event(
-            logging.WARNING,
-            "paused",
-            "every request waits until %s UTC (%.0f s from now): %s",
-            until.strftime("%H:%M:%S"),
-            when - now,
-            cause,
-            until=until.isoformat(timespec="seconds"),
-            seconds=round(when - now, 1),
-            cause=cause,
-        )
+        tell_pause(self._clock.time() + when - now, when - now, cause)
 
     # -- evidence ----------------------------------------------------------------------------
 

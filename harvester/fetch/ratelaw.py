@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from harvester.fetch.probe import Probe
+
 # Pace this far under a known limit: room for the jitter between our clock and the server's.
 SAFETY = 0.97
 # Two samples of the limit agree when within this share of each other; samples this close
@@ -28,9 +30,6 @@ PACES_APART = 0.15
 CLIMB = 1.5
 CLIMB_SPREAD = 0.1
 STEP_DOWN = 0.8
-# At a confirmed limit: seconds without a 429 before probing above it, and the first step.
-PROBE_AFTER = 5.0
-PROBE_STEP = 0.03
 # "Recently served without complaint": clean windows of the last this many seconds.
 BEST_HORIZON = 20.0
 # A trial judges after this many requests at the lower pace, and succeeds after
@@ -103,12 +102,11 @@ class RateLaw:
         self._estimate = rate if rate > 0 else None
         self._confirmed = rate > 0
         self._samples: deque[_Sample] = deque(maxlen=4)
-        self._dwell = 0  # clean windows at the current probing step
         self._climbs = 0
         self._last_429 = -math.inf
         self._last_cut = -math.inf
         self._cuts_since = -math.inf  # the first of the recent cuts for 429s without a reset
-        self._step = PROBE_STEP
+        self._probe = Probe(gauge, AGREE, SAFETY)
         self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
         # The share of 429s among recent requests, and running totals.
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=SHARE_OF)  # (time, a 429?)
@@ -171,12 +169,12 @@ class RateLaw:
         if now - self._last_cut >= round_trip:  # answers in flight at the last cut say nothing
             self._judge(None, now)
 
-    def new_reset(self, sample: float | None, now: float) -> None:
-        """The 429 announced a new reset; ``sample`` is the served rate of the window it
-        closes, None when that window says nothing (we waited in it)."""
+    def new_reset(self, sample: float | None, now: float, reset_in: float) -> None:
+        """The 429 announced a new reset, ``reset_in`` seconds away; ``sample`` is the served
+        rate of the window it closes, None when that window says nothing (we waited in it)."""
         self._excused = sample is None
         if sample is not None:
-            self._judge(sample, now)
+            self._judge(sample, now, reset_in)
 
     def same_reset(self, now: float) -> None:
         """Another 429 with the very same reset: the window is shut for every request in
@@ -189,7 +187,7 @@ class RateLaw:
 
     # -- the law ------------------------------------------------------------------------------
 
-    def _judge(self, sample: float | None, now: float) -> None:
+    def _judge(self, sample: float | None, now: float, reset_in: float = math.inf) -> None:
         """What a 429 does to the pace: ``sample`` is the served rate of the window it closed,
         None for a 429 without a reset."""
         pace = self._gauge.rate
@@ -207,12 +205,12 @@ class RateLaw:
             estimate = self._estimate
             slack = COUNT_SLACK / self._gauge.window
             if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
-                # About the limit we knew, or past it. At its pace (not probing past it), a 429
-                # says the limit is a little lower than that, whatever the window served (a
-                # token bucket's burst makes one serve more than its rate).
-                at_pace = pace <= (1 + PROBE_STEP / 2) * SAFETY * estimate
-                limit = min(sample, (1 - PROBE_STEP) * estimate) if at_pace else sample
-                self._confirm(limit, now)
+                peak = max((rate for end, rate in self._clean if end > self._last_429), default=0)
+                limit = self._probe.found(estimate, sample, pace, peak, reset_in)
+                if limit is None:
+                    self._excused = True  # a stray's: probe on
+                else:
+                    self._confirm(limit, now)
                 return
             if agreeing:
                 self._confirm(max(sample, *agreeing), now)  # the same at two paces: a limit
@@ -222,7 +220,8 @@ class RateLaw:
         if self._strays(now):
             self._excused = True
             return
-        self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
+        self._last_429, self._ramping = now, False
+        self._probe.restart()
         self._bin_ours = True
         if sample is None:
             # No reset to measure a window by: down to what recent clean windows served (a
@@ -253,7 +252,8 @@ class RateLaw:
         """A 429 let pass as a stray (or from a window we waited in) turned out to shut the
         window for the requests behind it: our pace is over a limit. Slow down, no trial."""
         self._trial = None
-        self._last_429, self._step, self._dwell, self._ramping = now, PROBE_STEP, 0, False
+        self._last_429, self._ramping = now, False
+        self._probe.restart()
         sample = self._samples[-1].value if self._samples else None
         rate = self._gauge.rate * (STEP_DOWN if self._confirmed else 0.5)
         if sample is not None and now - self._samples[-1].time < self._gauge.window:
@@ -323,8 +323,10 @@ class RateLaw:
     def _confirm(self, limit: float, now: float) -> None:
         self._trial = None
         self._bin_ours = True
-        self._last_429, self._step, self._dwell = now, PROBE_STEP, 0
-        if self._estimate is None or limit < (1 - AGREE) * self._estimate:
+        self._last_429 = now
+        lower = self._estimate is None or limit < (1 - AGREE) * self._estimate
+        self._probe.confirmed(lower)
+        if lower:
             self._clean.clear()  # a lower limit: what was served before says nothing now
         self._estimate, self._confirmed, self._ramping = limit, True, False
         self._gauge.set_rate(SAFETY * limit)
@@ -354,25 +356,22 @@ class RateLaw:
             return
         clean.append((now, served / window))
         best = SAFETY * max(rate for _, rate in clean)
-        if self._confirmed and self._estimate is not None:
-            best = min(best, SAFETY * self._estimate)
-        if self._gauge.rate < best:
+        estimate = self._estimate
+        if self._confirmed and estimate is not None:
+            best = min(best, SAFETY * estimate)
+            self._probe.clean(served, estimate, window)
+        rate = self._gauge.rate
+        if rate < best:
             self._gauge.set_rate(best)
         elif not self._confirmed:
             self._climb()
-        elif now - self._last_429 >= PROBE_AFTER and self._gauge.rate < self._gauge.ceiling:
-            # Each step holds until it has had room for a 429: at a few requests a window, a
-            # step of a few percent may take more than one.
-            self._dwell += 1
-            if self._dwell * self._step * served < 1:
-                return
-            self._dwell = 0
-            if self._estimate is not None and self._gauge.rate > (1 + AGREE) * self._estimate:
-                self._confirmed = False  # served clean above it: the limit was raised; climb
+        elif now - self._last_429 >= self._probe.after and rate < self._gauge.ceiling:
+            probed = self._probe.next_rate(rate, served, estimate, window)
+            if probed is None:  # the limit was raised: climb
+                self._confirmed = False
                 self._climb()
-                return
-            self._gauge.set_rate(self._gauge.rate * (1 + self._step))
-            self._step *= 2
+            elif probed != rate:
+                self._gauge.set_rate(probed)
 
     def _climb(self) -> None:
         """Grow by ``CLIMB``, a little more and a little less in turn: overshoots at two paces

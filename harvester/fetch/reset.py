@@ -1,13 +1,15 @@
 """A 429's word on when to ask again: its ``X-RateLimit-Reset`` or ``Retry-After`` header read
-into seconds to wait, and what it said, for the log."""
+into seconds to wait, what it said, and the pool's pause it makes, for the log."""
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import math
+from datetime import UTC, datetime
 from typing import Any
 
-from harvester.logs import clip
+from harvester.logs import clip, event
 
 # A reset header further away than this is taken as a clock or unit mistake and capped.
 MAX_RATE_LIMIT_WAIT = 600.0
@@ -77,3 +79,20 @@ def reset_said(headers: Any, delay: float | None) -> str:
     if delay is not None and delay >= MAX_RATE_LIMIT_WAIT:
         text += f"; waits are capped at {MAX_RATE_LIMIT_WAIT:.0f} s"
     return text
+
+
+def tell_pause(until_wall: float, seconds: float, cause: str) -> None:
+    """Log that every request waits ``seconds``, until ``until_wall`` (epoch seconds), and
+    what asked for it."""
+    until = datetime.fromtimestamp(until_wall, UTC)
+    event(
+        logging.WARNING,
+        "paused",
+        "every request waits until %s UTC (%.0f s from now): %s",
+        until.strftime("%H:%M:%S"),
+        seconds,
+        cause,
+        until=until.isoformat(timespec="seconds"),
+        seconds=round(seconds, 1),
+        cause=cause,
+    )

@@ -1,0 +1,109 @@
+"""Probing past a confirmed limit: when, how far, and what it finds (steps 3 and 6 of
+``harvester.fetch.limiter``'s docstring). ``RateLaw`` owns one ``Probe``.
+
+A token bucket serves a probe past its rate from its savings for a while, then refuses until
+its next token: what was served above the limit is counted, and the limit is believed raised
+only once more was served above it than a window of it (or twice what a probe that found the
+limit where it was had been served: the bucket's savings). A probe that finds the limit where
+it was makes the next one wait twice as long.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# At a confirmed limit: seconds without a 429 before probing above it (twice as long after each
+# probe that found the limit where it was, up to PROBE_AFTER_MAX), and the first step.
+PROBE_AFTER = 5.0
+PROBE_AFTER_MAX = 40.0
+PROBE_STEP = 0.03
+# A reset at most this many requests away at the limit's pace is a token bucket's next token.
+NEXT_TOKENS = 1.0
+
+
+class Windowed(Protocol):
+    @property
+    def window(self) -> float:
+        """The server's window as measured (seconds)."""
+        ...
+
+
+class Probe:
+    """The probing above one confirmed limit: its step, its wait, and what it was served."""
+
+    def __init__(self, gauge: Windowed, agree: float, safety: float) -> None:
+        self._gauge = gauge  # the limiter's window
+        self._agree = agree  # two limits this close are the same
+        self._safety = safety  # the pace under a known limit
+        self.step = PROBE_STEP
+        self.after = PROBE_AFTER  # seconds without a 429 before probing
+        self._dwell = 0  # clean windows at the current step
+        # Served above the limit since it was last confirmed, and the most of it that came
+        # before a 429 confirmed the same limit again (a token bucket's savings).
+        self._excess = 0.0
+        self._savings = 0.0
+
+    def restart(self) -> None:
+        """A 429 of ours: the next probe starts from its first step."""
+        self.step, self._dwell = PROBE_STEP, 0
+
+    def confirmed(self, lower: bool) -> None:
+        """The limit was confirmed again (``lower``: one lower than we knew)."""
+        self.restart()
+        self._excess = 0.0
+        if lower:
+            self.after = PROBE_AFTER
+
+    def clean(self, served: int, limit: float, window: float) -> None:
+        """A window of ours served ``served`` without a 429 of ours, under ``limit``."""
+        self._excess += max(0.0, served - limit * window)
+
+    def next_rate(
+        self, rate: float, served: int, limit: float | None, window: float
+    ) -> float | None:
+        """A clean window, and time to probe: the rate to go on at, or None when the limit
+        has been raised (served clean above it for longer than savings last)."""
+        # Each step holds until it has had room for a 429: at a few requests a window, a step
+        # of a few percent may take more than one.
+        self._dwell += 1
+        if self._dwell * self.step * served < 1:
+            return rate
+        self._dwell = 0
+        if (
+            limit is not None
+            and rate > (1 + self._agree) * limit
+            and self._excess > max(limit * window, 2 * self._savings)
+        ):
+            self.after = PROBE_AFTER
+            return None
+        rate *= 1 + self.step
+        self.step *= 2
+        return rate
+
+    def found(
+        self, limit: float, sample: float, pace: float, peak: float, reset_in: float
+    ) -> float | None:
+        """A 429 at ``limit``'s pace or past it, closing a window that served ``sample`` per
+        second, its reset ``reset_in`` seconds away (``peak``: the most a window of ours was
+        served since the limit was confirmed): the limit it shows, or None for a stray's."""
+        safety, window = self._safety, self._gauge.window
+        if pace <= (1 + PROBE_STEP / 2) * safety * limit:
+            # At its pace, a 429 says the limit is a little lower than that, whatever the window
+            # served (a token bucket's burst makes one serve more than its rate).
+            return min(sample, (1 - PROBE_STEP) * limit)
+        if peak > (1 + self._agree) * sample:
+            return None  # a window of ours was served more since: no limit there
+        if reset_in <= NEXT_TOKENS / limit and self._excess <= max(
+            limit * window, 2 * self._savings
+        ):
+            # Refused until the next token before we were served more above the limit than
+            # savings would give: the window's sample was savings; the limit is where it was.
+            found = min(sample, limit)
+        else:
+            found = sample
+        if found <= (1 + self._agree) * limit:
+            # Found where it was: the next probe waits longer, and what this one was served
+            # above the limit came from savings.
+            self.after = min(2 * self.after, PROBE_AFTER_MAX)
+            self._savings = max(self._savings, self._excess)
+        return found
