@@ -1,7 +1,7 @@
 """Instructions per call at several concurrencies, harvester against the minimal loop: a figure
 that does not drift with the machine's load, to find what of ours grows with the calls in flight.
 
-    python bench/concurrency.py [CONCURRENCY ...]      (default 16 256)
+    python bench/concurrency.py [CONCURRENCY ...] [--calls SMALL LARGE]   (default 16 256; 300 1300)
 
 Runs ``bench/baseline.py`` and ``bench/harvester_run.py`` under ``valgrind --tool=callgrind``
 (the client only; the simulator runs on its own, open world) on SMALL and LARGE calls at each
@@ -36,16 +36,22 @@ def instructions(script: str, calls: int, concurrency: int, env: dict[str, str],
 
 
 def main() -> None:
-    levels = [int(arg) for arg in sys.argv[1:]] or [16, 256]
-    print(f"instructions per call ({LARGE} calls less {SMALL}), client only, under callgrind")
+    arguments = sys.argv[1:]
+    small, large = SMALL, LARGE
+    if "--calls" in arguments:
+        at = arguments.index("--calls")
+        small, large = int(arguments[at + 1]), int(arguments[at + 2])
+        del arguments[at : at + 3]
+    levels = [int(arg) for arg in arguments] or [16, 256]
+    print(f"instructions per call ({large} calls less {small}), client only, under callgrind")
     print(f"{'concurrency':>11} {'baseline':>10} {'harvester':>10} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as folder, running_simulator("--open-world") as env:
         work = Path(folder)
         for level in levels:
             per_call = []
             for script in ("baseline.py", "harvester_run.py"):
-                small, large = (instructions(script, n, level, env, work) for n in (SMALL, LARGE))
-                per_call.append((large - small) / (LARGE - SMALL))
+                few, many = (instructions(script, n, level, env, work) for n in (small, large))
+                per_call.append((many - few) / (large - small))
             base, ours = per_call
             print(f"{level:>11} {base:>10.0f} {ours:>10.0f} {ours / base:>6.2f}", flush=True)
 
