@@ -367,3 +367,19 @@ async def test_a_stop_while_the_ramp_holds_turns_far_away_sends_nothing() -> Non
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert asyncio.get_running_loop().time() - started < 0.06 + QUICK_WAIT
     assert sum(isinstance(outcome, Stopping) for outcome in outcomes) > 300
+
+
+@pytest.mark.parametrize("burst", [20, 100])
+async def test_a_token_buckets_raised_rate_is_found_though_savings_served_probes(
+    clock: FakeClock, burst: int
+) -> None:
+    # Probes past a bucket's rate are served from its savings and refused at its next token:
+    # that keeps the limit where it was. A rate doubled later is still found.
+    api = ModelApi(TokenBucket(100, burst=burst), schedule={40: 200})
+    client = Client(RateLimiter(0, clock), workers=16)
+
+    await play(api, [client], clock, seconds=140)
+
+    rate, limited = api.served(100, 140)
+    assert rate >= 0.9 * 200
+    assert limited <= 0.01

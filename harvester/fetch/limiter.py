@@ -26,7 +26,7 @@ workers, sets the pace:
      little lower (a token bucket's burst makes a window serve more than its rate). Probing past
      it: a sample under what a window of ours was served since is a stray's (probe on); a 429
      whose reset is the next request away (a token bucket's), met before we were served more
-     above the limit than a window of it (or twice what such a probe was served before: the
+     above the limit than half a window of it (or twice what such a probe was served before: the
      bucket's savings), leaves the limit where it was, whatever the window served. The same
      sample at two paces ``PACES_APART``, or ``IN_A_ROW`` windows in a row, is a limit:
      confirmed there, paced ``SAFETY`` under it. Anything else is weak: a stray 429 (a proxy's,
@@ -117,6 +117,7 @@ class RateLimiter:
         self._ceiling = rate * SAFETY if rate > 0 else MAX_RATE
         self._rate = self._ceiling if rate > 0 else INITIAL_RATE
         self._interval = 1.0 / self._rate
+        self._dealt = self._rate  # the pace the turns given out were dealt at
         self._plan = 0  # changes when a pause or a lower rate voids the turns given out
         self._next_slot = 0.0
         self._paused_until = 0.0
@@ -157,8 +158,8 @@ class RateLimiter:
 
     async def acquire(self) -> float:
         """Wait for this request's turn; returns the time it was given (monotonic). Raises
-        ``Stopping`` once the run is stopping: at once, however long the turn would be, or for
-        a turn at most ``QUICK_WAIT`` away, when that wait ends."""
+        ``Stopping`` once the run is stopping: at once, however long the turn would be, or
+        within ``QUICK_WAIT`` (a turn that near, or the ramp's steps before its first answer)."""
         clock = self._clock
         while True:
             self._check_stop()
@@ -386,12 +387,14 @@ class RateLimiter:
         before = self._rate
         self._rate = rate = min(max(rate, 0.01), self._ceiling)
         self._interval = 1.0 / rate
-        # Slower: turns given out were too early. Much faster: they were too late, and what
-        # the new pace does would not show for a while (the climb would outrun the pace).
-        if rate < before or rate > REDEAL * before:
+        # Slower: turns given out were too early. Much faster than when they were dealt: they
+        # were too late, and what the new pace does would not show for a while (the climb
+        # would outrun the pace; the ramp grows a little every round trip).
+        if rate < before or rate > REDEAL * self._dealt:
             self._void_turns()
 
     def _void_turns(self) -> None:
         """Turns already given out no longer hold; waiting requests take new ones."""
         self._plan += 1
         self._next_slot = 0.0
+        self._dealt = self._rate

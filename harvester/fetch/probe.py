@@ -3,8 +3,8 @@
 
 A token bucket serves a probe past its rate from its savings for a while, then refuses until
 its next token: what was served above the limit is counted, and the limit is believed raised
-only once more was served above it than a window of it (or twice what a probe that found the
-limit where it was had been served: the bucket's savings). A probe that finds the limit where
+only once more was served above it than half a window of it (or twice what a probe that found
+the limit where it was had been served: the bucket's savings). A probe that finds the limit where
 it was makes the next one wait twice as long.
 """
 
@@ -17,6 +17,12 @@ from typing import Protocol
 PROBE_AFTER = 5.0
 PROBE_AFTER_MAX = 40.0
 PROBE_STEP = 0.03
+# The step doubles each clean window up to this, so that what a raised limit serves above the
+# old one can be counted before the pace passes the new one.
+PROBE_STEP_MAX = 0.24
+# Served clean above the limit, more than this many windows of it (and more than twice a token
+# bucket's savings seen): the limit was raised.
+RAISED_WINDOWS = 0.5
 # A reset at most this many requests away at the limit's pace is a token bucket's next token.
 NEXT_TOKENS = 1.0
 
@@ -52,7 +58,7 @@ class Probe:
         self.restart()
         self._excess = 0.0
         if lower:
-            self.after = PROBE_AFTER
+            self.after, self._savings = PROBE_AFTER, 0.0
 
     def clean(self, served: int, limit: float, window: float) -> None:
         """A window of ours served ``served`` without a 429 of ours, under ``limit``."""
@@ -72,12 +78,12 @@ class Probe:
         if (
             limit is not None
             and rate > (1 + self._agree) * limit
-            and self._excess > max(limit * window, 2 * self._savings)
+            and self._excess > max(limit * window * RAISED_WINDOWS, 2 * self._savings)
         ):
             self.after = PROBE_AFTER
             return None
         rate *= 1 + self.step
-        self.step *= 2
+        self.step = min(2 * self.step, PROBE_STEP_MAX)
         return rate
 
     def found(
@@ -94,7 +100,7 @@ class Probe:
         if peak > (1 + self._agree) * sample:
             return None  # a window of ours was served more since: no limit there
         if reset_in <= NEXT_TOKENS / limit and self._excess <= max(
-            limit * window, 2 * self._savings
+            limit * window * RAISED_WINDOWS, 2 * self._savings
         ):
             # Refused until the next token before we were served more above the limit than
             # savings would give: the window's sample was savings; the limit is where it was.
