@@ -50,8 +50,8 @@ workers, sets the pace:
      ``AGREE`` above the limit, and served there more than savings would give, means it was
      raised, and the climb finds it.
 
-So a steady trickle of stray 429s costs their pauses, a lower limit is followed within a few
-windows, a raised one found within seconds, and two harvesters on one limit each measure their
+So strays cost their pauses, a lower limit is followed within a few windows, a raised one is
+found by the next probe (at most 40 s apart), and two harvesters on one limit each measure their
 own share of it. All of it runs on an injectable clock. Here: pacing, pauses, the ramp and the
 measurements (steps 1 and 2); the law of steps 3 to 6, and its numbers, in
 ``harvester.fetch.ratelaw``.
