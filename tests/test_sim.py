@@ -69,8 +69,10 @@ async def test_a_limit_schedule_and_a_fault_span_play_out_in_time(
     assert {e.status for e in sim.log if e.time - start < 1} >= {503}
     assert 503 not in {e.status for e in sim.log if e.time - start >= 1}
     times = admitted(sim)
+    # At most 2 a second while the limit is 2/s (the 503s' backoff may carry every call past
+    # it: none in the first 3 s is a pass, not a crash of max() on nothing).
     early = [t for t in times if t - start < 3]
-    assert max(sum(1 for u in early if int(u) == int(t)) for t in early) <= 2
+    assert all(sum(1 for u in early if int(u) == int(t)) <= 2 for t in early)
     assert len(times) == len(ids), "after 3 s the limit is 1000: the rest in no time"
 
 
