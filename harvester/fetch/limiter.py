@@ -161,8 +161,10 @@ class RateLimiter:
         ``Stopping`` once the run is stopping: at once, however long the turn would be, or
         within ``QUICK_WAIT`` (a turn that near, or the ramp's steps before its first answer)."""
         clock = self._clock
+        stop = self._stop
         while True:
-            self._check_stop()
+            if stop is not None and stop.is_set():  # inline: every request passes here
+                raise Stopping("the run is stopping: not sent")
             now = clock.monotonic()
             slot = self._next_slot
             if slot < now:
@@ -194,26 +196,22 @@ class RateLimiter:
         step = QUICK_WAIT if fastest == math.inf else RAMP_ROUND_TRIPS * fastest * _TO_REDEAL
         step = max(step, QUICK_WAIT)
         while (wait := slot - now) > step and law.ramping:
-            if step > QUICK_WAIT:
-                if not await sleep_unless(clock, step, self._stop):
-                    raise Stopping("the run is stopping: not sent")
-            else:
-                await clock.sleep(step)
-                self._check_stop()
+            await self._sleep(step)
             if plan != self._plan:
                 return
             now = clock.monotonic()
-        if wait <= QUICK_WAIT:
-            # A turn this near is slept out plainly: waking on a stop as well costs two tasks
-            # and a wait, paid by every paced request when many are in flight.
-            await clock.sleep(wait)
-            self._check_stop()
-        elif not await sleep_unless(clock, wait, self._stop):
-            raise Stopping("the run is stopping: not sent")
+        await self._sleep(wait)
 
-    def _check_stop(self) -> None:
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``; raise ``Stopping`` once the run is stopping: at once, or for a
+        sleep at most ``QUICK_WAIT`` long, when it ends (slept out plainly: waking on a stop as
+        well costs two tasks and a wait, paid by every paced request when many are in flight)."""
         stop = self._stop
-        if stop is not None and stop.is_set():
+        if seconds <= QUICK_WAIT:
+            await self._clock.sleep(seconds)
+            if stop is not None and stop.is_set():
+                raise Stopping("the run is stopping: not sent")
+        elif not await sleep_unless(self._clock, seconds, stop):
             raise Stopping("the run is stopping: not sent")
 
     def answered(self, sent_at: float) -> None:
@@ -298,9 +296,8 @@ class RateLimiter:
             if last is not None and abs(retry_at - last) <= SHUT_RESET:
                 law.same_reset(now)
             return False
-        law.new_reset(
-            sample, now, retry_at - now
-        )  # None: a window we waited in says nothing of the limit
+        # A sample of None: a window we waited in says nothing of the limit.
+        law.new_reset(sample, now, retry_at - now)
         return False
 
     def pause_until(self, when: float, cause: str = "") -> None:

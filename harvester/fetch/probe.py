@@ -10,8 +10,6 @@ it was makes the next one wait twice as long.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 # At a confirmed limit: seconds without a 429 before probing above it (twice as long after each
 # probe that found the limit where it was, up to PROBE_AFTER_MAX), and the first step.
 PROBE_AFTER = 5.0
@@ -27,18 +25,10 @@ RAISED_WINDOWS = 0.5
 NEXT_TOKENS = 1.0
 
 
-class Windowed(Protocol):
-    @property
-    def window(self) -> float:
-        """The server's window as measured (seconds)."""
-        ...
-
-
 class Probe:
     """The probing above one confirmed limit: its step, its wait, and what it was served."""
 
-    def __init__(self, gauge: Windowed, agree: float, safety: float) -> None:
-        self._gauge = gauge  # the limiter's window
+    def __init__(self, agree: float, safety: float) -> None:
         self._agree = agree  # two limits this close are the same
         self._safety = safety  # the pace under a known limit
         self.step = PROBE_STEP
@@ -87,13 +77,12 @@ class Probe:
         return rate
 
     def found(
-        self, limit: float, sample: float, pace: float, peak: float, reset_in: float
+        self, limit: float, sample: float, pace: float, peak: float, reset_in: float, window: float
     ) -> float | None:
-        """A 429 at ``limit``'s pace or past it, closing a window that served ``sample`` per
+        """A 429 at ``limit``'s pace or past it, closing a ``window`` that served ``sample`` per
         second, its reset ``reset_in`` seconds away (``peak``: the most a window of ours was
         served since the limit was confirmed): the limit it shows, or None for a stray's."""
-        safety, window = self._safety, self._gauge.window
-        if pace <= (1 + PROBE_STEP / 2) * safety * limit:
+        if pace <= (1 + PROBE_STEP / 2) * self._safety * limit:
             # At its pace, a 429 says the limit is a little lower than that, whatever the window
             # served (a token bucket's burst makes one serve more than its rate).
             return min(sample, (1 - PROBE_STEP) * limit)

@@ -106,7 +106,7 @@ class RateLaw:
         self._last_429 = -math.inf
         self._last_cut = -math.inf
         self._cuts_since = -math.inf  # the first of the recent cuts for 429s without a reset
-        self._probe = Probe(gauge, AGREE, SAFETY)
+        self._probe = Probe(AGREE, SAFETY)
         self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
         # The share of 429s among recent requests, and running totals.
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=SHARE_OF)  # (time, a 429?)
@@ -206,7 +206,8 @@ class RateLaw:
             slack = COUNT_SLACK / self._gauge.window
             if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
                 peak = max((rate for end, rate in self._clean if end > self._last_429), default=0)
-                limit = self._probe.found(estimate, sample, pace, peak, reset_in)
+                window = self._gauge.window
+                limit = self._probe.found(estimate, sample, pace, peak, reset_in, window)
                 if limit is None:
                     self._excused = True  # a stray's: probe on
                 else:
