@@ -192,7 +192,8 @@ class RateLaw:
         None for a 429 without a reset."""
         pace = self._gauge.rate
         if sample is not None:
-            recent = now - RECENT_WINDOWS * self._gauge.window
+            window = self._gauge.window
+            recent = now - RECENT_WINDOWS * window
             before = [s for s in self._samples if s.time >= recent]
             trial = self._trial
             if trial is not None and trial.sample is not None:
@@ -202,11 +203,9 @@ class RateLaw:
             agreeing = [s.value for s in before if _same_limit(sample, pace, s, tolerance)]
             if not self._confirmed:
                 agreeing += self._window_after_window(now, tolerance)
-            estimate = self._estimate
-            slack = COUNT_SLACK / self._gauge.window
+            estimate, slack = self._estimate, COUNT_SLACK / window
             if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
                 peak = max((rate for end, rate in self._clean if end > self._last_429), default=0)
-                window = self._gauge.window
                 limit = self._probe.found(estimate, sample, pace, peak, reset_in, window)
                 if limit is None:
                     self._excused = True  # a stray's: probe on
