@@ -1,4 +1,5 @@
 """The command line's parser: the commands and their flags (``harvester.settings.options``),
+their help (``-h``: the flags most runs use, one line each; ``--help``: every flag, grouped),
 what is said of a flag it does not know, and the settings the parsed arguments make."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +17,27 @@ from harvester import __version__
 from harvester.errors import ConfigError
 from harvester.settings.config import CONFIG_KEYS, Settings
 from harvester.settings.load import load_settings
-from harvester.settings.options import CHECK, RETRY, RUN, STATUS, add_options, flag_of, path
+from harvester.settings.options import (
+    CHECK,
+    RETRY,
+    RUN,
+    STATUS,
+    WHERE,
+    Groups,
+    Option,
+    add_options,
+    brief_of,
+    flag_of,
+    path,
+)
 from harvester.settings.sources import CONFIG_VARIABLE, read_config
-from harvester.sim.command import add_sim_command
+from harvester.sim.command import SIM_HELP, add_sim_command
 from harvester.suggest import did_you_mean
 
 log = logging.getLogger("harvester")
+
+# The reference pages -h points to.
+_SETTINGS_PAGE, _SIM_PAGE = "docs/configuration.md", "docs/simulator.md"
 
 
 def unrecognized(unknown: list[str], parser: argparse.ArgumentParser) -> str:
@@ -39,26 +57,57 @@ def parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
         prog="harvester",
         allow_abbrev=False,
         description="Harvest call events from Bandwidth's Catapult voice API, in bulk.",
+        epilog="harvester COMMAND -h: the command's main options, one line each; harvester "
+        f"COMMAND --help: all of them, grouped. Every setting: {_SETTINGS_PAGE}; the simulator: "
+        f"{_SIM_PAGE}.",
+        formatter_class=_Formatter,
     )
     top.add_argument("--version", action="version", version=f"harvester {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    settings = f"Every setting (flag, config key, environment variable, default): {_SETTINGS_PAGE}"
     for name, (brief, description, epilog) in _COMMANDS.items():
         command = commands.add_parser(
-            name, allow_abbrev=False, help=brief, description=description, epilog=epilog
+            name,
+            allow_abbrev=False,
+            add_help=False,
+            help=brief,
+            description=description,
+            epilog=epilog,
         )
-        if name == STATUS:
-            # Not required by argparse, so that a misspelt --output is said as such.
-            command.add_argument(
-                "--output", "-o", metavar="PATH", type=path, help="the job's output"
-            )
-            command.add_argument("--json", action="store_true", help="one JSON document on stdout")
-        add_options(command, name)
-        if name == RETRY:
-            command.add_argument(
-                "--include-not-found", action="store_true", help="retry unknown calls (404) too"
-            )
-    add_sim_command(commands)
+        add_options(command, name, _OWN_OPTIONS)
+        _add_help(command, brief, settings)
+    _add_help(add_sim_command(commands), SIM_HELP, f"More on the simulator: {_SIM_PAGE}")
     return top, commands
+
+
+# Flags that set no setting, of one command each, by the title of their group.
+_OWN_OPTIONS: Groups = {
+    WHERE: (
+        # Not required by argparse, so that a misspelt --output is said as such.
+        Option(
+            ("--output", "-o"),
+            "the job's output",
+            (STATUS,),
+            metavar="PATH",
+            type=path,
+            brief="the job's output",
+        ),
+        Option(
+            ("--json",),
+            "one JSON document on stdout",
+            (STATUS,),
+            brief="one JSON document on stdout",
+            extra={"action": "store_true"},
+        ),
+        Option(
+            ("--include-not-found",),
+            "retry unknown calls (404) too",
+            (RETRY,),
+            brief="retry unknown calls (404) too",
+            extra={"action": "store_true"},
+        ),
+    ),
+}
 
 
 # Each command's help line, description and epilog.
@@ -101,6 +150,79 @@ _COMMANDS: dict[str, tuple[str, str, str | None]] = {
         None,
     ),
 }
+
+
+def _add_help(command: argparse.ArgumentParser, about: str, reference: str) -> None:
+    """A command's ``-h`` (``short_help``) and ``--help`` (argparse's, every flag in its group),
+    and a usage line short enough to head its errors."""
+    command.usage = "%(prog)s [options]  (-h: the main options, --help: all)"
+    command.formatter_class = _Formatter
+    command.add_argument(
+        "-h",
+        action=_ShortHelp,
+        about=about,
+        reference=reference,
+        help="the main options, one line each",
+    )
+    command.add_argument("--help", action="help", help="all options, grouped: this help")
+
+
+class _ShortHelp(argparse.Action):
+    """``-h``: print ``short_help`` and exit."""
+
+    def __init__(
+        self, option_strings: list[str], dest: str, about: str, reference: str, help: str
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+        self.about, self.reference = about, reference
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(short_help(parser, self.about, self.reference), end="")
+        parser.exit()
+
+
+def short_help(parser: argparse.ArgumentParser, about: str, reference: str) -> str:
+    """What ``-h`` says: the usage, ``about`` (what the command does), the flags most runs use
+    (those with a brief: see ``harvester.settings.options.main_flag``), one line each, and
+    where the rest is: ``--help`` and ``reference``."""
+    rows = [
+        (_invocation(action), brief) for action in parser._actions if (brief := brief_of(action))
+    ]
+    width = min(max(len(flags) for flags, _ in rows), 24)
+    lines = [
+        f"usage: {parser.prog} [options]",
+        f"{about[0].upper()}{about[1:]}.",
+        "",
+        "main options:",
+        *(f"  {flags:<{width}}  {brief}" for flags, brief in rows),
+        "",
+        f"All options, grouped: {parser.prog} --help",
+        reference,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _invocation(action: argparse.Action) -> str:
+    """A flag's names, the short one first, and what it takes: ``-o, --output PATH``."""
+    names = ", ".join(sorted(action.option_strings, key=len))
+    if action.nargs == 0:
+        return names
+    if action.metavar is None and action.choices is not None:
+        return f"{names} {{{','.join(map(str, action.choices))}}}"
+    return f"{names} {action.metavar or action.dest.upper()}"
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, no wider than 100 columns however wide the terminal."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=min(shutil.get_terminal_size().columns, 100) - 2)
 
 
 def log_format(args: argparse.Namespace) -> str:

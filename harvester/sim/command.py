@@ -10,102 +10,130 @@ import shlex
 import signal
 from typing import TYPE_CHECKING, Any
 
-from harvester.settings.options import path
+from harvester.settings.options import main_flag, path
 
 if TYPE_CHECKING:  # the simulator (aiohttp's server) is imported only to serve
     from harvester.sim.server import SimConfig
 
 EXIT_OK, EXIT_USAGE = 0, 2
+SIM_HELP = "serve the bundled Catapult API simulator on loopback"
 
 log = logging.getLogger("harvester")
 
 
-def add_sim_command(commands: Any) -> None:
-    """The ``sim`` subcommand and its flags."""
-    sim = commands.add_parser(
+def add_sim_command(commands: Any) -> argparse.ArgumentParser:
+    """The ``sim`` subcommand and its flags, in groups. Its -h and --help are the command
+    line's: -h lists the flags added by ``_main_flag``."""
+    sim: argparse.ArgumentParser = commands.add_parser(
         "sim",
         allow_abbrev=False,
-        help="serve the bundled Catapult API simulator on loopback",
+        add_help=False,
+        help=SIM_HELP,
         description="Serve a stand-in for the Catapult API (events and list-calls endpoints) "
         "with basic auth, a fixed-window rate limit and injectable faults.",
     )
-    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    sim.add_argument("--port", type=_port, default=0, help="port (default 0: a free one)")
-    sim.add_argument(
-        "--calls", type=_count, default=1000, help="calls in the registry (default 1000)"
+    serving = sim.add_argument_group("serving")
+    _main_flag(
+        serving, "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
-    sim.add_argument("--seed", type=int, default=7, help="seed of the registry and of faults")
-    _limit_options(sim)
-    _fault_options(sim)
-    sim.add_argument("--ready-file", type=path, help="write the base URL here once serving")
-    sim.add_argument("--ids-file", type=path, help="write the registry's call ids here")
+    _main_flag(serving, "--port", type=_port, default=0, help="port (default 0: a free one)")
+    _main_flag(serving, "--ready-file", type=path, help="write the base URL here once serving")
+    _main_flag(serving, "--ids-file", type=path, help="write the registry's call ids here")
+    _call_options(sim.add_argument_group("the calls and their answers"))
+    _limit_options(sim.add_argument_group("the rate limit"))
+    _fault_options(sim.add_argument_group("faults"))
+    return sim
 
 
-def _limit_options(sim: argparse.ArgumentParser) -> None:
-    """The simulator's rate limit, its pace and its shape of the API's answers."""
-    sim.add_argument(
+def _main_flag(
+    group: argparse._ArgumentGroup, *flags: str, brief: str | None = None, **options: Any
+) -> None:
+    """Add a flag most runs use: -h lists it, saying ``brief`` (by default, its help)."""
+    main_flag(group.add_argument(*flags, **options), brief)
+
+
+def _call_options(calls: argparse._ArgumentGroup) -> None:
+    """The simulator's calls, and how it answers for them."""
+    _main_flag(
+        calls, "--calls", type=_count, default=1000, help="calls in the registry (default 1000)"
+    )
+    _main_flag(calls, "--seed", type=int, default=7, help="seed of the registry and of faults")
+    calls.add_argument(
+        "--days", type=_positive, default=3.0, help="the calls start over the days before today (3)"
+    )
+    _main_flag(calls, "--open-world", action="store_true", help="every well-formed call id exists")
+    _main_flag(calls, "--latency", type=_seconds, default=0.0, help="seconds before each answer")
+    calls.add_argument(
+        "--events-page-size", type=_count, default=0, help="page events with Link headers"
+    )
+    calls.add_argument(
+        "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
+    )
+
+
+def _limit_options(limit: argparse._ArgumentGroup) -> None:
+    """The simulator's rate limit: its size, its window and its shape."""
+    _main_flag(
+        limit,
         "--rate-limit",
         type=_count,
         default=0,
         help="requests per window, then 429 (default 0: none)",
     )
-    sim.add_argument(
-        "--window", type=_positive, default=1.0, help="rate-limit window in seconds (default 1)"
+    _main_flag(
+        limit,
+        "--window",
+        type=_positive,
+        default=1.0,
+        help="rate-limit window in seconds (default 1)",
     )
-    sim.add_argument(
+    _main_flag(
+        limit,
         "--limit-kind",
         choices=("fixed", "sliding", "bucket"),
         default="fixed",
         help="fixed windows (Catapult's), a sliding window, or a token bucket (default fixed)",
+        brief="fixed (Catapult's; the default), sliding, or bucket",
     )
-    sim.add_argument(
+    limit.add_argument(
         "--burst", type=_count, default=0, help="a token bucket's size (default: --rate-limit)"
     )
-    sim.add_argument(
+    limit.add_argument(
         "--limit-schedule",
         metavar="T:N,...",
         default="",
         help="from T seconds after the first request on, the limit is N (e.g. 10:200,30:50)",
     )
-    sim.add_argument("--latency", type=_seconds, default=0.0, help="seconds before each answer")
-    sim.add_argument(
-        "--events-page-size", type=_count, default=0, help="page events with Link headers"
-    )
-    sim.add_argument("--open-world", action="store_true", help="every well-formed call id exists")
-    sim.add_argument(
-        "--days", type=_positive, default=3.0, help="the calls start over the days before today (3)"
-    )
-    sim.add_argument(
-        "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
-    )
 
 
-def _fault_options(sim: argparse.ArgumentParser) -> None:
+def _fault_options(faults: argparse._ArgumentGroup) -> None:
     """The faults the simulator injects."""
-    sim.add_argument(
-        "--faults-on-list", action="store_true", help="inject --fault faults into the call list too"
-    )
-    sim.add_argument(
+    _main_flag(
+        faults,
         "--fault",
         action="append",
         default=[],
         metavar="KIND=P",
         help="inject a fault with probability P per request; kinds: "
         "500 502 503 504 reset truncate html slow 429 429-retry-after 429-bare",
+        brief="inject a fault with probability P per request (500, reset, 429...)",
     )
-    sim.add_argument(
+    faults.add_argument(
+        "--faults-on-list", action="store_true", help="inject --fault faults into the call list too"
+    )
+    faults.add_argument(
         "--max-faults-per-call",
         type=_count,
         default=2,
         help="faults a call sees in a row at most (default 2)",
     )
-    sim.add_argument(
+    faults.add_argument(
         "--faults-between",
         metavar="START:END",
         default="",
         help="inject faults only between these seconds from the first request (e.g. 0:3)",
     )
-    sim.add_argument(
+    faults.add_argument(
         "--fault-reset",
         type=_seconds,
         default=0.5,
