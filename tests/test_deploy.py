@@ -1,6 +1,6 @@
 """The operator's kit in ``deploy/``: each recipe checked by the tool its users run it with
-(systemd-analyze, kubernetes-validate, promtool), run as written against the simulator, and the
-README's copies the very files.
+(systemd-analyze, kubernetes-validate, promtool), run as written against the simulator, and
+each one linked from the page of docs/ that says how to use it.
 
 A test that needs a tool the machine lacks is skipped, saying which and how to install it;
 with ``REQUIRE_DEPLOY_TOOLS=1`` (``.ci/run`` sets it, after installing them) it fails.
@@ -64,29 +64,29 @@ def harvester_command() -> str:
     return str(installed)
 
 
-# -- the README shows exactly these files ----------------------------------------------------
+# -- the docs point at exactly these files --------------------------------------------------
 
-# A copy in the README: an HTML comment naming the file, right before its fenced block.
-COPY = re.compile(r"<!-- (deploy/\S+) -->\n```[\w-]*\n(.*?)```", re.DOTALL)
-# What a recipe looks like, wherever it is in the README.
+# What a recipe looks like, wherever it is in the Markdown.
 RECIPE = re.compile(r"^\[(Unit|Service|Timer)\]|^kind: |^CRON_TZ|^groups:|^\d+ \d+ \* \* \*", re.M)
+# A relative link in a page of docs/.
+LINK = re.compile(r"\]\((\.\./deploy/[^)#\s]+)\)")
 
 
-def test_the_readme_shows_or_points_to_exactly_the_deploy_files() -> None:
-    readme = (ROOT / "README.md").read_text()
-    copies = dict(COPY.findall(readme))
-    for name, copy in copies.items():
-        assert (ROOT / name).is_file(), f"the README copies {name}, which does not exist"
-        assert copy == (ROOT / name).read_text(), f"the README's copy of {name} differs from it"
+def test_the_docs_point_at_every_deploy_file_and_copy_no_recipe() -> None:
+    """Every file of deploy/ is linked from a page of docs/ (the page that says how to use it),
+    and no Markdown file holds a recipe of its own, which would drift from the tested one."""
+    linked = set()
+    for page in (ROOT / "docs").glob("*.md"):
+        linked |= {(page.parent / link).resolve() for link in LINK.findall(page.read_text())}
     for file in sorted(DEPLOY.rglob("*")):
-        name = str(file.relative_to(ROOT))
         if file.is_file():
-            assert name in copies or f"]({name})" in readme, f"the README never shows {name}"
-    blocks = re.findall(r"(?:<!-- (\S+) -->\n)?```[\w-]*\n(.*?)```", readme, re.DOTALL)
-    for marker, block in blocks:
-        assert marker or not RECIPE.search(block), (
-            f"a recipe in the README that is no file of deploy/:\n{block[:300]}"
-        )
+            name = file.relative_to(ROOT)
+            assert file.resolve() in linked, f"no page of docs/ links to {name}"
+    for markdown in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for block in re.findall(r"```[\w-]*\n(.*?)```", markdown.read_text(), re.DOTALL):
+            assert not RECIPE.search(block), (
+                f"a recipe in {markdown.name} that is no file of deploy/:\n{block[:300]}"
+            )
 
 
 # -- running a recipe against the simulator ---------------------------------------------------
@@ -100,7 +100,7 @@ def week_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 def installed_config(folder: Path) -> Path:
-    """config.example.toml installed as the README says: copied, the user id, API token and
+    """config.example.toml installed as docs/scheduling.md says: copied, the user id, API token and
     secret filled in, readable by its owner only."""
     text = (ROOT / "config.example.toml").read_text()
     for key, value in (
@@ -211,7 +211,7 @@ def test_the_services_command_harvests_the_nights_with_the_example_config(
     week_sim: dict[str, str], tmp_path: Path
 ) -> None:
     """ExecStart as written, the paths systemd gives it moved into tmp_path, the config
-    config.example.toml as the README says to install it: every night, and again the next
+    config.example.toml as docs/scheduling.md says to install it: every night, and again the next
     time with nothing to do, exit 0."""
     state, credentials, textfile = tmp_path / "state", tmp_path / "credentials", tmp_path / "tf"
     state.mkdir()
@@ -397,8 +397,7 @@ def test_the_cronjob_retries_an_outage_per_shard_and_fails_fast_what_a_person_mu
     volume = next(v for v in pod["volumes"] if v["name"] == mounts["/data"])
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "four pods on any nodes write it"
-    readme = (ROOT / "README.md").read_text()
-    assert "ReadWriteMany" in readme
+    assert "ReadWriteMany" in (ROOT / "docs" / "scheduling.md").read_text()
 
 
 def test_the_cronjobs_shards_together_harvest_every_night_once(
@@ -589,3 +588,64 @@ def test_a_refused_run_sets_the_last_exit_code_so_that_the_alert_fires(
         )
         assert done.returncode == 2, done.stderr
     assert night.read_bytes() == kept and Path("/dev/null").is_char_device()
+
+
+# -- the README's commands, as written ---------------------------------------------------------
+
+
+def readme_block(section: str) -> list[str]:
+    """The commands of the first ``sh`` block under the README's ``section``, comments off."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(section) :].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def as_written(line: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """One line of the README, run by bash in ``folder`` (a clone), harvester as installed."""
+    line = re.sub(r"^(\.venv/bin/)?harvester ", shlex.quote(harvester_command()) + " ", line)
+    return subprocess.run(
+        ["bash", "-c", line], cwd=folder, env=env, capture_output=True, check=False, timeout=120
+    )
+
+
+def test_the_readmes_first_run_works_as_written(week_sim: dict[str, str], tmp_path: Path) -> None:
+    """A first real run as the README gives it: the credentials exported (the simulator's), the
+    check, the dry run (nothing written), the run; and run again, nothing written twice."""
+    lines = readme_block("## A first real run")
+    assert lines[0].startswith("python3 -m venv") and lines[1].startswith("export ")
+    (tmp_path / "calls.txt").write_text(Path(week_sim["IDS_FILE"]).read_text())
+    environment = {**api_only(week_sim), **credentials()}
+    check, dry, run = lines[3:]
+    done = as_written(check, tmp_path, environment)
+    assert done.returncode == 0, done.stderr
+    done = as_written(dry, tmp_path, environment)
+    assert done.returncode == 0 and not (tmp_path / "out").exists(), done.stderr
+    done = as_written(run, tmp_path, environment)
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads((tmp_path / "out/summary.json").read_bytes())
+    calls = len(Path(week_sim["IDS_FILE"]).read_text().split())
+    assert (summary["ok"], summary["failed"]) == (calls, 0)
+    events = (tmp_path / "out/events.ndjson").read_bytes()
+    again = as_written(run, tmp_path, environment)
+    assert again.returncode == 0 and (tmp_path / "out/events.ndjson").read_bytes() == events
+
+
+def test_the_readmes_nightly_job_works_as_written(week_sim: dict[str, str], tmp_path: Path) -> None:
+    """The README's "Every night": config.example.toml copied, the three keys it names set, and
+    the run: seven nights, each its own file, every call once; the next run adds nothing."""
+    copy, run = readme_block("## Every night")
+    shutil.copy(ROOT / "config.example.toml", tmp_path)
+    environment = api_only(week_sim)
+    assert as_written(copy, tmp_path, environment).returncode == 0
+    config = tmp_path / "harvester.toml"
+    assert config.stat().st_mode & 0o077 == 0, "chmod 600, as the README says"
+    config.write_text(installed_config(tmp_path / "filled").read_text())
+
+    done = as_written(run, tmp_path, environment)
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads((tmp_path / "out/summary.json").read_bytes())
+    assert summary["nights"] == 7 and summary["failed"] == 0
+    lines = events_of(tmp_path / "out")
+    assert len(nights_in(tmp_path / "out")) == 7 and len(lines) == len(set(lines)) > 0
+    assert as_written(run, tmp_path, environment).returncode == 0
+    assert events_of(tmp_path / "out") == lines

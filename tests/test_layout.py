@@ -152,18 +152,19 @@ def test_no_function_is_longer_than_a_screen() -> None:
     assert long == []
 
 
-README = PACKAGE.parent / "README.md"
+LAYOUT_PAGE = PACKAGE.parent / "docs" / "contributing.md"
 TABLE_HEADER = "| module | what it does |"
 
 
 def layout_table() -> dict[str, str | None]:
-    """Every module the README's layout table names, as its path from the repository's root,
-    with the package of the group it is named in (``harvester/settings/``; None under a group
-    that is no package, such as **shared** or **top**, whose rows give whole paths). A bare
+    """Every module the layout table of docs/contributing.md names, as its path from the
+    repository's root, with the package of the group it is named in (``harvester/settings/``;
+    None under a group that is no package, such as **shared** or **top**, whose rows give whole
+    paths). A bare
     name is in its group's package; a name that is not a Python file (``deploy/``) is no
     module."""
-    lines = README.read_text().splitlines()
-    assert TABLE_HEADER in lines, f"README.md has no table headed {TABLE_HEADER!r}"
+    lines = LAYOUT_PAGE.read_text().splitlines()
+    assert TABLE_HEADER in lines, f"docs/contributing.md has no table headed {TABLE_HEADER!r}"
     named: dict[str, str | None] = {}
     group: str | None = None
     for line in lines[lines.index(TABLE_HEADER) + 2 :]:
@@ -180,10 +181,10 @@ def layout_table() -> dict[str, str | None]:
     return named
 
 
-def test_the_readme_layout_table_names_every_module() -> None:
-    """Every module (``__init__`` and ``__main__`` aside) is named in the README's layout
-    table, in the group of its package where the table has one, and the table names no
-    module that is not there."""
+def test_the_layout_table_names_every_module() -> None:
+    """Every module (``__init__`` and ``__main__`` aside) is named in the layout table of
+    docs/contributing.md, in the group of its package where the table has one, and the table
+    names no module that is not there."""
     root = PACKAGE.parent
     named = layout_table()
     groups = {group for group in named.values() if group is not None}
@@ -200,6 +201,6 @@ def test_the_readme_layout_table_names_every_module() -> None:
         if package in groups and named[module] != package:
             misplaced.append(f"{module} (under {named[module] or 'a group of whole paths'})")
     assert (missing, stale, misplaced) == ([], [], []), (
-        f"README.md's layout table: missing {missing}; names what is not there {stale}; "
+        f"docs/contributing.md's layout table: missing {missing}; names what is not there {stale}; "
         f"names outside its package's group {misplaced}"
     )

@@ -1,4 +1,4 @@
-"""harvester from Python: the options it takes are those the README names, a misspelt one is
+"""harvester from Python: the options it takes are those docs/python.md names, a misspelt one is
 met with the right name, and a run says what it does through the application's own logging."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, Simulator
 
 from .conftest import write_calls
 
-README = Path(__file__).parent.parent / "README.md"
+PYTHON_PAGE = Path(__file__).parent.parent / "docs" / "python.md"
 
 
 class Kept(logging.Handler):
@@ -107,10 +107,8 @@ async def test_a_flags_name_given_to_the_library_is_met_with_its_key(
     assert str(raised.value) == f"unknown setting {given!r} (did you mean {meant}?)"
 
 
-def test_the_readmes_python_options_are_the_keys_the_library_takes() -> None:
-    text = README.read_text()
-    section = text[text.index("### From Python") :]
-    section = section[: section.index("\n## ")]
+def test_the_python_pages_options_are_the_keys_the_library_takes() -> None:
+    section = PYTHON_PAGE.read_text()
     named = set(re.findall(r"`([a-z][a-z_]+)`", section))
     options = {"commit_calls", "commit_seconds", "progress", "log_every"}
     assert options <= named, "the keys that are not a flag's name are named"

@@ -165,7 +165,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             lines.append(f"why:       {last['reason']}")
     lines.append(f"running:   {'yes, pid ' + str(pid) if pid else 'no'}")
     for path, reason in status["damaged"].items():
-        lines.append(f"damaged:   {path}: {reason} (the next run refuses it; see the README)")
+        lines.append(f"damaged:   {path}: {reason} (the next run refuses it; see docs/output.md)")
     return lines
 
 
