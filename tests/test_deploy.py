@@ -631,9 +631,10 @@ def test_the_readmes_first_run_works_as_written(week_sim: dict[str, str], tmp_pa
 
 
 def test_the_readmes_nightly_job_works_as_written(week_sim: dict[str, str], tmp_path: Path) -> None:
-    """The README's "Every night": config.example.toml copied, the three keys it names set, and
-    the run: seven nights, each its own file, every call once; the next run adds nothing."""
-    copy, run = readme_block("## Every night")
+    """The README's "Every night": config.example.toml copied, its user id and credentials set,
+    the run: seven nights, each its own file, every call once; the next run adds nothing; the
+    status, from the same config, a line a night (and the run's remedy, from it too)."""
+    copy, run, status = readme_block("## Every night")
     shutil.copy(ROOT / "config.example.toml", tmp_path)
     environment = api_only(week_sim)
     assert as_written(copy, tmp_path, environment).returncode == 0
@@ -649,3 +650,16 @@ def test_the_readmes_nightly_job_works_as_written(week_sim: dict[str, str], tmp_
     assert len(nights_in(tmp_path / "out")) == 7 and len(lines) == len(set(lines)) > 0
     assert as_written(run, tmp_path, environment).returncode == 0
     assert events_of(tmp_path / "out") == lines
+
+    said = as_written(status, tmp_path, environment)
+    nights = said.stdout.decode().splitlines()
+    assert said.returncode == 0 and len(nights) == 7, said.stderr
+    assert all(" completed: " in night for night in nights), nights
+    fewer = as_written(status + " --nights 2", tmp_path, environment).stdout.decode()
+    assert fewer.splitlines() == nights[-2:], "a flag over the config's"
+    retry = as_written(run.replace(" run ", " retry-failed "), tmp_path, environment)
+    assert retry.returncode == 0 and events_of(tmp_path / "out") == lines, retry.stderr
+
+    config.write_text(config.read_text().replace("nights = 7", 'nights = "7"'))
+    refused = as_written(status, tmp_path, environment)
+    assert refused.returncode == 2 and b"nights in config file" in refused.stderr

@@ -50,24 +50,33 @@ def test_the_readme_is_short_and_links_every_page() -> None:
     text = README.read_text()
     assert len(text.splitlines()) <= 200, "README.md: at most 200 lines; the rest goes to docs/"
     for page in PAGES:
-        assert f"](docs/{page.name})" in text, f"README.md does not link docs/{page.name}"
+        title, question = page_opening(page)
+        row = f"| [{title}](docs/{page.name}) | {question} |"
+        assert row in text, f"README.md's reference table has no row {row!r}"
     for section in ("## Try it", "## A first real run", "## Every night", "## Exit codes"):
         assert section in text, f"README.md has no {section!r}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_each_page_starts_with_the_question_it_answers(page: Path) -> None:
+def page_opening(page: Path) -> tuple[str, str]:
+    """A page's title, and the question it opens with (its first paragraph, in bold)."""
     lines = [line for line in page.read_text().splitlines() if line.strip()]
-    assert lines[0].startswith("# "), f"{page.name} starts with its title"
     question = []
-    for line in lines[1:]:  # the first paragraph after the title
+    for line in lines[1:]:
         question.append(line)
         if line.endswith("**"):
             break
-    said = " ".join(question)
-    assert said.startswith("**") and said.endswith("?**"), (
-        f"{page.name}: the first lines after the title are the question it answers, in bold; "
-        f"found {said[:120]!r}"
+    return lines[0].removeprefix("# "), " ".join(question).strip("*")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_each_page_starts_with_the_question_it_answers(page: Path) -> None:
+    first = page.read_text().splitlines()
+    assert first[0].startswith("# "), f"{page.name} starts with its title"
+    assert first[2].startswith("**"), f"{page.name}: its question, in bold, after the title"
+    _, question = page_opening(page)
+    assert question.endswith("?") and "**" not in question, (
+        f"{page.name}: the first paragraph after the title is the question it answers; "
+        f"found {question[:120]!r}"
     )
 
 

@@ -15,13 +15,14 @@ from typing import Any
 import orjson
 
 from harvester import exits
-from harvester.cli.parser import settings_of
+from harvester.cli.parser import config_path, settings_of
 from harvester.credentials import redact_url
 from harvester.errors import ApiError, ConfigError, FailureCode, FatalApiError, TransientError
 from harvester.run.job import ping
 from harvester.run.night_plan import nights_of
 from harvester.settings.config import CONFIG_KEYS
 from harvester.settings.shard import Shard
+from harvester.settings.sources import read_toml
 from harvester.settings.values import render_path
 from harvester.settings.window import parse_window, parse_zone
 from harvester.store.status import job_status, night_lines, status_lines
@@ -34,8 +35,13 @@ _PROXY_CODES = frozenset(
 
 
 def status(args: argparse.Namespace) -> int:
+    try:
+        _from_config(args)
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        return exits.USAGE
     if args.output is None:
-        log.error("error: status needs the job's output: --output PATH (exit 2)")
+        log.error("error: status needs the job's output: --output PATH, or --config (exit 2)")
         return exits.USAGE
     try:
         status = _nights_status(args) if args.nights else job_status(_job_output(args))
@@ -54,6 +60,36 @@ def status(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # | head: whoever reads has read enough; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return exits.OK
+
+
+# What finds a job: its output, and what fills the output's {date} and {shard}.
+_JOB_KEYS = ("output", "nights", "yesterday", "since", "until", "tz", "shard")
+_WINDOW_KEYS = ("nights", "yesterday", "since", "until")
+
+
+def _from_config(args: argparse.Namespace) -> None:
+    """The job the run with the config file (``--config``, else ``HARVESTER_CONFIG``) writes:
+    its keys that find a job, where no flag gives them. A window given by a flag sets the
+    file's aside, as it does for the run."""
+    config = config_path(args)
+    if config is None:
+        return
+    found = read_toml(config)
+    window_given = any(getattr(args, key) for key in _WINDOW_KEYS)
+    for key in _JOB_KEYS:
+        if key in found and not getattr(args, key) and not (key in _WINDOW_KEYS and window_given):
+            setattr(args, key, _job_value(key, found[key], config))
+
+
+def _job_value(key: str, value: Any, config: Path) -> Any:
+    """``value`` of ``key`` in the config file, as the flag's would be."""
+    kinds: dict[str, type[Any]] = {"output": str, "nights": int, "yesterday": bool}
+    kind = kinds.get(key, str)
+    if key in ("since", "until") and not isinstance(value, str):
+        value = str(value)  # a TOML date-time
+    if type(value) is not kind or value == "":
+        raise ConfigError(f"{key} in config file {config}: not a {kind.__name__} ({value!r})")
+    return Path(value) if key == "output" else value
 
 
 def _nights_status(args: argparse.Namespace) -> dict[str, Any]:

@@ -113,25 +113,31 @@ _OWN_OPTIONS: Groups = {
 # Each command's help line, description and epilog.
 _COMMANDS: dict[str, tuple[str, str, str | None]] = {
     RUN: (
-        "harvest the events of every call in a call list",
-        "Fetch the events of every call in --input and write them to --output as NDJSON. "
+        "harvest the events of every call of a call list, or of the last nights",
+        "Fetch the events of every call in --input, or without it of every call of the nights "
+        "or the window the API's call list holds (--nights, --since), and write them to --output "
+        "as NDJSON. "
         "Credentials come from CATAPULT_API_TOKEN and CATAPULT_API_SECRET. Settings: config "
         "file < environment < flags (see config.example.toml).",
         "Run the same command again after any interruption: it resumes, and every event lands "
-        "exactly once. Exit codes: 0 all harvested; 1 some calls failed (see the failures "
-        "file); 2 usage, config or input error; 3 aborted: credentials refused, no access, or "
-        "TLS refused; 4 an output file could not be written; 5 stopped at --deadline or "
-        "--max-duration (resumable); 6 the API is unreachable or down (resumable: run again "
-        "later); 7 the input or window holds no call (with --fail-on-empty); 70 internal error; "
-        "75 another harvester runs this job now (nothing changed); 130/143 stopped by "
-        "SIGINT/SIGTERM (resumable).",
+        "exactly once. Exit codes: 0 all harvested; 1 more calls failed than --max-failures "
+        "allows (see the failures file, and retry-failed); 2 usage, config or input error, a "
+        "damaged ledger, or an output that is not the one the ledger vouches for; 3 aborted: "
+        "credentials refused, no access, the proxy refused ours, TLS refused, or a wrong base "
+        "URL; 4 an output file could not be written, or was changed under the run; 5 stopped "
+        "at --deadline or --max-duration (resumable); 6 the API is unreachable or down "
+        "(resumable: run again later); 7 the input or window holds no call (with "
+        "--fail-on-empty); 70 internal error; 75 another harvester runs this job now (nothing "
+        "changed); 130/143 stopped by SIGINT/SIGTERM (resumable). What to do for each: the "
+        "README's exit codes, and docs/failures.md.",
     ),
     RETRY: (
         "harvest again the calls of an output's failures file that are worth it",
         "Harvest again the calls listed in the failures file of --output (not unknown calls, "
         "unless --include-not-found), append their events to the same output exactly once, "
         "and leave in the failures file only what still fails. An --output holding {date} or "
-        "{shard} takes the run's --yesterday/--since and --shard to fill them.",
+        "{shard} takes the nightly flags (--nights, --yesterday, --since, --until, --tz) and "
+        "--shard to fill them, as --config gives them.",
         "Exit codes as for run.",
     ),
     CHECK: (
@@ -145,8 +151,10 @@ _COMMANDS: dict[str, tuple[str, str, str | None]] = {
         "where a job stands, without running it",
         "Read the state beside --output and say what the job harvests, how far it got (calls "
         "done, failed by code), how its last run ended, and whether a harvester is running it "
-        "now. Changes nothing. Exit 0, or 2 when there is no job there. An --output holding "
-        "{date} or {shard} takes the run's --yesterday/--since, --tz and --shard to fill them.",
+        "now. Changes nothing. Exit 0, or 2 when there is no job there. With --config, the job "
+        "the run with that config writes (its output, nights, tz and shard, unless flags say "
+        "otherwise). An --output holding {date} or {shard} takes the nightly flags (--nights, "
+        "--yesterday, --since, --until, --tz) and --shard to fill them.",
         None,
     ),
 }
@@ -197,6 +205,7 @@ def short_help(parser: argparse.ArgumentParser, about: str, reference: str) -> s
     width = min(max(len(flags) for flags, _ in rows), 24)
     lines = [
         f"usage: {parser.prog} [options]",
+        "",
         f"{about[0].upper()}{about[1:]}.",
         "",
         "main options:",

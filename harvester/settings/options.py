@@ -68,8 +68,8 @@ def brief_of(action: argparse.Action) -> str | None:
 # The groups of --help: each flag is under the same title in every command's.
 WHERE, NIGHTLY = "what to harvest, and where to", "nightly mode"
 DESCRIPTIONS = {
-    NIGHTLY: "Without --input, list the API's calls of a time window (newest first, stopping once "
-    "past the window) and harvest those. Paths may hold {date} (the window's start date) and "
+    NIGHTLY: "The nights or the window of a nightly job, which run finds in the API's call list "
+    "when it has no --input. Paths may hold {date} (a night's or the window's start date) and "
     "{shard} (K of --shard K/N).",
 }
 Groups = dict[str, tuple[Option, ...]]  # options by the title of their group in --help
@@ -107,7 +107,7 @@ GROUPS: Groups = {
             _JOBS,
             metavar="PATH",
             type=path,
-            brief="NDJSON file of events (retry-failed: an earlier run's output)",
+            brief="the events, one JSON object a line (NDJSON)",
         ),
         Option(
             ("--failures",),
@@ -126,7 +126,7 @@ GROUPS: Groups = {
         Option(
             ("--config",),
             "TOML config file (keys as in config.example.toml)",
-            _ALL,
+            (*_ALL, STATUS),
             metavar="PATH",
             type=path,
             brief="TOML config file (keys as in config.example.toml)",
@@ -286,7 +286,7 @@ GROUPS: Groups = {
             (RUN, RETRY, STATUS),
             metavar="N",
             type=int,
-            brief="the last N complete days in --tz, each into its own {date} files",
+            brief="the last N complete days in --tz, each with its own {date} files",
         ),
         Option(
             ("--yesterday",),
@@ -347,7 +347,6 @@ GROUPS: Groups = {
             "log every retry and failure",
             _ALL,
             brief="log every retry and failure",
-            brief_in=(RETRY, CHECK),
             extra={"action": "store_true"},
         ),
         Option(
