@@ -86,25 +86,32 @@ SHAPES: dict[str, Callable[[], object]] = {
     "sliding": lambda: SlidingWindow(100),
     "fixed": lambda: FixedWindow(100),
 }
-_played: dict[tuple[str, int], tuple[float, float]] = {}
+_played: dict[tuple[str, int, bool], tuple[float, float]] = {}
 
 
-async def steady(seed: int, shape: str) -> tuple[float, float]:
+def round_trip(seed: int, spread: bool) -> float:
+    """The round trip a seed plays at: 30 ms, or (``spread``) 2 to 92 ms by seed, so that the
+    deterministic limits are met at many round trips, not one."""
+    return 0.002 + 0.01 * (seed % 10) if spread else 0.03
+
+
+async def steady(seed: int, shape: str, spread: bool = False) -> tuple[float, float]:
     """The limit ``SHAPES[shape]``, adaptive, 16 workers: (share of the limit served, share of
     requests answered 429) from 8 s to 40 s."""
-    if (shape, seed) not in _played:
+    if (shape, seed, spread) not in _played:
         clock, api = seeded(seed, SHAPES[shape]())
-        await play(api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=40)
+        client = Client(RateLimiter(0, clock), workers=16)
+        await play(api, [client], clock, seconds=40, latency=round_trip(seed, spread))
         served, limited = api.served(8, 40)
-        _played[shape, seed] = (served / 100, limited)
-    return _played[shape, seed]
+        _played[shape, seed, spread] = (served / 100, limited)
+    return _played[shape, seed, spread]
 
 
-def figure(shape: str, which: int) -> Scenario:
+def figure(shape: str, which: int, spread: bool = False) -> Scenario:
     """One figure of ``steady`` under ``shape`` (0: share of the limit, 1: share of 429s)."""
 
     async def scenario(seed: int) -> float:
-        return (await steady(seed, shape))[which]
+        return (await steady(seed, shape, spread))[which]
 
     return scenario
 
@@ -149,6 +156,16 @@ SCENARIOS: list[tuple[str, Scenario, float, bool]] = [
     ("sliding 100/s: share of 429s", figure("sliding", 1), 0.004, False),
     ("fixed 100/s: share of the limit", figure("fixed", 0), 0.95, True),
     ("fixed 100/s: share of 429s", figure("fixed", 1), 0.005, False),
+    # The same limits at round trips of 2 to 92 ms (the seed's last digit): a bucket's next
+    # token is past on arrival, a window's reset nearer or further.
+    ("2-92 ms: bucket 100/s, burst 20: share", figure("bucket 20", 0, True), 0.97, True),
+    ("2-92 ms: bucket 100/s, burst 20: 429s", figure("bucket 20", 1, True), 0.004, False),
+    ("2-92 ms: bucket 100/s, burst 100: share", figure("bucket 100", 0, True), 0.97, True),
+    ("2-92 ms: bucket 100/s, burst 100: 429s", figure("bucket 100", 1, True), 0.004, False),
+    ("2-92 ms: sliding 100/s: share", figure("sliding", 0, True), 0.97, True),
+    ("2-92 ms: sliding 100/s: 429s", figure("sliding", 1, True), 0.004, False),
+    ("2-92 ms: fixed 100/s: share", figure("fixed", 0, True), 0.95, True),
+    ("2-92 ms: fixed 100/s: 429s", figure("fixed", 1, True), 0.005, False),
 ]
 
 

@@ -188,6 +188,43 @@ def test_rate_limit_delay_reads_every_header_form(
         assert result == pytest.approx(delay)
 
 
+@pytest.mark.parametrize(
+    ("reset", "sent", "delay"),
+    [
+        (NOW - 0.005, NOW - 0.03, -0.005),  # passed on the way back: the reset has come
+        (NOW - 0.05, NOW - 0.03, None),  # before the request left: a clock behind ours
+        (NOW + 0.2, NOW - 0.03, 0.2),
+    ],
+)
+def test_a_reset_that_passed_on_the_answers_way_back_has_come(
+    reset: float, sent: float, delay: float | None
+) -> None:
+    headers = {"X-RateLimit-Reset": str(round(reset * 1000))}
+    result = rate_limit_delay(headers, NOW, sent=sent)
+    assert result == (None if delay is None else pytest.approx(delay, abs=0.001))
+    assert rate_limit_delay({"X-RateLimit-Reset": "0"}, NOW, sent=sent) is None
+
+
+async def test_a_buckets_next_token_past_on_arrival_is_still_the_limits_reset(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    # Over a real network a token bucket's 429 arrives after its next token (10 ms ahead at
+    # 100/s): its reset is past, but it passed after the request left. It is the limit's word,
+    # not a 429 without a reset, which backs off and cuts the pace (0.75% of 429s, before).
+    config = SimConfig(calls=4000, rate_limit=100, limit_kind="bucket", burst=20)
+    config.return_latency = 0.02
+    async with Simulator(config, clock=clock) as api:
+        write_calls(tmp_path, api.call_ids())
+        stats = await harvest(make_settings(api, tmp_path, concurrency=16), clock=clock)
+
+    assert (stats.ok, stats.failed) == (4000, 0)
+    began = api.log[0].time
+    steady = [e for e in api.log if 8 <= e.time - began < 32]  # 4000 calls take over 40 s
+    refused = sum(e.status == 429 for e in steady) / len(steady)
+    served = sum(e.status == 200 for e in steady) / 24
+    assert refused <= 0.004 and served >= 95, (refused, served)
+
+
 @pytest.mark.slow
 async def test_a_429_pauses_every_worker_not_just_the_one_that_got_it(tmp_path: Path) -> None:
     # Real time: the point is what the other workers do while one waits. One call in ~20 is

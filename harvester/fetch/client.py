@@ -250,7 +250,7 @@ class CallEventsClient:
                     items, inexact = parse_events(body, response)
                     return Answer(items, self._next_link(response), len(body), inexact)
                 body = await read_error_body(response)
-                raise self._error_pausing_on_429(status, body, response, call_id)
+                raise self._error_pausing_on_429(status, body, response, call_id, sent_at)
         except ApiError:
             raise
         except Exception as exc:  # aiohttp's, the socket's: said in our words, never theirs
@@ -310,14 +310,19 @@ class CallEventsClient:
         return target
 
     def _error_pausing_on_429(
-        self, status: int, body: bytes, response: aiohttp.ClientResponse, call_id: str | None
+        self,
+        status: int,
+        body: bytes,
+        response: aiohttp.ClientResponse,
+        call_id: str | None,
+        sent_at: float,
     ) -> ApiError:
         """The error a non-200 answer means. A 429 also pauses the whole pool (the limiter)
         until the reset it announces, unless the limiter finds it is ``call_id``'s own; it is
-        counted either way."""
+        counted either way. ``sent_at``: when the request left (monotonic clock)."""
         code, message = error_fields(status, body, response)
         if status == 429:
-            return self._rate_limited(code, message, response.headers, call_id)
+            return self._rate_limited(code, message, response.headers, call_id, sent_at)
         if status in (401, 403):
             return FatalApiError(status, code, message)
         if status == 407:  # our proxy's answer, not the API's: the same for every call
@@ -329,11 +334,12 @@ class CallEventsClient:
         return CallFailed(status, code, message)
 
     def _rate_limited(
-        self, code: str, message: str, headers: Any, call_id: str | None
+        self, code: str, message: str, headers: Any, call_id: str | None, sent_at: float
     ) -> RateLimited:
         stats, clock = self._stats, self._clock
         stats.rate_limited += 1
-        delay = rate_limit_delay(headers, clock.time())
+        now = clock.time()
+        delay = rate_limit_delay(headers, now, sent=now - (clock.monotonic() - sent_at))
         retry_at = None if delay is None else clock.monotonic() + delay
         asked = f"call {call_id}" if call_id is not None else "a page of the call list"
         cause = f"a 429 for {asked} asked for it ({reset_said(headers, delay)})"

@@ -19,21 +19,27 @@ _EPOCH_MILLISECONDS_FROM = 100_000_000_000
 _EPOCH_SECONDS_FROM = 1_000_000_000
 
 
-def rate_limit_delay(headers: Any, now: float) -> float | None:
+def rate_limit_delay(headers: Any, now: float, sent: float | None = None) -> float | None:
     """Seconds to wait after a 429, from ``X-RateLimit-Reset`` (epoch milliseconds; epoch
     seconds; or, below ``_EPOCH_SECONDS_FROM``, seconds from now) or else ``Retry-After``
     (seconds or an HTTP date), at most ``MAX_RATE_LIMIT_WAIT``.
 
-    None when neither names a moment still to come: absent, unreadable, zero, or already past
-    (a server clock behind ours). Such a 429 backs off like a failure: it never means "send
-    now".
+    Zero or less (how long ago) when ``X-RateLimit-Reset`` names a moment that passed while
+    the answer was on its way: not before ``sent``, when the request left (wall clock). A token
+    bucket's next token, a few milliseconds after the server refused, is often past when its
+    answer arrives over a real network; it is still the limit's word, the reset has come, and
+    the moment it named tells this window from the next.
+
+    None when neither names such a moment: absent, unreadable, zero, or past since before the
+    request was sent (a server clock behind ours). Such a 429 backs off like a failure: it
+    never means "send now".
     """
-    for delay in (
-        _reset_seconds(headers.get("X-RateLimit-Reset"), now),
-        _retry_after_seconds(headers.get("Retry-After"), now),
-    ):
+    reset = _reset_seconds(headers.get("X-RateLimit-Reset"), now)
+    for delay in (reset, _retry_after_seconds(headers.get("Retry-After"), now)):
         if delay is not None and delay > 0:
             return min(delay, MAX_RATE_LIMIT_WAIT)
+    if reset is not None and sent is not None and sent - now <= reset <= 0 < now - sent:
+        return reset  # reached on the way back
     return None
 
 
@@ -50,7 +56,8 @@ def _reset_seconds(value: object, now: float) -> float | None:
         return number / 1000 - now
     if number >= _EPOCH_SECONDS_FROM:
         return number - now
-    return number  # seconds from now, as the IETF's RateLimit-Reset counts them
+    # Seconds from now, as the IETF's RateLimit-Reset counts them: never a moment past.
+    return number if number > 0 else None
 
 
 def _retry_after_seconds(value: object, now: float) -> float | None:

@@ -64,6 +64,12 @@ def _call_options(calls: argparse._ArgumentGroup) -> None:
     _main_flag(calls, "--open-world", action="store_true", help="every well-formed call id exists")
     _main_flag(calls, "--latency", type=_seconds, default=0.0, help="seconds before each answer")
     calls.add_argument(
+        "--return-latency",
+        type=_seconds,
+        default=0.0,
+        help="seconds from deciding each answer to sending it (a reset near ahead arrives past)",
+    )
+    calls.add_argument(
         "--events-page-size", type=_count, default=0, help="page events with Link headers"
     )
     calls.add_argument(
@@ -205,6 +211,7 @@ def _config(args: argparse.Namespace) -> SimConfig | None:
         rate_limit=args.rate_limit,
         window=args.window,
         latency=args.latency,
+        return_latency=args.return_latency,
         events_page_size=args.events_page_size,
         days=args.days,
         list_cursor=args.list_cursor,

@@ -97,6 +97,9 @@ class SimConfig:
     burst: int = 0
     limit_schedule: dict[float, int] = field(default_factory=dict)
     latency: float = 0.0
+    # Seconds from deciding an answer to sending it: the answer's way back, on the simulator's
+    # clock. A reset a few milliseconds ahead (a token bucket's next token) is past on arrival.
+    return_latency: float = 0.0
     slow_seconds: float = 30.0
     # Fault kind -> probability per request; a call sees at most max_faults_per_call in a row.
     # (The events endpoint always; the call list when faults_on_list.)
@@ -211,8 +214,10 @@ class Simulator:
         clock: Any = None,
     ) -> None:
         self.config = config or SimConfig()
-        # Only the rate-limit windows use the (injectable) wall clock; latency is real time.
+        # Only the rate-limit windows and the way back use the (injectable) clock; latency is
+        # real time.
         self._time = clock.time if clock is not None else time.time
+        self._sleep = clock.sleep if clock is not None else asyncio.sleep
         self.log: list[Exchange] = []
         self.statuses: Counter[int | str] = Counter()
         self._window_start = 0.0
@@ -439,6 +444,8 @@ class Simulator:
                 },
             )
         reset = self._limit(self._time())
+        if self.config.return_latency:
+            await self._sleep(self.config.return_latency)
         return None if reset is None else self._rate_limited(reset, "reset")
 
     def elapsed(self, now: float) -> float:
