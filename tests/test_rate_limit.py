@@ -265,6 +265,26 @@ async def test_a_storm_of_429s_with_resets_already_past_ends_harvested_without_a
     assert api.log[-1].time - began < 60
 
 
+async def test_a_storm_of_429s_whose_reset_passes_on_the_way_back_is_no_flood(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    # Three seconds in which every answer is a 429 whose reset is the very moment it refused,
+    # past when it arrives (10 ms on the way back): each reset has come, but the pace still
+    # comes down to what is served, and nothing floods.
+    config = SimConfig(calls=100, faults={"429": 1.0})
+    config.fault_reset, config.faults_until, config.max_faults_per_call = 0.0, 3.0, 10**6
+    config.return_latency = 0.01
+    async with Simulator(config, clock=clock) as api:
+        write_calls(tmp_path, api.call_ids())
+        stats = await harvest(make_settings(api, tmp_path), clock=clock)
+
+    assert (stats.ok, stats.failed) == (100, 0)
+    began = api.log[0].time
+    storm = [e for e in api.log if e.time - began < 3.0]
+    assert 0 < sum(e.status == 429 for e in storm) < 200, "dozens of 429s, not thousands"
+    assert api.log[-1].time - began < 60
+
+
 def refusing(hot: str, headers: dict[str, str], clock: FakeClock) -> web.Application:
     """An API that serves every call but ``hot``, which it answers 429 with ``headers`` at once;
     the others take 20 ms of ``clock``'s time, so that they are served while ``hot`` waits."""
