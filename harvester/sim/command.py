@@ -34,11 +34,25 @@ def add_sim_command(commands: Any) -> argparse.ArgumentParser:
     )
     serving = sim.add_argument_group("serving")
     _main_flag(
-        serving, "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        serving,
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to listen on (default 127.0.0.1)",
     )
-    _main_flag(serving, "--port", type=_port, default=0, help="port (default 0: a free one)")
-    _main_flag(serving, "--ready-file", type=path, help="write the base URL here once serving")
-    _main_flag(serving, "--ids-file", type=path, help="write the registry's call ids here")
+    _main_flag(
+        serving, "--port", type=_port, default=0, metavar="N", help="port (default 0: a free one)"
+    )
+    _main_flag(
+        serving,
+        "--ready-file",
+        type=path,
+        metavar="PATH",
+        help="write the base URL here once serving",
+    )
+    _main_flag(
+        serving, "--ids-file", type=path, metavar="PATH", help="write the registry's call ids here"
+    )
     _call_options(sim.add_argument_group("the calls and their answers"))
     _limit_options(sim.add_argument_group("the rate limit"))
     _fault_options(sim.add_argument_group("faults"))
@@ -55,22 +69,45 @@ def _main_flag(
 def _call_options(calls: argparse._ArgumentGroup) -> None:
     """The simulator's calls, and how it answers for them."""
     _main_flag(
-        calls, "--calls", type=_count, default=1000, help="calls in the registry (default 1000)"
+        calls,
+        "--calls",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="calls in the registry (default 1000)",
     )
-    _main_flag(calls, "--seed", type=int, default=7, help="seed of the registry and of faults")
+    _main_flag(
+        calls, "--seed", type=int, default=7, metavar="N", help="seed of the registry and of faults"
+    )
     calls.add_argument(
-        "--days", type=_positive, default=3.0, help="the calls start over the days before today (3)"
+        "--days",
+        type=_positive,
+        default=3.0,
+        metavar="DAYS",
+        help="the calls start over the days before today (3)",
     )
     _main_flag(calls, "--open-world", action="store_true", help="every well-formed call id exists")
-    _main_flag(calls, "--latency", type=_seconds, default=0.0, help="seconds before each answer")
+    _main_flag(
+        calls,
+        "--latency",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds before each answer",
+    )
     calls.add_argument(
         "--return-latency",
         type=_seconds,
         default=0.0,
+        metavar="SECONDS",
         help="seconds from deciding each answer to sending it (a reset near ahead arrives past)",
     )
     calls.add_argument(
-        "--events-page-size", type=_count, default=0, help="page events with Link headers"
+        "--events-page-size",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="page events with Link headers",
     )
     calls.add_argument(
         "--list-cursor", action="store_true", help="call-list next links carry opaque cursors"
@@ -84,6 +121,7 @@ def _limit_options(limit: argparse._ArgumentGroup) -> None:
         "--rate-limit",
         type=_count,
         default=0,
+        metavar="N",
         help="requests per window, then 429 (default 0: none)",
     )
     _main_flag(
@@ -91,6 +129,7 @@ def _limit_options(limit: argparse._ArgumentGroup) -> None:
         "--window",
         type=_positive,
         default=1.0,
+        metavar="SECONDS",
         help="rate-limit window in seconds (default 1)",
     )
     _main_flag(
@@ -98,11 +137,16 @@ def _limit_options(limit: argparse._ArgumentGroup) -> None:
         "--limit-kind",
         choices=("fixed", "sliding", "bucket"),
         default="fixed",
+        metavar="KIND",
         help="fixed windows (Catapult's), a sliding window, or a token bucket (default fixed)",
-        brief="fixed (Catapult's; the default), sliding, or bucket",
+        brief="fixed (Catapult's; the default), sliding or bucket",
     )
     limit.add_argument(
-        "--burst", type=_count, default=0, help="a token bucket's size (default: --rate-limit)"
+        "--burst",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="a token bucket's size (default: --rate-limit)",
     )
     limit.add_argument(
         "--limit-schedule",
@@ -131,6 +175,7 @@ def _fault_options(faults: argparse._ArgumentGroup) -> None:
         "--max-faults-per-call",
         type=_count,
         default=2,
+        metavar="N",
         help="faults a call sees in a row at most (default 2)",
     )
     faults.add_argument(
@@ -143,6 +188,7 @@ def _fault_options(faults: argparse._ArgumentGroup) -> None:
         "--fault-reset",
         type=_seconds,
         default=0.5,
+        metavar="SECONDS",
         help="seconds ahead an injected 429 announces its reset (default 0.5)",
     )
 
