@@ -90,9 +90,9 @@ _played: dict[tuple[str, int, bool], tuple[float, float]] = {}
 
 
 def round_trip(seed: int, spread: bool) -> float:
-    """The round trip a seed plays at: 30 ms, or (``spread``) 2 to 92 ms by seed, so that the
-    deterministic limits are met at many round trips, not one."""
-    return 0.002 + 0.01 * (seed % 10) if spread else 0.03
+    """The round trip a seed plays at: 30 ms, or (``spread``) 5 to 100 ms by seed, in steps of
+    5 ms, so that the deterministic limits are met at many round trips, not one."""
+    return 0.005 * (1 + (seed - 1) % 20) if spread else 0.03
 
 
 async def steady(seed: int, shape: str, spread: bool = False) -> tuple[float, float]:
@@ -156,16 +156,16 @@ SCENARIOS: list[tuple[str, Scenario, float, bool]] = [
     ("sliding 100/s: share of 429s", figure("sliding", 1), 0.004, False),
     ("fixed 100/s: share of the limit", figure("fixed", 0), 0.95, True),
     ("fixed 100/s: share of 429s", figure("fixed", 1), 0.005, False),
-    # The same limits at round trips of 2 to 92 ms (the seed's last digit): a bucket's next
-    # token is past on arrival, a window's reset nearer or further.
-    ("2-92 ms: bucket 100/s, burst 20: share", figure("bucket 20", 0, True), 0.97, True),
-    ("2-92 ms: bucket 100/s, burst 20: 429s", figure("bucket 20", 1, True), 0.004, False),
-    ("2-92 ms: bucket 100/s, burst 100: share", figure("bucket 100", 0, True), 0.97, True),
-    ("2-92 ms: bucket 100/s, burst 100: 429s", figure("bucket 100", 1, True), 0.004, False),
-    ("2-92 ms: sliding 100/s: share", figure("sliding", 0, True), 0.97, True),
-    ("2-92 ms: sliding 100/s: 429s", figure("sliding", 1, True), 0.004, False),
-    ("2-92 ms: fixed 100/s: share", figure("fixed", 0, True), 0.95, True),
-    ("2-92 ms: fixed 100/s: 429s", figure("fixed", 1, True), 0.005, False),
+    # The same limits at round trips of 5 to 100 ms (by the seed): a bucket's next token is
+    # past on arrival, a window's reset nearer or further.
+    ("5-100 ms: bucket 100/s, burst 20: share", figure("bucket 20", 0, True), 0.97, True),
+    ("5-100 ms: bucket 100/s, burst 20: 429s", figure("bucket 20", 1, True), 0.004, False),
+    ("5-100 ms: bucket 100/s, burst 100: share", figure("bucket 100", 0, True), 0.97, True),
+    ("5-100 ms: bucket 100/s, burst 100: 429s", figure("bucket 100", 1, True), 0.004, False),
+    ("5-100 ms: sliding 100/s: share", figure("sliding", 0, True), 0.97, True),
+    ("5-100 ms: sliding 100/s: 429s", figure("sliding", 1, True), 0.004, False),
+    ("5-100 ms: fixed 100/s: share", figure("fixed", 0, True), 0.95, True),
+    ("5-100 ms: fixed 100/s: 429s", figure("fixed", 1, True), 0.005, False),
 ]
 
 
