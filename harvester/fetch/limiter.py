@@ -284,12 +284,13 @@ class RateLimiter:
                 return False
             if long:  # a second call's far reset: the limit's, learnt from below
                 self._long_from = None
-        if retry_at is None:
+        last = self._last_reset
+        echo = retry_at is not None and last is not None and abs(retry_at - last) < SAME_RESET
+        sample = None if echo or retry_at is None else self._measure(retry_at, now)
+        if retry_at is None or (sample is None and not echo and retry_at <= now):
+            # No reset; or one that has come, over a window that served nothing: no word.
             law.no_reset(now, self._round_trip or 0.0)
             return False
-        last = self._last_reset
-        echo = last is not None and abs(retry_at - last) < SAME_RESET
-        sample = None if echo else self._measure(retry_at, now)
         self._pause(retry_at, now, cause)
         if echo:
             # Another answer to a request already on its way; the very same reset is news.

@@ -25,21 +25,22 @@ def rate_limit_delay(headers: Any, now: float, sent: float | None = None) -> flo
     (seconds or an HTTP date), at most ``MAX_RATE_LIMIT_WAIT``.
 
     Zero or less (how long ago) when ``X-RateLimit-Reset`` names a moment that passed while
-    the answer was on its way: not before ``sent``, when the request left (wall clock). A token
+    the request and its answer were on their way: since ``sent``, when the request left (wall
+    clock), give or take as long again for the server's clock to be behind ours. A token
     bucket's next token, a few milliseconds after the server refused, is often past when its
     answer arrives over a real network; it is still the limit's word, the reset has come, and
     the moment it named tells this window from the next.
 
-    None when neither names such a moment: absent, unreadable, zero, or past since before the
-    request was sent (a server clock behind ours). Such a 429 backs off like a failure: it
-    never means "send now".
+    None when neither names such a moment: absent, unreadable, zero, or past since longer ago
+    (a server clock well behind ours). Such a 429 backs off like a failure: it never means
+    "send now".
     """
     reset = _reset_seconds(headers.get("X-RateLimit-Reset"), now)
     for delay in (reset, _retry_after_seconds(headers.get("Retry-After"), now)):
         if delay is not None and delay > 0:
             return min(delay, MAX_RATE_LIMIT_WAIT)
-    if reset is not None and sent is not None and sent - now <= reset <= 0 < now - sent:
-        return reset  # reached on the way back
+    if reset is not None and sent is not None and 2 * (sent - now) <= reset <= 0 < now - sent:
+        return reset  # reached on the way
     return None
 
 

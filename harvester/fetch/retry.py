@@ -185,7 +185,11 @@ class wait_for_reset(wait_base):
     def __call__(self, state: RetryCallState) -> float:
         error = _failure(state)
         if isinstance(error, RateLimited) and error.retry_at is not None:
-            return max(0.0, error.retry_at - self.clock.monotonic())
+            wait = error.retry_at - self.clock.monotonic()
+            # A reset that has come is taken at once; a call refused so again in a row is
+            # told nothing it can wait for, and backs off.
+            if wait > 0 or tally_of(state).rate_limited <= 1:
+                return max(0.0, wait)
         return self.otherwise(state)
 
 

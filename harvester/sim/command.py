@@ -100,7 +100,7 @@ def _call_options(calls: argparse._ArgumentGroup) -> None:
         type=_seconds,
         default=0.0,
         metavar="SECONDS",
-        help="seconds from deciding each answer to sending it (a reset near ahead arrives past)",
+        help="seconds each answer waits to leave, once the limit judged it: the way back",
     )
     calls.add_argument(
         "--events-page-size",
