@@ -37,7 +37,7 @@ class Option:
     dest: str | None = None  # the config key; by default the flag's name with underscores
     metavar: str | None = None
     type: Any = None
-    brief: str | None = None  # its line in -h, which lists it when set...
+    brief: str | bool = False  # listed in -h, saying this (True: its help)...
     brief_in: tuple[str, ...] | None = None  # ...in these commands' -h only (default: all)
     extra: dict[str, Any] = field(default_factory=dict)  # action, const, choices, required...
 
@@ -47,8 +47,8 @@ class Option:
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         action = parser.add_argument(*self.flags, **options)
-        if self.brief is not None and command in (self.brief_in or self.commands):
-            main_flag(action, self.brief)
+        if self.brief and command in (self.brief_in or self.commands):
+            main_flag(action, self.brief if isinstance(self.brief, str) else None)
 
 
 _BRIEF = "brief"  # the attribute of an argparse action that holds its line in -h
@@ -129,7 +129,7 @@ GROUPS: Groups = {
             (*_ALL, STATUS),
             metavar="PATH",
             type=path,
-            brief="TOML config file (keys as in config.example.toml)",
+            brief=True,
         ),
     ),
     "the API": (
@@ -146,7 +146,7 @@ GROUPS: Groups = {
             "Catapult user id, u-... (env CATAPULT_USER_ID)",
             _ALL,
             metavar="ID",
-            brief="Catapult user id, u-... (env CATAPULT_USER_ID)",
+            brief=True,
             brief_in=(CHECK,),
         ),
         Option(
@@ -164,7 +164,7 @@ GROUPS: Groups = {
             _ALL,
             metavar="SECONDS",
             type=float,
-            brief="seconds per request (default 30)",
+            brief=True,
             brief_in=(CHECK,),
         ),
     ),
@@ -174,7 +174,7 @@ GROUPS: Groups = {
             "requests in flight at most (default 8)",
             metavar="N",
             type=int,
-            brief="requests in flight at most (default 8)",
+            brief=True,
         ),
         Option(
             ("--rate",),
@@ -214,7 +214,7 @@ GROUPS: Groups = {
             ("--fresh",),
             "discard earlier progress of this output; start over",
             (RUN,),
-            brief="discard earlier progress of this output; start over",
+            brief=True,
             extra={"action": "store_true"},
         ),
         Option(
@@ -301,14 +301,14 @@ GROUPS: Groups = {
             "window start, inclusive (ISO 8601; no zone: --tz)",
             _TEMPLATES,
             metavar="TIME",
-            brief="window start, inclusive (ISO 8601; no zone: --tz)",
+            brief=True,
         ),
         Option(
             ("--until",),
             "window end, exclusive (default: now)",
             _TEMPLATES,
             metavar="TIME",
-            brief="window end, exclusive (default: now)",
+            brief=True,
         ),
         Option(
             ("--tz",),
@@ -346,7 +346,7 @@ GROUPS: Groups = {
             ("--verbose", "-v"),
             "log every retry and failure",
             _ALL,
-            brief="log every retry and failure",
+            brief=True,
             extra={"action": "store_true"},
         ),
         Option(
@@ -365,7 +365,7 @@ GROUPS: Groups = {
             "keep Prometheus metrics here (node_exporter textfile collector)",
             metavar="PATH",
             type=path,
-            brief="keep Prometheus metrics here (node_exporter textfile collector)",
+            brief=True,
         ),
     ),
 }
