@@ -21,6 +21,8 @@ PROBE_STEP_MAX = 0.24
 # Served clean above the limit, more than this many windows of it (and more than twice a token
 # bucket's savings seen): the limit was raised.
 RAISED_WINDOWS = 0.5
+# A sample is a count: a request or two more or less is no news, however small the limit.
+COUNT_SLACK = 2
 # A reset at most this many requests away at the limit's pace is a token bucket's next token.
 NEXT_TOKENS = 1.0
 
@@ -83,8 +85,11 @@ class Probe:
         second, its reset ``reset_in`` seconds away (``peak``: the most a window of ours was
         served since the limit was confirmed): the limit it shows, or None for a stray's."""
         if pace <= (1 + PROBE_STEP / 2) * self._safety * limit:
-            # At its pace, a 429 says the limit is a little lower than that, whatever the window
-            # served (a token bucket's burst makes one serve more than its rate).
+            # At its pace, a 429 whose window served the limit is what is left of the probe that
+            # found it (a sliding window remembers a whole window of it); one whose window served
+            # less says the limit is a little lower than that.
+            if sample >= limit - COUNT_SLACK / window:
+                return limit
             return min(sample, (1 - PROBE_STEP) * limit)
         if peak > (1 + self._agree) * sample:
             return None  # a window of ours was served more since: no limit there

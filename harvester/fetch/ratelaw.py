@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol
 
-from harvester.fetch.probe import Probe
+from harvester.fetch.probe import COUNT_SLACK, Probe
 
 # Pace this far under a known limit: room for the jitter between our clock and the server's.
 SAFETY = 0.97
@@ -21,8 +22,6 @@ SAFETY = 0.97
 # under a confirmed limit are noise, not a lower limit.
 AGREE = 0.05
 LOWER_AGREE = 0.03
-# A sample is a count: a request or two more or less is no news, however small the limit.
-COUNT_SLACK = 2
 # Two samples say the same limit only when measured at paces this far apart.
 PACES_APART = 0.15
 # On weak evidence, the rate grows by this factor each clean window; a 429 far under a
@@ -98,6 +97,7 @@ class RateLaw:
     def __init__(self, gauge: Gauge, rate: float, now: float) -> None:
         """``rate``: the configured rate (a limit taken as confirmed), or 0 to learn it."""
         self._gauge = gauge
+        self._began = math.inf  # when the first request was served
         self._ramping = rate <= 0  # no evidence yet: the limiter ramps up
         self._estimate = rate if rate > 0 else None
         self._confirmed = rate > 0
@@ -134,6 +134,8 @@ class RateLaw:
         has it); returns ``ramping``. Called for every answer: plain arithmetic, and no call
         but to close a bin."""
         self._outcomes.append((now, False))
+        if not self.requests:
+            self._began = now
         self.requests += 1
         if now >= self._bin_start + window:
             self._close_bin(now)
@@ -198,9 +200,9 @@ class RateLaw:
             trial = self._trial
             if trial is not None and trial.sample is not None:
                 before.append(_Sample(now, trial.sample, trial.pace_before))
-            self._samples.append(_Sample(now, sample, pace))
+            self._samples.append(this := _Sample(now, sample, pace))
             tolerance = self._tolerance()
-            agreeing = [s.value for s in before if _same_limit(sample, pace, s, tolerance)]
+            agreeing = [s for s in before if _same_limit(sample, pace, s, tolerance)]
             if not self._confirmed:
                 agreeing += self._window_after_window(now, tolerance)
             estimate, slack = self._estimate, COUNT_SLACK / window
@@ -212,8 +214,8 @@ class RateLaw:
                 else:
                     self._confirm(limit, now)
                 return
-            if agreeing:
-                self._confirm(max(sample, *agreeing), now)  # the same at two paces: a limit
+            if agreeing and now - self._began >= window:  # the first window counts a burst
+                self._confirm(_settled([this, *agreeing], slack), now)
                 return
         if not self._trial_over(now):
             return
@@ -261,16 +263,17 @@ class RateLaw:
         self._confirmed = False
         self._gauge.set_rate(rate)
 
-    def _window_after_window(self, now: float, tolerance: float) -> list[float]:
+    def _window_after_window(self, now: float, tolerance: float) -> list[_Sample]:
         """The last ``IN_A_ROW`` samples when they came in as many windows in a row and agree:
         a limit met every window, at whatever pace (strays are not that regular)."""
         last = list(self._samples)[-IN_A_ROW:]
-        if len(last) < IN_A_ROW or now - last[0].time > (IN_A_ROW - 0.5) * self._gauge.window:
+        window = self._gauge.window
+        if len(last) < IN_A_ROW or now - last[0].time > (IN_A_ROW - 0.5) * window:
             return []
+        if any(b.time - a.time < window / 2 for a, b in pairwise(last)):
+            return []  # not a window each: one window's 429s, or strays'
         values = [s.value for s in last]
-        if max(values) - min(values) > tolerance * max(values):
-            return []
-        return values
+        return last if max(values) - min(values) <= tolerance * max(values) else []
 
     def _trial_over(self, now: float) -> bool:
         """False while a trial is too young to judge. Ends a trial old enough, restoring the
@@ -380,8 +383,12 @@ class RateLaw:
         self._gauge.set_rate(self._gauge.rate * CLIMB * (1 + CLIMB_SPREAD * (-1) ** self._climbs))
 
 
-def _agree(a: float, b: float) -> bool:
-    return abs(a - b) <= AGREE * max(a, b)
+def _settled(samples: list[_Sample], slack: float) -> float:
+    """The limit agreeing samples show: the highest (a count errs low), but the slowest pace's
+    when they differ by more than ``slack`` (a faster pace was served a bucket's savings)."""
+    low = min(samples, key=lambda s: s.pace).value
+    high = max(s.value for s in samples)
+    return high if high - low <= slack else low
 
 
 def _same_limit(value: float, pace: float, other: _Sample, tolerance: float) -> bool:
