@@ -22,20 +22,20 @@ workers, sets the pace:
      what recent clean windows served (by half when that is no lower), at most once a round
      trip; once such 429s have come back for longer than a window (a limit that tells no
      reset, not a burst of strays), the ramp does not start again for ``BEST_HORIZON``.
-  3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace,
-     a little lower when under it (at the limit or above: what is left of the probe, which a
+  3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
+     little lower when under it (at the limit or above: what is left of the probe, which a
      sliding window remembers for a window). Probing past it: a sample under what a window of
-     ours was served since is a stray's (probe on); a 429 whose reset is the next request away
-     (a token bucket's), met before we were served more above the limit than half a window of
-     it (or twice what such a probe was served before: the bucket's savings), leaves the limit
-     where it was, whatever the window served. The same sample at two paces ``PACES_APART``,
-     or in ``IN_A_ROW`` windows in a row, is a limit (not in the first window: a bucket's burst
-     fills it): confirmed there (``ratelaw._settled``), paced ``SAFETY`` under it. Anything else is
-     weak: a stray 429 (a proxy's, a busy gateway's), a lower limit, another client on the
-     limit. While 429s come no more often than strays would (``STRAY_PRIOR`` under a confirmed
-     limit, or what a trial found), it only pauses. Otherwise the pace steps down on *trial*:
-     under the sample, at most by half (by ``STEP_DOWN`` under a confirmed limit, and not under
-     one we are probing past).
+     ours was served since is a stray's (probe on) while 429s come no more often than strays'; a
+     429 whose reset is the next request away (a token bucket's), met before we were served more
+     above the limit than half a window of it (or twice what such a probe was served before: the
+     bucket's savings), leaves the limit where it was, whatever the window served. The same
+     sample at two paces ``PACES_APART``, or in ``IN_A_ROW`` windows in a row, is a limit (not
+     in the first window: a bucket's burst fills it): confirmed there (``ratelaw._settled``),
+     paced ``SAFETY`` under it. Anything else is weak: a stray 429 (a proxy's, a busy
+     gateway's), a lower limit, another client on the limit. While 429s come no more often than
+     strays would (``STRAY_PRIOR`` under a confirmed limit, or what a trial found), it only
+     pauses. Otherwise the pace steps down on *trial*: under the sample, at most by half (by
+     ``STEP_DOWN`` under a confirmed limit, and not under one we are probing past).
   4. *Trial.* If at the lower pace 429s do not get rarer (``STRAY_RATIO`` of their share, and
      few: ``STRAY_MAX``), they are not ours: the pace goes back (no higher than what was served
      clean) and their share is remembered (fading over ``STRAY_MEMORY``). Strays' samples move

@@ -23,6 +23,9 @@ PROBE_STEP_MAX = 0.24
 RAISED_WINDOWS = 0.5
 # A sample is a count: a request or two more or less is no news, however small the limit.
 COUNT_SLACK = 2
+# At a confirmed limit's pace, a 429 whose window counted this close to the limit (or the
+# slack, when less) counted the limit: a request more or less is a small limit lowered.
+LEFT_OVER = 0.01
 # A reset at most this many requests away at the limit's pace is a token bucket's next token.
 NEXT_TOKENS = 1.0
 
@@ -88,7 +91,7 @@ class Probe:
             # At its pace, a 429 whose window served the limit is what is left of the probe that
             # found it (a sliding window remembers a whole window of it); one whose window served
             # less says the limit is a little lower than that.
-            if sample >= limit - COUNT_SLACK / window:
+            if sample >= limit - min(COUNT_SLACK / window, LEFT_OVER * limit):
                 return limit
             return min(sample, (1 - PROBE_STEP) * limit)
         if peak > (1 + self._agree) * sample:

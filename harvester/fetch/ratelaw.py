@@ -209,10 +209,10 @@ class RateLaw:
             if self._confirmed and estimate and sample >= (1 - AGREE) * estimate - slack:
                 peak = max((rate for end, rate in self._clean if end > self._last_429), default=0)
                 limit = self._probe.found(estimate, sample, pace, peak, reset_in, window)
-                if limit is None:
+                if limit is None and self._strays(now):
                     self._excused = True  # a stray's: probe on
-                else:
-                    self._confirm(limit, now)
+                else:  # (None, with more 429s than strays give: the probe met the limit)
+                    self._confirm(estimate if limit is None else limit, now)
                 return
             if agreeing and now - self._began >= window:  # the first window counts a burst
                 self._confirm(_settled([this, *agreeing], slack), now)
