@@ -18,6 +18,7 @@ from aiohttp import web
 from harvester.errors import ConfigError, OutputError
 from harvester.run.job import harvest
 from harvester.sim.server import SimConfig, Simulator
+from harvester.store.files import TAIL, AppendFile
 from harvester.store.status import job_status
 
 from .conftest import (
@@ -77,6 +78,13 @@ def overwrite(path: Path, committed: int) -> None:
         file.write(b"XXXXXXXX")
 
 
+def overwrite_end(path: Path, committed: int) -> None:
+    # Near the end of the file as it is now: near the end the ledger vouches for races the
+    # writer's thread, whose commit in flight can move the file on by more than the bytes
+    # harvester checks (docs/output.md).
+    overwrite(path, path.stat().st_size)
+
+
 def remove(path: Path, committed: int) -> None:
     path.unlink()
 
@@ -87,7 +95,7 @@ MEDDLING: dict[str, tuple[Callable[[Path, int], None], str, str | None]] = {
     "removed": (remove, "was removed", "missing"),
     "replaced": (replace, "was replaced by another file", "does not end in the bytes"),
     "written into": (append, "grew by", "bytes past the"),
-    "written over": (overwrite, "was written into", "does not end in the bytes"),
+    "written over": (overwrite_end, "was written into", "does not end in the bytes"),
 }
 
 
@@ -125,6 +133,28 @@ async def test_an_output_changed_under_the_run_stops_it_and_the_next_run_refuses
         stats = await harvest(settings, clock=clock)
         assert stats.job["ok"] == len(ids)
         assert_exactly_once(output, ids)
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small append", "append past the tail"])
+def test_a_write_into_the_committed_end_while_an_append_is_under_way_is_caught(
+    tmp_path: Path, big: bool
+) -> None:
+    """The race a run meets: another writer's bytes land between the check before an append
+    and the append itself. Once the append is bigger than what is checked, the next check
+    alone would no longer see them: the check right after the append does."""
+    path = tmp_path / "events.ndjson"
+    file = AppendFile.open(path, 0, "run with --fresh", fsync=lambda fd: None)
+    committed = file.append(b'{"callId":"c-1"}\n' * 100)
+
+    def meddle(fd: int) -> None:  # once the append is written, before it is checked
+        overwrite(path, committed)
+
+    file._fsync = meddle
+    try:
+        with pytest.raises(OutputError, match="was written into"):
+            file.append(b"y" * (2 * TAIL if big else 10))
+    finally:
+        file.close()
 
 
 async def test_a_failures_file_changed_under_the_run_stops_it_and_is_rebuilt_after(

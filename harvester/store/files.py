@@ -228,7 +228,9 @@ class AppendFile:
             self._changed(f"was cut to {mine.st_size} bytes (harvester had {expected} in it)")
         if mine.st_size > expected:
             self._changed(f"grew by {mine.st_size - expected} bytes that harvester did not write")
-        if size is None and self._tail and _tail_of(self._fd, expected) != self._tail:
+        # The committed tail, even after an append: a write into it between the check before
+        # the append and the append itself is caught here, not missed once the file moved on.
+        if self._tail and _tail_of(self._fd, self.size) != self._tail:
             self._changed("was written into (its last committed bytes are not those written)")
 
     def append(self, data: bytes | bytearray, *, compress: bool = True) -> int:
