@@ -163,9 +163,12 @@ async def play(
     *,
     seconds: float,
     latency: float = 0.03,
+    returning: float = 0.5,
 ) -> None:
     """Each client's workers send requests through its limiter for ``seconds`` of fake time
-    (or until its calls are done), as harvester's do: a 429 waits for its reset, or backs off."""
+    (or until its calls are done), as harvester's do: a 429 waits for its reset, or backs off.
+    ``returning``: the share of the round trip after the API judged a request (its answer's
+    way back, and the work of a slow API after it counted the request)."""
     start = clock.monotonic()
     end = start + seconds
 
@@ -175,9 +178,9 @@ async def play(
             sent = await client.limiter.acquire()
             if clock.monotonic() < client.closed_until:
                 client.early += 1
-            await clock.sleep(latency / 2)
+            await clock.sleep(latency * (1 - returning))
             limited, reset = api.answer(clock.time(), number)
-            await clock.sleep(latency / 2)
+            await clock.sleep(latency * returning)
             if not limited:
                 client.limiter.answered(sent)
                 client.done += 1

@@ -13,15 +13,16 @@ workers, sets the pace:
      answer to what keeps ``ON_THE_WIRE`` requests on the wire, and doubles every
      ``RAMP_ROUND_TRIPS`` round trips while answers come back (the fastest round trip seen:
      the network's, not our own requests' queueing, so the ramp is as fast at any concurrency).
-  2. *Measure.* A 429 with a reset closes the server's window: the answers served since that
-     window began, per second, are a *sample* of the limit (a reset further away than the
-     window, or the same gap between resets twice, means a longer window). No sample comes from
-     an answer already on its way when the window shut (the same reset again), nor from a
-     window in which we waited more than ``PAUSED_SHARE`` of the time (our pause shaped it); a
-     429 without a reset (or with one that is past, zero or unreadable) cuts the rate to
-     what recent clean windows served (by half when that is no lower), at most once a round
-     trip; once such 429s have come back for longer than a window (a limit that tells no
-     reset, not a burst of strays), the ramp does not start again for ``BEST_HORIZON``.
+  2. *Measure.* A 429 with a reset closes the server's window: the answers to the requests it
+     counted, per second, are a *sample* of the limit (a request counted half a round trip
+     before its answer, or longer while 429s come back after their resets: a slow API counts,
+     then works; a reset further away than the window, or the same gap between resets twice,
+     means a longer window). No sample comes from an answer already on its way when the window
+     shut (the same reset again), nor from a window we waited in for more than ``PAUSED_SHARE``
+     of it; a 429 without a usable reset (none, past, zero or unreadable) cuts the rate to what
+     recent clean windows served (by half when that is no lower), at most once a round trip;
+     once such 429s have come back for longer than a window (a limit that tells no reset, not a
+     burst of strays), the ramp does not start again for ``BEST_HORIZON``.
   3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
      little lower when under it (at the limit or above: what is left of the probe, which a
      sliding window remembers for a window). Probing past it: a sample under what a window of
@@ -31,7 +32,7 @@ workers, sets the pace:
      bucket's savings), leaves the limit where it was, whatever the window served. The same
      sample at two paces ``PACES_APART``, or in ``IN_A_ROW`` windows in a row, is a limit (not
      in the first window: a bucket's burst fills it): confirmed there (``ratelaw._settled``),
-     paced ``SAFETY`` under it. Anything else is weak: a stray 429 (a proxy's, a busy
+     paced just under it (``probe.paced``). Anything else is weak: a stray 429 (a busy
      gateway's), a lower limit, another client on the limit. While 429s come no more often than
      strays would (``STRAY_PRIOR`` under a confirmed limit, or what a trial found), it only
      pauses. Otherwise the pace steps down on *trial*: under the sample, at most by half (by
@@ -68,8 +69,9 @@ from collections import deque
 
 from harvester.clock import Clock, sleep_unless
 from harvester.errors import Stopping
-from harvester.fetch.ratelaw import SAFETY, RateLaw
-from harvester.fetch.reset import tell_pause
+from harvester.fetch.probe import SAFETY
+from harvester.fetch.ratelaw import RateLaw
+from harvester.fetch.reset import PAUSE_TOLD, PauseTeller
 from harvester.fetch.streaks import OwnRefusals
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
@@ -92,8 +94,7 @@ QUICK_WAIT = 0.05
 # close (a share of them) are the same.
 SAME_RESET = 0.05
 SAME_GAP = 0.02
-# Two 429s announcing a reset this close announce one: the window is shut (X-RateLimit-Reset
-# is in milliseconds).
+# Two 429s announcing a reset this close (X-RateLimit-Reset is in ms) announce one: shut.
 SHUT_RESET = 0.002
 # Answers are counted in buckets of 1/BUCKETS of a window, kept for HORIZON windows: enough to
 # measure the window a 429 closes, in constant memory.
@@ -106,7 +107,6 @@ PAUSED_SHARE = 0.15
 # own), and the call refused again right after its pause is refused on its own. Pauses longer
 # than PAUSE_TOLD seconds are logged.
 LONG_PAUSE = 30.0
-PAUSE_TOLD = 5.0
 
 
 class RateLimiter:
@@ -127,6 +127,7 @@ class RateLimiter:
         self._last_reset: float | None = None
         self._longer = False  # the last 429's reset showed a window longer than we knew
         self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
+        self._backs: deque[float] = deque(maxlen=16)  # the last 429s' times after their reset
         self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
         self._round_trip: float | None = None  # smoothed seconds from turn to answer
         self._fastest = math.inf  # the shortest of them
@@ -136,7 +137,7 @@ class RateLimiter:
         self._law = RateLaw(self, rate, now)  # what a 429 does to the pace
         self._own = OwnRefusals()  # calls refused on their own, not by the limit
         self._long_from: str | None = None  # the call whose far reset taught nothing yet
-        self._told_until = -math.inf  # when the pool was last told to wait
+        self._teller = PauseTeller()
 
     @property
     def rate(self) -> float:
@@ -286,6 +287,8 @@ class RateLimiter:
                 return False
             if long:  # a second call's far reset: the limit's, learnt from below
                 self._long_from = None
+        if retry_at is not None:  # came back this long after its reset at least
+            self._backs.append(now - retry_at)
         last = self._last_reset
         echo = retry_at is not None and last is not None and abs(retry_at - last) < SAME_RESET
         sample = None if echo or retry_at is None else self._measure(retry_at, now)
@@ -309,7 +312,7 @@ class RateLimiter:
         if when > self._paused_until:
             self._paused_until = when
             self._void_turns()
-            self._tell_pause(when, cause)
+            self._teller.tell(self._clock, when, cause)
 
     def _pause(self, until: float, now: float, cause: str) -> None:
         """``pause_until``, the pause kept for ``_measure``: a window we waited in says
@@ -321,13 +324,6 @@ class RateLimiter:
     def forget(self, target: str) -> None:
         """``target``'s call has ended (harvested, or given up): its 429s are over."""
         self._own.forget(target)
-
-    def _tell_pause(self, when: float, cause: str) -> None:
-        now = self._clock.monotonic()
-        if when - now < PAUSE_TOLD or when < self._told_until + PAUSE_TOLD:
-            return
-        self._told_until = when
-        tell_pause(self._clock.time() + when - now, when - now, cause)
 
     # -- evidence ----------------------------------------------------------------------------
 
@@ -355,9 +351,12 @@ class RateLimiter:
         self._gaps.append(gap)
         self._window = window = min(window, LONGEST_WINDOW)
         self._last_reset = retry_at
-        # The server counted a request when it arrived, half a round trip before its answer;
-        # whole buckets only: better to count a few answers short than to overshoot.
-        arrived = opened + (self._round_trip or 0.0) / 2
+        # The server counted a request half a round trip before its answer, or as long before
+        # it as the last 429s came back after their reset (a slow API counts, then works), give
+        # or take our clock's slop. Whole buckets only: better short than overshooting.
+        trip = self._round_trip or 0.0
+        back = min(max(trip / 2, *self._backs), trip)
+        arrived = opened + back - min(self._interval / 4, 2 * EARLY)
         pauses = self._pauses
         while pauses and pauses[0][1] < now - HORIZON * LONGEST_WINDOW:
             pauses.popleft()

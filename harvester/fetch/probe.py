@@ -1,5 +1,5 @@
-"""Probing past a confirmed limit: when, how far, and what it finds (steps 3 and 6 of
-``harvester.fetch.limiter``'s docstring). ``RateLaw`` owns one ``Probe``.
+"""The pace under a confirmed limit (``paced``), and probing past it: when, how far, and what it
+finds (steps 3 and 6 of ``harvester.fetch.limiter``'s docstring). ``RateLaw`` owns one ``Probe``.
 
 A token bucket serves a probe past its rate from its savings for a while, then refuses until
 its next token: what was served above the limit is counted, and the limit is believed raised
@@ -23,11 +23,21 @@ PROBE_STEP_MAX = 0.24
 RAISED_WINDOWS = 0.5
 # A sample is a count: a request or two more or less is no news, however small the limit.
 COUNT_SLACK = 2
+# Pace this far under a known limit (``--rate R`` too, as its help says): room for the jitter
+# between our clock and the server's; as close as CLOSER to a high one (``paced``).
+SAFETY = 0.97
+CLOSER = 0.98
 # At a confirmed limit's pace, a 429 whose window counted this close to the limit (or the
 # slack, when less) counted the limit: a request more or less is a small limit lowered.
 LEFT_OVER = 0.01
 # A reset at most this many requests away at the limit's pace is a token bucket's next token.
 NEXT_TOKENS = 1.0
+
+
+def paced(limit: float, window: float) -> float:
+    """The pace under a confirmed limit: ``SAFETY`` under it, or ``CLOSER`` where that still
+    leaves ``COUNT_SLACK`` requests a window (a count is a request or two off)."""
+    return max(SAFETY * limit, min(CLOSER * limit, limit - COUNT_SLACK / window))
 
 
 class Probe:
@@ -81,13 +91,17 @@ class Probe:
         self.step = min(2 * self.step, PROBE_STEP_MAX)
         return rate
 
+    def at_pace(self, pace: float, limit: float) -> bool:
+        """True when ``pace`` is the confirmed ``limit``'s, not a probe's past it."""
+        return pace <= (1 + PROBE_STEP / 2) * CLOSER * limit
+
     def found(
         self, limit: float, sample: float, pace: float, peak: float, reset_in: float, window: float
     ) -> float | None:
         """A 429 at ``limit``'s pace or past it, closing a ``window`` that served ``sample`` per
         second, its reset ``reset_in`` seconds away (``peak``: the most a window of ours was
         served since the limit was confirmed): the limit it shows, or None for a stray's."""
-        if pace <= (1 + PROBE_STEP / 2) * self._safety * limit:
+        if self.at_pace(pace, limit):
             # At its pace, a 429 whose window served the limit is what is left of the probe that
             # found it (a sliding window remembers a whole window of it); one whose window served
             # less says the limit is a little lower than that.

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol
 
-from harvester.fetch.probe import COUNT_SLACK, Probe
+from harvester.fetch.probe import COUNT_SLACK, SAFETY, Probe, paced
 
-# Pace this far under a known limit: room for the jitter between our clock and the server's.
-SAFETY = 0.97
 # Two samples of the limit agree when within this share of each other; samples this close
 # under a confirmed limit are noise, not a lower limit.
 AGREE = 0.05
@@ -143,6 +141,9 @@ class RateLaw:
         trial = self._trial
         if trial is not None and self.requests - trial.requests >= trial.length:
             self._trial = None  # the lower pace held: the decrease stands
+            estimate, shown = self._estimate, trial.sample
+            if self._confirmed and estimate and shown is not None and shown < estimate:
+                self._estimate = shown  # and the limit it showed, not the one before
             # With nothing ever measured (429s without a reset only), nothing says where a
             # limit would be: ramp up again, as at the start; but not while such 429s have come
             # back for longer than a window (a limit that tells no reset, not one burst of
@@ -332,7 +333,7 @@ class RateLaw:
         if lower:
             self._clean.clear()  # a lower limit: what was served before says nothing now
         self._estimate, self._confirmed, self._ramping = limit, True, False
-        self._gauge.set_rate(SAFETY * limit)
+        self._gauge.set_rate(paced(limit, self._gauge.window))
 
     def _try(self, rate: float, sample: float | None, now: float) -> None:
         """Set ``rate``, on trial against the pace before."""
@@ -361,7 +362,7 @@ class RateLaw:
         best = SAFETY * max(rate for _, rate in clean)
         estimate = self._estimate
         if self._confirmed and estimate is not None:
-            best = min(best, SAFETY * estimate)
+            best = min(best, paced(estimate, window))
             self._probe.clean(served, estimate, window)
         rate = self._gauge.rate
         if rate < best:

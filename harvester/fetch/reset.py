@@ -9,8 +9,11 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from harvester.clock import Clock
 from harvester.logs import clip, event
 
+# A pool's pause longer than this many seconds is logged.
+PAUSE_TOLD = 5.0
 # A reset header further away than this is taken as a clock or unit mistake and capped.
 MAX_RATE_LIMIT_WAIT = 600.0
 # X-RateLimit-Reset from this on is epoch milliseconds (1973 on); from the next on, below it,
@@ -104,3 +107,19 @@ def tell_pause(until_wall: float, seconds: float, cause: str) -> None:
         seconds=round(seconds, 1),
         cause=cause,
     )
+
+
+class PauseTeller:
+    """Logs each pause of the pool longer than ``PAUSE_TOLD`` seconds (``tell_pause``), but not
+    one ending within ``PAUSE_TOLD`` of the last told: a pause made longer is no news."""
+
+    def __init__(self) -> None:
+        self._told_until = -math.inf
+
+    def tell(self, clock: Clock, when: float, cause: str) -> None:
+        """The pool waits until ``when`` (``clock``'s monotonic seconds), for ``cause``."""
+        now = clock.monotonic()
+        if when - now < PAUSE_TOLD or when < self._told_until + PAUSE_TOLD:
+            return
+        self._told_until = when
+        tell_pause(clock.time() + when - now, when - now, cause)
