@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -564,7 +565,10 @@ def test_a_refused_run_sets_the_last_exit_code_so_that_the_alert_fires(
 
     assert run("--nights", "1", "--output", output) == 0
     before = metrics_of(metrics.read_text())
-    assert run("--nights", "1", "--output", output, "--tz", "Europe/Berlin") == 2  # another job
+    # Another job: another --tz, whose last night has the same date as UTC's now (so the same
+    # file): Berlin's from midnight UTC to noon, New York's from noon to midnight.
+    other = "Europe/Berlin" if datetime.now(UTC).hour < 12 else "America/New_York"
+    assert run("--nights", "1", "--output", output, "--tz", other) == 2
     after = metrics_of(metrics.read_text())
     assert after[("harvester_last_exit_code", ())] == 2
     assert {k: v for k, v in after.items() if k[0] != "harvester_last_exit_code"} == {
@@ -578,7 +582,7 @@ def test_a_refused_run_sets_the_last_exit_code_so_that_the_alert_fires(
 
     # Nothing but a metrics file of ours is rewritten: not a file the refusal is about.
     metrics.unlink()
-    assert run("--nights", "1", "--output", output, "--tz", "Europe/Berlin") == 2
+    assert run("--nights", "1", "--output", output, "--tz", other) == 2
     assert not metrics.exists(), "no file made by a refused run (HarvesterMetricsMissing)"
     night = next(Path(tmp_path).glob("events-*.ndjson"))
     kept = night.read_bytes()

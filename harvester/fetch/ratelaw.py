@@ -142,8 +142,9 @@ class RateLaw:
         if trial is not None and self.requests - trial.requests >= trial.length:
             self._trial = None  # the lower pace held: the decrease stands
             estimate, shown = self._estimate, trial.sample
-            if self._confirmed and estimate and shown is not None and shown < estimate:
-                self._estimate = shown  # and the limit it showed, not the one before
+            served = max((rate for _, rate in self._clean), default=0.0)
+            if self._confirmed and estimate and shown is not None and served <= shown < estimate:
+                self._estimate = shown  # the limit it showed (none served more: a stray's)
             # With nothing ever measured (429s without a reset only), nothing says where a
             # limit would be: ramp up again, as at the start; but not while such 429s have come
             # back for longer than a window (a limit that tells no reset, not one burst of
