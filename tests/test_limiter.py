@@ -313,6 +313,21 @@ async def test_other_limit_shapes_are_met_closely_and_without_429s(
     assert client.early == 0, "nothing is sent between a 429 and its reset"
 
 
+async def test_a_high_limit_is_not_walked_down_by_what_its_count_of_whole_buckets_misses(
+    clock: FakeClock,
+) -> None:
+    # At 1000/s a window's count of whole buckets errs by up to ten requests: a 429 at the pace
+    # whose window counted 996 is what is left of a probe, not a limit lowered by 0.4%.
+    api = ModelApi(SlidingWindow(1000))
+    client = Client(RateLimiter(0, clock), workers=64)
+
+    await play(api, [client], clock, seconds=40, latency=0.03)
+
+    rate, limited = api.served(15, 40)
+    assert rate >= 0.97 * 1000
+    assert limited <= 0.004
+
+
 @pytest.mark.parametrize("kind", ["fixed-window", "sliding-window", "token-bucket-burst-20"])
 @pytest.mark.parametrize(("latency", "back"), [(0.21, 0.2), (0.1, 0.09)])
 async def test_a_slow_api_that_counts_a_request_before_working_on_it_is_met_without_a_storm(

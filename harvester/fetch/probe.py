@@ -27,8 +27,9 @@ COUNT_SLACK = 2
 # between our clock and the server's; as close as CLOSER to a high one (``paced``).
 SAFETY = 0.97
 CLOSER = 0.98
-# At a confirmed limit's pace, a 429 whose window counted this close to the limit (or the
-# slack, when less) counted the limit: a request more or less is a small limit lowered.
+# At a confirmed limit's pace, a 429 whose window counted this close to the limit counted the
+# limit (a count of whole buckets errs by one, 1% of a window); a request more or less at a
+# small limit is a small limit lowered.
 LEFT_OVER = 0.01
 # A reset at most this many requests away at the limit's pace is a token bucket's next token.
 NEXT_TOKENS = 1.0
@@ -105,7 +106,7 @@ class Probe:
             # At its pace, a 429 whose window served the limit is what is left of the probe that
             # found it (a sliding window remembers a whole window of it); one whose window served
             # less says the limit is a little lower than that.
-            if sample >= limit - min(COUNT_SLACK / window, LEFT_OVER * limit):
+            if sample >= (1 - LEFT_OVER) * limit:
                 return limit
             return min(sample, (1 - PROBE_STEP) * limit)
         if peak > (1 + self._agree) * sample:
