@@ -350,6 +350,25 @@ async def test_a_slow_api_that_counts_a_request_before_working_on_it_is_met_with
     assert client.early == 0, "nothing is sent between a 429 and its reset"
 
 
+@pytest.mark.parametrize("kind", ["fixed-window", "sliding-window"])
+async def test_strays_whose_reset_is_just_past_do_not_make_a_slow_api_of_a_quick_one(
+    clock: FakeClock, kind: str
+) -> None:
+    # A stray 429 (a proxy's) whose reset is already past when it comes back says nothing of
+    # when the API counts a request: taken for the limit's, it moved every window's count
+    # later, and the pace settled at 52 under a limit of 100.
+    shape, options = SMOOTH_LIMITS[kind]
+    api = ModelApi(shape(100, **options), stray=Stray(0.005, -0.05), seed=2)
+    client = Client(RateLimiter(0, clock), workers=32)
+
+    await play(api, [client], clock, seconds=60, latency=0.2)
+
+    rate, limited = api.served(20, 60)
+    assert rate >= 0.9 * 100
+    assert limited <= 0.01
+    assert client.early == 0
+
+
 async def test_half_a_second_of_bare_429s_costs_seconds_not_minutes(clock: FakeClock) -> None:
     api = ModelApi(Unlimited(), stray=Stray(1.0, reset=None, start=0, end=0.5))
     client = Client(RateLimiter(0, clock), workers=8, calls=300)

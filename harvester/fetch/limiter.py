@@ -15,7 +15,7 @@ workers, sets the pace:
      the network's, not our own requests' queueing, so the ramp is as fast at any concurrency).
   2. *Measure.* A 429 with a reset closes the server's window: the answers to the requests it
      counted, per second, are a *sample* of the limit (a request counted half a round trip
-     before its answer, or longer while 429s come back after their resets: a slow API counts,
+     before its answer, or longer while echoes come back after their resets: a slow API counts,
      then works; a reset further away than the window, or the same gap between resets twice,
      means a longer window). No sample comes from an answer already on its way when the window
      shut (the same reset again), nor from a window we waited in for more than ``PAUSED_SHARE``
@@ -127,7 +127,7 @@ class RateLimiter:
         self._last_reset: float | None = None
         self._longer = False  # the last 429's reset showed a window longer than we knew
         self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
-        self._backs: deque[float] = deque(maxlen=16)  # the last 429s' times after their reset
+        self._backs: deque[float] = deque(maxlen=16)  # the last echoes' times after their reset
         self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
         self._round_trip: float | None = None  # smoothed seconds from turn to answer
         self._fastest = math.inf  # the shortest of them
@@ -287,10 +287,10 @@ class RateLimiter:
                 return False
             if long:  # a second call's far reset: the limit's, learnt from below
                 self._long_from = None
-        if retry_at is not None:  # came back this long after its reset at least
-            self._backs.append(now - retry_at)
         last = self._last_reset
         echo = retry_at is not None and last is not None and abs(retry_at - last) < SAME_RESET
+        if echo and retry_at is not None:  # a limit's (a stray's comes alone): came back
+            self._backs.append(now - retry_at)  # this long after its reset at least
         sample = None if echo or retry_at is None else self._measure(retry_at, now)
         if retry_at is None or (sample is None and not echo and retry_at <= now):
             # No reset; or one that has come, over a window that served nothing: no word.
@@ -352,10 +352,11 @@ class RateLimiter:
         self._window = window = min(window, LONGEST_WINDOW)
         self._last_reset = retry_at
         # The server counted a request half a round trip before its answer, or as long before
-        # it as the last 429s came back after their reset (a slow API counts, then works), give
-        # or take our clock's slop. Whole buckets only: better short than overshooting.
-        trip = self._round_trip or 0.0
-        back = min(max(trip / 2, *self._backs), trip)
+        # it as the last 429s came back after their reset, most of them (a slow API counts,
+        # then works; a stray's reset says nothing), give or take our clock's slop. Whole
+        # buckets only: better short than overshooting.
+        trip, backs = self._round_trip or 0.0, sorted(self._backs)
+        back = min(max(trip / 2, backs[len(backs) // 2] if backs else 0.0), trip)
         arrived = opened + back - min(self._interval / 4, 2 * EARLY)
         pauses = self._pauses
         while pauses and pauses[0][1] < now - HORIZON * LONGEST_WINDOW:
