@@ -137,7 +137,7 @@ class RateLimiter:
         self._law = RateLaw(self, rate, now)  # what a 429 does to the pace
         self._own = OwnRefusals()  # calls refused on their own, not by the limit
         self._long_from: str | None = None  # the call whose far reset taught nothing yet
-        self._teller = PauseTeller()
+        self._teller = PauseTeller(clock)
 
     @property
     def rate(self) -> float:
@@ -312,7 +312,7 @@ class RateLimiter:
         if when > self._paused_until:
             self._paused_until = when
             self._void_turns()
-            self._teller.tell(self._clock, when, cause)
+            self._teller.tell(when, cause)
 
     def _pause(self, until: float, now: float, cause: str) -> None:
         """``pause_until``, the pause kept for ``_measure``: a window we waited in says

@@ -44,9 +44,8 @@ def paced(limit: float, window: float) -> float:
 class Probe:
     """The probing above one confirmed limit: its step, its wait, and what it was served."""
 
-    def __init__(self, agree: float, safety: float) -> None:
+    def __init__(self, agree: float) -> None:
         self._agree = agree  # two limits this close are the same
-        self._safety = safety  # the pace under a known limit
         self.step = PROBE_STEP
         self.after = PROBE_AFTER  # seconds without a 429 before probing
         self._dwell = 0  # clean windows at the current step
@@ -92,17 +91,13 @@ class Probe:
         self.step = min(2 * self.step, PROBE_STEP_MAX)
         return rate
 
-    def at_pace(self, pace: float, limit: float) -> bool:
-        """True when ``pace`` is the confirmed ``limit``'s, not a probe's past it."""
-        return pace <= (1 + PROBE_STEP / 2) * CLOSER * limit
-
     def found(
         self, limit: float, sample: float, pace: float, peak: float, reset_in: float, window: float
     ) -> float | None:
         """A 429 at ``limit``'s pace or past it, closing a ``window`` that served ``sample`` per
         second, its reset ``reset_in`` seconds away (``peak``: the most a window of ours was
         served since the limit was confirmed): the limit it shows, or None for a stray's."""
-        if self.at_pace(pace, limit):
+        if pace <= (1 + PROBE_STEP / 2) * CLOSER * limit:  # the limit's pace, not a probe's
             # At its pace, a 429 whose window served the limit is what is left of the probe that
             # found it (a sliding window remembers a whole window of it); one whose window served
             # less says the limit is a little lower than that.

@@ -104,7 +104,7 @@ class RateLaw:
         self._last_429 = -math.inf
         self._last_cut = -math.inf
         self._cuts_since = -math.inf  # the first of the recent cuts for 429s without a reset
-        self._probe = Probe(AGREE, SAFETY)
+        self._probe = Probe(AGREE)
         self._excused = False  # the last new 429 was let pass (a stray, or unmeasurable)
         # The share of 429s among recent requests, and running totals.
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=SHARE_OF)  # (time, a 429?)

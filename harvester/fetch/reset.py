@@ -113,13 +113,14 @@ class PauseTeller:
     """Logs each pause of the pool longer than ``PAUSE_TOLD`` seconds (``tell_pause``), but not
     one ending within ``PAUSE_TOLD`` of the last told: a pause made longer is no news."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._told_until = -math.inf
 
-    def tell(self, clock: Clock, when: float, cause: str) -> None:
-        """The pool waits until ``when`` (``clock``'s monotonic seconds), for ``cause``."""
-        now = clock.monotonic()
+    def tell(self, when: float, cause: str) -> None:
+        """The pool waits until ``when`` (the clock's monotonic seconds), for ``cause``."""
+        now = self._clock.monotonic()
         if when - now < PAUSE_TOLD or when < self._told_until + PAUSE_TOLD:
             return
         self._told_until = when
-        tell_pause(clock.time() + when - now, when - now, cause)
+        tell_pause(self._clock.time() + when - now, when - now, cause)
