@@ -259,6 +259,29 @@ async def test_a_small_buckets_refusals_of_a_probe_are_not_taken_for_strays(
     assert limited <= 0.01
 
 
+@pytest.mark.parametrize(
+    ("limit", "burst", "latency"), [(50, 50, 0.06), (20, 20, 0.08), (10, 100, 0.03), (30, 30, 0.1)]
+)
+async def test_a_buckets_savings_drained_whole_by_a_later_probe_are_not_a_raised_limit(
+    clock: FakeClock, limit: int, burst: int, latency: float
+) -> None:
+    # A probe that finds a bucket's limit where it was learns its savings: what was served above
+    # the limit before its 429, the window that 429 closed included. Counting only the clean
+    # windows before it learnt half a burst, so the next probe, which met a bucket full again
+    # (the pace under the limit refills it), took the whole burst for a raised limit and walked
+    # back down from there through a storm of 429s (before: 1.4% to 3.1% of requests, now 0.3%
+    # to 0.65%).
+    api = ModelApi(TokenBucket(limit, burst=burst))
+
+    await play(
+        api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=150, latency=latency
+    )
+
+    rate, limited = api.served(20, 150)
+    assert rate >= 0.97 * limit
+    assert limited <= 0.008
+
+
 async def test_two_harvesters_on_one_limit_share_it_fairly(clock: FakeClock) -> None:
     api = ModelApi(FixedWindow(100))
     first, second = (Client(RateLimiter(0, clock), workers=8, calls=3000) for _ in range(2))
