@@ -248,37 +248,15 @@ async def test_a_small_buckets_refusals_of_a_probe_are_not_taken_for_strays(
     # A probe past a small bucket is refused at every token while a clean window of its served
     # more: each 429 alone looks like a stray's, but more of them than strays give are the
     # limit's (before: 17% and 8% of requests answered 429, the probe's pace kept for good).
-    rate, limited = await _small_bucket(clock, limit, burst, latency, seconds=120)
+    api = ModelApi(TokenBucket(limit, burst=burst))
+
+    await play(
+        api, [Client(RateLimiter(0, clock), workers=16)], clock, seconds=120, latency=latency
+    )
+
+    rate, limited = api.served(20, 120)
     assert rate >= 0.95 * limit
     assert limited <= 0.01
-
-
-@pytest.mark.parametrize(
-    ("limit", "burst", "latency"), [(50, 50, 0.06), (20, 20, 0.08), (10, 100, 0.03), (30, 30, 0.1)]
-)
-async def test_a_buckets_savings_drained_whole_by_a_later_probe_are_not_a_raised_limit(
-    clock: FakeClock, limit: int, burst: int, latency: float
-) -> None:
-    # A probe that finds a bucket's limit where it was learns its savings: what was served above
-    # the limit before its 429, the window that 429 closed included. Counting only the clean
-    # windows before it learnt half a burst, so the next probe, which met a bucket full again
-    # (the pace under the limit refills it), took the whole burst for a raised limit and walked
-    # back down from there through a storm of 429s (before: 1.4% to 3.1% of requests, now 0.3%
-    # to 0.65%).
-    rate, limited = await _small_bucket(clock, limit, burst, latency, seconds=150)
-    assert rate >= 0.97 * limit
-    assert limited <= 0.008
-
-
-async def _small_bucket(
-    clock: FakeClock, limit: int, burst: int, latency: float, *, seconds: float
-) -> tuple[float, float]:
-    """A bucket of ``limit``/s with ``burst`` played to 16 workers for ``seconds``: served per
-    second and the share of requests answered 429, from 20 s on."""
-    api = ModelApi(TokenBucket(limit, burst=burst))
-    client = Client(RateLimiter(0, clock), workers=16)
-    await play(api, [client], clock, seconds=seconds, latency=latency)
-    return api.served(20, seconds)
 
 
 async def test_two_harvesters_on_one_limit_share_it_fairly(clock: FakeClock) -> None:

@@ -4,8 +4,8 @@ finds (steps 3 and 6 of ``harvester.fetch.limiter``'s docstring). ``RateLaw`` ow
 A token bucket serves a probe past its rate from its savings for a while, then refuses until
 its next token: what was served above the limit is counted, and the limit is believed raised
 only once more was served above it than half a window of it (or twice what a probe that found
-the limit where it was had been served, the window its 429 closed included: the bucket's
-savings). A probe that finds the limit where it was makes the next one wait twice as long.
+the limit where it was had been served: the bucket's savings). A probe that finds the limit where
+it was makes the next one wait twice as long.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ class Probe:
         self.step = PROBE_STEP
         self.after = PROBE_AFTER  # seconds without a 429 before probing
         self._dwell = 0  # clean windows at the current step
-        # Served above the limit in clean windows since it was last confirmed; and the most a
-        # probe was served above it before a 429 confirmed the same limit again, the window that
-        # 429 closed included (a token bucket's savings).
+        # Served above the limit since it was last confirmed, and the most of it that came
+        # before a 429 confirmed the same limit again (a token bucket's savings).
         self._excess = 0.0
         self._savings = 0.0
 
@@ -117,9 +116,7 @@ class Probe:
             found = sample
         if found <= (1 + self._agree) * limit:
             # Found where it was: the next probe waits longer, and what this one was served
-            # above the limit came from savings: in its clean windows and in the window its 429
-            # closed (without that, half a bucket's burst, which the next probe, meeting the
-            # bucket full again, took for a raised limit).
+            # above the limit came from savings.
             self.after = min(2 * self.after, PROBE_AFTER_MAX)
-            self._savings = max(self._savings, self._excess + max(0.0, sample - limit) * window)
+            self._savings = max(self._savings, self._excess)
         return found
