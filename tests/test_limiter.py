@@ -483,3 +483,21 @@ async def test_a_token_buckets_raised_rate_is_found_though_savings_served_probes
     rate, limited = api.served(100, 140)
     assert rate >= 0.9 * 200
     assert limited <= 0.01
+
+
+@pytest.mark.parametrize(("limit", "burst"), [(20, 20), (50, 37)])
+async def test_a_bucket_raised_after_probes_learnt_its_savings_is_found(
+    clock: FakeClock, limit: int, burst: int
+) -> None:
+    # Probes that find a bucket's limit where it was learn its savings, and a limit counts as
+    # raised once a probe is served more than twice them above it. Savings that took in the
+    # surplus of a raised rate (the window a probe's 429 closed, tried in 2f7de37) grew with
+    # every probe after a raise: each was judged "where it was", and a rate raised by half was
+    # never found (0.71 and 0.67 of it, for good).
+    api = ModelApi(TokenBucket(limit, burst=burst), schedule={100: 1.5 * limit})
+    client = Client(RateLimiter(0, clock), workers=16)
+
+    await play(api, [client], clock, seconds=300, latency=0.04)
+
+    rate, _ = api.served(240, 300)
+    assert rate >= 0.95 * 1.5 * limit
