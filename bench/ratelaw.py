@@ -16,6 +16,7 @@ import statistics
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # the tests' model, beside the package
 
@@ -86,32 +87,42 @@ SHAPES: dict[str, Callable[[], object]] = {
     "sliding": lambda: SlidingWindow(100),
     "fixed": lambda: FixedWindow(100),
 }
-_played: dict[tuple[str, int, bool], tuple[float, float]] = {}
+# How the round trip is played: "30 ms" (half each way), "spread" (5 to 100 ms by seed, in
+# steps of 5 ms, so that the deterministic limits are met at many round trips, not one), or
+# "slow" (an API that counts a request as it comes in, 10 ms, then works on it before it
+# answers: 100 to 290 ms by seed, in steps of 10 ms, around bench/ratelimit.py's 200 ms).
+Trip = Literal["30 ms", "spread", "slow"]
+_played: dict[tuple[str, int, Trip], tuple[float, float]] = {}
 
 
-def round_trip(seed: int, spread: bool) -> float:
-    """The round trip a seed plays at: 30 ms, or (``spread``) 5 to 100 ms by seed, in steps of
-    5 ms, so that the deterministic limits are met at many round trips, not one."""
-    return 0.005 * (1 + (seed - 1) % 20) if spread else 0.03
+def round_trip(seed: int, trip: Trip) -> tuple[float, float, int]:
+    """(round trip, the share of it after the API judged the request, workers) of ``trip`` for
+    ``seed``: enough workers for 100/s at each."""
+    step = (seed - 1) % 20
+    if trip == "slow":
+        back = 0.1 + 0.01 * step
+        return 0.01 + back, back / (0.01 + back), 64
+    return (0.005 * (1 + step) if trip == "spread" else 0.03), 0.5, 16
 
 
-async def steady(seed: int, shape: str, spread: bool = False) -> tuple[float, float]:
-    """The limit ``SHAPES[shape]``, adaptive, 16 workers: (share of the limit served, share of
-    requests answered 429) from 8 s to 40 s."""
-    if (shape, seed, spread) not in _played:
+async def steady(seed: int, shape: str, trip: Trip = "30 ms") -> tuple[float, float]:
+    """The limit ``SHAPES[shape]``, adaptive, at ``trip``'s round trip: (share of the limit
+    served, share of requests answered 429) from 8 s to 40 s."""
+    if (shape, seed, trip) not in _played:
         clock, api = seeded(seed, SHAPES[shape]())
-        client = Client(RateLimiter(0, clock), workers=16)
-        await play(api, [client], clock, seconds=40, latency=round_trip(seed, spread))
+        latency, returning, workers = round_trip(seed, trip)
+        client = Client(RateLimiter(0, clock), workers=workers)
+        await play(api, [client], clock, seconds=40, latency=latency, returning=returning)
         served, limited = api.served(8, 40)
-        _played[shape, seed, spread] = (served / 100, limited)
-    return _played[shape, seed, spread]
+        _played[shape, seed, trip] = (served / 100, limited)
+    return _played[shape, seed, trip]
 
 
-def figure(shape: str, which: int, spread: bool = False) -> Scenario:
+def figure(shape: str, which: int, trip: Trip = "30 ms") -> Scenario:
     """One figure of ``steady`` under ``shape`` (0: share of the limit, 1: share of 429s)."""
 
     async def scenario(seed: int) -> float:
-        return (await steady(seed, shape, spread))[which]
+        return (await steady(seed, shape, trip))[which]
 
     return scenario
 
@@ -158,14 +169,23 @@ SCENARIOS: list[tuple[str, Scenario, float, bool]] = [
     ("fixed 100/s: share of 429s", figure("fixed", 1), 0.005, False),
     # The same limits at round trips of 5 to 100 ms (by the seed): a bucket's next token is
     # past on arrival, a window's reset nearer or further.
-    ("5-100 ms: bucket 100/s, burst 20: share", figure("bucket 20", 0, True), 0.97, True),
-    ("5-100 ms: bucket 100/s, burst 20: 429s", figure("bucket 20", 1, True), 0.004, False),
-    ("5-100 ms: bucket 100/s, burst 100: share", figure("bucket 100", 0, True), 0.97, True),
-    ("5-100 ms: bucket 100/s, burst 100: 429s", figure("bucket 100", 1, True), 0.004, False),
-    ("5-100 ms: sliding 100/s: share", figure("sliding", 0, True), 0.97, True),
-    ("5-100 ms: sliding 100/s: 429s", figure("sliding", 1, True), 0.004, False),
-    ("5-100 ms: fixed 100/s: share", figure("fixed", 0, True), 0.95, True),
-    ("5-100 ms: fixed 100/s: 429s", figure("fixed", 1, True), 0.005, False),
+    ("5-100 ms: bucket 100/s, burst 20: share", figure("bucket 20", 0, "spread"), 0.97, True),
+    ("5-100 ms: bucket 100/s, burst 20: 429s", figure("bucket 20", 1, "spread"), 0.004, False),
+    ("5-100 ms: bucket 100/s, burst 100: share", figure("bucket 100", 0, "spread"), 0.97, True),
+    ("5-100 ms: bucket 100/s, burst 100: 429s", figure("bucket 100", 1, "spread"), 0.004, False),
+    ("5-100 ms: sliding 100/s: share", figure("sliding", 0, "spread"), 0.97, True),
+    ("5-100 ms: sliding 100/s: 429s", figure("sliding", 1, "spread"), 0.004, False),
+    ("5-100 ms: fixed 100/s: share", figure("fixed", 0, "spread"), 0.95, True),
+    ("5-100 ms: fixed 100/s: 429s", figure("fixed", 1, "spread"), 0.005, False),
+    # A slow API (bench/ratelimit.py's third set): 10 ms in, 100 to 290 ms back, 64 workers.
+    ("slow API: bucket 100/s, burst 20: share", figure("bucket 20", 0, "slow"), 0.97, True),
+    ("slow API: bucket 100/s, burst 20: 429s", figure("bucket 20", 1, "slow"), 0.004, False),
+    ("slow API: bucket 100/s, burst 100: share", figure("bucket 100", 0, "slow"), 0.97, True),
+    ("slow API: bucket 100/s, burst 100: 429s", figure("bucket 100", 1, "slow"), 0.004, False),
+    ("slow API: sliding 100/s: share", figure("sliding", 0, "slow"), 0.97, True),
+    ("slow API: sliding 100/s: 429s", figure("sliding", 1, "slow"), 0.004, False),
+    ("slow API: fixed 100/s: share", figure("fixed", 0, "slow"), 0.95, True),
+    ("slow API: fixed 100/s: 429s", figure("fixed", 1, "slow"), 0.005, False),
 ]
 
 
