@@ -308,16 +308,16 @@ class RateLimiter:
 
     def pause_until(self, when: float, cause: str = "") -> None:
         """Admit nothing before ``when`` (monotonic clock seconds); a pause of more than
-        ``PAUSE_TOLD`` seconds is logged with its end and its ``cause``. One already over leaves
-        the turns given out (dealt again, a request more each time: a 429 more, its reset past)."""
-        if when > self._paused_until and when > self._clock.monotonic():
+        ``PAUSE_TOLD`` seconds is logged with its end and its ``cause``."""
+        if when > self._paused_until:
             self._paused_until = when
             self._void_turns()
             self._teller.tell(when, cause)
 
     def _pause(self, until: float, now: float, cause: str) -> None:
-        """``pause_until``, kept for ``_measure``: a window we waited in says nothing of limits."""
-        if until > self._paused_until and until > now:
+        """``pause_until``, the pause kept for ``_measure``: a window we waited in says
+        nothing of the limit."""
+        if until > self._paused_until:
             self._pauses.append((now, until))
         self.pause_until(until, cause)
 
