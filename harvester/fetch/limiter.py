@@ -15,14 +15,14 @@ workers, sets the pace:
      the network's, not our own requests' queueing, so the ramp is as fast at any concurrency).
   2. *Measure.* A 429 with a reset closes the server's window: the answers to the requests it
      counted, per second, are a *sample* of the limit (a request counted half a round trip
-     before its answer, or as long as 429s come back after their resets, ``reset.ReturnLeg``: a
-     slow API counts, then works; a reset further away than the window, or the same gap between
-     resets twice, means a longer window). No sample comes from an answer already on its way
-     when the window shut (the same reset again), nor from a window we waited in for more than
-     ``PAUSED_SHARE`` of it; a 429 without a usable reset (none, past, zero or unreadable) cuts
-     the rate to what recent clean windows served (by half when that is no lower), at most once
-     a round trip; once such 429s have come back for longer than a window (a limit that tells no
-     reset, not a burst of strays), the ramp does not start again for ``BEST_HORIZON``.
+     before its answer, or longer while echoes come back after their resets: a slow API counts,
+     then works; a reset further away than the window, or the same gap between resets twice,
+     means a longer window). No sample comes from an answer already on its way when the window
+     shut (the same reset again), nor from a window we waited in for more than ``PAUSED_SHARE``
+     of it; a 429 without a usable reset (none, past, zero or unreadable) cuts the rate to what
+     recent clean windows served (by half when that is no lower), at most once a round trip;
+     once such 429s have come back for longer than a window (a limit that tells no reset, not a
+     burst of strays), the ramp does not start again for ``BEST_HORIZON``.
   3. *Decide.* A sample about a confirmed limit (or above it) confirms it again; at its pace, a
      little lower when under it (at the limit or above: what is left of the probe, which a
      sliding window remembers for a window). Probing past it: a sample under what a window of
@@ -71,7 +71,7 @@ from harvester.clock import Clock, sleep_unless
 from harvester.errors import Stopping
 from harvester.fetch.probe import SAFETY
 from harvester.fetch.ratelaw import RateLaw
-from harvester.fetch.reset import PAUSE_TOLD, PauseTeller, ReturnLeg
+from harvester.fetch.reset import PAUSE_TOLD, PauseTeller
 from harvester.fetch.streaks import OwnRefusals
 
 # With no evidence: where the rate starts, how fast it grows, and the most it grows to.
@@ -96,14 +96,16 @@ SAME_RESET = 0.05
 SAME_GAP = 0.02
 # Two 429s announcing a reset this close (X-RateLimit-Reset is in ms) announce one: shut.
 SHUT_RESET = 0.002
-# Answers are counted in buckets of 1/BUCKETS of a window, for HORIZON windows: constant memory.
+# Answers are counted in buckets of 1/BUCKETS of a window, kept for HORIZON windows: enough to
+# measure the window a 429 closes, in constant memory.
 BUCKETS = 100
 HORIZON = 3
 LONGEST_WINDOW = 300.0
 # A window in which we waited more than this share of the time gives no sample.
 PAUSED_SHARE = 0.15
 # A reset this far away is learnt from only once a second call meets one (one call's may be its
-# own), and the call refused again right after its pause is refused on its own.
+# own), and the call refused again right after its pause is refused on its own. Pauses longer
+# than PAUSE_TOLD seconds are logged.
 LONG_PAUSE = 30.0
 
 
@@ -125,7 +127,7 @@ class RateLimiter:
         self._last_reset: float | None = None
         self._longer = False  # the last 429's reset showed a window longer than we knew
         self._gaps: deque[float] = deque(maxlen=2)  # between the last resets
-        self._leg = ReturnLeg()  # how long after their reset 429s come back
+        self._backs: deque[float] = deque(maxlen=16)  # the last echoes' times after their reset
         self._pauses: deque[tuple[float, float]] = deque()  # (start, end) of earlier pauses
         self._round_trip: float | None = None  # smoothed seconds from turn to answer
         self._fastest = math.inf  # the shortest of them
@@ -288,9 +290,7 @@ class RateLimiter:
         last = self._last_reset
         echo = retry_at is not None and last is not None and abs(retry_at - last) < SAME_RESET
         if echo and retry_at is not None:  # a limit's (a stray's comes alone): came back
-            self._leg.echo(now - retry_at)  # this long after its reset at least
-        elif retry_at is not None and retry_at < now:
-            self._leg.past(now, now - retry_at, self._window)
+            self._backs.append(now - retry_at)  # this long after its reset at least
         sample = None if echo or retry_at is None else self._measure(retry_at, now)
         if retry_at is None or (sample is None and not echo and retry_at <= now):
             # No reset; or one that has come, over a window that served nothing: no word.
@@ -308,16 +308,16 @@ class RateLimiter:
 
     def pause_until(self, when: float, cause: str = "") -> None:
         """Admit nothing before ``when`` (monotonic clock seconds); a pause of more than
-        ``PAUSE_TOLD`` seconds is logged with its end and its ``cause``. One already over leaves
-        the turns given out (dealt again, a request more each time: a 429 more, its reset past)."""
-        if when > self._paused_until and when > self._clock.monotonic():
+        ``PAUSE_TOLD`` seconds is logged with its end and its ``cause``."""
+        if when > self._paused_until:
             self._paused_until = when
             self._void_turns()
             self._teller.tell(when, cause)
 
     def _pause(self, until: float, now: float, cause: str) -> None:
-        """``pause_until``, kept for ``_measure``: a window we waited in says nothing of limits."""
-        if until > self._paused_until and until > now:
+        """``pause_until``, the pause kept for ``_measure``: a window we waited in says
+        nothing of the limit."""
+        if until > self._paused_until:
             self._pauses.append((now, until))
         self.pause_until(until, cause)
 
@@ -355,8 +355,8 @@ class RateLimiter:
         # it as the last 429s came back after their reset, most of them (a slow API counts,
         # then works; a stray's reset says nothing), give or take our clock's slop. Whole
         # buckets only: better short than overshooting.
-        trip = self._round_trip or 0.0
-        back = min(max(trip / 2, self._leg.usual), trip)
+        trip, backs = self._round_trip or 0.0, sorted(self._backs)
+        back = min(max(trip / 2, backs[len(backs) // 2] if backs else 0.0), trip)
         arrived = opened + back - min(self._interval / 4, 2 * EARLY)
         pauses = self._pauses
         while pauses and pauses[0][1] < now - HORIZON * LONGEST_WINDOW:

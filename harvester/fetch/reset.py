@@ -1,13 +1,11 @@
 """A 429's word on when to ask again: its ``X-RateLimit-Reset`` or ``Retry-After`` header read
-into seconds to wait, what it said, and the pool's pause it makes, for the log; and how long
-after their reset 429s come back (``ReturnLeg``)."""
+into seconds to wait, what it said, and the pool's pause it makes, for the log."""
 
 from __future__ import annotations
 
 import email.utils
 import logging
 import math
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,45 +124,3 @@ class PauseTeller:
             return
         self._told_until = when
         tell_pause(self._clock.time() + when - now, when - now, cause)
-
-
-# How long after their reset 429s come back: the median of the last this many.
-LEGS_KEPT = 16
-# 429s whose reset has passed when they come, this many within a window: a limit refusing one
-# request at a time (a token bucket's next token), not strays (which come alone).
-LONE_PASTS = 3
-
-
-class ReturnLeg:
-    """How long, most of the time, a 429 comes back after its reset: at least as long as an
-    answer comes back after the server counted its request (a slow API counts, then works).
-
-    Learnt from a 429 that announces the reset of the one before it (another answer on its way
-    when the window shut), and from 429s whose reset has passed when they come, once
-    ``LONE_PASTS`` of them come within a window. A stray's reset, which may be past before it is
-    sent, says nothing of it; but strays come alone, and a bucket refusing one request at a time
-    sends its 429s one by one, each past its own reset (without them, a slow API's window was
-    counted from half the round trip, 10% too much, and a limit confirmed at 110 for good)."""
-
-    def __init__(self) -> None:
-        self._legs: deque[float] = deque(maxlen=LEGS_KEPT)
-        self._pasts: deque[float] = deque()  # when 429s whose reset had passed came
-
-    def echo(self, back: float) -> None:
-        """A 429 came ``back`` seconds after the reset of the one before it."""
-        self._legs.append(back)
-
-    def past(self, now: float, back: float, window: float) -> None:
-        """A 429 with a reset of its own came ``back`` seconds after it, at ``now``."""
-        pasts = self._pasts
-        pasts.append(now)
-        while pasts[0] < now - window:
-            pasts.popleft()
-        if len(pasts) >= LONE_PASTS:
-            self._legs.append(back)
-
-    @property
-    def usual(self) -> float:
-        """The median of those learnt; 0 before any."""
-        legs = sorted(self._legs)
-        return legs[len(legs) // 2] if legs else 0.0
