@@ -329,6 +329,33 @@ async def test_calls_still_in_flight_when_the_grace_period_ends_are_abandoned_an
     assert_exactly_once(output_of(settings), ids)
 
 
+async def test_the_call_list_is_taken_on_no_further_than_two_calls_a_worker_ahead(
+    sim: Simulator, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Memory stays flat whatever the list's length: calls wait in a queue of two per worker
+    (topped up once it is down to one per worker), not in a backlog."""
+    ids = sim.call_ids()
+    assert len(ids) > 20
+    write_calls(tmp_path, ids)
+    settings = make_settings(sim, tmp_path, concurrency=4)
+    sim.config.latency = 20.0  # real seconds: every worker keeps waiting for its answer
+    stop = asyncio.Event()
+    stats = RunStats()
+    run = asyncio.create_task(harvest(settings, clock=clock, stop=stop, stats=stats))
+    await until(lambda: len(sim.log) == 4, "every worker waiting for an answer")
+    await asyncio.sleep(0.1)  # the producer, were it unbounded, would run on meanwhile
+
+    assert stats.calls <= 4 + 2 * 4, "the 4 calls on the wire, and at most 8 queued"
+    stop.set()
+    await clock.sleep(31)  # their grace passes on the test's clock
+    await run
+    sim.config.latency = 0.0
+    again = await harvest(settings, clock=clock)
+
+    assert again.completed
+    assert_exactly_once(output_of(settings), ids)
+
+
 async def test_calls_waiting_for_their_turn_are_dropped_at_once_when_the_run_stops(
     sim: Simulator, tmp_path: Path
 ) -> None:

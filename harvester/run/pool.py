@@ -58,6 +58,8 @@ log = logging.getLogger("harvester")
 # would otherwise stop every run there); before anything has answered at all, the first.
 OUTAGE_CALLS = 20
 UNPROVEN_FACTOR = 10
+# Calls queued for the workers, at most, per worker.
+QUEUED = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,12 @@ class Pool:
         self._last_ok: str | None = None
         self._url_confirmed = False  # the base URL and user are right: something worked
         self._input_error: InputError | None = None  # the call list broke off here
-        self._queue: asyncio.Queue[Call | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
+        # Calls queued for the workers: at most QUEUED per worker. The producer tops the queue
+        # up once it is down to one per worker (``_hungry``): one wake-up of the producer for
+        # every ``concurrency`` calls, where a bounded queue would wake it for every call.
+        self._queue: asyncio.Queue[Call | None] = asyncio.Queue()
+        self._queue_full = QUEUED * settings.concurrency
+        self._hungry = asyncio.Event()
         self._keeps_records = settings.keeps_records
 
     async def run(self, batches: AsyncGenerator[SourceBatch, None], stop: asyncio.Event) -> bool:
@@ -177,11 +184,12 @@ class Pool:
         except Stopping:
             return  # a list page not asked for: the next run reads on from the last place
         for _ in range(self._settings.concurrency):
-            await self._queue.put(None)
+            self._queue.put_nowait(None)
 
     async def _take_on_all(self, batches: AsyncGenerator[SourceBatch, None]) -> None:
         stats = self._stats
         place = self._sink.place
+        queue, hungry, full = self._queue, self._hungry, self._queue_full
         async with contextlib.aclosing(batches):
             async for records, next_url, oldest in batches:
                 keyed = [key_of(record) for record in records]
@@ -202,24 +210,32 @@ class Pool:
                     else:
                         if place is not None:
                             place.expect(key)
-                        await self._take_on(record)
+                        call = self._call_of(record)
+                        if isinstance(call, Failure):
+                            stats.calls += 1
+                            await self._fail(call)
+                            continue
+                        if queue.qsize() >= full:
+                            hungry.clear()
+                            await hungry.wait()
+                        queue.put_nowait(call)
+                        stats.calls += 1  # not before the wait: a cancelled wait took nothing on
                 if place is not None and next_url is not None:
                     place.page_claimed()
 
-    async def _take_on(self, record: Record | ListedCall) -> None:
+    def _call_of(self, record: Record | ListedCall) -> Call | Failure:
+        """The call ``record`` names, to be fetched; or, when it names none that may be sent
+        (counted as invalid) or cannot be kept as listed, the failure it is."""
         if isinstance(record, InvalidRecord):
-            reason = f"input line {record.line}: {record.reason}"
-            key = line_key(record.line)
-            failure = Failure(
-                key=key,
+            self._stats.invalid += 1
+            return Failure(
+                key=line_key(record.line),
                 line=record.line,
                 call_id=None,
                 status=None,
                 code=FailureCode.INVALID_INPUT,
-                message=reason,
+                message=f"input line {record.line}: {record.reason}",
             )
-            await self._invalid(failure)
-            return
         if isinstance(record, ListedCall):
             call = Call(record.call_id, 0, record.record)
             if record.inexact is not None and self._keeps_records:
@@ -227,22 +243,14 @@ class Pool:
                     f"its record in the call list {record.inexact.detail}: it cannot be written "
                     "to --calls-output as the API sent it, so the call is listed as failed"
                 )
-                self._stats.calls += 1
-                await self._fail(call.failure(record.inexact.code, reason, 200))
-                return
+                return call.failure(record.inexact.code, reason, 200)
         else:
             call = Call(record.key, record.line)
         if is_call_id(call.call_id):
-            await self._queue.put(call)
-            self._stats.calls += 1  # not before: a cancelled put took nothing on
-        else:
-            reason = "not a call id (c- and up to 64 letters, digits or hyphens); not sent"
-            await self._invalid(call.failure(FailureCode.INVALID_CALL_ID, reason))
-
-    async def _invalid(self, failure: Failure) -> None:
-        self._stats.calls += 1
+            return call
         self._stats.invalid += 1
-        await self._fail(failure)
+        reason = "not a call id (c- and up to 64 letters, digits or hyphens); not sent"
+        return call.failure(FailureCode.INVALID_CALL_ID, reason)
 
     # -- the workers ----------------------------------------------------------------------------
 
@@ -250,7 +258,10 @@ class Pool:
         stats = self._stats
         events_of = self._client.events
         outage = self._outage
-        while (call := await self._queue.get()) is not None:
+        queue, hungry, low = self._queue, self._hungry, self._settings.concurrency
+        while (call := await queue.get()) is not None:
+            if queue.qsize() <= low:
+                hungry.set()
             call_id = call.call_id
             try:
                 found = await self._retrier.run(events_of, call_id)

@@ -225,7 +225,8 @@ class Sink:
         batch.rows.append((key, line, OK))
         batch.ok += 1
         batch.event_count += events
-        await self._admitted()
+        if len(batch.rows) >= self._calls or batch.size >= COMMIT_BYTES:  # else no coroutine
+            await self._admitted()
 
     async def failed(self, failure: Failure) -> None:
         """A call (or an input line) that is not harvested, and why."""
