@@ -1,8 +1,9 @@
-"""The pool: call list -> bounded queue -> a fixed pool of workers -> client -> sink.
+"""The pool: call list -> queue -> a fixed pool of workers -> client -> sink.
 
 The producer takes the call list batch by batch, has each batch's records claimed (not done in
 an earlier run, not already on their way), sends malformed records straight to the sink as
-failures, and closes the queue with one ``None`` per worker; that is what ends the workers.
+failures, keeps at most ``QUEUED`` calls a worker queued, and closes the queue with one ``None``
+per worker; that is what ends the workers.
 
 Stopping: ``stop`` set (by a signal) makes the producer stop, drops what is queued, lets the
 workers finish their calls for ``grace`` seconds, then commits. Any error in any task (a
@@ -116,7 +117,8 @@ class Pool:
         self._input_error: InputError | None = None  # the call list broke off here
         # Calls queued for the workers: at most QUEUED per worker. The producer tops the queue
         # up once it is down to one per worker (``_hungry``): one wake-up of the producer for
-        # every ``concurrency`` calls, where a bounded queue would wake it for every call.
+        # every ``concurrency`` calls, where a queue bounded by its own size (``maxsize``)
+        # would wake it for every call.
         self._queue: asyncio.Queue[Call | None] = asyncio.Queue()
         self._queue_full = QUEUED * settings.concurrency
         self._hungry = asyncio.Event()
