@@ -30,6 +30,7 @@ lint: $(STAMP)
 ## bench: every benchmark, about twenty-five minutes; figures in bench/README.md
 bench: $(STAMP)
 	$(PY) bench/run.py 20000 16 64 256
+	$(PY) bench/bytecodes.py 300 1300 16
 	$(PY) bench/ratelimit.py 15
 	$(PY) bench/ratelimit.py 22 3
 	$(PY) bench/ratelaw.py 30
