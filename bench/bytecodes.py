@@ -25,9 +25,9 @@ from types import FrameType
 from typing import Any
 
 import orjson
-from simproc import running_simulator
+from simproc import COMMITS_BY_COUNT, running_simulator, write_ids
 
-from harvester.sim.server import SIM_USER_ID, call_id_for
+from harvester.sim.server import SIM_USER_ID
 
 HERE = Path(__file__).parent
 CLIENTS = {"baseline": HERE / "baseline.py", "harvester": HERE / "harvester_run.py"}
@@ -61,13 +61,12 @@ def per_call(
     """Bytecodes per call of each function of ``script``'s run: LARGE calls less SMALL."""
     counts = []
     for calls in (small, large):
-        ids = work / f"ids-{calls}.txt"
-        ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+        ids = write_ids(work / f"ids-{calls}.txt", calls)
         out = work / "counts.json"
         command = [sys.executable, __file__, "--trace", str(out), str(script)]
         command += [env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids), str(work / "out.ndjson")]
         command += [concurrency]
-        run_env = {**env, "PYTHONPATH": f"{HERE.parent}:{HERE}", "HARVESTER_COMMIT_SECONDS": "3600"}
+        run_env = {**env, "PYTHONPATH": f"{HERE.parent}:{HERE}", **COMMITS_BY_COUNT}
         subprocess.run(command, env=run_env, capture_output=True, check=True)
         counts.append(collections.Counter(orjson.loads(out.read_bytes())))
     counts[1].subtract(counts[0])

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 from instructions import callgrind_total
-from simproc import running_simulator
+from simproc import running_simulator, write_ids
 
-from harvester.sim.server import SIM_USER_ID, call_id_for
+from harvester.sim.server import SIM_USER_ID
 
 HERE = Path(__file__).parent
 SMALL, LARGE = 300, 1300
@@ -28,8 +28,7 @@ SMALL, LARGE = 300, 1300
 
 def instructions(script: str, calls: int, concurrency: int, env: dict[str, str], work: Path) -> int:
     """Instructions the client of ``script`` executed for ``calls`` calls."""
-    ids = work / f"ids-{calls}.txt"
-    ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+    ids = write_ids(work / f"ids-{calls}.txt", calls)
     command = [sys.executable, str(HERE / script), env["CATAPULT_BASE_URL"], SIM_USER_ID]
     command += [str(ids), str(work / "out.ndjson"), str(concurrency)]
     return callgrind_total(command, {**env, "PYTHONPATH": f"{HERE.parent}:{HERE}"}, work)

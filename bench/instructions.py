@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from simproc import running_simulator
+from simproc import COMMITS_BY_COUNT, running_simulator, write_ids
 
-from harvester.sim.server import SIM_USER_ID, call_id_for
+from harvester.sim.server import SIM_USER_ID
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -27,8 +27,7 @@ ROOT = HERE.parent
 
 def instructions(root: Path, calls: int, env: dict[str, str], work: Path) -> int:
     """Instructions the client executed for ``calls`` calls, with the code of ``root``."""
-    ids = work / f"ids-{calls}.txt"
-    ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+    ids = write_ids(work / f"ids-{calls}.txt", calls)
     command = [sys.executable, str(root / "bench" / "harvester_run.py")]
     command += [env["CATAPULT_BASE_URL"], SIM_USER_ID, str(ids), str(work / "out.ndjson"), "16"]
     return callgrind_total(command, {**env, "PYTHONPATH": str(root)}, work)
@@ -37,10 +36,7 @@ def instructions(root: Path, calls: int, env: dict[str, str], work: Path) -> int
 def callgrind_total(command: list[str], env: dict[str, str], work: Path) -> int:
     """Instructions ``command`` executed under ``valgrind --tool=callgrind``."""
     profile = work / "callgrind.out"
-    # Under callgrind a run goes some 50 times slower: its commits would come by the clock
-    # (commit_seconds) rather than every commit_calls calls as at full speed, as many as the
-    # machine's load makes them. By count only, the figure is the one a real run has.
-    env = {**env, "HARVESTER_COMMIT_SECONDS": "3600"}
+    env = {**env, **COMMITS_BY_COUNT}
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", *command],
         env=env,

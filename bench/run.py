@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from simproc import running_simulator
+from simproc import running_simulator, write_ids
 
-from harvester.sim.server import SIM_USER_ID, call_id_for
+from harvester.sim.server import SIM_USER_ID
 
 ROUNDS = 3
 HERE = Path(__file__).parent
@@ -43,8 +43,7 @@ def main() -> None:
     levels = [int(level) for level in arguments[1:]] or [16]
     with tempfile.TemporaryDirectory() as folder, running_simulator("--open-world") as env:
         work = Path(folder)
-        ids = work / "ids.txt"
-        ids.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+        ids = write_ids(work / "ids.txt", calls)
         for concurrency in levels:
             results = measure(env, work, ids, concurrency, rounds)
             report(results, calls, concurrency, rounds)

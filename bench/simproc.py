@@ -13,7 +13,18 @@ from pathlib import Path
 
 from eventloop import HARVESTER_ON_LOOP
 
-from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID
+from harvester.sim.server import SIM_SECRET, SIM_TOKEN, SIM_USER_ID, call_id_for
+
+# A run counted under a tracer or callgrind goes ten to fifty times slower: its commits would
+# come by the clock (commit_seconds) rather than every commit_calls calls as at full speed, as
+# many as the machine's load makes them. This makes them come by count only, as in a real run.
+COMMITS_BY_COUNT = {"HARVESTER_COMMIT_SECONDS": "3600"}
+
+
+def write_ids(path: Path, calls: int) -> Path:
+    """A call list of ``calls`` ids the open-world simulator answers, at ``path``."""
+    path.write_text("".join(f"{call_id_for(99, i)}\n" for i in range(calls)))
+    return path
 
 
 @contextlib.contextmanager

@@ -225,8 +225,8 @@ class Sink:
         batch.rows.append((key, line, OK))
         batch.ok += 1
         batch.event_count += events
-        if len(batch.rows) >= self._calls or batch.size >= COMMIT_BYTES:  # else no coroutine
-            await self._admitted()
+        if self._full(batch):  # only then a coroutine: this runs for every call
+            await self._admitted(batch)
 
     async def failed(self, failure: Failure) -> None:
         """A call (or an input line) that is not harvested, and why."""
@@ -236,16 +236,20 @@ class Sink:
         batch.rows.append((failure.key, failure.line, FAILED))
         batch.failed += 1
         batch.failure_codes[failure.code] += 1
-        await self._admitted()
+        if self._full(batch):
+            await self._admitted(batch)
 
-    async def _admitted(self) -> None:
-        batch = self._batch
-        calls, size = len(batch), batch.size
-        if calls >= self._calls or size >= COMMIT_BYTES:
-            self._due.set()
-            if calls >= BATCH_SLACK * self._calls or size >= BATCH_SLACK * COMMIT_BYTES:
-                self._room.clear()
-                await self._room.wait()
+    def _full(self, batch: Batch) -> bool:
+        """``batch`` holds enough for a commit."""
+        return len(batch) >= self._calls or batch.size >= COMMIT_BYTES
+
+    async def _admitted(self, batch: Batch) -> None:
+        """A full ``batch``: its commit is due; the worker waits while it has grown to
+        ``BATCH_SLACK`` times a commit's worth as one is under way."""
+        self._due.set()
+        if len(batch) >= BATCH_SLACK * self._calls or batch.size >= BATCH_SLACK * COMMIT_BYTES:
+            self._room.clear()
+            await self._room.wait()
 
     # -- committing ---------------------------------------------------------------------------
 
